@@ -1,0 +1,1214 @@
+//! Configuration: the TOML contract (`shared/spec/config.md`) parsed once into validated types.
+//!
+//! Raw serde structs (`Raw*`, `deny_unknown_fields`) mirror the file; `Config::parse` turns them
+//! into typed settings and reports the first problem with file, line, column and key. Settings
+//! that need a restart (`Config::restart`) are kept apart from the ones a reload swaps in.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+/// A config problem, located in the file where possible.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {key}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{path}: {key}: {message}")]
+    Unlocated {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Static label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "read",
+            ConfigError::Invalid { .. } | ConfigError::Unlocated { .. } => "invalid",
+        }
+    }
+}
+
+/// Turns byte spans into `line:col` for error messages.
+pub struct SourceMap<'a> {
+    pub path: &'a str,
+    pub text: &'a str,
+}
+
+impl SourceMap<'_> {
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, col)
+    }
+
+    pub fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+        let (line, col) = self.line_col(span.start);
+        ConfigError::Invalid {
+            path: self.path.to_string(),
+            line,
+            col,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated types
+// ---------------------------------------------------------------------------------------------
+
+/// The whole validated configuration. Cheap to clone behind an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Absolute or as-given path of the file, and the directory relative paths resolve against.
+    pub path: PathBuf,
+    /// SHA-256 of the file content (hex), shown in `/status` and used to skip no-op reloads.
+    pub hash: String,
+    pub restart: RestartSettings,
+    pub logging: LoggingConfig,
+    pub ratelimit: RateLimitConfig,
+    pub upstream: UpstreamConfig,
+    pub geoip: Option<GeoIpConfig>,
+    pub probes: ProbeDefaults,
+    pub zones: ZonesConfig,
+    pub records: Vec<RecordSpec>,
+    /// The file text, kept so record compile errors can be located (line/col) after parsing.
+    pub text: String,
+}
+
+/// Settings fixed for the life of the process: a reload that changes them is reported, not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartSettings {
+    pub listen: Vec<SocketAddr>,
+    /// Resolved worker count (never 0).
+    pub workers: usize,
+    pub metrics_listen: SocketAddr,
+    pub tcp: TcpLimits,
+    pub max_udp_payload: u16,
+    /// SO_RCVBUF/SO_SNDBUF asked for on each UDP socket (the kernel caps it at rmem_max).
+    pub socket_buffer: usize,
+    pub shutdown_drain: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TcpLimits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// 0 = unlimited.
+    pub max_queries_per_connection: u64,
+    /// Queries of one connection being answered at once (RFC 7766 pipelining bound).
+    pub max_in_flight_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggingConfig {
+    pub level: String,
+    pub format: LogFormat,
+    pub query_sample_rate: f64,
+    /// Always-logged events (blocks, FORMERR, SERVFAIL, upstream timeouts) per second at most.
+    pub event_rate_limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitAction {
+    Drop,
+    Refused,
+    Truncate,
+}
+
+impl LimitAction {
+    pub fn label(self) -> &'static str {
+        match self {
+            LimitAction::Drop => "drop",
+            LimitAction::Refused => "refused",
+            LimitAction::Truncate => "truncate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    pub qps: u32,
+    pub burst: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+    pub block_for: Duration,
+    pub action: LimitAction,
+    pub max_tracked_sources: usize,
+    pub exempt: Vec<IpNet>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamPolicy {
+    LeastOutstanding,
+    RoundRobin,
+    FirstAvailable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    pub servers: Vec<SocketAddr>,
+    pub policy: UpstreamPolicy,
+    pub timeout: Duration,
+    /// Servers tried per query (each gets `timeout`) before SERVFAIL.
+    pub attempts: usize,
+    pub health_check_interval: Duration,
+    pub health_check_name: String,
+    pub health_check_must_resolve: bool,
+    /// Consecutive failed checks before a server is taken out.
+    pub health_check_fall: u32,
+    /// Consecutive good checks before it comes back.
+    pub health_check_rise: u32,
+    pub add_ecs: bool,
+    pub ecs_ipv4_prefix: u8,
+    pub ecs_ipv6_prefix: u8,
+    /// Pooled TCP connections per worker per server for TCP clients.
+    pub tcp_pool_size: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoIpConfig {
+    pub database: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeDefaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub minimum_failures: u32,
+    pub rise: u32,
+    pub max_concurrent: usize,
+    pub jitter: f64,
+    /// Verify TLS certificates of `https` probes (PowerDNS does not).
+    pub tls_verify: bool,
+    pub max_redirects: u32,
+    /// Bytes of body read at most for `stringmatch`.
+    pub body_limit: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZonesConfig {
+    /// Lower-case, absolute (trailing dot) zone names.
+    pub transfer: Vec<String>,
+    pub refresh: Duration,
+    /// None: the upstream servers' addresses.
+    pub notify_from: Option<Vec<IpAddr>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    A,
+    Aaaa,
+    Cname,
+    Txt,
+}
+
+impl RecordType {
+    pub fn code(self) -> u16 {
+        match self {
+            RecordType::A => 1,
+            RecordType::Aaaa => 28,
+            RecordType::Cname => 5,
+            RecordType::Txt => 16,
+        }
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1 => RecordType::A,
+            28 => RecordType::Aaaa,
+            5 => RecordType::Cname,
+            16 => RecordType::Txt,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+            RecordType::Cname => "CNAME",
+            RecordType::Txt => "TXT",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s.to_ascii_uppercase().as_str() {
+            "A" => RecordType::A,
+            "AAAA" => RecordType::Aaaa,
+            "CNAME" => RecordType::Cname,
+            "TXT" => RecordType::Txt,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a record's body came from: used in error messages and `/status`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOrigin {
+    /// `[[records]]` entry number (0-based) and the byte span of its `lua`/`content` value.
+    Config { index: usize, span: Range<usize> },
+    /// Read from a zone by transfer.
+    Zone { zone: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordBody {
+    /// PowerDNS LUA record body, verbatim.
+    Lua(String),
+    /// Plain record set in presentation format.
+    Content(Vec<String>),
+}
+
+/// One `[[records]]` entry, validated except for the body, which `records` compiles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordSpec {
+    /// Lower-case, absolute (trailing dot).
+    pub name: String,
+    pub rtype: RecordType,
+    pub ttl: u32,
+    pub body: RecordBody,
+    pub origin: RecordOrigin,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (file) types
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    logging: RawLogging,
+    #[serde(default)]
+    ratelimit: RawRateLimit,
+    #[serde(default)]
+    upstream: RawUpstream,
+    geoip: Option<RawGeoIp>,
+    #[serde(default)]
+    probes: RawProbes,
+    #[serde(default)]
+    zones: RawZones,
+    #[serde(default)]
+    records: Vec<RawRecord>,
+}
+
+type S<T> = Option<Spanned<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: S<Vec<String>>,
+    workers: S<i64>,
+    tcp_idle_timeout: S<String>,
+    tcp_max_connections: S<i64>,
+    tcp_max_connections_per_client: S<i64>,
+    tcp_max_queries_per_connection: S<i64>,
+    tcp_max_in_flight_per_connection: S<i64>,
+    max_udp_payload: S<i64>,
+    socket_buffer: S<i64>,
+    shutdown_drain: S<String>,
+    shutdown_grace: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: S<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogging {
+    level: S<String>,
+    format: S<String>,
+    query_sample_rate: S<f64>,
+    event_rate_limit: S<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    enabled: Option<bool>,
+    qps: S<i64>,
+    burst: S<i64>,
+    ipv4_prefix: S<i64>,
+    ipv6_prefix: S<i64>,
+    block_for: S<String>,
+    action: S<String>,
+    max_tracked_sources: S<i64>,
+    exempt: S<Vec<String>>,
+    dry_run: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    servers: S<Vec<String>>,
+    policy: S<String>,
+    timeout: S<String>,
+    attempts: S<i64>,
+    health_check_interval: S<String>,
+    health_check_name: S<String>,
+    health_check_must_resolve: Option<bool>,
+    health_check_fall: S<i64>,
+    health_check_rise: S<i64>,
+    add_ecs: Option<bool>,
+    ecs_ipv4_prefix: S<i64>,
+    ecs_ipv6_prefix: S<i64>,
+    tcp_pool_size: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoIp {
+    database: Spanned<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbes {
+    interval: S<String>,
+    timeout: S<String>,
+    minimum_failures: S<i64>,
+    rise: S<i64>,
+    max_concurrent: S<i64>,
+    jitter: S<f64>,
+    tls_verify: Option<bool>,
+    max_redirects: S<i64>,
+    body_limit: S<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZones {
+    transfer: S<Vec<String>>,
+    refresh: S<String>,
+    notify_from: S<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: Spanned<String>,
+    #[serde(rename = "type")]
+    rtype: Spanned<String>,
+    ttl: S<i64>,
+    lua: S<String>,
+    content: S<Vec<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------------------------
+
+/// Parses a duration such as `"500ms"`, `"5s"`, `"2m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("\"{s}\" has no unit (use ms, s, m or h)"))?;
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("\"{s}\" is not a number with a unit"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit \"{unit}\" in \"{s}\" (use ms, s, m or h)"
+            ));
+        }
+    };
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!("\"{s}\" is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Normalises a domain name for matching: lower case, absolute (trailing dot), checked syntax.
+pub fn normalize_name(name: &str) -> Result<String, String> {
+    let mut n = name.trim().to_ascii_lowercase();
+    if n.is_empty() {
+        return Err("empty name".into());
+    }
+    if !n.ends_with('.') {
+        n.push('.');
+    }
+    if n == "." {
+        return Ok(n);
+    }
+    let labels: Vec<&str> = n[..n.len() - 1].split('.').collect();
+    let mut wire_len = 1;
+    for label in &labels {
+        if label.is_empty() {
+            return Err(format!("\"{name}\" has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!("\"{name}\" has a label longer than 63 bytes"));
+        }
+        if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+            return Err(format!("\"{name}\" has characters outside printable ASCII"));
+        }
+        wire_len += label.len() + 1;
+    }
+    if wire_len > 255 {
+        return Err(format!("\"{name}\" is longer than 255 bytes on the wire"));
+    }
+    Ok(n)
+}
+
+impl Config {
+    /// Reads and validates a config file. Record bodies are compiled separately (`records`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates config text; `path` locates errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let path_str = path.display().to_string();
+        let map = SourceMap {
+            path: &path_str,
+            text,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let (line, col) = map.line_col(span.start);
+            ConfigError::Invalid {
+                path: path_str.clone(),
+                line,
+                col,
+                key: key_at(text, span.start),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let v = Validator { map: &map };
+        let restart = v.restart(&raw.server, &raw.metrics)?;
+        let upstream = v.upstream(&raw.upstream)?;
+        let cfg = Config {
+            path: path.to_path_buf(),
+            hash: hex_sha256(text.as_bytes()),
+            restart,
+            logging: v.logging(&raw.logging)?,
+            ratelimit: v.ratelimit(&raw.ratelimit)?,
+            zones: v.zones(&raw.zones)?,
+            upstream,
+            geoip: raw.geoip.map(|g| GeoIpConfig {
+                database: resolve_path(base, g.database.get_ref()),
+            }),
+            probes: v.probes(&raw.probes)?,
+            records: v.records(&raw.records)?,
+            text: text.to_string(),
+        };
+        Ok(cfg)
+    }
+
+    /// Source map for locating errors in this config's text.
+    pub fn source_map(&self) -> (String, &str) {
+        (self.path.display().to_string(), &self.text)
+    }
+
+    /// Error at a record's body, for record compilers.
+    pub fn record_error(&self, spec: &RecordSpec, message: impl Into<String>) -> ConfigError {
+        let path = self.path.display().to_string();
+        match &spec.origin {
+            RecordOrigin::Config { index, span } => SourceMap {
+                path: &path,
+                text: &self.text,
+            }
+            .error(
+                span.clone(),
+                &format!("records[{index}] ({} {})", spec.name, spec.rtype.name()),
+                message,
+            ),
+            RecordOrigin::Zone { zone } => ConfigError::Unlocated {
+                path,
+                key: format!("zone {zone} record {} {}", spec.name, spec.rtype.name()),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+fn resolve_path(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Best-effort name of the key on the line of `offset`, for toml syntax errors.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((k, _)) => k.trim().to_string(),
+        None => line.trim().to_string(),
+    }
+}
+
+struct Validator<'a> {
+    map: &'a SourceMap<'a>,
+}
+
+impl Validator<'_> {
+    fn err<T>(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        msg: impl Into<String>,
+    ) -> Result<T, ConfigError> {
+        Err(self.map.error(span, key, msg))
+    }
+
+    fn int(
+        &self,
+        v: &S<i64>,
+        key: &str,
+        default: i64,
+        min: i64,
+        max: i64,
+    ) -> Result<i64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let n = *s.get_ref();
+                if n < min || n > max {
+                    self.err(
+                        s.span(),
+                        key,
+                        format!("{n} is out of range ({min}..={max})"),
+                    )
+                } else {
+                    Ok(n)
+                }
+            }
+        }
+    }
+
+    fn dur(
+        &self,
+        v: &S<String>,
+        key: &str,
+        default: &str,
+        min: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(parse_duration(default).expect("valid default")),
+            Some(s) => {
+                let d = parse_duration(s.get_ref()).or_else(|m| self.err(s.span(), key, m))?;
+                if d < min {
+                    return self.err(s.span(), key, format!("must be at least {min:?}"));
+                }
+                Ok(d)
+            }
+        }
+    }
+
+    fn restart(&self, s: &RawServer, m: &RawMetrics) -> Result<RestartSettings, ConfigError> {
+        let listen = match &s.listen {
+            None => vec![
+                "127.0.0.1:5300".parse().unwrap(),
+                "[::1]:5300".parse().unwrap(),
+            ],
+            Some(l) => {
+                if l.get_ref().is_empty() {
+                    return self.err(l.span(), "server.listen", "needs at least one address");
+                }
+                let mut out = Vec::new();
+                for a in l.get_ref() {
+                    let addr: SocketAddr = a.parse().or_else(|_| {
+                        self.err(
+                            l.span(),
+                            "server.listen",
+                            format!("\"{a}\" is not an ip:port address"),
+                        )
+                    })?;
+                    if out.contains(&addr) {
+                        return self.err(
+                            l.span(),
+                            "server.listen",
+                            format!("\"{a}\" is listed twice"),
+                        );
+                    }
+                    out.push(addr);
+                }
+                out
+            }
+        };
+        let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            workers
+        };
+        let metrics_listen = match &m.listen {
+            None => "127.0.0.1:9153".parse().unwrap(),
+            Some(l) => l.get_ref().parse().or_else(|_| {
+                self.err(
+                    l.span(),
+                    "metrics.listen",
+                    format!("\"{}\" is not an ip:port address", l.get_ref()),
+                )
+            })?,
+        };
+        let tcp = TcpLimits {
+            idle_timeout: self.dur(
+                &s.tcp_idle_timeout,
+                "server.tcp_idle_timeout",
+                "10s",
+                Duration::from_millis(100),
+            )?,
+            max_connections: self.int(
+                &s.tcp_max_connections,
+                "server.tcp_max_connections",
+                10000,
+                1,
+                1 << 24,
+            )? as usize,
+            max_connections_per_client: self.int(
+                &s.tcp_max_connections_per_client,
+                "server.tcp_max_connections_per_client",
+                100,
+                1,
+                1 << 24,
+            )? as usize,
+            max_queries_per_connection: self.int(
+                &s.tcp_max_queries_per_connection,
+                "server.tcp_max_queries_per_connection",
+                0,
+                0,
+                i64::MAX,
+            )? as u64,
+            max_in_flight_per_connection: self.int(
+                &s.tcp_max_in_flight_per_connection,
+                "server.tcp_max_in_flight_per_connection",
+                64,
+                1,
+                65535,
+            )? as usize,
+        };
+        Ok(RestartSettings {
+            listen,
+            workers,
+            metrics_listen,
+            tcp,
+            max_udp_payload: self.int(
+                &s.max_udp_payload,
+                "server.max_udp_payload",
+                1232,
+                512,
+                65535,
+            )? as u16,
+            socket_buffer: self.int(
+                &s.socket_buffer,
+                "server.socket_buffer",
+                4 << 20,
+                0,
+                1 << 30,
+            )? as usize,
+            shutdown_drain: self.dur(
+                &s.shutdown_drain,
+                "server.shutdown_drain",
+                "5s",
+                Duration::ZERO,
+            )?,
+            shutdown_grace: self.dur(
+                &s.shutdown_grace,
+                "server.shutdown_grace",
+                "25s",
+                Duration::ZERO,
+            )?,
+        })
+    }
+
+    fn logging(&self, l: &RawLogging) -> Result<LoggingConfig, ConfigError> {
+        let format = match &l.format {
+            None => LogFormat::Json,
+            Some(f) => match f.get_ref().as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                other => {
+                    return self.err(
+                        f.span(),
+                        "logging.format",
+                        format!("\"{other}\" is not \"json\" or \"text\""),
+                    );
+                }
+            },
+        };
+        let rate = match &l.query_sample_rate {
+            None => 0.01,
+            Some(r) => {
+                let v = *r.get_ref();
+                if !(0.0..=1.0).contains(&v) {
+                    return self.err(
+                        r.span(),
+                        "logging.query_sample_rate",
+                        format!("{v} is not within 0.0–1.0"),
+                    );
+                }
+                v
+            }
+        };
+        let level = match &l.level {
+            None => "info".to_string(),
+            Some(s) => {
+                let v = s.get_ref().trim().to_string();
+                if v.parse::<tracing_subscriber::filter::Targets>().is_err() {
+                    return self.err(
+                        s.span(),
+                        "logging.level",
+                        format!("\"{v}\" is not a level or target filter"),
+                    );
+                }
+                v
+            }
+        };
+        Ok(LoggingConfig {
+            level,
+            format,
+            query_sample_rate: rate,
+            event_rate_limit: self.int(
+                &l.event_rate_limit,
+                "logging.event_rate_limit",
+                100,
+                1,
+                1_000_000,
+            )? as u32,
+        })
+    }
+
+    fn nets(&self, v: &Spanned<Vec<String>>, key: &str) -> Result<Vec<IpNet>, ConfigError> {
+        v.get_ref()
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .or_else(|_| {
+                        self.err(
+                            v.span(),
+                            key,
+                            format!("\"{s}\" is not an address or prefix"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    fn ratelimit(&self, r: &RawRateLimit) -> Result<RateLimitConfig, ConfigError> {
+        let action = match &r.action {
+            None => LimitAction::Drop,
+            Some(a) => match a.get_ref().as_str() {
+                "drop" => LimitAction::Drop,
+                "refused" => LimitAction::Refused,
+                "truncate" => LimitAction::Truncate,
+                other => {
+                    return self.err(
+                        a.span(),
+                        "ratelimit.action",
+                        format!("\"{other}\" is not \"drop\", \"refused\" or \"truncate\""),
+                    );
+                }
+            },
+        };
+        let qps = self.int(&r.qps, "ratelimit.qps", 100, 1, 10_000_000)? as u32;
+        Ok(RateLimitConfig {
+            enabled: r.enabled.unwrap_or(true),
+            qps,
+            burst: self.int(&r.burst, "ratelimit.burst", 100, 1, 10_000_000)? as u32,
+            ipv4_prefix: self.int(&r.ipv4_prefix, "ratelimit.ipv4_prefix", 32, 0, 32)? as u8,
+            ipv6_prefix: self.int(&r.ipv6_prefix, "ratelimit.ipv6_prefix", 64, 0, 128)? as u8,
+            block_for: self.dur(&r.block_for, "ratelimit.block_for", "60s", Duration::ZERO)?,
+            action,
+            max_tracked_sources: self.int(
+                &r.max_tracked_sources,
+                "ratelimit.max_tracked_sources",
+                1_000_000,
+                1024,
+                1 << 28,
+            )? as usize,
+            exempt: match &r.exempt {
+                None => Vec::new(),
+                Some(e) => self.nets(e, "ratelimit.exempt")?,
+            },
+            dry_run: r.dry_run.unwrap_or(false),
+        })
+    }
+
+    fn upstream(&self, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let servers = match &u.servers {
+            None => vec!["127.0.0.1:5353".parse().unwrap()],
+            Some(s) => {
+                if s.get_ref().is_empty() {
+                    return self.err(s.span(), "upstream.servers", "needs at least one server");
+                }
+                let mut out = Vec::new();
+                for a in s.get_ref() {
+                    let addr = a
+                        .parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5353)))
+                        .or_else(|_| {
+                            self.err(
+                                s.span(),
+                                "upstream.servers",
+                                format!("\"{a}\" is not an ip or ip:port address"),
+                            )
+                        })?;
+                    if out.contains(&addr) {
+                        return self.err(
+                            s.span(),
+                            "upstream.servers",
+                            format!("\"{a}\" is listed twice"),
+                        );
+                    }
+                    out.push(addr);
+                }
+                out
+            }
+        };
+        let policy = match &u.policy {
+            None => UpstreamPolicy::LeastOutstanding,
+            Some(p) => {
+                match p.get_ref().as_str() {
+                    "least-outstanding" => UpstreamPolicy::LeastOutstanding,
+                    "round-robin" => UpstreamPolicy::RoundRobin,
+                    "first-available" => UpstreamPolicy::FirstAvailable,
+                    other => {
+                        return self.err(
+                        p.span(),
+                        "upstream.policy",
+                        format!("\"{other}\" is not least-outstanding, round-robin or first-available"),
+                    );
+                    }
+                }
+            }
+        };
+        let health_check_name = match &u.health_check_name {
+            None => ".".to_string(),
+            Some(n) => normalize_name(n.get_ref())
+                .or_else(|m| self.err(n.span(), "upstream.health_check_name", m))?,
+        };
+        Ok(UpstreamConfig {
+            policy,
+            timeout: self.dur(
+                &u.timeout,
+                "upstream.timeout",
+                "1s",
+                Duration::from_millis(10),
+            )?,
+            attempts: self.int(&u.attempts, "upstream.attempts", 2, 1, 16)? as usize,
+            health_check_interval: self.dur(
+                &u.health_check_interval,
+                "upstream.health_check_interval",
+                "1s",
+                Duration::from_millis(50),
+            )?,
+            health_check_name,
+            health_check_must_resolve: u.health_check_must_resolve.unwrap_or(false),
+            health_check_fall: self.int(
+                &u.health_check_fall,
+                "upstream.health_check_fall",
+                3,
+                1,
+                100,
+            )? as u32,
+            health_check_rise: self.int(
+                &u.health_check_rise,
+                "upstream.health_check_rise",
+                2,
+                1,
+                100,
+            )? as u32,
+            add_ecs: u.add_ecs.unwrap_or(true),
+            ecs_ipv4_prefix: self.int(&u.ecs_ipv4_prefix, "upstream.ecs_ipv4_prefix", 24, 0, 32)?
+                as u8,
+            ecs_ipv6_prefix: self.int(&u.ecs_ipv6_prefix, "upstream.ecs_ipv6_prefix", 56, 0, 128)?
+                as u8,
+            tcp_pool_size: self.int(&u.tcp_pool_size, "upstream.tcp_pool_size", 4, 1, 256)?
+                as usize,
+            servers,
+        })
+    }
+
+    fn probes(&self, p: &RawProbes) -> Result<ProbeDefaults, ConfigError> {
+        let interval = self.dur(
+            &p.interval,
+            "probes.interval",
+            "5s",
+            Duration::from_millis(100),
+        )?;
+        let timeout = self.dur(&p.timeout, "probes.timeout", "2s", Duration::from_millis(1))?;
+        let jitter = match &p.jitter {
+            None => 0.1,
+            Some(j) => {
+                let v = *j.get_ref();
+                if !(0.0..=0.5).contains(&v) {
+                    return self.err(
+                        j.span(),
+                        "probes.jitter",
+                        format!("{v} is not within 0.0–0.5"),
+                    );
+                }
+                v
+            }
+        };
+        Ok(ProbeDefaults {
+            interval,
+            timeout,
+            minimum_failures: self.int(
+                &p.minimum_failures,
+                "probes.minimum_failures",
+                1,
+                1,
+                1000,
+            )? as u32,
+            rise: self.int(&p.rise, "probes.rise", 1, 1, 1000)? as u32,
+            max_concurrent: self.int(&p.max_concurrent, "probes.max_concurrent", 256, 1, 65536)?
+                as usize,
+            jitter,
+            tls_verify: p.tls_verify.unwrap_or(false),
+            max_redirects: self.int(&p.max_redirects, "probes.max_redirects", 5, 0, 50)? as u32,
+            body_limit: self.int(&p.body_limit, "probes.body_limit", 65536, 0, 16 << 20)? as usize,
+        })
+    }
+
+    fn zones(&self, z: &RawZones) -> Result<ZonesConfig, ConfigError> {
+        let transfer = match &z.transfer {
+            None => Vec::new(),
+            Some(t) => t
+                .get_ref()
+                .iter()
+                .map(|n| normalize_name(n).or_else(|m| self.err(t.span(), "zones.transfer", m)))
+                .collect::<Result<_, _>>()?,
+        };
+        let notify_from = match &z.notify_from {
+            None => None,
+            Some(n) => Some(
+                n.get_ref()
+                    .iter()
+                    .map(|a| {
+                        a.parse::<IpAddr>().or_else(|_| {
+                            self.err(
+                                n.span(),
+                                "zones.notify_from",
+                                format!("\"{a}\" is not an address"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        Ok(ZonesConfig {
+            transfer,
+            refresh: self.dur(
+                &z.refresh,
+                "zones.refresh",
+                "30s",
+                Duration::from_millis(100),
+            )?,
+            notify_from,
+        })
+    }
+
+    fn records(&self, recs: &[RawRecord]) -> Result<Vec<RecordSpec>, ConfigError> {
+        let mut out = Vec::with_capacity(recs.len());
+        for (index, r) in recs.iter().enumerate() {
+            let key = |k: &str| format!("records[{index}].{k}");
+            let name = normalize_name(r.name.get_ref())
+                .or_else(|m| self.err(r.name.span(), &key("name"), m))?;
+            let rtype = RecordType::parse(r.rtype.get_ref()).map_or_else(
+                || {
+                    self.err(
+                        r.rtype.span(),
+                        &key("type"),
+                        format!("\"{}\" is not A, AAAA, CNAME or TXT", r.rtype.get_ref()),
+                    )
+                },
+                Ok,
+            )?;
+            let ttl = self.int(&r.ttl, &key("ttl"), 300, 0, i32::MAX as i64)? as u32;
+            let (body, span) = match (&r.lua, &r.content) {
+                (Some(l), None) => (RecordBody::Lua(l.get_ref().clone()), l.span()),
+                (None, Some(c)) => {
+                    if c.get_ref().is_empty() {
+                        return self.err(c.span(), &key("content"), "needs at least one value");
+                    }
+                    (RecordBody::Content(c.get_ref().clone()), c.span())
+                }
+                (Some(l), Some(_)) => {
+                    return self.err(
+                        l.span(),
+                        &key("lua"),
+                        "give either lua or content, not both",
+                    );
+                }
+                (None, None) => {
+                    return self.err(
+                        r.name.span(),
+                        &format!("records[{index}]"),
+                        "needs lua or content",
+                    );
+                }
+            };
+            out.push(RecordSpec {
+                name,
+                rtype,
+                ttl,
+                body,
+                origin: RecordOrigin::Config { index, span },
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/dnsteer/dnsteer.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_contract_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.restart.listen.len(), 2);
+        assert_eq!(c.restart.max_udp_payload, 1232);
+        assert_eq!(c.restart.tcp.max_connections, 10000);
+        assert_eq!(c.restart.tcp.max_connections_per_client, 100);
+        assert_eq!(c.restart.tcp.idle_timeout, Duration::from_secs(10));
+        assert!(c.restart.workers >= 1);
+        assert!(c.ratelimit.enabled);
+        assert_eq!((c.ratelimit.qps, c.ratelimit.burst), (100, 100));
+        assert_eq!((c.ratelimit.ipv4_prefix, c.ratelimit.ipv6_prefix), (32, 64));
+        assert_eq!(c.ratelimit.block_for, Duration::from_secs(60));
+        assert_eq!(c.ratelimit.action, LimitAction::Drop);
+        assert_eq!(c.ratelimit.max_tracked_sources, 1_000_000);
+        assert_eq!(c.upstream.servers, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(c.upstream.policy, UpstreamPolicy::LeastOutstanding);
+        assert_eq!(
+            (c.upstream.ecs_ipv4_prefix, c.upstream.ecs_ipv6_prefix),
+            (24, 56)
+        );
+        assert!(c.upstream.add_ecs);
+        assert_eq!(c.logging.query_sample_rate, 0.01);
+        assert_eq!(c.logging.format, LogFormat::Json);
+        assert_eq!(c.probes.interval, Duration::from_secs(5));
+        assert_eq!(c.probes.timeout, Duration::from_secs(2));
+        assert_eq!(c.zones.refresh, Duration::from_secs(30));
+        assert!(c.geoip.is_none());
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = parse("[server]\nlisten = [\"127.0.0.1:53\"]\nworkres = 2\n").unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains(":3:"), "{s}");
+        assert!(s.contains("workres"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_names_key_line_and_column() {
+        let e = parse("[ratelimit]\naction = \"block\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/dnsteer/dnsteer.toml:2:10: ratelimit.action: \"block\" is not \"drop\", \"refused\" or \"truncate\""
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        assert_eq!(
+            normalize_name("API.Example.test").unwrap(),
+            "api.example.test."
+        );
+        assert!(normalize_name("a..b").is_err());
+        assert!(normalize_name(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn records_and_relative_geoip_path() {
+        let c = parse(
+            "[geoip]\ndatabase = \"geo/city.mmdb\"\n[[records]]\nname = \"Static.Example.Test\"\ntype = \"a\"\nttl = 30\ncontent = [\"192.0.2.1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.geoip.unwrap().database,
+            PathBuf::from("/etc/dnsteer/geo/city.mmdb")
+        );
+        assert_eq!(c.records[0].name, "static.example.test.");
+        assert_eq!(c.records[0].rtype, RecordType::A);
+        assert_eq!(c.records[0].ttl, 30);
+    }
+
+    #[test]
+    fn record_needs_exactly_one_body() {
+        assert!(parse("[[records]]\nname = \"a.test\"\ntype = \"A\"\n").is_err());
+        assert!(parse("[[records]]\nname = \"a.test\"\ntype = \"A\"\nlua = \"all({'192.0.2.1'})\"\ncontent = [\"192.0.2.1\"]\n").is_err());
+    }
+}

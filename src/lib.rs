@@ -1,0 +1,16 @@
+//! dnsteer: a DNS front proxy for PowerDNS that rate-limits per source, forwards to the
+//! PowerDNS replicas, and answers PowerDNS LUA records in-process from probe state and GeoIP.
+//!
+//! Data flow (one file per step):
+//! `listener` (UDP/TCP sockets) → `pipeline` (per query) → `ratelimit` → `dns` (parse)
+//! → `querylog` (sample) → `records` (+ `lua`, `probes`, `geo`) | `upstream` (PowerDNS pool)
+//! → `dns` (encode) → `listener`.
+//! Control plane: `config`, `reload`, `probes`, `geo`, `metrics`, `admin`, `app`.
+
+pub mod config;
+pub mod dns;
+pub mod geo;
+pub mod lua;
+pub mod probes;
+pub mod ratelimit;
+pub mod records;

@@ -1,0 +1,3 @@
+//! Compiler for the PowerDNS LUA-record subset: body text to a typed rule, at config load.
+//!
+//! STUB: being written.
