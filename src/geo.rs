@@ -36,3 +36,9 @@ impl GeoDb {
         None
     }
 }
+
+impl GeoDb {
+    pub fn build_epoch(&self) -> u64 {
+        0
+    }
+}

@@ -7,10 +7,19 @@
 //! → `dns` (encode) → `listener`.
 //! Control plane: `config`, `reload`, `probes`, `geo`, `metrics`, `admin`, `app`.
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod listener;
 pub mod lua;
+pub mod metrics;
+pub mod pipeline;
 pub mod probes;
+pub mod querylog;
 pub mod ratelimit;
 pub mod records;
+pub mod reload;
+pub mod upstream;
+pub mod zones;

@@ -1,1 +1,135 @@
-fn main() {}
+//! `dnsteer --config FILE` serves; `dnsteer check-config FILE` validates and exits 0 or 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use dnsteer::app::App;
+use dnsteer::config::{Config, LogFormat};
+
+const USAGE: &str = "usage:
+  dnsteer --config FILE          serve DNS as configured in FILE
+  dnsteer check-config FILE      validate FILE (records compiled too); exit 0 if valid, 1 if not
+  dnsteer --version";
+
+enum Command {
+    Serve(PathBuf),
+    Check(PathBuf),
+    Version,
+}
+
+fn parse_args() -> Result<Command, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["--config", f] | ["-c", f] => Ok(Command::Serve(PathBuf::from(f))),
+        ["check-config", f] => Ok(Command::Check(PathBuf::from(f))),
+        ["--version"] | ["-V"] => Ok(Command::Version),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    match parse_args() {
+        Err(usage) => {
+            eprintln!("{usage}");
+            ExitCode::from(2)
+        }
+        Ok(Command::Version) => {
+            println!("dnsteer {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Check(path)) => match check(&path) {
+            Ok(summary) => {
+                println!("{}: ok ({summary})", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Ok(Command::Serve(path)) => match serve(&path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("dnsteer: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+/// Everything a load does except probing and binding: parse, validate, compile, open GeoIP.
+fn check(path: &std::path::Path) -> Result<String, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    dnsteer::records::compile(&config).map_err(|e| e.to_string())?;
+    if let Some(g) = &config.geoip {
+        dnsteer::geo::GeoDb::open(&g.database)
+            .map_err(|e| format!("{}: geoip.database: {e}", path.display()))?;
+    }
+    Ok(format!(
+        "{} records, {} upstream servers, listen {:?}",
+        config.records.len(),
+        config.upstream.servers.len(),
+        config.restart.listen
+    ))
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .or_else(|| config.logging.level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.logging.format {
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(false),
+            )
+            .init(),
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+    }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    init_tracing(&config);
+    let drain = config.restart.shutdown_drain;
+    let grace = config.restart.shutdown_grace;
+    let app = App::start(config)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("starting")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    let signal = rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => Ok::<_, std::io::Error>("SIGTERM"),
+            _ = int.recv() => Ok("SIGINT"),
+        }
+    })?;
+    tracing::info!(signal, "stopping");
+    // Whatever happens in the drain, exit before the orchestrator's grace period ends.
+    std::thread::spawn(move || {
+        std::thread::sleep(grace.max(drain + Duration::from_secs(1)));
+        tracing::error!("shutdown did not finish within the grace period; exiting");
+        std::process::exit(0);
+    });
+    app.shutdown(drain);
+    tracing::info!("stopped");
+    Ok(())
+}

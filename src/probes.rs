@@ -80,3 +80,25 @@ impl Health {
 }
 
 pub type HealthRef = Arc<Health>;
+
+// ---- TEMPORARY stand-in until the probe pool lands -----------------------------------------
+use std::collections::HashMap;
+
+pub struct ProbePool;
+
+impl ProbePool {
+    pub fn new(_d: &crate::config::ProbeDefaults) -> Arc<ProbePool> {
+        Arc::new(ProbePool)
+    }
+    pub async fn sync(&self, specs: &[ProbeSpec]) -> HashMap<ProbeSpec, HealthRef> {
+        specs
+            .iter()
+            .map(|s| (s.clone(), Arc::new(Health::default())))
+            .collect()
+    }
+    pub fn set_defaults(&self, _d: &crate::config::ProbeDefaults) {}
+    pub fn status(&self) -> Vec<String> {
+        Vec::new()
+    }
+    pub fn shutdown(&self) {}
+}

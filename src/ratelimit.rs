@@ -15,6 +15,8 @@ pub enum Verdict {
     /// Over its rate or blocked: apply the configured action (unless dry run).
     /// `block_started` is true for the query that started the block (log it once).
     Limited { block_started: bool },
+    /// Dry run: would have been limited.
+    WouldLimit { block_started: bool },
 }
 
 pub struct RateLimiter {
@@ -28,5 +30,24 @@ impl RateLimiter {
 
     pub fn check(&self, _src: IpAddr) -> Verdict {
         Verdict::Allow
+    }
+    pub fn reconfigure(&self, _cfg: &RateLimitConfig) {}
+    pub fn checks(&self) -> u64 {
+        0
+    }
+    pub fn blocks_started(&self) -> u64 {
+        0
+    }
+    pub fn blocked_now(&self) -> usize {
+        0
+    }
+    pub fn tracked(&self) -> usize {
+        0
+    }
+    pub fn evictions(&self) -> u64 {
+        0
+    }
+    pub fn top_blocked(&self, _n: usize) -> Vec<String> {
+        Vec::new()
     }
 }

@@ -20,6 +20,8 @@ pub struct ZoneInfo {
     pub negative_ttl: u32,
     /// The zone has a DNSKEY at its apex: DO=1 queries must go to PowerDNS.
     pub signed: bool,
+    /// TTL of the SOA record itself (refresh period of these facts).
+    pub soa_ttl: u32,
 }
 
 /// Zone facts by zone apex (lower-case presentation, trailing dot).
@@ -143,5 +145,11 @@ impl RecordTable {
 
     pub fn is_empty(&self) -> bool {
         true
+    }
+}
+
+impl EvalError {
+    pub fn kind(&self) -> &'static str {
+        "bad_result"
     }
 }

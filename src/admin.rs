@@ -1,0 +1,332 @@
+//! Operator HTTP endpoints on `[metrics].listen`: `/metrics` (Prometheus text), `/healthz`
+//! (process alive), `/readyz` (first probe round done, sockets bound, not draining) and
+//! `/status` (JSON). Runs on the control-plane runtime, never on a worker.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::proto::{MetricFamily, MetricType};
+use tokio::net::TcpListener;
+
+use crate::app::Shared;
+use crate::metrics::{LATENCY_BUCKETS, encode, family, scalar};
+
+/// Serves until the runtime stops.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            encode(&gather(shared)),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed) {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "not ready\n".into(),
+                )
+            }
+        }
+        "/status" => reply(StatusCode::OK, "application/json", status_json(shared)),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = code;
+    if let Ok(v) = ctype.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+/// Every metric family: hot-path counters plus control-plane state read at scrape time.
+pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    shared.metrics.gather(&mut out);
+    let snap = shared.snapshot.load();
+
+    let servers = &snap.upstream.servers;
+    let lbl = |s: &crate::upstream::UpstreamServer| vec![("server", s.addr.to_string())];
+    out.push(family(
+        "dnsteer_upstream_healthy",
+        "1 if the PowerDNS server passes its health checks.",
+        MetricType::GAUGE,
+        servers
+            .iter()
+            .map(|s| (lbl(s), s.is_healthy() as u8 as f64))
+            .collect(),
+    ));
+    let mut req = Vec::new();
+    let mut errs = Vec::new();
+    for s in servers {
+        let (r, resp, timeouts, errors) = s.totals();
+        req.push((lbl(s), r as f64));
+        errs.push((
+            vec![("server", s.addr.to_string()), ("kind", "timeout".into())],
+            timeouts as f64,
+        ));
+        errs.push((
+            vec![("server", s.addr.to_string()), ("kind", "error".into())],
+            errors as f64,
+        ));
+        let _ = resp;
+    }
+    out.push(family(
+        "dnsteer_upstream_requests_total",
+        "Queries sent to each PowerDNS server (every attempt counts).",
+        MetricType::COUNTER,
+        req,
+    ));
+    out.push(family(
+        "dnsteer_upstream_errors_total",
+        "Failed attempts per PowerDNS server, by kind.",
+        MetricType::COUNTER,
+        errs,
+    ));
+    out.push(upstream_latency(servers));
+    out.push(family(
+        "dnsteer_upstream_health_checks_total",
+        "Health checks run per PowerDNS server, by result.",
+        MetricType::COUNTER,
+        servers
+            .iter()
+            .flat_map(|s| {
+                let all = s.checks.load(Ordering::Relaxed);
+                let bad = s.check_failures.load(Ordering::Relaxed);
+                [
+                    (
+                        vec![("server", s.addr.to_string()), ("result", "ok".into())],
+                        (all - bad.min(all)) as f64,
+                    ),
+                    (
+                        vec![("server", s.addr.to_string()), ("result", "failed".into())],
+                        bad as f64,
+                    ),
+                ]
+            })
+            .collect(),
+    ));
+
+    let rl = &shared.limiter;
+    out.push(scalar(
+        "dnsteer_ratelimit_checks_total",
+        "Rate-limit checks made (non-exempt queries).",
+        MetricType::COUNTER,
+        rl.checks() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_ratelimit_blocks_total",
+        "Blocks started (a source went over its rate).",
+        MetricType::COUNTER,
+        rl.blocks_started() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_ratelimit_blocked_sources",
+        "Source prefixes blocked right now.",
+        MetricType::GAUGE,
+        rl.blocked_now() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_ratelimit_tracked_sources",
+        "Source prefixes in the rate-limit table (bounded by max_tracked_sources).",
+        MetricType::GAUGE,
+        rl.tracked() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_ratelimit_evictions_total",
+        "Table entries replaced to make room for new sources.",
+        MetricType::COUNTER,
+        rl.evictions() as f64,
+    ));
+
+    probe_metrics(shared, &mut out);
+
+    out.push(family(
+        "dnsteer_config_reloads_total",
+        "Config reloads, by result.",
+        MetricType::COUNTER,
+        vec![
+            (
+                vec![("result", "ok".into())],
+                shared.reloads_ok.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                vec![("result", "failed".into())],
+                shared.reloads_failed.load(Ordering::Relaxed) as f64,
+            ),
+        ],
+    ));
+    let st = shared
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    out.push(scalar(
+        "dnsteer_config_last_reload_timestamp_seconds",
+        "Unix time of the last successful (re)load.",
+        MetricType::GAUGE,
+        st.last_reload_unix.unwrap_or(0) as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_config_restart_required",
+        "1 if the file changes settings that only apply after a restart.",
+        MetricType::GAUGE,
+        (!st.restart_required.is_empty()) as u8 as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_geoip_build_timestamp_seconds",
+        "Build time of the GeoIP database in use (0: none).",
+        MetricType::GAUGE,
+        st.geoip_build_epoch.unwrap_or(0) as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_log_lines_dropped_total",
+        "Log lines dropped because the log queue was full.",
+        MetricType::COUNTER,
+        shared.log.dropped() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_log_events_suppressed_total",
+        "Always-logged events not logged because of the per-second cap.",
+        MetricType::COUNTER,
+        shared.log.suppressed() as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_tcp_connections",
+        "TCP client connections open now.",
+        MetricType::GAUGE,
+        shared.tcp_counts.total.load(Ordering::Relaxed) as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_ready",
+        "1 when /readyz reports ready.",
+        MetricType::GAUGE,
+        (shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed)) as u8
+            as f64,
+    ));
+    out
+}
+
+fn upstream_latency(servers: &[Arc<crate::upstream::UpstreamServer>]) -> MetricFamily {
+    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric};
+    let mut f = MetricFamily::default();
+    f.set_name("dnsteer_upstream_latency_seconds".into());
+    f.set_help("Time from sending a query to a PowerDNS server to its answer.".into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    let mut metrics = Vec::new();
+    for s in servers {
+        let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        let mut sum = 0u64;
+        s.latency(&mut counts, &mut sum);
+        let mut h = Histogram::default();
+        let mut cum = 0;
+        let mut buckets = Vec::new();
+        for (i, ub) in LATENCY_BUCKETS.iter().enumerate() {
+            cum += counts[i];
+            let mut b = Bucket::default();
+            b.set_upper_bound(*ub);
+            b.set_cumulative_count(cum);
+            buckets.push(b);
+        }
+        cum += counts[LATENCY_BUCKETS.len()];
+        h.set_bucket(buckets);
+        h.set_sample_count(cum);
+        h.set_sample_sum(sum as f64 * 1e-9);
+        let mut l = LabelPair::default();
+        l.set_name("server".into());
+        l.set_value(s.addr.to_string());
+        let mut m = Metric::from_label(vec![l]);
+        m.set_histogram(h);
+        metrics.push(m);
+    }
+    f.set_metric(metrics);
+    f
+}
+
+fn status_json(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let st = shared
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let upstreams: Vec<_> = snap
+        .upstream
+        .servers
+        .iter()
+        .map(|s| {
+            let (requests, responses, timeouts, errors) = s.totals();
+            serde_json::json!({
+                "address": s.addr.to_string(),
+                "healthy": s.is_healthy(),
+                "consecutive_failures": s.consecutive_failures.load(Ordering::Relaxed),
+                "requests": requests,
+                "responses": responses,
+                "timeouts": timeouts,
+                "errors": errors,
+            })
+        })
+        .collect();
+    let listeners: Vec<String> = shared
+        .listen_addrs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let v = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_unix": shared.started_unix,
+        "ready": shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed),
+        "draining": shared.draining.load(Ordering::Relaxed),
+        "config": st,
+        "listeners": listeners,
+        "workers": shared.restart.workers,
+        "upstreams": upstreams,
+        "probes": shared.probes.status(),
+        "records_in_process": !snap.records.is_empty(),
+        "ratelimit": {
+            "enabled": snap.config.ratelimit.enabled,
+            "dry_run": snap.config.ratelimit.dry_run,
+            "tracked_sources": shared.limiter.tracked(),
+            "blocked_now": shared.limiter.blocked_now(),
+            "top_blocked": shared.limiter.top_blocked(20),
+        },
+        "queries_total": shared.metrics.total_queries(),
+    });
+    serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Probe targets by state, state changes and probe latency, from the pool's status table.
+fn probe_metrics(_shared: &Shared, _out: &mut Vec<MetricFamily>) {}

@@ -1,0 +1,686 @@
+//! Sockets and workers: one thread per worker, each with its own single-threaded runtime,
+//! its own `SO_REUSEPORT` UDP socket and TCP listener per listen address, its own upstream
+//! sockets and pending tables. Nothing on the per-packet path takes a lock.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::app::{Shared, Snapshot};
+use crate::dns::{self, rcode};
+use crate::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
+use crate::pipeline::{self, Action, Ctx};
+use crate::querylog::{Event, Sampler};
+use crate::upstream::{ForwardError, Pending, UdpClient, WorkerUpstreams};
+
+/// Largest UDP datagram we read (EDNS clients may send up to this).
+const UDP_BUF: usize = 4096;
+/// How often a worker looks for forwarded queries past their deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(10);
+
+/// Sockets bound before the workers start, so bind errors surface at start-up.
+pub struct BoundSockets {
+    /// Per listen address: one UDP socket and one TCP listener per worker.
+    pub udp: Vec<Vec<std::net::UdpSocket>>,
+    pub tcp: Vec<Vec<std::net::TcpListener>>,
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+}
+
+fn reuseport_socket(
+    addr: SocketAddr,
+    ty: Type,
+    proto: Protocol,
+    buffer: usize,
+) -> std::io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    if buffer > 0 && ty == Type::DGRAM {
+        // The kernel caps these at net.core.rmem_max / wmem_max; failure is not fatal.
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+/// Binds `workers` UDP sockets and TCP listeners on every address. For port 0, one port free
+/// for both UDP and TCP is found first, then every worker binds it.
+pub fn bind_all(
+    listen: &[SocketAddr],
+    workers: usize,
+    buffer: usize,
+) -> std::io::Result<BoundSockets> {
+    let mut out = BoundSockets {
+        udp: Vec::new(),
+        tcp: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for &want in listen {
+        let mut last_err = None;
+        let mut bound = None;
+        for _ in 0..32 {
+            match bind_one(want, workers, buffer) {
+                Ok(b) => {
+                    bound = Some(b);
+                    break;
+                }
+                Err(e) if want.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                    last_err = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (addr, udp, tcp) = bound
+            .ok_or_else(|| last_err.unwrap_or_else(|| std::io::ErrorKind::AddrInUse.into()))?;
+        out.addrs.push(addr);
+        out.udp.push(udp);
+        out.tcp.push(tcp);
+    }
+    Ok(out)
+}
+
+type Bound = (
+    SocketAddr,
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+);
+
+fn bind_one(want: SocketAddr, workers: usize, buffer: usize) -> std::io::Result<Bound> {
+    let first_tcp = reuseport_socket(want, Type::STREAM, Protocol::TCP, buffer)?;
+    let addr = first_tcp
+        .local_addr()?
+        .as_socket()
+        .ok_or(std::io::ErrorKind::InvalidInput)?;
+    first_tcp.listen(1024)?;
+    let mut tcp = vec![std::net::TcpListener::from(first_tcp)];
+    let mut udp = Vec::with_capacity(workers);
+    for i in 0..workers {
+        udp.push(std::net::UdpSocket::from(reuseport_socket(
+            addr,
+            Type::DGRAM,
+            Protocol::UDP,
+            buffer,
+        )?));
+        if i > 0 {
+            let t = reuseport_socket(addr, Type::STREAM, Protocol::TCP, buffer)?;
+            t.listen(1024)?;
+            tcp.push(std::net::TcpListener::from(t));
+        }
+    }
+    Ok((addr, udp, tcp))
+}
+
+/// Connection counts shared by all workers (touched on accept and close only).
+#[derive(Default)]
+pub struct TcpCounts {
+    pub total: AtomicUsize,
+    pub per_client: dashmap::DashMap<std::net::IpAddr, usize>,
+}
+
+/// One worker's state, shared by its tasks (single thread: `Rc` and `RefCell`).
+struct Worker {
+    shared: Arc<Shared>,
+    snap: RefCell<arc_swap::Cache<Arc<arc_swap::ArcSwap<Snapshot>>, Arc<Snapshot>>>,
+    metrics: Arc<WorkerMetrics>,
+    sampler: RefCell<Sampler>,
+    udp: Vec<Rc<UdpSocket>>,
+    upstreams: RefCell<Rc<WorkerUpstreams>>,
+}
+
+impl Worker {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snap.borrow_mut().load().clone()
+    }
+
+    /// The worker's upstream state, rebuilt when a reload replaced the pool.
+    fn upstreams(self: &Rc<Self>, snap: &Snapshot) -> Rc<WorkerUpstreams> {
+        let current = self.upstreams.borrow().clone();
+        if Arc::ptr_eq(&current.set, &snap.upstream) {
+            return current;
+        }
+        match WorkerUpstreams::build(snap.upstream.clone(), Some(&current)) {
+            Ok(next) => {
+                let next = Rc::new(next);
+                for (i, ws) in next.servers.iter().enumerate() {
+                    if !current.servers.iter().any(|c| Rc::ptr_eq(c, ws)) {
+                        tokio::task::spawn_local(upstream_udp_loop(self.clone(), next.clone(), i));
+                    }
+                }
+                // Keep sweeping the old set's pending queries until they finish.
+                tokio::task::spawn_local(sweep_loop(self.clone(), current.clone(), true));
+                *self.upstreams.borrow_mut() = next.clone();
+                next
+            }
+            Err(e) => {
+                tracing::error!(target: "dnsteer::upstream", error = %e, "cannot open upstream sockets; keeping the previous pool");
+                current
+            }
+        }
+    }
+}
+
+/// Runs one worker until `stop` turns true and its in-flight work is done.
+pub fn run_worker(
+    index: usize,
+    shared: Arc<Shared>,
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<std::net::TcpListener>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let snap0 = shared.snapshot.load_full();
+        let upstreams = Rc::new(WorkerUpstreams::build(snap0.upstream.clone(), None)?);
+        let mut udp_socks = Vec::new();
+        for s in udp {
+            udp_socks.push(Rc::new(UdpSocket::from_std(s)?));
+        }
+        let worker = Rc::new(Worker {
+            snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
+            metrics: shared.metrics.register_worker(),
+            sampler: RefCell::new(Sampler::default()),
+            udp: udp_socks,
+            upstreams: RefCell::new(upstreams.clone()),
+            shared,
+        });
+        for i in 0..upstreams.servers.len() {
+            tokio::task::spawn_local(upstream_udp_loop(worker.clone(), upstreams.clone(), i));
+        }
+        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone(), false));
+        let mut tasks = Vec::new();
+        for i in 0..worker.udp.len() {
+            tasks.push(tokio::task::spawn_local(udp_loop(
+                worker.clone(),
+                i,
+                stop.clone(),
+            )));
+        }
+        for l in tcp {
+            let l = TcpListener::from_std(l)?;
+            tasks.push(tokio::task::spawn_local(tcp_accept_loop(
+                worker.clone(),
+                l,
+                stop.clone(),
+            )));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        // Let forwarded queries finish: wait until no pending UDP query is left (bounded).
+        let snap = worker.snapshot();
+        let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
+            + Duration::from_millis(100);
+        let until = Instant::now() + bound;
+        while Instant::now() < until
+            && worker
+                .upstreams
+                .borrow()
+                .servers
+                .iter()
+                .any(|s| !s.pending.borrow().is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tracing::debug!(worker = index, "worker stopped");
+        Ok::<(), std::io::Error>(())
+    })
+}
+
+async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool>) {
+    let sock = w.udp[listener].clone();
+    let mut buf = vec![0u8; UDP_BUF];
+    let mut out = Vec::with_capacity(UDP_BUF);
+    let mut fwd = Vec::with_capacity(UDP_BUF);
+    loop {
+        let (n, src) = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                // ICMP errors and the like: nothing to answer.
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let received = Instant::now();
+        let snap = w.snapshot();
+        let action = {
+            let mut sampler = w.sampler.borrow_mut();
+            let mut ctx = Ctx {
+                snap: &snap,
+                limiter: &w.shared.limiter,
+                metrics: &w.metrics,
+                log: &w.shared.log,
+                sampler: &mut sampler,
+                max_udp_payload: w.shared.restart.max_udp_payload,
+            };
+            pipeline::handle(&mut ctx, &buf[..n], src, Transport::Udp, received, &mut out)
+        };
+        match action {
+            Action::Reply => send_udp(&w, listener, &out, src),
+            Action::Drop => {}
+            Action::Forward { query, sampled } => {
+                w.metrics.query(Transport::Udp, Decision::Forwarded);
+                let ups = w.upstreams(&snap);
+                let p = Pending {
+                    client: UdpClient {
+                        addr: src,
+                        listener,
+                    },
+                    orig_id: query.id,
+                    added: dns::Added::Nothing,
+                    query,
+                    packet: buf[..n].to_vec(),
+                    attempt: 0,
+                    tried: 0,
+                    sent_at: received,
+                    received_at: received,
+                    sampled,
+                };
+                if let Err(err) = ups.send_udp(p, &mut fwd) {
+                    let (e, p) = *err;
+                    fail_udp(&w, &snap, p, e, &mut out);
+                }
+            }
+        }
+    }
+}
+
+fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
+    if w.udp[listener].try_send_to(out, to).is_err() {
+        w.metrics.dropped(DropReason::SendFailed);
+    }
+}
+
+/// A forwarded UDP query that cannot be (re)sent or ran out of attempts: SERVFAIL.
+fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut Vec<u8>) {
+    w.metrics.dropped(match e {
+        ForwardError::PendingFull => DropReason::PendingFull,
+        _ => DropReason::UpstreamUnavailable,
+    });
+    w.shared.log.event(Event::ServFail {
+        client: p.client.addr.ip(),
+        qname: p.query.qname,
+        qtype: p.query.qtype,
+        reason: e.kind(),
+    });
+    if dns::write_error(&p.packet, rcode::SERVFAIL, out) {
+        send_udp(w, p.client.listener, out, p.client.addr);
+        pipeline::forwarded_done(
+            snap,
+            &w.metrics,
+            &w.shared.log,
+            &pipeline::Forwarded {
+                transport: Transport::Udp,
+                client: p.client.addr.ip(),
+                query: &p.query,
+                received: p.received_at,
+                sampled: p.sampled,
+            },
+            out,
+            None,
+        );
+    }
+}
+
+/// Receives answers from one server's socket and passes them back to the clients.
+async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) {
+    let sock = ups.servers[idx].udp.clone();
+    let addr = ups.servers[idx].server.addr;
+    let mut buf = vec![0u8; 65_535];
+    let mut out = Vec::with_capacity(UDP_BUF);
+    loop {
+        let n = match sock.recv(&mut buf).await {
+            Ok(n) => n,
+            // ECONNREFUSED from an ICMP port unreachable: the query times out and is retried.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        };
+        let resp = &buf[..n];
+        let Some(p) = ups.take_matching(idx, resp) else {
+            w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+            continue;
+        };
+        let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
+        match dns::restore_response(resp, p.orig_id, p.added, Some(max), &mut out) {
+            Ok(()) => {
+                if out.get(2).is_some_and(|b| b & 0x02 != 0) {
+                    w.metrics.truncated.inc();
+                }
+                send_udp(&w, p.client.listener, &out, p.client.addr);
+                let snap = w.snapshot();
+                pipeline::forwarded_done(
+                    &snap,
+                    &w.metrics,
+                    &w.shared.log,
+                    &pipeline::Forwarded {
+                        transport: Transport::Udp,
+                        client: p.client.addr.ip(),
+                        query: &p.query,
+                        received: p.received_at,
+                        sampled: p.sampled,
+                    },
+                    &out,
+                    Some(addr),
+                );
+            }
+            Err(_) => {
+                w.metrics.malformed(Malformed::BadUpstreamResponse);
+                ups.servers[idx].counters.errors.inc();
+                let snap = w.snapshot();
+                retry_or_fail(&w, &snap, &ups, p, &mut out);
+            }
+        }
+    }
+}
+
+fn retry_or_fail(
+    w: &Worker,
+    snap: &Snapshot,
+    ups: &WorkerUpstreams,
+    p: Pending,
+    out: &mut Vec<u8>,
+) {
+    if p.attempt >= ups.set.config.attempts {
+        fail_udp(w, snap, p, ForwardError::NoServer, out);
+        return;
+    }
+    let mut fwd = Vec::with_capacity(p.packet.len() + 32);
+    if let Err(err) = ups.send_udp(p, &mut fwd) {
+        let (e, p) = *err;
+        fail_udp(w, snap, p, e, out);
+    }
+}
+
+/// Retries or SERVFAILs UDP attempts past their deadline. `drain_only`: an old pool after a
+/// reload, swept until it is empty.
+async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, drain_only: bool) {
+    let mut expired = Vec::new();
+    let mut out = Vec::with_capacity(UDP_BUF);
+    loop {
+        tokio::time::sleep(SWEEP_EVERY).await;
+        ups.expired(Instant::now(), &mut expired);
+        let snap = w.snapshot();
+        for p in expired.drain(..) {
+            let server = p.tried.trailing_zeros() as usize;
+            if let Some(ws) = ups.servers.get(server) {
+                w.shared.log.event(Event::UpstreamTimeout {
+                    server: ws.server.addr,
+                    qname: p.query.qname,
+                    qtype: p.query.qtype,
+                });
+            }
+            retry_or_fail(&w, &snap, &ups, p, &mut out);
+        }
+        let idle = ups.deadlines.borrow().is_empty();
+        if drain_only && idle {
+            return;
+        }
+        if !drain_only && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) && idle {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP
+// ---------------------------------------------------------------------------------------------
+
+async fn tcp_accept_loop(w: Rc<Worker>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let limits = &w.shared.restart.tcp;
+        let counts = &w.shared.tcp_counts;
+        let ip = peer.ip().to_canonical();
+        let total = counts.total.fetch_add(1, Ordering::Relaxed) + 1;
+        let per_client = {
+            let mut e = counts.per_client.entry(ip).or_insert(0);
+            *e += 1;
+            *e
+        };
+        let guard = ConnGuard {
+            counts: w.shared.clone(),
+            ip,
+        };
+        if total > limits.max_connections || per_client > limits.max_connections_per_client {
+            w.metrics.dropped(DropReason::TcpConnectionCap);
+            drop(stream);
+            drop(guard);
+            continue;
+        }
+        w.metrics.tcp_accepted.inc();
+        let _ = stream.set_nodelay(true);
+        tokio::task::spawn_local(tcp_connection(w.clone(), stream, peer, guard, stop.clone()));
+    }
+}
+
+/// Releases a connection's slots in the shared counts when the connection ends.
+struct ConnGuard {
+    counts: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let c = &self.counts.tcp_counts;
+        c.total.fetch_sub(1, Ordering::Relaxed);
+        c.per_client.remove_if_mut(&self.ip, |_, n| {
+            *n -= 1;
+            *n == 0
+        });
+    }
+}
+
+async fn tcp_connection(
+    w: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _guard: ConnGuard,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limits = w.shared.restart.tcp.clone();
+    let (mut rd, mut wr) = stream.into_split();
+    // Responses are written by one task; the queue is bounded by the in-flight limit, and a
+    // client that does not read stalls only itself: its permits stay taken, we stop reading.
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
+    let idle = limits.idle_timeout;
+    let writer = tokio::task::spawn_local(async move {
+        while let Some(msg) = rx.recv().await {
+            let mut frame = Vec::with_capacity(msg.len() + 2);
+            frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&msg);
+            match tokio::time::timeout(idle, wr.write_all(&frame)).await {
+                Ok(Ok(())) => {}
+                _ => return,
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let permits = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
+    let mut served: u64 = 0;
+    let mut out = Vec::with_capacity(1024);
+    loop {
+        if limits.max_queries_per_connection > 0 && served >= limits.max_queries_per_connection {
+            w.metrics.tcp_closed_query_cap.inc();
+            break;
+        }
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let len = tokio::select! {
+            r = tokio::time::timeout(idle, rd.read_u16()) => match r {
+                Ok(Ok(n)) => n as usize,
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    w.metrics.tcp_closed_idle.inc();
+                    break;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        if len < dns::HEADER_LEN {
+            w.metrics.dropped(DropReason::TcpFrame);
+            break;
+        }
+        let mut msg = vec![0u8; len];
+        // The body must follow promptly: a slow trickle is treated like an idle client.
+        match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
+            Ok(Ok(_)) => {}
+            _ => {
+                w.metrics.dropped(DropReason::TcpFrame);
+                break;
+            }
+        }
+        served += 1;
+        let received = Instant::now();
+        let snap = w.snapshot();
+        let action = {
+            let mut sampler = w.sampler.borrow_mut();
+            let mut ctx = Ctx {
+                snap: &snap,
+                limiter: &w.shared.limiter,
+                metrics: &w.metrics,
+                log: &w.shared.log,
+                sampler: &mut sampler,
+                max_udp_payload: w.shared.restart.max_udp_payload,
+            };
+            pipeline::handle(&mut ctx, &msg, peer, Transport::Tcp, received, &mut out)
+        };
+        match action {
+            Action::Reply => {
+                if tx.send(out.clone()).await.is_err() {
+                    break;
+                }
+                drop(permit);
+            }
+            Action::Drop => drop(permit),
+            Action::Forward { query, sampled } => {
+                w.metrics.query(Transport::Tcp, Decision::Forwarded);
+                let ups = w.upstreams(&snap);
+                let tx = tx.clone();
+                let w2 = w.clone();
+                tokio::task::spawn_local(async move {
+                    let resp = forward_tcp(&w2, &ups, &msg, &query, peer).await;
+                    let snap = w2.snapshot();
+                    pipeline::forwarded_done(
+                        &snap,
+                        &w2.metrics,
+                        &w2.shared.log,
+                        &pipeline::Forwarded {
+                            transport: Transport::Tcp,
+                            client: peer.ip(),
+                            query: &query,
+                            received,
+                            sampled,
+                        },
+                        &resp.0,
+                        resp.1,
+                    );
+                    let _ = tx.send(resp.0).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    // Wait for in-flight queries (they hold permits) so their answers are written, then close.
+    let _ = permits
+        .acquire_many(limits.max_in_flight_per_connection as u32)
+        .await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
+/// servers; returns the client's response (SERVFAIL if every attempt failed) and the server.
+async fn forward_tcp(
+    w: &Worker,
+    ups: &WorkerUpstreams,
+    msg: &[u8],
+    q: &dns::Query,
+    peer: SocketAddr,
+) -> (Vec<u8>, Option<SocketAddr>) {
+    let mut tried = 0u64;
+    let mut buf = Vec::with_capacity(msg.len() + 32);
+    let mut out = Vec::with_capacity(512);
+    for _ in 0..ups.set.config.attempts {
+        let Some(idx) = ups.pick(tried) else { break };
+        tried |= 1 << idx;
+        let ws = &ups.servers[idx];
+        let id = fastrand::u16(..);
+        let added =
+            dns::rewrite_for_upstream(msg, q, id, ups.ecs_for(peer.ip().to_canonical()), &mut buf);
+        ws.counters.requests.inc();
+        let sent = Instant::now();
+        let rx = match ws.tcp.send(id, buf.clone()) {
+            Ok(rx) => rx,
+            Err(_) => {
+                ws.counters.errors.inc();
+                continue;
+            }
+        };
+        match tokio::time::timeout(ups.set.config.timeout, rx).await {
+            Ok(Ok(resp)) if dns::response_matches(&resp, id, q) => {
+                ws.counters.responses.inc();
+                ws.counters
+                    .latency
+                    .observe_ns(sent.elapsed().as_nanos() as u64);
+                if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
+                    return (out, Some(ws.server.addr));
+                }
+                w.metrics.malformed(Malformed::BadUpstreamResponse);
+                ws.counters.errors.inc();
+            }
+            Ok(Ok(_)) => {
+                w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+                ws.counters.errors.inc();
+            }
+            Ok(Err(_)) => ws.counters.errors.inc(),
+            Err(_) => {
+                ws.counters.timeouts.inc();
+                w.shared.log.event(Event::UpstreamTimeout {
+                    server: ws.server.addr,
+                    qname: q.qname,
+                    qtype: q.qtype,
+                });
+            }
+        }
+    }
+    w.metrics.dropped(DropReason::UpstreamUnavailable);
+    w.shared.log.event(Event::ServFail {
+        client: peer.ip(),
+        qname: q.qname,
+        qtype: q.qtype,
+        reason: "upstream",
+    });
+    out.clear();
+    dns::write_error(msg, rcode::SERVFAIL, &mut out);
+    (out, None)
+}

@@ -1,0 +1,551 @@
+//! Metrics: per-worker single-writer counters on the hot path, summed into Prometheus families
+//! only when `/metrics` is scraped.
+//!
+//! A worker increments its own `WorkerMetrics` with a relaxed load+store (no contended atomic,
+//! no lock); the scrape sums every worker's copy. Label values come from the static tables
+//! here or from config, never from query content, so label sets stay bounded.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+
+/// A counter written by exactly one thread and read by the scraper.
+#[derive(Default)]
+pub struct Cnt(AtomicU64);
+
+impl Cnt {
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: load+store is enough and avoids a locked read-modify-write.
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp = 0,
+    Tcp = 1,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+/// What happened to a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Answered in-process from a rule's first choice.
+    Rule = 0,
+    /// Answered in-process by a backup selector (nothing was up).
+    Backup = 1,
+    /// Answered in-process with NODATA (empty result, or a type we do not hold at our name).
+    Empty = 2,
+    /// Sent to PowerDNS.
+    Forwarded = 3,
+    /// Over its source's rate: the configured action was applied.
+    Limited = 4,
+    /// Not answered (runt, response, or our own resource limits).
+    Dropped = 5,
+    /// Answered in-process with an error (FORMERR, NOTIMP, BADVERS, REFUSED, SERVFAIL).
+    Error = 6,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 7] = [
+        Decision::Rule,
+        Decision::Backup,
+        Decision::Empty,
+        Decision::Forwarded,
+        Decision::Limited,
+        Decision::Dropped,
+        Decision::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Rule => "rule",
+            Decision::Backup => "backup",
+            Decision::Empty => "empty",
+            Decision::Forwarded => "forwarded",
+            Decision::Limited => "limited",
+            Decision::Dropped => "dropped",
+            Decision::Error => "error",
+        }
+    }
+}
+
+/// Why a packet or query was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    TooShort = 0,
+    IsResponse = 1,
+    RateLimited = 2,
+    PendingFull = 3,
+    UpstreamUnavailable = 4,
+    SendFailed = 5,
+    TcpFrame = 6,
+    TcpConnectionCap = 7,
+    Draining = 8,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 9] = [
+        DropReason::TooShort,
+        DropReason::IsResponse,
+        DropReason::RateLimited,
+        DropReason::PendingFull,
+        DropReason::UpstreamUnavailable,
+        DropReason::SendFailed,
+        DropReason::TcpFrame,
+        DropReason::TcpConnectionCap,
+        DropReason::Draining,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::IsResponse => "is_response",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::PendingFull => "pending_full",
+            DropReason::UpstreamUnavailable => "upstream_unavailable",
+            DropReason::SendFailed => "send_failed",
+            DropReason::TcpFrame => "tcp_bad_frame",
+            DropReason::TcpConnectionCap => "tcp_connection_cap",
+            DropReason::Draining => "draining",
+        }
+    }
+}
+
+/// Malformed-input outcomes answered by us (each also counts as `Decision::Error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    FormErr = 0,
+    NotImp = 1,
+    BadVers = 2,
+    BadUpstreamResponse = 3,
+    MismatchedUpstreamResponse = 4,
+}
+
+impl Malformed {
+    pub const ALL: [Malformed; 5] = [
+        Malformed::FormErr,
+        Malformed::NotImp,
+        Malformed::BadVers,
+        Malformed::BadUpstreamResponse,
+        Malformed::MismatchedUpstreamResponse,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Malformed::FormErr => "formerr",
+            Malformed::NotImp => "notimp",
+            Malformed::BadVers => "badvers",
+            Malformed::BadUpstreamResponse => "bad_upstream_response",
+            Malformed::MismatchedUpstreamResponse => "mismatched_upstream_response",
+        }
+    }
+}
+
+pub const RCODE_LABELS: [&str; 16] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
+    "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
+];
+
+/// Upper bounds (seconds) of the latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.5, 1.0,
+];
+
+/// A histogram with fixed buckets, written by one thread.
+#[derive(Default)]
+pub struct Hist {
+    buckets: [Cnt; LATENCY_BUCKETS.len() + 1],
+    sum_ns: Cnt,
+}
+
+impl Hist {
+    #[inline]
+    pub fn observe_ns(&self, ns: u64) {
+        let secs = ns as f64 * 1e-9;
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].inc();
+        self.sum_ns.add(ns);
+    }
+
+    pub fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
+        for (c, b) in counts.iter_mut().zip(&self.buckets) {
+            *c += b.get();
+        }
+        *sum_ns += self.sum_ns.get();
+    }
+}
+
+/// Latency kinds of the end-to-end histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    InProcess = 0,
+    Forwarded = 1,
+}
+
+/// One worker's counters. Aligned so two workers never share a cache line.
+#[repr(align(128))]
+#[derive(Default)]
+pub struct WorkerMetrics {
+    pub queries: [[Cnt; 7]; 2],
+    pub responses: [[Cnt; 16]; 2],
+    pub drops: [Cnt; 9],
+    pub malformed: [Cnt; 5],
+    pub limited_by_action: [Cnt; 3],
+    pub would_limit: Cnt,
+    pub latency: [Hist; 2],
+    pub tcp_accepted: Cnt,
+    pub tcp_closed_idle: Cnt,
+    pub tcp_closed_query_cap: Cnt,
+    pub dnssec_forwarded: Cnt,
+    pub truncated: Cnt,
+}
+
+impl WorkerMetrics {
+    #[inline]
+    pub fn query(&self, t: Transport, d: Decision) {
+        self.queries[t as usize][d as usize].inc();
+    }
+
+    #[inline]
+    pub fn response(&self, t: Transport, rcode: u8) {
+        self.responses[t as usize][(rcode & 0xf) as usize].inc();
+    }
+
+    #[inline]
+    pub fn dropped(&self, r: DropReason) {
+        self.drops[r as usize].inc();
+    }
+
+    #[inline]
+    pub fn malformed(&self, m: Malformed) {
+        self.malformed[m as usize].inc();
+    }
+}
+
+/// Every worker's counters, for the scraper.
+#[derive(Default)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+}
+
+impl Metrics {
+    /// Registers a new worker's counters (at start only: never on the packet path).
+    pub fn register_worker(&self) -> Arc<WorkerMetrics> {
+        let w = Arc::new(WorkerMetrics::default());
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w.clone());
+        w
+    }
+
+    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|w| f(w))
+            .sum()
+    }
+
+    /// Total queries seen (all transports and decisions); used by tests and `/status`.
+    pub fn total_queries(&self) -> u64 {
+        self.sum(|w| w.queries.iter().flatten().map(Cnt::get).sum())
+    }
+
+    /// Queries with one decision, summed over transports.
+    pub fn decision_total(&self, d: Decision) -> u64 {
+        self.sum(|w| w.queries.iter().map(|t| t[d as usize].get()).sum())
+    }
+
+    /// Hot-path families, summed across workers.
+    pub fn gather(&self, out: &mut Vec<MetricFamily>) {
+        let mut queries = Vec::new();
+        let mut responses = Vec::new();
+        for t in Transport::ALL {
+            for d in Decision::ALL {
+                let v = self.sum(|w| w.queries[t as usize][d as usize].get());
+                queries.push((
+                    vec![
+                        ("transport", t.label().to_string()),
+                        ("decision", d.label().to_string()),
+                    ],
+                    v as f64,
+                ));
+            }
+            for (rc, name) in RCODE_LABELS.iter().enumerate() {
+                let v = self.sum(|w| w.responses[t as usize][rc].get());
+                if v > 0 || rc <= 5 {
+                    responses.push((
+                        vec![
+                            ("transport", t.label().to_string()),
+                            ("rcode", name.to_string()),
+                        ],
+                        v as f64,
+                    ));
+                }
+            }
+        }
+        out.push(family(
+            "dnsteer_queries_total",
+            "Queries received, by transport and what was done with them.",
+            MetricType::COUNTER,
+            queries,
+        ));
+        out.push(family(
+            "dnsteer_responses_total",
+            "Responses sent to clients, by transport and rcode.",
+            MetricType::COUNTER,
+            responses,
+        ));
+        out.push(family(
+            "dnsteer_dropped_total",
+            "Packets or queries not answered, by reason.",
+            MetricType::COUNTER,
+            DropReason::ALL
+                .iter()
+                .map(|r| {
+                    (
+                        vec![("reason", r.label().to_string())],
+                        self.sum(|w| w.drops[*r as usize].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_malformed_total",
+            "Malformed or unsupported input, by kind (queries answered FORMERR/NOTIMP/BADVERS, bad upstream responses).",
+            MetricType::COUNTER,
+            Malformed::ALL
+                .iter()
+                .map(|m| (vec![("kind", m.label().to_string())], self.sum(|w| w.malformed[*m as usize].get()) as f64))
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_ratelimit_limited_total",
+            "Queries limited by the per-source rate limit, by action applied.",
+            MetricType::COUNTER,
+            ["drop", "refused", "truncate"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        vec![("action", a.to_string())],
+                        self.sum(|w| w.limited_by_action[i].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_dry_run_total",
+            "Queries that would have been limited in dry-run mode.",
+            MetricType::COUNTER,
+            self.sum(|w| w.would_limit.get()) as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_dnssec_forwarded_total",
+            "DO=1 queries for in-process records of signed zones, sent to PowerDNS to be signed.",
+            MetricType::COUNTER,
+            self.sum(|w| w.dnssec_forwarded.get()) as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_truncated_total",
+            "UDP responses sent with TC=1 because they exceeded the client's limit.",
+            MetricType::COUNTER,
+            self.sum(|w| w.truncated.get()) as f64,
+        ));
+        out.push(family(
+            "dnsteer_tcp_connections_total",
+            "TCP client connections accepted and closed by dnsteer, by event.",
+            MetricType::COUNTER,
+            vec![
+                (
+                    vec![("event", "accepted".into())],
+                    self.sum(|w| w.tcp_accepted.get()) as f64,
+                ),
+                (
+                    vec![("event", "closed_idle".into())],
+                    self.sum(|w| w.tcp_closed_idle.get()) as f64,
+                ),
+                (
+                    vec![("event", "closed_query_cap".into())],
+                    self.sum(|w| w.tcp_closed_query_cap.get()) as f64,
+                ),
+            ],
+        ));
+        let mut hists = Vec::new();
+        for (p, label) in [
+            (Path::InProcess, "in_process"),
+            (Path::Forwarded, "forwarded"),
+        ] {
+            let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
+            let mut sum_ns = 0u64;
+            for w in self
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+            {
+                w.latency[p as usize].add_into(&mut counts, &mut sum_ns);
+            }
+            hists.push(histogram_metric(
+                vec![("path", label.to_string())],
+                &counts,
+                sum_ns as f64 * 1e-9,
+            ));
+        }
+        let mut f = MetricFamily::default();
+        f.set_name("dnsteer_query_duration_seconds".into());
+        f.set_help(
+            "Time from receiving a query to sending its answer, in-process or forwarded.".into(),
+        );
+        f.set_field_type(MetricType::HISTOGRAM);
+        f.set_metric(hists);
+        out.push(f);
+    }
+}
+
+/// Builds a labelled family of counters or gauges.
+pub fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: Vec<(Vec<(&str, String)>, f64)>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(
+        rows.into_iter()
+            .map(|(labels, v)| {
+                let mut m =
+                    Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
+                match kind {
+                    MetricType::COUNTER => {
+                        let mut c = Counter::default();
+                        c.set_value(v);
+                        m.set_counter(c);
+                    }
+                    _ => {
+                        let mut g = Gauge::default();
+                        g.set_value(v);
+                        m.set_gauge(g);
+                    }
+                }
+                m
+            })
+            .collect(),
+    );
+    f
+}
+
+/// Builds an unlabelled counter or gauge.
+pub fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
+    family(name, help, kind, vec![(Vec::new(), v)])
+}
+
+fn label(k: &str, v: String) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(k.into());
+    l.set_value(v);
+    l
+}
+
+fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
+    let mut h = Histogram::default();
+    let mut cumulative = 0;
+    let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());
+    for (i, ub) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += counts[i];
+        let mut b = Bucket::default();
+        b.set_upper_bound(*ub);
+        b.set_cumulative_count(cumulative);
+        buckets.push(b);
+    }
+    cumulative += counts[LATENCY_BUCKETS.len()];
+    h.set_bucket(buckets);
+    h.set_sample_count(cumulative);
+    h.set_sample_sum(sum);
+    let mut m = Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
+    m.set_histogram(h);
+    m
+}
+
+/// Encodes families in the Prometheus text format.
+pub fn encode(families: &[MetricFamily]) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    // Encoding our own well-formed families cannot fail; an empty body is the fallback.
+    let _ = prometheus::TextEncoder::new().encode(families, &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_across_workers_and_encodes() {
+        let m = Metrics::default();
+        let a = m.register_worker();
+        let b = m.register_worker();
+        a.query(Transport::Udp, Decision::Forwarded);
+        b.query(Transport::Udp, Decision::Forwarded);
+        b.response(Transport::Tcp, 3);
+        a.latency[Path::InProcess as usize].observe_ns(30_000);
+        let mut fams = Vec::new();
+        m.gather(&mut fams);
+        let text = encode(&fams);
+        assert!(
+            text.contains("dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dnsteer_responses_total{transport=\"tcp\",rcode=\"NXDOMAIN\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "dnsteer_query_duration_seconds_bucket{path=\"in_process\",le=\"0.00005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("dnsteer_query_duration_seconds_count{path=\"in_process\"} 1"),
+            "{text}"
+        );
+        assert_eq!(m.total_queries(), 2);
+    }
+}

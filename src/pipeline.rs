@@ -1,0 +1,368 @@
+//! One query's way through dnsteer, the same for UDP and TCP:
+//! rate limit → parse → in-process record, NODATA, or forward to PowerDNS.
+//!
+//! `handle` decides and, for answers made here, writes the response and does the accounting
+//! (metrics, sampled log). Forwarded queries are accounted when their answer comes back.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::time::Instant;
+
+use crate::app::Snapshot;
+use crate::config::LimitAction;
+use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
+use crate::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
+use crate::querylog::{Event, QueryEntry, QueryLog, Sampler};
+use crate::ratelimit::{RateLimiter, Verdict};
+use crate::records::{AnswerSink, Client, Lookup, Outcome};
+
+/// What the transport should do with the packet.
+// Returned by value once per packet; boxing the query would cost an allocation per forward.
+#[allow(clippy::large_enum_variant)]
+pub enum Action {
+    /// Send `out` to the client.
+    Reply,
+    /// Send to PowerDNS; `sampled` says whether to log the query when it completes.
+    Forward { query: Query, sampled: bool },
+    /// Send nothing.
+    Drop,
+}
+
+/// Everything `handle` reads, borrowed from the worker.
+pub struct Ctx<'a> {
+    pub snap: &'a Snapshot,
+    pub limiter: &'a RateLimiter,
+    pub metrics: &'a WorkerMetrics,
+    pub log: &'a QueryLog,
+    pub sampler: &'a mut Sampler,
+    pub max_udp_payload: u16,
+}
+
+/// Decides what to do with one packet from `src`, writing any local answer into `out`.
+pub fn handle(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src: SocketAddr,
+    t: Transport,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Action {
+    let src_ip = src.ip().to_canonical();
+
+    // Limit before parsing: a blocked source costs a table lookup, nothing more.
+    match ctx.limiter.check(src_ip) {
+        Verdict::Allow | Verdict::Exempt => {}
+        Verdict::WouldLimit { block_started } => {
+            ctx.metrics.would_limit.inc();
+            if block_started {
+                ctx.log.event(Event::BlockStarted {
+                    source: src_ip,
+                    prefix: limiter_prefix(ctx, src_ip),
+                    dry_run: true,
+                });
+            }
+        }
+        Verdict::Limited { block_started } => {
+            if block_started {
+                ctx.log.event(Event::BlockStarted {
+                    source: src_ip,
+                    prefix: limiter_prefix(ctx, src_ip),
+                    dry_run: false,
+                });
+            }
+            let action = ctx.snap.config.ratelimit.action;
+            // TCP already proved the source address: truncation means "come back over TCP",
+            // so a limited TCP query under `truncate` is answered normally.
+            if !(action == LimitAction::Truncate && t == Transport::Tcp) {
+                ctx.metrics.limited_by_action[action as usize].inc();
+                ctx.metrics.query(t, Decision::Limited);
+                return match action {
+                    LimitAction::Drop => {
+                        ctx.metrics.dropped(DropReason::RateLimited);
+                        Action::Drop
+                    }
+                    LimitAction::Refused => reply_error(ctx, pkt, rcode::REFUSED, false, t, out),
+                    LimitAction::Truncate => reply_error(ctx, pkt, rcode::NOERROR, true, t, out),
+                };
+            }
+        }
+    }
+
+    let q = match dns::parse_query(pkt) {
+        Ok(q) => q,
+        Err(e) => return malformed(ctx, pkt, src_ip, e, t, out),
+    };
+    if q.opcode != 0 {
+        // NOTIFY is only meaningful for zone transfers, which PowerDNS (not we) serves.
+        ctx.metrics.query(t, Decision::Error);
+        return reply_error_counted(ctx, pkt, rcode::REFUSED, t, out);
+    }
+
+    let sampled = ctx.sampler.sample(ctx.snap.sample_threshold);
+    let client = Client {
+        bestwho: q.edns.and_then(|e| e.ecs).map_or(src_ip, |e| e.addr),
+        ecs_source_prefix: q.edns.and_then(|e| e.ecs).map(|e| e.source_prefix),
+    };
+    let max_size = match t {
+        Transport::Udp => q.max_udp_response(ctx.max_udp_payload),
+        Transport::Tcp => u16::MAX as usize,
+    };
+    let edns_reply = |scope: u8| {
+        q.edns.map(|e| EdnsReply {
+            udp_size: ctx.max_udp_payload,
+            dnssec_ok: e.dnssec_ok,
+            ecs: e.ecs.map(|ecs| (ecs, scope)),
+            ext_rcode: 0,
+        })
+    };
+
+    let (decision, rc, answers) = match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
+        Lookup::Miss => return Action::Forward { query: q, sampled },
+        Lookup::Hit(_, Some(zone)) if zone.signed && q.edns.is_some_and(|e| e.dnssec_ok) => {
+            // A signed zone must never get an unsigned in-process answer to a DO=1 query.
+            ctx.metrics.dnssec_forwarded.inc();
+            return Action::Forward { query: q, sampled };
+        }
+        Lookup::Hit(set, zone) => {
+            let mut b = ResponseBuilder::new(out, pkt, &q, rcode::NOERROR, true);
+            let mut sink = Sink {
+                b: &mut b,
+                ttl: set.ttl,
+                n: 0,
+            };
+            match set.evaluate(&client, &mut sink) {
+                Ok(ev) => {
+                    let n = sink.n;
+                    if (ev.outcome == Outcome::Empty || n == 0)
+                        && let Some(z) = zone
+                    {
+                        b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
+                    }
+                    let len = b.finish(edns_reply(ev.scope), max_size);
+                    let d = match ev.outcome {
+                        Outcome::Primary => Decision::Rule,
+                        Outcome::Backup => Decision::Backup,
+                        Outcome::Empty => Decision::Empty,
+                    };
+                    note_truncation(ctx, out, len);
+                    (d, rcode::NOERROR, n)
+                }
+                Err(e) => {
+                    let b = ResponseBuilder::new(out, pkt, &q, rcode::SERVFAIL, true);
+                    b.finish(edns_reply(0), max_size);
+                    ctx.log.event(Event::ServFail {
+                        client: src_ip,
+                        qname: q.qname,
+                        qtype: q.qtype,
+                        reason: e.kind(),
+                    });
+                    (Decision::Error, rcode::SERVFAIL, 0)
+                }
+            }
+        }
+        Lookup::NoData(z) => {
+            let mut b = ResponseBuilder::new(out, pkt, &q, rcode::NOERROR, true);
+            b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
+            b.finish(edns_reply(0), max_size);
+            (Decision::Empty, rcode::NOERROR, 0)
+        }
+    };
+
+    ctx.metrics.query(t, decision);
+    ctx.metrics.response(t, rc);
+    let latency = received.elapsed().as_nanos() as u64;
+    ctx.metrics.latency[Path::InProcess as usize].observe_ns(latency);
+    if sampled {
+        ctx.log.query(entry(
+            ctx.snap, t, src_ip, &q, decision, rc, answers, latency, None,
+        ));
+    }
+    Action::Reply
+}
+
+/// A forwarded query, as its accounting needs it.
+pub struct Forwarded<'q> {
+    pub transport: Transport,
+    pub client: IpAddr,
+    pub query: &'q Query,
+    pub received: Instant,
+    pub sampled: bool,
+}
+
+/// Accounting for a forwarded query's answer (or its SERVFAIL) on its way to the client.
+pub fn forwarded_done(
+    snap: &Snapshot,
+    metrics: &WorkerMetrics,
+    log: &QueryLog,
+    f: &Forwarded<'_>,
+    response: &[u8],
+    upstream: Option<SocketAddr>,
+) {
+    let Forwarded {
+        transport: t,
+        client,
+        query: q,
+        received,
+        sampled,
+    } = *f;
+    let rc = response.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0f);
+    metrics.response(t, rc);
+    let latency = received.elapsed().as_nanos() as u64;
+    metrics.latency[Path::Forwarded as usize].observe_ns(latency);
+    if sampled {
+        let answers = response
+            .get(6..8)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        log.query(entry(
+            snap,
+            t,
+            client,
+            q,
+            Decision::Forwarded,
+            rc,
+            answers,
+            latency,
+            upstream,
+        ));
+    }
+}
+
+struct Sink<'s, 'b> {
+    b: &'s mut ResponseBuilder<'b>,
+    ttl: u32,
+    n: u16,
+}
+
+impl AnswerSink for Sink<'_, '_> {
+    fn push(&mut self, rtype: u16, rdata: &[u8]) {
+        self.b.answer(rtype, self.ttl, rdata);
+        self.n += 1;
+    }
+}
+
+fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {
+    if out.get(2).is_some_and(|b| b & 0x02 != 0) {
+        ctx.metrics.truncated.inc();
+    }
+}
+
+fn limiter_prefix(ctx: &Ctx<'_>, ip: IpAddr) -> u8 {
+    let r = &ctx.snap.config.ratelimit;
+    if ip.is_ipv4() {
+        r.ipv4_prefix
+    } else {
+        r.ipv6_prefix
+    }
+}
+
+fn malformed(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src: IpAddr,
+    e: dns::ParseError,
+    t: Transport,
+    out: &mut Vec<u8>,
+) -> Action {
+    use dns::ParseError::*;
+    match e {
+        TooShort | IsResponse => {
+            ctx.metrics.query(t, Decision::Dropped);
+            ctx.metrics.dropped(if e == TooShort {
+                DropReason::TooShort
+            } else {
+                DropReason::IsResponse
+            });
+            Action::Drop
+        }
+        NotImplemented(_) => {
+            ctx.metrics.malformed(Malformed::NotImp);
+            ctx.metrics.query(t, Decision::Error);
+            reply_error_counted(ctx, pkt, rcode::NOTIMP, t, out)
+        }
+        FormErr(reason) => {
+            ctx.metrics.malformed(Malformed::FormErr);
+            ctx.metrics.query(t, Decision::Error);
+            ctx.log.event(Event::FormErr {
+                client: src,
+                reason,
+            });
+            reply_error_counted(ctx, pkt, rcode::FORMERR, t, out)
+        }
+        BadVersion(_) => {
+            ctx.metrics.malformed(Malformed::BadVers);
+            ctx.metrics.query(t, Decision::Error);
+            if dns::write_badvers(pkt, ctx.max_udp_payload, out) {
+                ctx.metrics.response(t, rcode::NOERROR);
+                Action::Reply
+            } else {
+                Action::Drop
+            }
+        }
+    }
+}
+
+fn reply_error(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    rc: u8,
+    tc: bool,
+    t: Transport,
+    out: &mut Vec<u8>,
+) -> Action {
+    if !dns::write_error(pkt, rc, out) {
+        ctx.metrics.dropped(DropReason::TooShort);
+        return Action::Drop;
+    }
+    if tc {
+        out[2] |= 0x02;
+    }
+    ctx.metrics.response(t, rc);
+    Action::Reply
+}
+
+fn reply_error_counted(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    rc: u8,
+    t: Transport,
+    out: &mut Vec<u8>,
+) -> Action {
+    reply_error(ctx, pkt, rc, false, t, out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn entry(
+    snap: &Snapshot,
+    t: Transport,
+    client: IpAddr,
+    q: &Query,
+    decision: Decision,
+    rcode: u8,
+    answers: u16,
+    latency_ns: u64,
+    upstream: Option<SocketAddr>,
+) -> QueryEntry {
+    let u = &snap.config.upstream;
+    let prefix = if client.is_ipv4() {
+        u.ecs_ipv4_prefix
+    } else {
+        u.ecs_ipv6_prefix
+    };
+    let masked = ipnet::IpNet::new(client, prefix).map_or(client, |n| n.network());
+    QueryEntry {
+        transport: t,
+        client: masked,
+        client_prefix: prefix,
+        ecs: q
+            .edns
+            .and_then(|e| e.ecs)
+            .map(|e| (e.addr, e.source_prefix)),
+        qname: q.qname,
+        qtype: q.qtype,
+        decision,
+        rcode,
+        answers,
+        latency_ns,
+        upstream,
+    }
+}

@@ -1,0 +1,210 @@
+//! Hot reload of the mounted config (and of the GeoIP file it names).
+//!
+//! Triggers: SIGHUP; an inotify event in the config's directory (a ConfigMap update is an
+//! atomic `..data` symlink swap, so the directory is watched, not the file), debounced; and a
+//! content-hash poll as a fallback for missed events. A reload validates and builds the whole
+//! new snapshot first; a bad file changes nothing and is reported in the log, `/status` and a
+//! metric.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use notify::Watcher;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::app::{Shared, Snapshot, build_snapshot, unix_now};
+use crate::config::{Config, RestartSettings};
+use crate::upstream::{self, UpstreamSet};
+
+/// Quiet time after the last file event before reloading (a ConfigMap swap is several events).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Fallback poll of the config hash and the GeoIP file.
+const POLL: Duration = Duration::from_secs(5);
+/// Old snapshots are dropped here, not on a worker, after this delay.
+const RETIRE_AFTER: Duration = Duration::from_secs(2);
+
+/// Reloads never overlap.
+static RELOAD_LOCK: Mutex<()> = Mutex::const_new(());
+
+/// Runs the reload triggers until the process ends.
+pub async fn run(shared: Arc<Shared>, path: PathBuf) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let watcher_tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = watcher_tx.send(());
+        }
+    })
+    .and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)
+            .map(|()| w)
+    });
+    let _watcher = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(target: "dnsteer::reload", dir = %dir.display(), error = %e, "cannot watch the config directory; relying on polling and SIGHUP");
+            None
+        }
+    };
+    let hup_tx = tx.clone();
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!(target: "dnsteer::reload", "SIGHUP: reloading");
+            let _ = hup_tx.send(());
+        }
+    });
+    let mut last_geo = geo_stamp(&shared.snapshot.load());
+    let mut poll = tokio::time::interval(POLL);
+    poll.tick().await;
+    loop {
+        tokio::select! {
+            Some(()) = rx.recv() => {
+                // Debounce: wait for quiet, then drop the queued events.
+                loop {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    if rx.try_recv().is_err() { break; }
+                    while rx.try_recv().is_ok() {}
+                }
+                let _ = reload_once(&shared, &path, false).await;
+            }
+            _ = poll.tick() => {
+                let stamp = geo_stamp(&shared.snapshot.load());
+                if stamp != last_geo {
+                    last_geo = stamp;
+                    tracing::info!(target: "dnsteer::reload", "GeoIP database file changed: reloading it");
+                    let _ = reload_once(&shared, &path, true).await;
+                } else {
+                    let _ = reload_once(&shared, &path, false).await;
+                }
+            }
+        }
+    }
+}
+
+/// (mtime, size) of the GeoIP file in use, to notice replacements.
+fn geo_stamp(snap: &Snapshot) -> Option<(SystemTime, u64)> {
+    let g = snap.config.geoip.as_ref()?;
+    let m = std::fs::metadata(&g.database).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Loads, validates and applies the config at `path`. Ok(false) when nothing changed.
+pub async fn reload_once(
+    shared: &Arc<Shared>,
+    path: &Path,
+    force_geo: bool,
+) -> Result<bool, String> {
+    let _guard = RELOAD_LOCK.lock().await;
+    let current = shared.snapshot.load_full();
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return Err(fail(shared, e.to_string())),
+    };
+    if config.hash == current.config.hash && !force_geo {
+        return Ok(false);
+    }
+    let restart_changes = restart_diff(&shared.restart, &config.restart);
+    for key in &restart_changes {
+        tracing::warn!(target: "dnsteer::reload", key, "setting changed in the file but needs a restart; keeping the running value");
+    }
+    let next = match build_snapshot(config, &shared.probes, Some(&current), force_geo).await {
+        Ok(s) => s,
+        Err(e) => return Err(fail(shared, e.to_string())),
+    };
+    apply(shared, &current, next, restart_changes);
+    Ok(true)
+}
+
+fn apply(
+    shared: &Arc<Shared>,
+    current: &Arc<Snapshot>,
+    next: Snapshot,
+    restart_changes: Vec<String>,
+) {
+    let cfg = next.config.clone();
+    shared.limiter.reconfigure(&cfg.ratelimit);
+    shared.log.set_event_limit(cfg.logging.event_rate_limit);
+    shared.probes.set_defaults(&cfg.probes);
+    swap_upstreams(shared, &current.upstream, &next.upstream);
+    let geo_epoch = next.geo.as_ref().map(|g| g.build_epoch());
+    let old = shared.snapshot.swap(Arc::new(next));
+    // Free the old snapshot (possibly a large GeoIP database) here rather than on a worker.
+    tokio::spawn(async move {
+        tokio::time::sleep(RETIRE_AFTER).await;
+        drop(old);
+    });
+    shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    let mut st = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+    st.config_hash = cfg.hash.clone();
+    st.last_reload_unix = Some(unix_now());
+    st.restart_required = restart_changes;
+    st.geoip_build_epoch = geo_epoch;
+    tracing::info!(target: "dnsteer::reload", hash = %cfg.hash, records = cfg.records.len(), "config reloaded");
+}
+
+fn swap_upstreams(shared: &Arc<Shared>, old: &Arc<UpstreamSet>, new: &Arc<UpstreamSet>) {
+    if Arc::ptr_eq(old, new) {
+        return;
+    }
+    old.retire_missing(new);
+    for s in &new.servers {
+        if !old.servers.iter().any(|o| Arc::ptr_eq(o, s)) {
+            tokio::spawn(upstream::health_check_loop(
+                s.clone(),
+                shared.upstream_set.clone(),
+            ));
+        }
+    }
+    shared.upstream_set.store(new.clone());
+}
+
+fn fail(shared: &Shared, message: String) -> String {
+    tracing::error!(target: "dnsteer::reload", error = %message, "config rejected; the running config is unchanged");
+    shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    let mut st = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+    st.last_error = Some(message.clone());
+    st.last_error_unix = Some(unix_now());
+    message
+}
+
+/// Names of restart-only settings that differ.
+pub fn restart_diff(running: &RestartSettings, file: &RestartSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |key: &str, differs: bool| {
+        if differs {
+            out.push(key.to_string());
+        }
+    };
+    check("server.listen", running.listen != file.listen);
+    check("server.workers", running.workers != file.workers);
+    check(
+        "metrics.listen",
+        running.metrics_listen != file.metrics_listen,
+    );
+    check("server.tcp_*", running.tcp != file.tcp);
+    check(
+        "server.max_udp_payload",
+        running.max_udp_payload != file.max_udp_payload,
+    );
+    check(
+        "server.socket_buffer",
+        running.socket_buffer != file.socket_buffer,
+    );
+    check(
+        "server.shutdown_*",
+        running.shutdown_drain != file.shutdown_drain
+            || running.shutdown_grace != file.shutdown_grace,
+    );
+    out
+}

@@ -1,0 +1,638 @@
+//! The PowerDNS pool: server health shared by all workers, and each worker's own forwarding
+//! state (connected UDP sockets with their pending tables, pooled TCP connections).
+//!
+//! Forwarding sends the client's bytes with only the ID rewritten (and ECS added when
+//! configured); a response is accepted only from the socket connected to the server asked,
+//! with the expected ID and the same question. Each attempt has its own timeout; a query
+//! gets at most `attempts` servers, then SERVFAIL, so the total time is bounded.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{UpstreamConfig, UpstreamPolicy};
+use crate::dns::{self, Added, Query};
+use crate::metrics::{Cnt, Hist};
+
+/// Per-worker in-flight UDP queries per server; beyond this new queries are dropped (counted).
+const MAX_PENDING_PER_SERVER: usize = 16_384;
+
+/// Counters one worker keeps for one server (single writer), summed at scrape.
+#[derive(Default)]
+pub struct ServerCounters {
+    pub requests: Cnt,
+    pub responses: Cnt,
+    pub timeouts: Cnt,
+    pub errors: Cnt,
+    pub latency: Hist,
+}
+
+/// One PowerDNS replica, shared by all workers. Health is written by the checker task.
+pub struct UpstreamServer {
+    pub addr: SocketAddr,
+    healthy: AtomicBool,
+    /// Set when a reload removed this server: its checker stops.
+    retired: AtomicBool,
+    pub consecutive_failures: AtomicU32,
+    pub consecutive_successes: AtomicU32,
+    pub checks: AtomicU64,
+    pub check_failures: AtomicU64,
+    /// Every worker's counters for this server.
+    counters: Mutex<Vec<Arc<ServerCounters>>>,
+}
+
+impl UpstreamServer {
+    fn new(addr: SocketAddr) -> Arc<Self> {
+        Arc::new(UpstreamServer {
+            addr,
+            // Healthy until checks say otherwise: starting in front of a working PowerDNS must
+            // not SERVFAIL while the first check is in flight.
+            healthy: AtomicBool::new(true),
+            retired: AtomicBool::new(false),
+            consecutive_failures: AtomicU32::new(0),
+            consecutive_successes: AtomicU32::new(0),
+            checks: AtomicU64::new(0),
+            check_failures: AtomicU64::new(0),
+            counters: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn register(&self) -> Arc<ServerCounters> {
+        let c = Arc::new(ServerCounters::default());
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(c.clone());
+        c
+    }
+
+    /// Sums of every worker's counters: (requests, responses, timeouts, errors).
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        let list = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().fold((0, 0, 0, 0), |acc, c| {
+            (
+                acc.0 + c.requests.get(),
+                acc.1 + c.responses.get(),
+                acc.2 + c.timeouts.get(),
+                acc.3 + c.errors.get(),
+            )
+        })
+    }
+
+    /// Latency histogram summed over workers: (bucket counts, sum in ns).
+    pub fn latency(&self, counts: &mut [u64], sum_ns: &mut u64) {
+        for c in self
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            c.latency.add_into(counts, sum_ns);
+        }
+    }
+}
+
+/// The configured pool, swapped as a whole on reload (servers keep their identity by address).
+pub struct UpstreamSet {
+    pub servers: Vec<Arc<UpstreamServer>>,
+    pub config: UpstreamConfig,
+}
+
+impl UpstreamSet {
+    /// Builds the pool, reusing `previous` servers with the same address (health kept).
+    pub fn new(config: &UpstreamConfig, previous: Option<&UpstreamSet>) -> Arc<UpstreamSet> {
+        let servers = config
+            .servers
+            .iter()
+            .map(|addr| {
+                previous
+                    .and_then(|p| p.servers.iter().find(|s| s.addr == *addr).cloned())
+                    .unwrap_or_else(|| UpstreamServer::new(*addr))
+            })
+            .collect();
+        Arc::new(UpstreamSet {
+            servers,
+            config: config.clone(),
+        })
+    }
+
+    /// Marks servers not in `next` as retired so their checkers stop.
+    pub fn retire_missing(&self, next: &UpstreamSet) {
+        for s in &self.servers {
+            if !next.servers.iter().any(|n| Arc::ptr_eq(n, s)) {
+                s.retired.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health checks (control plane)
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the health check of one server until it is retired. A SOA query for
+/// `health_check_name` every interval; any well-formed matching response is healthy (REFUSED
+/// included) unless `must_resolve`, then NOERROR is required.
+pub async fn health_check_loop(
+    server: Arc<UpstreamServer>,
+    set: Arc<arc_swap::ArcSwap<UpstreamSet>>,
+) {
+    let mut id: u16 = fastrand::u16(..);
+    while !server.retired.load(Ordering::Relaxed) {
+        let cfg = set.load().config.clone();
+        id = id.wrapping_add(1);
+        let ok = check_once(server.addr, &cfg, id).await;
+        server.checks.fetch_add(1, Ordering::Relaxed);
+        if ok {
+            server.consecutive_failures.store(0, Ordering::Relaxed);
+            let n = server.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !server.is_healthy() && n >= cfg.health_check_rise {
+                server.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(target: "dnsteer::upstream", server = %server.addr, "upstream healthy again");
+            }
+        } else {
+            server.check_failures.fetch_add(1, Ordering::Relaxed);
+            server.consecutive_successes.store(0, Ordering::Relaxed);
+            let n = server.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if server.is_healthy() && n >= cfg.health_check_fall {
+                server.healthy.store(false, Ordering::Relaxed);
+                tracing::warn!(target: "dnsteer::upstream", server = %server.addr, failures = n, "upstream marked down");
+            }
+        }
+        tokio::time::sleep(cfg.health_check_interval).await;
+    }
+}
+
+async fn check_once(addr: SocketAddr, cfg: &UpstreamConfig, id: u16) -> bool {
+    let query = build_query(id, &cfg.health_check_name, dns::TYPE_SOA);
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .expect("literal");
+    let attempt = async {
+        let sock = UdpSocket::bind(bind).await.ok()?;
+        sock.connect(addr).await.ok()?;
+        sock.send(&query).await.ok()?;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = sock.recv(&mut buf).await.ok()?;
+            let resp = &buf[..n];
+            if resp.len() >= dns::HEADER_LEN
+                && resp[0..2] == id.to_be_bytes()
+                && resp[2] & 0x80 != 0
+            {
+                let rcode = resp[3] & 0x0f;
+                return Some(!cfg.health_check_must_resolve || rcode == dns::rcode::NOERROR);
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(cfg.timeout, attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// A minimal query packet for `name` (presentation, absolute) and `qtype`, RD=0.
+pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(32 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-worker forwarding state
+// ---------------------------------------------------------------------------------------------
+
+/// Where a UDP answer goes back to.
+#[derive(Clone, Copy)]
+pub struct UdpClient {
+    pub addr: SocketAddr,
+    /// Index of the listen socket the query arrived on (replies leave from it).
+    pub listener: usize,
+}
+
+/// A forwarded UDP query waiting for its answer.
+pub struct Pending {
+    pub client: UdpClient,
+    pub orig_id: u16,
+    pub added: Added,
+    pub query: Query,
+    /// The client's packet, kept for a retry on another server and for SERVFAIL.
+    pub packet: Vec<u8>,
+    pub attempt: usize,
+    /// Bit i set: server i of the worker's list was tried.
+    pub tried: u64,
+    pub sent_at: Instant,
+    pub received_at: Instant,
+    pub sampled: bool,
+}
+
+/// One server as one worker sees it.
+pub struct WorkerServer {
+    pub server: Arc<UpstreamServer>,
+    pub counters: Arc<ServerCounters>,
+    pub udp: Rc<UdpSocket>,
+    pub pending: RefCell<HashMap<u16, Pending, foldhash::fast::RandomState>>,
+    pub outstanding: Cell<u32>,
+    pub tcp: TcpPool,
+}
+
+/// A worker's view of the pool. Rebuilt (keeping sockets of unchanged servers) when the
+/// shared `UpstreamSet` changes.
+pub struct WorkerUpstreams {
+    pub set: Arc<UpstreamSet>,
+    pub servers: Vec<Rc<WorkerServer>>,
+    rr: Cell<usize>,
+    /// (deadline, server index, id) of UDP attempts, in send order (deadlines are monotonic
+    /// because every attempt has the same timeout).
+    pub deadlines: RefCell<VecDeque<(Instant, usize, u16)>>,
+    rng: RefCell<fastrand::Rng>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("no upstream server left to try")]
+    NoServer,
+    #[error("too many queries in flight")]
+    PendingFull,
+    #[error("send failed: {0}")]
+    Send(std::io::ErrorKind),
+}
+
+impl ForwardError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ForwardError::NoServer => "no_server",
+            ForwardError::PendingFull => "pending_full",
+            ForwardError::Send(_) => "send",
+        }
+    }
+}
+
+impl WorkerUpstreams {
+    /// Creates sockets for `set`, reusing those of `previous` for servers that stay.
+    pub fn build(
+        set: Arc<UpstreamSet>,
+        previous: Option<&WorkerUpstreams>,
+    ) -> std::io::Result<WorkerUpstreams> {
+        let mut servers = Vec::with_capacity(set.servers.len());
+        for s in &set.servers {
+            if let Some(ws) =
+                previous.and_then(|p| p.servers.iter().find(|w| Arc::ptr_eq(&w.server, s)))
+            {
+                servers.push(ws.clone());
+                continue;
+            }
+            servers.push(Rc::new(WorkerServer::new(
+                s.clone(),
+                set.config.tcp_pool_size,
+            )?));
+        }
+        Ok(WorkerUpstreams {
+            set,
+            servers,
+            rr: Cell::new(0),
+            deadlines: RefCell::new(VecDeque::new()),
+            rng: RefCell::new(fastrand::Rng::new()),
+        })
+    }
+
+    /// Picks a server not yet tried (`tried` bitmask), healthy ones first, by policy.
+    pub fn pick(&self, tried: u64) -> Option<usize> {
+        let n = self.servers.len();
+        let untried = |i: &usize| *i < 64 && tried & (1 << i) == 0;
+        let healthy: Vec<usize> = (0..n)
+            .filter(untried)
+            .filter(|i| self.servers[*i].server.is_healthy())
+            .collect();
+        // With every untried server marked down, still try one: a false "down" must not turn
+        // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
+        let candidates = if healthy.is_empty() {
+            (0..n).filter(untried).collect()
+        } else {
+            healthy
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        Some(match self.set.config.policy {
+            UpstreamPolicy::FirstAvailable => candidates[0],
+            UpstreamPolicy::RoundRobin => {
+                let i = self.rr.get();
+                self.rr.set(i.wrapping_add(1));
+                candidates[i % candidates.len()]
+            }
+            UpstreamPolicy::LeastOutstanding => {
+                let min = candidates
+                    .iter()
+                    .map(|i| self.servers[*i].outstanding.get())
+                    .min()
+                    .unwrap_or(0);
+                let least: Vec<usize> = candidates
+                    .into_iter()
+                    .filter(|i| self.servers[*i].outstanding.get() == min)
+                    .collect();
+                let i = self.rr.get();
+                self.rr.set(i.wrapping_add(1));
+                least[i % least.len()]
+            }
+        })
+    }
+
+    /// ECS to add for a client, per config (None when switched off).
+    pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
+        let c = &self.set.config;
+        if !c.add_ecs {
+            return None;
+        }
+        let prefix = if client.is_ipv4() {
+            c.ecs_ipv4_prefix
+        } else {
+            c.ecs_ipv6_prefix
+        };
+        Some((client, prefix))
+    }
+
+    /// Sends a UDP query (new or retried) to the next server and records it as pending.
+    pub fn send_udp(
+        &self,
+        mut p: Pending,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), Box<(ForwardError, Pending)>> {
+        let Some(idx) = self.pick(p.tried) else {
+            return Err(Box::new((ForwardError::NoServer, p)));
+        };
+        let ws = &self.servers[idx];
+        let mut pending = ws.pending.borrow_mut();
+        if pending.len() >= MAX_PENDING_PER_SERVER {
+            return Err(Box::new((ForwardError::PendingFull, p)));
+        }
+        let mut rng = self.rng.borrow_mut();
+        let id = loop {
+            let id = rng.u16(..);
+            if !pending.contains_key(&id) {
+                break id;
+            }
+        };
+        let ecs = self.ecs_for(p.client.addr.ip().to_canonical());
+        p.added = dns::rewrite_for_upstream(&p.packet, &p.query, id, ecs, buf);
+        if let Err(e) = ws.udp.try_send(buf) {
+            ws.counters.errors.inc();
+            return Err(Box::new((ForwardError::Send(e.kind()), p)));
+        }
+        ws.counters.requests.inc();
+        ws.outstanding.set(ws.outstanding.get() + 1);
+        p.tried |= 1 << idx;
+        p.attempt += 1;
+        p.sent_at = Instant::now();
+        self.deadlines
+            .borrow_mut()
+            .push_back((p.sent_at + self.set.config.timeout, idx, id));
+        pending.insert(id, p);
+        Ok(())
+    }
+
+    /// Removes and returns the pending query `id` of server `idx` if `resp` answers it.
+    /// A response that does not match (wrong ID or question) is left alone (None).
+    pub fn take_matching(&self, idx: usize, resp: &[u8]) -> Option<Pending> {
+        if resp.len() < dns::HEADER_LEN {
+            return None;
+        }
+        let id = u16::from_be_bytes([resp[0], resp[1]]);
+        let ws = &self.servers[idx];
+        let mut pending = ws.pending.borrow_mut();
+        match pending.get(&id) {
+            Some(p) if dns::response_matches(resp, id, &p.query) => {}
+            _ => return None,
+        }
+        let p = pending.remove(&id)?;
+        ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
+        ws.counters.responses.inc();
+        ws.counters
+            .latency
+            .observe_ns(p.sent_at.elapsed().as_nanos() as u64);
+        Some(p)
+    }
+
+    /// Pops every attempt whose deadline passed and is still pending.
+    pub fn expired(&self, now: Instant, out: &mut Vec<Pending>) {
+        let mut dl = self.deadlines.borrow_mut();
+        while let Some(&(deadline, idx, id)) = dl.front() {
+            if deadline > now {
+                break;
+            }
+            dl.pop_front();
+            let Some(ws) = self.servers.get(idx) else {
+                continue;
+            };
+            let mut pending = ws.pending.borrow_mut();
+            // The slot may hold a newer query that reused the ID: only expire a stale one.
+            if let Some(p) = pending.get(&id)
+                && p.sent_at + self.set.config.timeout <= now
+            {
+                let p = pending.remove(&id).expect("present");
+                ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
+                ws.counters.timeouts.inc();
+                out.push(p);
+            }
+        }
+    }
+}
+
+impl WorkerServer {
+    fn new(server: Arc<UpstreamServer>, pool_size: usize) -> std::io::Result<WorkerServer> {
+        let bind: SocketAddr = if server.addr.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .expect("literal");
+        let std_sock = std::net::UdpSocket::bind(bind)?;
+        std_sock.connect(server.addr)?;
+        std_sock.set_nonblocking(true)?;
+        let udp = Rc::new(UdpSocket::from_std(std_sock)?);
+        Ok(WorkerServer {
+            counters: server.register(),
+            tcp: TcpPool::new(server.addr, pool_size),
+            server,
+            udp,
+            pending: RefCell::new(HashMap::default()),
+            outstanding: Cell::new(0),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// TCP pool (per worker, per server)
+// ---------------------------------------------------------------------------------------------
+
+type Reply = oneshot::Sender<Vec<u8>>;
+
+struct TcpConn {
+    tx: mpsc::Sender<(u16, Vec<u8>, Reply)>,
+    in_flight: Rc<Cell<usize>>,
+    closed: Rc<Cell<bool>>,
+}
+
+/// Reused TCP connections to one server; queries are pipelined and matched by ID.
+pub struct TcpPool {
+    addr: SocketAddr,
+    size: usize,
+    conns: RefCell<Vec<TcpConn>>,
+}
+
+/// Queries queued per pooled connection before a new connection is preferred.
+const TCP_CONN_QUEUE: usize = 64;
+
+impl TcpPool {
+    fn new(addr: SocketAddr, size: usize) -> TcpPool {
+        TcpPool {
+            addr,
+            size,
+            conns: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Sends `query` (ID already rewritten to `id`) and returns the receiver of the raw answer.
+    /// The receiver errors if the connection fails before answering.
+    pub fn send(
+        &self,
+        id: u16,
+        query: Vec<u8>,
+    ) -> Result<oneshot::Receiver<Vec<u8>>, ForwardError> {
+        let mut conns = self.conns.borrow_mut();
+        conns.retain(|c| !c.closed.get());
+        let least = conns
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, c)| c.in_flight.get())
+            .map(|(i, c)| (i, c.in_flight.get()));
+        let idx = match least {
+            Some((i, n)) if n == 0 || conns.len() >= self.size => i,
+            _ => {
+                conns.push(self.connect());
+                conns.len() - 1
+            }
+        };
+        let conn = &conns[idx];
+        let (tx, rx) = oneshot::channel();
+        conn.tx
+            .try_send((id, query, tx))
+            .map_err(|_| ForwardError::PendingFull)?;
+        conn.in_flight.set(conn.in_flight.get() + 1);
+        Ok(rx)
+    }
+
+    fn connect(&self) -> TcpConn {
+        let (tx, rx) = mpsc::channel(TCP_CONN_QUEUE);
+        let in_flight = Rc::new(Cell::new(0));
+        let closed = Rc::new(Cell::new(false));
+        tokio::task::spawn_local(run_tcp_conn(
+            self.addr,
+            rx,
+            in_flight.clone(),
+            closed.clone(),
+        ));
+        TcpConn {
+            tx,
+            in_flight,
+            closed,
+        }
+    }
+}
+
+async fn run_tcp_conn(
+    addr: SocketAddr,
+    mut rx: mpsc::Receiver<(u16, Vec<u8>, Reply)>,
+    in_flight: Rc<Cell<usize>>,
+    closed: Rc<Cell<bool>>,
+) {
+    let waiting: RefCell<HashMap<u16, Reply>> = RefCell::new(HashMap::new());
+    let result = async {
+        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        let (mut rd, mut wr) = stream.into_split();
+        let writer = async {
+            let mut frame = Vec::with_capacity(514);
+            while let Some((id, q, reply)) = rx.recv().await {
+                waiting.borrow_mut().insert(id, reply);
+                frame.clear();
+                frame.extend_from_slice(&(q.len() as u16).to_be_bytes());
+                frame.extend_from_slice(&q);
+                wr.write_all(&frame).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        let reader = async {
+            loop {
+                let len = rd.read_u16().await? as usize;
+                let mut msg = vec![0u8; len];
+                rd.read_exact(&mut msg).await?;
+                if msg.len() >= 2 {
+                    let id = u16::from_be_bytes([msg[0], msg[1]]);
+                    if let Some(reply) = waiting.borrow_mut().remove(&id) {
+                        in_flight.set(in_flight.get().saturating_sub(1));
+                        let _ = reply.send(msg);
+                    }
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            r = writer => r,
+            r = reader => r,
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(target: "dnsteer::upstream", server = %addr, error = %e, "upstream TCP connection closed");
+    }
+    // Dropping the waiting senders fails their receivers: the callers retry or SERVFAIL.
+    closed.set(true);
+    in_flight.set(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_query_is_well_formed() {
+        let q = build_query(7, ".", dns::TYPE_SOA);
+        assert_eq!(q, [0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1]);
+        let q = build_query(1, "example.test.", 1);
+        assert_eq!(&q[12..26], b"\x07example\x04test\x00");
+    }
+}
