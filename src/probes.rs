@@ -878,8 +878,9 @@ async fn exchange(
     if !url.https {
         return send(tcp, url, headers).await;
     }
-    let name = ServerName::try_from(url.host.clone())
-        .map_err(|_| ProbeError::BadUrl(format!("{:?} is not a valid TLS server name", url.host)))?;
+    let name = ServerName::try_from(url.host.clone()).map_err(|_| {
+        ProbeError::BadUrl(format!("{:?} is not a valid TLS server name", url.host))
+    })?;
     let tls = TlsConnector::from(settings.tls.clone())
         .connect(name, tcp)
         .await
@@ -1040,5 +1041,483 @@ impl ServerCertVerifier for AcceptAnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::sync::atomic::AtomicUsize;
+
+    fn defaults() -> ProbeDefaults {
+        ProbeDefaults {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            minimum_failures: 1,
+            rise: 1,
+            max_concurrent: 256,
+            jitter: 0.0,
+            tls_verify: false,
+            max_redirects: 5,
+            body_limit: 65536,
+        }
+    }
+
+    fn options(interval_ms: u64, timeout_ms: u64, fall: u32, rise: u32) -> CheckOptions {
+        CheckOptions {
+            interval: Duration::from_millis(interval_ms),
+            timeout: Duration::from_millis(timeout_ms),
+            fall,
+            rise,
+            stringmatch: None,
+            useragent: "dnsteer".into(),
+            byteslimit: 0,
+            httpcode: 200,
+            headers: Vec::new(),
+            source: None,
+        }
+    }
+
+    fn tcp_spec(last_octet: u8, opts: CheckOptions) -> ProbeSpec {
+        ProbeSpec {
+            addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, last_octet)),
+            check: Check::Tcp { port: 80 },
+            options: opts,
+        }
+    }
+
+    enum Behave {
+        Ok,
+        Fail,
+        /// Takes this long, then succeeds.
+        Slow(Duration),
+        Hang,
+    }
+
+    /// Scripted prober: the result of the n-th probe of an address, plus a call log.
+    struct Fake {
+        script: Box<dyn Fn(IpAddr, usize) -> Behave + Send + Sync>,
+        calls: Mutex<Vec<(IpAddr, Instant)>>,
+        in_flight: AtomicUsize,
+        max_in_flight: AtomicUsize,
+    }
+
+    impl Fake {
+        fn new(script: impl Fn(IpAddr, usize) -> Behave + Send + Sync + 'static) -> Arc<Fake> {
+            Arc::new(Fake {
+                script: Box::new(script),
+                calls: Mutex::new(Vec::new()),
+                in_flight: AtomicUsize::new(0),
+                max_in_flight: AtomicUsize::new(0),
+            })
+        }
+
+        fn times(&self, addr: IpAddr) -> Vec<Instant> {
+            lock(&self.calls)
+                .iter()
+                .filter(|(a, _)| *a == addr)
+                .map(|(_, t)| *t)
+                .collect()
+        }
+    }
+
+    struct InFlight<'a>(&'a AtomicUsize);
+
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    struct FakeHandle(Arc<Fake>);
+
+    impl Prober for FakeHandle {
+        fn probe<'a>(&'a self, target: &'a TargetCore, _: &'a Settings) -> ProbeFuture<'a> {
+            Box::pin(async move {
+                let fake = &self.0;
+                let addr = target.spec.addr;
+                let n = {
+                    let mut calls = lock(&fake.calls);
+                    calls.push((addr, Instant::now()));
+                    calls.iter().filter(|(a, _)| *a == addr).count() - 1
+                };
+                let now = fake.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                fake.max_in_flight.fetch_max(now, Ordering::SeqCst);
+                let _guard = InFlight(&fake.in_flight);
+                match (fake.script)(addr, n) {
+                    Behave::Ok => Ok(()),
+                    Behave::Fail => Err(ProbeError::Refused),
+                    Behave::Slow(d) => {
+                        time::sleep(d).await;
+                        Ok(())
+                    }
+                    Behave::Hang => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    fn pool(d: &ProbeDefaults, fake: &Arc<Fake>) -> Arc<ProbePool> {
+        ProbePool::with_prober(d, Box::new(FakeHandle(fake.clone())))
+    }
+
+    #[test]
+    fn tracker_new_target_fall_one_goes_down_on_first_failure() {
+        let mut t = Tracker::new(1, 1);
+        assert_eq!(t.observe(false), Some(HealthState::Down));
+        assert_eq!(t.observe(true), Some(HealthState::Up));
+    }
+
+    #[test]
+    fn tracker_new_target_stays_unknown_until_fall_failures() {
+        let mut t = Tracker::new(3, 1);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.state(), HealthState::Unknown);
+        assert_eq!(t.observe(false), Some(HealthState::Down));
+    }
+
+    #[test]
+    fn tracker_first_success_is_up_without_rise() {
+        let mut t = Tracker::new(1, 5);
+        assert_eq!(t.observe(true), Some(HealthState::Up));
+    }
+
+    #[test]
+    fn tracker_fall_and_rise_from_steady_state() {
+        let mut t = Tracker::new(2, 3);
+        t.observe(true);
+        assert_eq!(t.observe(false), None, "one failure is below fall");
+        assert_eq!(t.observe(true), None, "a success resets the failure count");
+        assert_eq!(t.observe(false), None);
+        assert_eq!(t.observe(false), Some(HealthState::Down));
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(true), None);
+        assert_eq!(t.observe(true), Some(HealthState::Up));
+    }
+
+    #[test]
+    fn tracker_does_not_flap_with_rise_two_on_alternating_results() {
+        let mut t = Tracker::new(1, 2);
+        t.observe(true);
+        assert_eq!(t.observe(false), Some(HealthState::Down));
+        for i in 0..20 {
+            assert_eq!(t.observe(i % 2 == 0), None);
+        }
+        assert_eq!(t.state(), HealthState::Down);
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let i = Duration::from_secs(10);
+        for k in 0..=100 {
+            let u = f64::from(k) / 100.0;
+            let d = jittered(i, 0.1, u);
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
+            assert_eq!(jittered(i, 0.0, u), i);
+        }
+        assert_eq!(jittered(i, 0.1, 0.0), Duration::from_secs(9));
+        assert_eq!(jittered(i, 0.1, 1.0), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn error_kinds_are_distinct_and_indexed() {
+        let errs = [
+            ProbeError::Timeout(Duration::ZERO),
+            ProbeError::Refused,
+            ProbeError::Connect(std::io::Error::other("x")),
+            ProbeError::Tls(std::io::Error::other("x")),
+            ProbeError::Http("x".into()),
+            ProbeError::Status { got: 1, want: 2 },
+            ProbeError::StringMatch,
+            ProbeError::Redirect("x".into()),
+            ProbeError::BadUrl("x".into()),
+            ProbeError::Resolve {
+                host: "h".into(),
+                reason: "r".into(),
+            },
+        ];
+        let kinds: Vec<&str> = errs.iter().map(ProbeError::kind).collect();
+        assert_eq!(kinds, ERROR_KINDS);
+    }
+
+    #[test]
+    fn url_parsing() {
+        let u = Url::parse("http://hc.test:8080/ok?x=1#frag").unwrap();
+        assert_eq!(
+            u,
+            Url {
+                https: false,
+                host: "hc.test".into(),
+                port: 8080,
+                host_header: "hc.test:8080".into(),
+                path: "/ok?x=1".into(),
+            }
+        );
+        let u = Url::parse("HTTPS://[2001:db8::1]").unwrap();
+        assert!(u.https);
+        assert_eq!(u.host, "2001:db8::1");
+        assert_eq!(u.host_header, "[2001:db8::1]");
+        assert_eq!((u.port, u.path.as_str()), (443, "/"));
+        for bad in [
+            "ftp://x/",
+            "/just/a/path",
+            "http://",
+            "not a url",
+            "http://h:0/",
+        ] {
+            assert!(Url::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn redirect_locations_resolve_against_the_current_url() {
+        let base = Url::parse("https://a.test:8443/dir/page?q=1").unwrap();
+        let j = |l: &str| base.join(l).unwrap();
+        assert_eq!(j("/ok").path, "/ok");
+        assert_eq!(j("/ok").host_header, "a.test:8443");
+        assert_eq!(j("next?x").path, "/dir/next?x");
+        let other = j("//b.test/x");
+        assert_eq!(
+            (other.https, other.host.as_str(), other.port),
+            (true, "b.test", 443)
+        );
+        let abs = j("http://c.test:81/y");
+        assert_eq!(
+            (abs.https, abs.host.as_str(), abs.port),
+            (false, "c.test", 81)
+        );
+        assert!(base.join("gopher://x/").is_err());
+    }
+
+    #[test]
+    fn substring_search() {
+        assert!(contains(b"hello world", b"o w"));
+        assert!(!contains(b"hello", b"world"));
+        assert!(contains(b"", b""));
+        assert!(!contains(b"ab", b"abc"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn schedule_respects_interval_and_jitter() {
+        let fake = Fake::new(|_, _| Behave::Ok);
+        let mut d = defaults();
+        d.jitter = 0.1;
+        let pool = pool(&d, &fake);
+        let spec = tcp_spec(1, options(1000, 500, 1, 1));
+        let start = Instant::now();
+        let health = pool.sync(std::slice::from_ref(&spec)).await;
+        assert_eq!(health[&spec].state(), HealthState::Up);
+        time::sleep(Duration::from_secs(30)).await;
+        let times = fake.times(spec.addr);
+        assert_eq!(times[0], start, "first probe at creation");
+        assert!(
+            (28..=34).contains(&times.len()),
+            "{} probes in 30 s",
+            times.len()
+        );
+        for w in times.windows(2) {
+            let gap = w[1] - w[0];
+            assert!(
+                gap >= Duration::from_millis(900) && gap <= Duration::from_millis(1100),
+                "{gap:?}"
+            );
+        }
+        assert!(
+            times
+                .windows(2)
+                .any(|w| w[1] - w[0] != Duration::from_secs(1)),
+            "jitter spreads the schedule"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_target_shared_by_many_records_is_probed_once_per_interval() {
+        let fake = Fake::new(|_, _| Behave::Ok);
+        let pool = pool(&defaults(), &fake);
+        let spec = tcp_spec(1, options(1000, 500, 1, 1));
+        let specs = vec![spec.clone(); 50];
+        let first = pool.sync(&specs).await;
+        assert_eq!(first.len(), 1);
+        time::sleep(Duration::from_millis(10_500)).await;
+        assert_eq!(fake.times(spec.addr).len(), 11);
+        // A re-sync keeps the flag and does not probe again out of schedule.
+        let again = pool.sync(&specs).await;
+        assert!(Arc::ptr_eq(&first[&spec], &again[&spec]));
+        assert_eq!(fake.times(spec.addr).len(), 11);
+        assert_eq!(pool.status().len(), 1);
+        assert_eq!(pool.counters().probes_run(), 11);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn different_options_are_different_targets() {
+        let fake = Fake::new(|_, _| Behave::Ok);
+        let pool = pool(&defaults(), &fake);
+        let a = tcp_spec(1, options(1000, 500, 1, 1));
+        let mut b = a.clone();
+        b.options.fall = 3;
+        let health = pool.sync(&[a.clone(), b.clone()]).await;
+        assert!(!Arc::ptr_eq(&health[&a], &health[&b]));
+        assert_eq!(fake.times(a.addr).len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn removed_targets_stop_and_kept_ones_keep_their_state() {
+        let fake = Fake::new(|addr, _| match addr {
+            IpAddr::V4(v4) if v4.octets()[3] == 1 => Behave::Fail,
+            _ => Behave::Ok,
+        });
+        let pool = pool(&defaults(), &fake);
+        let a = tcp_spec(1, options(1000, 500, 1, 1));
+        let b = tcp_spec(2, options(1000, 500, 1, 1));
+        let first = pool.sync(&[a.clone(), b.clone()]).await;
+        assert_eq!(first[&a].state(), HealthState::Down);
+        time::sleep(Duration::from_millis(2500)).await;
+        let kept = pool.sync(std::slice::from_ref(&a)).await;
+        assert!(Arc::ptr_eq(&first[&a], &kept[&a]));
+        assert_eq!(kept[&a].state(), HealthState::Down);
+        let b_calls = fake.times(b.addr).len();
+        time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            fake.times(b.addr).len(),
+            b_calls,
+            "removed target still probed"
+        );
+        assert!(fake.times(a.addr).len() >= 8);
+        assert_eq!(pool.status().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_probe_times_out_and_does_not_stall_others() {
+        let fake = Fake::new(|addr, _| match addr {
+            IpAddr::V4(v4) if v4.octets()[3] == 1 => Behave::Hang,
+            _ => Behave::Ok,
+        });
+        let pool = pool(&defaults(), &fake);
+        let hang = tcp_spec(1, options(1000, 2500, 1, 1));
+        let fine = tcp_spec(2, options(1000, 500, 1, 1));
+        let start = Instant::now();
+        let health = pool.sync(&[hang.clone(), fine.clone()]).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(2500));
+        assert_eq!(health[&hang].state(), HealthState::Down);
+        assert_eq!(health[&fine].state(), HealthState::Up);
+        assert_eq!(fake.times(fine.addr).len(), 3, "probed at 0, 1 and 2 s");
+        let st = pool.status();
+        let hung = st.iter().find(|s| s.addr == hang.addr).unwrap();
+        assert_eq!(hung.last_error, Some("timeout"));
+        let timeouts = pool.counters().failures().find(|(k, _)| *k == "timeout");
+        assert_eq!(timeouts, Some(("timeout", 1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sync_is_bounded_when_a_first_probe_waits_for_a_slot() {
+        let fake = Fake::new(|addr, _| match addr {
+            IpAddr::V4(v4) if v4.octets()[3] == 1 => Behave::Hang,
+            _ => Behave::Ok,
+        });
+        let mut d = defaults();
+        d.max_concurrent = 1;
+        let pool = pool(&d, &fake);
+        let hog = tcp_spec(1, options(10_000, 10_000, 1, 1));
+        pool.sync(std::slice::from_ref(&hog)).await;
+        // The hog probes again from 20 s to 30 s, holding the only slot.
+        time::sleep_until(fake.times(hog.addr)[0] + Duration::from_secs(21)).await;
+        let late = tcp_spec(2, options(1000, 1000, 1, 1));
+        let start = Instant::now();
+        let health = pool.sync(&[hog.clone(), late.clone()]).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1) + SYNC_MARGIN);
+        assert_eq!(health[&late].state(), HealthState::Unknown);
+        assert!(health[&late].is_up(), "unknown answers as up");
+        time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(health[&late].state(), HealthState::Up);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrency_cap_holds_across_targets() {
+        let fake = Fake::new(|_, _| Behave::Slow(Duration::from_millis(400)));
+        let mut d = defaults();
+        d.max_concurrent = 3;
+        let pool = pool(&d, &fake);
+        let specs: Vec<ProbeSpec> = (1..=12)
+            .map(|i| tcp_spec(i, options(1000, 2000, 1, 1)))
+            .collect();
+        pool.sync(&specs).await;
+        time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 3);
+        // Slots are the bottleneck (12 × 0.4 s / 3 = 1.6 s per round): no target goes faster
+        // than its interval, and each is still probed.
+        for s in &specs {
+            let t = fake.times(s.addr);
+            assert!(t.len() >= 3, "{}", t.len());
+            assert!(t.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(1)));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fall_and_rise_drive_the_health_flag() {
+        // Probe n: up for 0..3, down for 3..8, up from 8.
+        let fake = Fake::new(|_, n| {
+            if (3..8).contains(&n) {
+                Behave::Fail
+            } else {
+                Behave::Ok
+            }
+        });
+        let pool = pool(&defaults(), &fake);
+        let spec = tcp_spec(1, options(1000, 500, 3, 2));
+        let start = Instant::now();
+        let h = pool.sync(std::slice::from_ref(&spec)).await[&spec].clone();
+        let at = |ms: u64| time::sleep_until(start + Duration::from_millis(ms));
+        let mut seen = Vec::new();
+        for ms in (100..=11_100).step_by(1000) {
+            at(ms).await;
+            seen.push(h.state());
+        }
+        use HealthState::{Down, Up};
+        // Probes 3,4 fail (still up), 5 is the third failure, 8 and 9 succeed (up after 9).
+        assert_eq!(
+            seen,
+            [Up, Up, Up, Up, Up, Down, Down, Down, Down, Up, Up, Up]
+        );
+        let st = &pool.status()[0];
+        assert_eq!(st.state_changes, 3);
+        assert_eq!(st.consecutive_successes, 4, "probes 8 to 11");
+        assert_eq!(pool.counters().state_changes(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_stops_probing() {
+        let fake = Fake::new(|_, _| Behave::Ok);
+        let pool = pool(&defaults(), &fake);
+        let spec = tcp_spec(1, options(1000, 500, 1, 1));
+        pool.sync(std::slice::from_ref(&spec)).await;
+        pool.shutdown();
+        time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(fake.times(spec.addr).len(), 1);
+        let again = pool.sync(std::slice::from_ref(&spec)).await;
+        assert_eq!(again[&spec].state(), HealthState::Unknown);
+        time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(fake.times(spec.addr).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn set_defaults_resizes_the_cap() {
+        let fake = Fake::new(|_, _| Behave::Slow(Duration::from_millis(400)));
+        let mut d = defaults();
+        d.max_concurrent = 1;
+        let pool = pool(&d, &fake);
+        let specs: Vec<ProbeSpec> = (1..=6)
+            .map(|i| tcp_spec(i, options(1000, 2000, 1, 1)))
+            .collect();
+        pool.sync(&specs).await;
+        assert_eq!(fake.max_in_flight.load(Ordering::SeqCst), 1);
+        d.max_concurrent = 6;
+        pool.set_defaults(&d);
+        time::sleep(Duration::from_secs(5)).await;
+        assert!(fake.max_in_flight.load(Ordering::SeqCst) > 1);
     }
 }
