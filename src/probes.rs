@@ -293,7 +293,7 @@ impl Tracker {
 }
 
 /// `interval` spread by `±jitter` (a fraction); `u` is uniform in [0, 1).
-pub fn jittered(interval: Duration, jitter: f64, u: f64) -> Duration {
+fn jittered(interval: Duration, jitter: f64, u: f64) -> Duration {
     let jitter = jitter.clamp(0.0, 1.0);
     let factor = 1.0 + jitter * (2.0 * u.clamp(0.0, 1.0) - 1.0);
     interval.mul_f64(factor).max(MIN_INTERVAL)
@@ -463,6 +463,11 @@ impl ProbePool {
             ))
         });
         out
+    }
+
+    /// The status of one target, if it is in the probed set.
+    pub fn target_status(&self, spec: &ProbeSpec) -> Option<ProbeStatus> {
+        lock(&self.targets).get(spec).map(|t| t.core.status())
     }
 
     /// Pool-wide counters for the metrics collector.
