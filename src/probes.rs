@@ -11,6 +11,17 @@
 //! at once; failures make it `Down` after `fall` consecutive ones — also for a brand-new target,
 //! which stays `Unknown` (answered as UP) until it has failed `fall` times in a row. `Down` goes
 //! back `Up` after `rise` consecutive successes. `Unknown` counts as UP everywhere.
+//!
+//! Schedule: the first probe runs at creation; each next one starts `interval × (1 ± jitter)`
+//! after the previous one started (never earlier, no catch-up after a slow probe or a wait for
+//! a concurrency slot), so a target is probed at most once per `interval × (1 − jitter)` and on
+//! average once per interval. Each probe, redirects included, is bounded by its `timeout`.
+//!
+//! HTTP follows PowerDNS's `ifurlup` (lua-records.md §3.4): pinned to the candidate, Host and
+//! SNI from the URL, certificates not verified unless `[probes].tls_verify`, UP iff the final
+//! status equals `httpcode` and, with `stringmatch`, the first `min(byteslimit, body_limit)`
+//! body bytes contain it (a cut body still counts). Without `stringmatch` the body is not read.
+//! More than `max_redirects` redirects is a failure (`redirect`).
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -319,16 +330,9 @@ trait Prober: Send + Sync + 'static {
     fn probe<'a>(&'a self, target: &'a TargetCore, settings: &'a Settings) -> ProbeFuture<'a>;
 }
 
-struct Shared {
-    settings: ArcSwap<Settings>,
-    counters: ProbeCounters,
-    prober: Box<dyn Prober>,
-    tls_verified: Arc<ClientConfig>,
-    tls_any: Arc<ClientConfig>,
-}
-
-impl Shared {
-    fn settings_for(&self, d: &ProbeDefaults, previous: Option<&Settings>) -> Settings {
+impl Settings {
+    /// Keeps `previous`'s semaphore when the cap is unchanged, so a reload does not reset it.
+    fn new(d: &ProbeDefaults, tls: &TlsConfigs, previous: Option<&Settings>) -> Settings {
         let slots = match previous {
             Some(p) if p.max_concurrent == d.max_concurrent => p.slots.clone(),
             _ => Arc::new(Semaphore::new(d.max_concurrent.max(1))),
@@ -339,13 +343,20 @@ impl Shared {
             body_limit: d.body_limit,
             max_concurrent: d.max_concurrent,
             tls: if d.tls_verify {
-                self.tls_verified.clone()
+                tls.verified.clone()
             } else {
-                self.tls_any.clone()
+                tls.any.clone()
             },
             slots,
         }
     }
+}
+
+struct Shared {
+    settings: ArcSwap<Settings>,
+    counters: ProbeCounters,
+    prober: Box<dyn Prober>,
+    tls: TlsConfigs,
 }
 
 /// The set of probe targets and their tasks. Lives on the control-plane runtime.
@@ -363,25 +374,13 @@ impl ProbePool {
     }
 
     fn with_prober(defaults: &ProbeDefaults, prober: Box<dyn Prober>) -> Arc<ProbePool> {
-        let (tls_verified, tls_any) = tls_configs();
-        let placeholder = Arc::new(Settings {
-            jitter: 0.0,
-            max_redirects: 0,
-            body_limit: 0,
-            max_concurrent: 0,
-            tls: tls_any.clone(),
-            slots: Arc::new(Semaphore::new(1)),
-        });
+        let tls = TlsConfigs::new();
         let shared = Arc::new(Shared {
-            settings: ArcSwap::new(placeholder),
+            settings: ArcSwap::from_pointee(Settings::new(defaults, &tls, None)),
             counters: ProbeCounters::default(),
             prober,
-            tls_verified,
-            tls_any,
+            tls,
         });
-        shared
-            .settings
-            .store(Arc::new(shared.settings_for(defaults, None)));
         Arc::new(ProbePool {
             shared,
             targets: Mutex::new(HashMap::new()),
@@ -442,9 +441,9 @@ impl ProbePool {
     /// Applies reloaded `[probes]` settings (cap, TLS verification, redirects, body limit,
     /// jitter) to the probes that start from now on.
     pub fn set_defaults(&self, defaults: &ProbeDefaults) {
-        let current = self.shared.settings.load();
-        let next = self.shared.settings_for(defaults, Some(&current));
-        self.shared.settings.store(Arc::new(next));
+        let shared = &self.shared;
+        let next = Settings::new(defaults, &shared.tls, Some(&shared.settings.load()));
+        shared.settings.store(Arc::new(next));
     }
 
     /// Per-target state, sorted by address then check, for `/status` and metrics.
@@ -987,25 +986,37 @@ async fn connect_resolved(
     Err(last.unwrap_or_else(|| resolve_err("no usable address".into())))
 }
 
-/// TLS client configurations (verifying and not), both on the ring provider explicitly so
-/// the process-wide default provider never matters.
-fn tls_configs() -> (Arc<ClientConfig>, Arc<ClientConfig>) {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let verified = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports rustls' default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let any = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .expect("the ring provider supports rustls' default protocol versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(
-            provider.signature_verification_algorithms,
-        )))
-        .with_no_client_auth();
-    (Arc::new(verified), Arc::new(any))
+/// The two TLS client configurations a probe may use, built once per pool.
+struct TlsConfigs {
+    /// Chain and name checked against the webpki roots (`tls_verify = true`).
+    verified: Arc<ClientConfig>,
+    /// Any certificate accepted, as PowerDNS does (`tls_verify = false`).
+    any: Arc<ClientConfig>,
+}
+
+impl TlsConfigs {
+    /// Both on the ring provider explicitly, so the process-wide default provider never matters.
+    fn new() -> TlsConfigs {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let verified = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports rustls' default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let any = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports rustls' default protocol versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth();
+        TlsConfigs {
+            verified: Arc::new(verified),
+            any: Arc::new(any),
+        }
+    }
 }
 
 /// PowerDNS does not verify probe certificates (self-signed is UP); with `tls_verify = false`
