@@ -1,0 +1,288 @@
+//! dnsteer in front of a real PowerDNS: answers through dnsteer must equal PowerDNS's own
+//! (ID aside) over UDP and TCP, for a broad question list; plus failure handling.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::RecordType;
+use support::{Pdns, QueryOpts, dns_query};
+
+const ZONE: &str = include_str!("../config/demo/demo.test.zone");
+
+/// What must be equal between PowerDNS's answer and dnsteer's.
+#[derive(Debug, PartialEq)]
+struct Shape {
+    rcode: ResponseCode,
+    aa: bool,
+    tc: bool,
+    answers: BTreeSet<String>,
+    authorities: BTreeSet<String>,
+    additionals: BTreeSet<String>,
+    edns: bool,
+    ecs: Option<String>,
+}
+
+fn shape(m: &Message) -> Shape {
+    let set = |rs: &[hickory_proto::rr::Record]| rs.iter().map(|r| r.to_string().to_lowercase()).collect();
+    Shape {
+        rcode: m.metadata.response_code,
+        aa: m.metadata.authoritative,
+        tc: m.metadata.truncation,
+        answers: set(&m.answers),
+        authorities: set(&m.authorities),
+        additionals: set(&m.additionals),
+        edns: m.edns.is_some(),
+        ecs: support::reply_ecs(m).map(|e| format!("{e:?}")),
+    }
+}
+
+fn start_dnsteer(upstreams: &[SocketAddr], extra: &str) -> (dnsteer::app::App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let servers: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let text = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
+         [ratelimit]\nenabled = false\n\n[upstream]\nservers = [{}]\ntimeout = \"500ms\"\n\
+         health_check_interval = \"200ms\"\n{extra}\n",
+        servers.join(", ")
+    );
+    let path = dir.path().join("dnsteer.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = dnsteer::config::Config::load(&path).expect("test config");
+    let app = dnsteer::app::App::start(config).expect("dnsteer starts");
+    (app, dir)
+}
+
+fn metrics(app: &dnsteer::app::App) -> String {
+    let mut s = TcpStream::connect(app.metrics_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn questions() -> Vec<(&'static str, RecordType)> {
+    vec![
+        ("www.demo.test.", RecordType::A),
+        ("www.demo.test.", RecordType::AAAA),
+        ("WwW.DeMo.TeSt.", RecordType::A),
+        ("demo.test.", RecordType::SOA),
+        ("demo.test.", RecordType::NS),
+        ("demo.test.", RecordType::MX),
+        ("demo.test.", RecordType::TXT),
+        ("mail.demo.test.", RecordType::A),
+        ("alias.demo.test.", RecordType::A),
+        ("big.demo.test.", RecordType::TXT),
+        ("nope.demo.test.", RecordType::A),
+        ("www.demo.test.", RecordType::MX),
+        ("static.demo.test.", RecordType::A),
+        ("other.zone.", RecordType::A),
+    ]
+}
+
+fn option_sets() -> Vec<(&'static str, QueryOpts)> {
+    vec![
+        ("udp", QueryOpts::udp()),
+        ("udp edns4096", QueryOpts::udp().edns(4096)),
+        ("udp edns512", QueryOpts::udp().edns(512)),
+        ("udp do", QueryOpts::udp().dnssec_ok()),
+        ("udp ecs", QueryOpts::udp().ecs("198.51.100.0/24")),
+        ("udp ecs6", QueryOpts::udp().ecs("2001:db8:1::/48")),
+        ("tcp", QueryOpts::tcp()),
+        ("tcp edns", QueryOpts::tcp().edns(1232)),
+        ("tcp ecs", QueryOpts::tcp().ecs("203.0.113.0/24")),
+    ]
+}
+
+#[test]
+fn answers_equal_powerdns_over_udp_and_tcp() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let front = app.dns_addrs[0];
+    let mut compared = 0;
+    for (name, qtype) in questions() {
+        for (label, opts) in option_sets() {
+            let direct = dns_query(pdns.addr(), name, qtype, &opts).expect("PowerDNS answers");
+            let via = dns_query(front, name, qtype, &opts)
+                .unwrap_or_else(|e| panic!("dnsteer did not answer {name} {qtype} {label}: {e}"));
+            assert_eq!(shape(&via), shape(&direct), "{name} {qtype} [{label}]");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, questions().len() * option_sets().len());
+    // The big TXT really needed TCP over plain UDP: the comparison above covered TC=1.
+    let tc = dns_query(front, "big.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
+    assert!(tc.metadata.truncation, "big TXT without EDNS must be truncated");
+    let full = dns_query(front, "big.demo.test.", RecordType::TXT, &QueryOpts::tcp()).unwrap();
+    assert_eq!(full.answers.len(), 1);
+}
+
+#[test]
+fn powerdns_sees_the_client_subnet_and_the_client_does_not() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let front = app.dns_addrs[0];
+    // No ECS from the client: dnsteer adds 127.0.0.0/24; the answer carries no OPT at all.
+    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
+    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=127.0.0.0\"".to_string()]);
+    assert!(m.edns.is_none(), "client sent no EDNS, so no OPT may come back");
+    // EDNS without ECS: OPT comes back, ECS does not.
+    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp().edns(1232)).unwrap();
+    assert!(m.edns.is_some());
+    assert!(support::reply_ecs(&m).is_none(), "the ECS dnsteer added must be removed");
+    // The client's own ECS goes through untouched and is echoed by PowerDNS.
+    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::tcp().ecs("198.51.100.0/24")).unwrap();
+    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=198.51.100.0\"".to_string()]);
+    assert!(support::reply_ecs(&m).is_some());
+}
+
+#[test]
+fn ecs_can_be_switched_off() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "add_ecs = false\n");
+    let m = dns_query(app.dns_addrs[0], "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
+    // PowerDNS now sees dnsteer's own socket address.
+    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=127.0.0.1\"".to_string()]);
+}
+
+#[test]
+fn dead_powerdns_gives_servfail_in_time_and_recovers() {
+    let mut pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "attempts = 2\n");
+    let front = app.dns_addrs[0];
+    dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
+    pdns.stop();
+    for opts in [QueryOpts::udp().timeout(Duration::from_secs(3)), QueryOpts::tcp().timeout(Duration::from_secs(3))] {
+        let t = Instant::now();
+        let m = dns_query(front, "www.demo.test.", RecordType::A, &opts).expect("an answer, not silence");
+        assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+        // 2 attempts × 500 ms plus the 10 ms sweep granularity.
+        assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    }
+    pdns.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp())
+            .is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty());
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after PowerDNS restarted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = metrics(&app);
+    assert!(metric_value(&text, "dnsteer_responses_total{transport=\"udp\",rcode=\"SERVFAIL\"}") >= 1.0, "{text}");
+    assert!(metric_value(&text, "dnsteer_upstream_errors_total{") >= 1.0, "{text}");
+}
+
+#[test]
+fn one_of_two_upstreams_down() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
+    // A black hole: bound, never answers.
+    let hole = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (app, _dir) = start_dnsteer(
+        &[hole.local_addr().unwrap(), pdns.addr()],
+        "policy = \"first-available\"\nhealth_check_fall = 2\n",
+    );
+    let front = app.dns_addrs[0];
+    // Before the checks mark it down, queries still succeed on the second attempt.
+    let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp().timeout(Duration::from_secs(3))).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    // After fall × (timeout + interval) the hole is out: answers come at once.
+    std::thread::sleep(Duration::from_millis(2500));
+    let t = Instant::now();
+    for _ in 0..20 {
+        let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    }
+    assert!(t.elapsed() < Duration::from_millis(400), "the dead server is still being tried: {:?}", t.elapsed());
+    let text = metrics(&app);
+    assert!(text.contains(&format!("dnsteer_upstream_healthy{{server=\"{}\"}} 0", hole.local_addr().unwrap())), "{text}");
+    assert!(text.contains(&format!("dnsteer_upstream_healthy{{server=\"{}\"}} 1", pdns.addr())), "{text}");
+}
+
+#[test]
+fn garbage_is_dropped_or_answered_and_counted() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let front = app.dns_addrs[0];
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 1024];
+    // Runts and responses: silence (no reflection).
+    for pkt in [&b"\x01"[..], &[0u8; 11][..], &[0x12, 0x34, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1][..]] {
+        sock.send_to(pkt, front).unwrap();
+        assert!(sock.recv_from(&mut buf).is_err(), "{pkt:?} must not be answered");
+    }
+    // Opcode 2 (STATUS): NOTIMP. A question with a compression pointer: FORMERR.
+    let notimp = [0xab, 0xcd, 0x10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+    sock.send_to(&notimp, front).unwrap();
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0xab, 0xcd]);
+    assert_eq!(buf[3] & 0x0f, 4, "NOTIMP");
+    assert!(n <= notimp.len());
+    let formerr = [0xab, 0xce, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1];
+    sock.send_to(&formerr, front).unwrap();
+    let (_, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
+    // Random bytes: whatever happens, the server survives and keeps answering.
+    let mut rng = fastrand::Rng::with_seed(7);
+    for _ in 0..2000 {
+        let len = rng.usize(0..600);
+        let pkt: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        sock.send_to(&pkt, front).unwrap();
+    }
+    // Oversize / bogus TCP frames close the connection without harming others.
+    let mut t = TcpStream::connect(front).unwrap();
+    t.write_all(&[0, 3, 1, 2, 3]).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(t.read(&mut buf).unwrap_or(0), 0, "a 3-byte frame closes the connection");
+    let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    let text = metrics(&app);
+    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"too_short\"}") >= 2.0, "{text}");
+    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"is_response\"}") >= 1.0, "{text}");
+    assert!(metric_value(&text, "dnsteer_malformed_total{kind=\"notimp\"}") >= 1.0, "{text}");
+    assert!(metric_value(&text, "dnsteer_malformed_total{kind=\"formerr\"}") >= 1.0, "{text}");
+    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"tcp_bad_frame\"}") >= 1.0, "{text}");
+}
+
+#[test]
+fn tcp_pipelining_100_queries_on_one_connection() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
+    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let mut t = TcpStream::connect(app.dns_addrs[0]).unwrap();
+    t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let names = ["www.demo.test.", "mail.demo.test.", "static.demo.test.", "nope.demo.test."];
+    let mut want = std::collections::HashMap::new();
+    let mut burst = Vec::new();
+    for i in 0..100u16 {
+        let name = names[i as usize % names.len()];
+        let (_, mut wire) = support::build_query(name, RecordType::A, &QueryOpts::tcp());
+        wire[0..2].copy_from_slice(&i.to_be_bytes());
+        want.insert(i, name.to_string());
+        burst.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+        burst.extend_from_slice(&wire);
+    }
+    // All 100 written before reading a single answer.
+    t.write_all(&burst).unwrap();
+    for _ in 0..100 {
+        let frame = support::read_tcp_frame(&mut t).expect("an answer per query");
+        let m = Message::from_vec(&frame).unwrap();
+        let name = want.remove(&m.metadata.id).expect("each ID answered once");
+        assert_eq!(m.queries[0].name().to_ascii().to_lowercase(), name);
+    }
+    assert!(want.is_empty());
+}
