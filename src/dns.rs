@@ -871,6 +871,25 @@ fn skip_questions(pkt: &[u8]) -> Result<usize, ParseError> {
     Ok(off)
 }
 
+/// Writes a BADVERS answer (RFC 6891: rcode 0 in the header, extended rcode 1 in the OPT) to a
+/// query whose EDNS version we do not support. Returns false if it is not answerable.
+pub fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> bool {
+    let Ok(q) = parse_query_any_version(pkt) else {
+        return false;
+    };
+    let b = ResponseBuilder::new(out, pkt, &q, rcode::NOERROR, false);
+    b.finish(
+        Some(EdnsReply {
+            udp_size,
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+            ecs: None,
+            ext_rcode: 1,
+        }),
+        512,
+    );
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1502,18 +1521,3 @@ mod tests {
     }
 }
 
-/// Writes a BADVERS answer (OPT with extended rcode 1) to a query with an EDNS version we do
-/// not support. Returns false if the packet is not answerable.
-pub fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> bool {
-    if !write_error(pkt, 0, out) {
-        return false;
-    }
-    let ar = u16::from_be_bytes([out[10], out[11]]) + 1;
-    out[10..12].copy_from_slice(&ar.to_be_bytes());
-    out.push(0);
-    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    out.extend_from_slice(&udp_size.to_be_bytes());
-    // TTL: extended rcode 1 (BADVERS = 16 >> 4), version 0, flags 0; RDLENGTH 0.
-    out.extend_from_slice(&[1, 0, 0, 0, 0, 0]);
-    true
-}
