@@ -68,7 +68,8 @@ if ((${#failed_steps[@]})); then
   echo "failed steps: ${failed_steps[*]}"
 fi
 if ((results > 0)) && { ((TEST_RC == 0)) || ((failed > 0)); } &&
-  ! grep -q '^error: could not compile' "$TEST_LOG"; then
+  ! grep -q '^error: could not compile' "$TEST_LOG" &&
+  ! grep -q "process didn't exit successfully.*signal" "$TEST_LOG"; then
   echo "${passed} passed, ${failed} failed"
 fi
 ((${#failed_steps[@]} == 0))

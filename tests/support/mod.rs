@@ -173,6 +173,12 @@ pub fn dns_query(
     Ok(msg)
 }
 
+/// [`dns_query`] for tests that expect an answer: panics with the server and question on error.
+pub fn dns_ask(server: SocketAddr, name: &str, qtype: RecordType, opts: &QueryOpts) -> Message {
+    dns_query(server, name, qtype, opts)
+        .unwrap_or_else(|e| panic!("{name} {qtype} to {server} ({opts:?}): {e}"))
+}
+
 /// Sends raw bytes over UDP and returns the first datagram that carries the same ID (the first
 /// two bytes), or any datagram when `wire` is shorter than 2 bytes.
 pub fn udp_exchange(server: SocketAddr, wire: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
