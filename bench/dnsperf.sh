@@ -24,6 +24,7 @@
 # On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
 # QPS second (shared/notes/rust-stack.md §8).
 set -euo pipefail
+# shellcheck source=../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
 

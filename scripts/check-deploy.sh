@@ -13,6 +13,7 @@
 #   scripts/check-deploy.sh            # exit 0 when everything holds
 # Env: K8S_VERSION (schema version, default: the validator's newest), DNSTEER_BIN (skip build).
 set -euo pipefail
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 

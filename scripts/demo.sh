@@ -17,6 +17,7 @@
 #      KEEP_RUN_DIR=1 (keep logs). Exit status: 0, or 1 if start-up or the self-check failed.
 # On exit it kills exactly the processes it started.
 set -euo pipefail
+# shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DNS_PORT=5300 METRICS_PORT=9153 PDNS_PORT=5353 HTTP_PORT=8053 TCP_PORT=8054

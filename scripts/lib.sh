@@ -1,9 +1,11 @@
+# shellcheck shell=bash
 # Shared shell helpers for scripts/ and bench/ (source it; not executable on its own).
 # Process rule: every background process is started through `start_bg`, which records its PID;
 # `stop_all` (installed as the EXIT/INT/TERM trap by `install_cleanup`) kills exactly those PIDs.
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"  # used by the scripts that source this
+export TARGET_DIR
 STARTED_PIDS=()
 STARTED_NAMES=()
 RUN_DIR=""

@@ -9,7 +9,7 @@
 # Env: SKIP_DEPS=1 (skip install-deps), SKIP_DEMO=1 (skip the demo smoke run).
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+cd "$ROOT" || exit 1
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 failed_steps=()

@@ -205,3 +205,17 @@ fn geo_backend_answers_pickclosest_from_the_given_mmdb() {
     );
     assert_eq!(answer_rdata(&cc), ["us"]);
 }
+
+#[test]
+fn a_server_started_on_a_short_lived_thread_keeps_running() {
+    // PR_SET_PDEATHSIG is tied to the forking thread; the harness forks on a thread that lives
+    // as long as the process, so a helper thread ending must not kill PowerDNS.
+    let pdns = std::thread::spawn(|| Pdns::start(&[(DEMO_ZONE_NAME, DEMO_ZONE)], &[]))
+        .join()
+        .expect("start on a helper thread");
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = pdns.pid().expect("running");
+    assert!(pid_alive(pid));
+    let www = ask(&pdns, "www.demo.test.", RecordType::A, &QueryOpts::tcp());
+    assert_eq!(answer_rdata(&www), ["192.0.2.80"]);
+}

@@ -2,9 +2,10 @@
 //! PowerDNS Authoritative on 127.0.0.1 (`Pdns`), and a small blocking DNS client (`dns_query`).
 //!
 //! Deliberately independent of the dnsteer library, so a test failure here points at the
-//! harness or at PowerDNS, never at the code under test. Every process started here is killed by
-//! PID when its handle is dropped (test passed, failed or panicked), and also by the kernel if the
-//! spawning test thread dies without unwinding (`PR_SET_PDEATHSIG`).
+//! harness or at PowerDNS, never at the code under test. Every process started here (use
+//! [`spawn_guarded`] for your own, e.g. the dnsteer binary) is killed by PID when its handle is
+//! dropped (test passed, failed or panicked), and by the kernel if the test binary dies without
+//! unwinding (`PR_SET_PDEATHSIG`).
 
 #![allow(dead_code)] // each test binary uses a different subset
 
@@ -276,10 +277,10 @@ pub fn reply_ecs(msg: &Message) -> Option<ClientSubnet> {
 /// [`Pdns::reload_zones`]), LUA records on, ECS processing on, AXFR allowed from 127.0.0.0/8.
 /// `extra_conf` lines are appended and override these (a later pdns.conf line wins).
 ///
-/// Do not keep a `Pdns` in a `static` shared by several tests: the kernel kills the server when
-/// the *thread* that started it exits (PR_SET_PDEATHSIG), and a static is never dropped.
+/// Do not keep a `Pdns` in a `static`: a static is never dropped, so only the kernel's
+/// PR_SET_PDEATHSIG would end the server, at process exit.
 pub struct Pdns {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     dir: tempfile::TempDir,
     addr: SocketAddr,
     zones: Vec<String>,
@@ -342,7 +343,7 @@ impl Pdns {
 
     /// PID of the running server, `None` after [`Pdns::stop`].
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.child.as_ref().map(ChildGuard::pid)
     }
 
     /// The run directory (pdns.conf, named.conf, zone files, pdns.log, control socket).
@@ -357,9 +358,8 @@ impl Pdns {
 
     /// Stops the server (SIGTERM, then SIGKILL after 5 s) and reaps it. Idempotent.
     pub fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
-            terminate(child);
-        }
+        // Dropping the guard terminates and reaps the process.
+        self.child.take();
     }
 
     /// Stops and starts the server again on the same port and directory (zone files as they
@@ -436,16 +436,8 @@ impl Pdns {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
-        // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
+        let child =
+            spawn_guarded(cmd).unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()));
         self.child = Some(child);
 
         let deadline = Instant::now() + START_TIMEOUT;
@@ -456,11 +448,7 @@ impl Pdns {
         };
         let first = pending[0].clone();
         while !pending.is_empty() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(ChildGuard::exited) {
                 self.child = None;
                 return Err(format!(
                     "pdns_server exited with {status}\n{}",
@@ -511,8 +499,100 @@ impl Drop for Pdns {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is terminated (SIGTERM, SIGKILL after 5 s) and reaped when dropped,
+/// so no test leaves a process behind, pass, fail or panic.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Option<Child>,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The exit status if the process has already exited (it is reaped then).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP` to make dnsteer reload).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
+        {
+            // SAFETY: kill(2) on our own child, which is not reaped while we hold it.
+            unsafe {
+                libc::kill(pid, sig);
+            }
+        }
+    }
+
+    /// Terminates and reaps the process now; returns its exit status.
+    pub fn stop(mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().and_then(terminate)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            terminate(child);
+        }
+    }
+}
+
+/// Spawns `cmd` so that it cannot outlive the test process: besides the [`ChildGuard`] drop,
+/// the kernel sends it SIGKILL when the test binary dies without unwinding (abort, SIGKILL).
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked exits, and test threads (or tokio's
+/// blocking pool) come and go; so every spawn happens on one helper thread that lives as long
+/// as the process.
+pub fn spawn_guarded(mut cmd: Command) -> io::Result<ChildGuard> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+
+    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("test-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the spawner thread");
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("spawner thread gone"))?;
+    let child = reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("spawner thread gone"))??;
+    Ok(ChildGuard { child: Some(child) })
+}
+
 /// SIGTERM, wait up to 5 s, then SIGKILL; always reaps the child so its PID is gone.
-fn terminate(mut child: Child) {
+fn terminate(mut child: Child) -> Option<std::process::ExitStatus> {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: plain kill(2) on our own, not yet reaped child.
         unsafe {
@@ -521,13 +601,13 @@ fn terminate(mut child: Child) {
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     while Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
         }
         thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    let _ = child.wait();
+    child.wait().ok()
 }
 
 fn canonical_zone(name: &str) -> String {
