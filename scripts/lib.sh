@@ -72,9 +72,12 @@ cleanup() {
 }
 
 install_cleanup() {
+  # set -e exits are otherwise silent: say where.
+  trap 'log "error: command failed (line $LINENO): $BASH_COMMAND"' ERR
   trap cleanup EXIT
-  trap 'exit 130' INT
-  trap 'exit 143' TERM
+  # INTERRUPT_RC: what Ctrl-C/SIGTERM exits with (0 where that is the normal way to stop).
+  trap 'exit "${INTERRUPT_RC:-130}"' INT
+  trap 'exit "${INTERRUPT_RC:-143}"' TERM
 }
 
 # make_run_dir PREFIX: a fresh temp dir in $RUN_DIR.
