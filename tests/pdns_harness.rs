@@ -219,3 +219,38 @@ fn a_server_started_on_a_short_lived_thread_keeps_running() {
     let www = ask(&pdns, "www.demo.test.", RecordType::A, &QueryOpts::tcp());
     assert_eq!(answer_rdata(&www), ["192.0.2.80"]);
 }
+
+#[test]
+fn http_get_reads_status_and_plain_or_chunked_bodies() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = std::thread::spawn(move || {
+        let replies = [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready",
+            "HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5\r\nready\r\n0\r\n\r\n",
+        ];
+        for reply in replies {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).expect("read request");
+                assert!(n > 0, "request ended early");
+                req.extend_from_slice(&buf[..n]);
+            }
+            assert!(req.starts_with(b"GET /readyz HTTP/1.1\r\n"));
+            conn.write_all(reply.as_bytes()).expect("reply");
+        }
+    });
+    let t = Duration::from_secs(2);
+    assert_eq!(
+        support::http_get(addr, "/readyz", t).expect("get"),
+        (200, "ready".to_string())
+    );
+    assert_eq!(
+        support::http_get(addr, "/readyz", t).expect("get"),
+        (503, "not ready".to_string())
+    );
+    server.join().expect("server thread");
+}

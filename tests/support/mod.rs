@@ -711,3 +711,178 @@ fn pdns_control_path() -> PathBuf {
 pub fn pid_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
+
+// ---------------------------------------------------------------------------------------------
+// HTTP (admin endpoints)
+// ---------------------------------------------------------------------------------------------
+
+/// A minimal blocking HTTP/1.1 GET (for /metrics, /healthz, /readyz, /status): returns the
+/// status code and the body (chunked transfer decoded).
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    // One write: servers may read the request head in one go.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("HTTP {what}"));
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad("status line"))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).map_err(|_| bad("chunk size"))?;
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The dnsteer binary
+// ---------------------------------------------------------------------------------------------
+
+/// The real `dnsteer` binary (`CARGO_BIN_EXE_dnsteer`) running on a config written to a temp
+/// directory (relative paths in it resolve there; see [`Dnsteer::dir`] to place files first
+/// with [`Dnsteer::start_in`]). Killed by PID on drop.
+///
+/// The config must set `[server].listen` and `[metrics].listen` explicitly (use
+/// [`free_addr`]); the first listen address is the one [`Dnsteer::dns_addr`] returns.
+pub struct Dnsteer {
+    child: Option<ChildGuard>,
+    dir: tempfile::TempDir,
+    dns: SocketAddr,
+    metrics: SocketAddr,
+}
+
+impl Dnsteer {
+    /// Writes `config` as dnsteer.toml in a fresh temp dir, starts the binary and waits up to
+    /// 30 s for `GET /readyz` = 200. Panics with the process log otherwise.
+    pub fn start(config: &str) -> Dnsteer {
+        let dir = tempfile::Builder::new()
+            .prefix("dnsteer-bin-")
+            .tempdir()
+            .expect("create temp dir for dnsteer");
+        Self::start_in(dir, config)
+    }
+
+    /// Like [`Dnsteer::start`] in a directory prepared by the caller (e.g. holding an mmdb).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Dnsteer {
+        let table: toml::Table = toml::from_str(config).expect("test config is valid TOML");
+        let addr_at = |section: &str| -> SocketAddr {
+            let text = match table.get(section).and_then(|t| t.get("listen")) {
+                Some(toml::Value::String(s)) => Some(s.as_str()),
+                Some(toml::Value::Array(a)) => a.first().and_then(toml::Value::as_str),
+                _ => None,
+            };
+            text.and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+                panic!("[{section}].listen must be set to a free 127.0.0.1 address in test configs")
+            })
+        };
+        let dns = addr_at("server");
+        let metrics = addr_at("metrics");
+        let path = dir.path().join("dnsteer.toml");
+        fs::write(&path, config).expect("write dnsteer.toml");
+        let log = fs::File::create(dir.path().join("dnsteer.log")).expect("create dnsteer.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsteer"));
+        cmd.arg("--config")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        let child = spawn_guarded(cmd).expect("spawn dnsteer");
+        let mut me = Dnsteer {
+            child: Some(child),
+            dir,
+            dns,
+            metrics,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = me.child.as_mut().and_then(ChildGuard::exited) {
+                panic!(
+                    "dnsteer exited during start-up with {status}:\n{}",
+                    me.log()
+                );
+            }
+            if let Ok((200, _)) = http_get(me.metrics, "/readyz", Duration::from_millis(500)) {
+                return me;
+            }
+            if Instant::now() > deadline {
+                panic!("dnsteer not ready (/readyz) within 30 s:\n{}", me.log());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The first `[server].listen` address (UDP and TCP).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns
+    }
+
+    /// The `[metrics].listen` address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// The directory holding dnsteer.toml and dnsteer.log.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// dnsteer's stdout+stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("dnsteer.log")).unwrap_or_default()
+    }
+
+    /// GET on the metrics listener; panics on connection errors.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics, path, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("GET {path} from dnsteer: {e}\n{}", self.log()))
+    }
+
+    /// Replaces dnsteer.toml (the file dnsteer watches) with `config`; add `self.signal_hup()` to
+    /// force a reload at once.
+    pub fn rewrite_config(&self, config: &str) {
+        // Write-then-rename, as a ConfigMap update does, so a reader never sees half a file.
+        let tmp = self.dir.path().join(".dnsteer.toml.tmp");
+        fs::write(&tmp, config).expect("write config");
+        fs::rename(&tmp, self.dir.path().join("dnsteer.toml")).expect("swap config");
+    }
+
+    pub fn signal_hup(&self) {
+        if let Some(c) = &self.child {
+            c.signal(libc::SIGHUP);
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 5 s, then SIGKILL) for the exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.take().and_then(ChildGuard::stop)
+    }
+}
