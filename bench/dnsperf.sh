@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Load comparison on loopback with dnsperf (127.0.0.1 only, time-bounded).
+#
+#   bench/dnsperf.sh                 # MODE=forward: PowerDNS direct vs dnsdist 1.7 vs dnsteer,
+#                                    #   both proxies forwarding to the same PowerDNS
+#   MODE=lua bench/dnsperf.sh        # in-process answers: PowerDNS LUA records
+#                                    #   (enable-lua-records=yes and =shared), gdnsd (static +
+#                                    #   multifo), dnsteer [[records]]
+#
+# Each (query set, server) pair runs `dnsperf -l DURATION -c CLIENTS -T THREADS -q OUTSTANDING`
+# RUNS times, interleaved (run 1 of every server, then run 2, ...), after a short warm-up.
+# Recorded per run: QPS, average latency, loss, and the server's CPU time per completed query
+# (utime+stime deltas of its process from /proc/PID/stat; for the proxies also PowerDNS's).
+# Prints medians and dnsteer's ratios; keeps the raw TSV in target/bench/.
+#
+# Env: MODE=forward|lua  RUNS=3  DURATION=10  WARMUP=2  CLIENTS=8  THREADS=2  OUTSTANDING=256
+#      MAXQPS=N    forward mode: dnsdist gets addAction(MaxQPSIPRule(N), DropAction()) and
+#                  dnsteer [ratelimit] qps=burst=N, block_for="0s" (cost of the limiter; pick N
+#                  above the achieved QPS to measure overhead without drops)
+#      ECS=1       both proxies add ECS to forwarded queries (default off, as in dnsdist)
+#      LOG_SAMPLE=0.0  dnsteer logging.query_sample_rate
+#      SETS="..."  lua mode: which query sets (default "static health lua")
+#      DNSTEER_BIN=path (skip the release build), SKIP_DEPS=1, KEEP_RUN_DIR=1
+# On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
+# QPS second (shared/notes/rust-stack.md §8).
+set -euo pipefail
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+cd "$ROOT"
+
+MODE="${MODE:-forward}"
+RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
+CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
+MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.0}"
+SETS="${SETS:-static health lua}"
+case $MODE in forward | lua) ;; *) die "MODE must be forward or lua" ;; esac
+for v in RUNS DURATION WARMUP CLIENTS THREADS OUTSTANDING; do
+  [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || [[ $v == WARMUP && ${!v} == 0 ]] || die "$v must be a positive integer"
+done
+((DURATION <= 120)) || die "DURATION is capped at 120 s per run"
+
+[[ ${SKIP_DEPS:-0} == 1 ]] || bash "$ROOT/scripts/install-deps.sh"
+if [[ -n ${DNSTEER_BIN:-} ]]; then
+  BIN="$DNSTEER_BIN"
+else
+  log "building dnsteer (cargo build --release)"
+  cargo build --release --bin dnsteer
+  BIN="$TARGET_DIR/release/dnsteer"
+fi
+[[ -x $BIN ]] || die "no dnsteer binary at $BIN"
+
+make_run_dir dnsteer-bench
+install_cleanup
+TCK=$(getconf CLK_TCK)
+RESULTS="$RUN_DIR/results.tsv"
+printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_us_per_q\n' >"$RESULTS"
+
+declare -A PORT PID BACKEND
+SERVERS=()
+
+# ---- health-check target for ifportup / multifo (free port; 127.0.0.3 stays DOWN) ---------
+TCP_PORT=$(free_port)
+HTTP_PORT=$(free_port)   # nothing listens here: keeps the zone's ifurlup away from fixed ports
+start_bg tcp-target "$RUN_DIR/tcp.log" python3 -c '
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(1024)
+while True:
+    c, _ = s.accept()
+    c.close()
+' "$TCP_PORT"
+
+# ---- servers ------------------------------------------------------------------------------
+start_pdns() {  # start_pdns NAME LUA-SETTING
+  local name="$1" lua="$2" dir="$RUN_DIR/$1" port
+  mkdir -p "$dir"
+  port=$(free_port)
+  render_pdns_conf "$dir" "$port"
+  sed -i -e "s/8054/$TCP_PORT/g" -e "s/8053/$HTTP_PORT/g" "$dir/demo.test.zone"
+  # Fair on 2 cores: two SO_REUSEPORT receivers, defaults otherwise (packet cache included:
+  # it is part of how PowerDNS is run).
+  printf '%s\n' "receiver-threads=2" "reuseport=yes" "distributor-threads=2" "loglevel=3" \
+    "enable-lua-records=$lua" >>"$dir/pdns.conf"
+  start_bg "$name" "$dir/pdns.log" "$(pdns_server_bin)" --config-dir="$dir"
+  PORT[$name]=$port PID[$name]=$LAST_PID
+  wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/pdns.log"; die "$name did not start"; }
+  SERVERS+=("$name")
+}
+
+start_dnsdist() {  # forwards to pdns
+  local dir="$RUN_DIR/dnsdist" port
+  mkdir -p "$dir"
+  port=$(free_port)
+  {
+    echo "-- no packet cache: every query goes to PowerDNS, as with dnsteer"
+    echo "setSecurityPollSuffix('')"
+    echo "setLocal('127.0.0.1:$port', {reusePort=true})"
+    echo "addLocal('127.0.0.1:$port', {reusePort=true})   -- 2 listener threads for 2 cores"
+    echo "setMaxUDPOutstanding(65535)"
+    echo "newServer({address='127.0.0.1:${PORT[pdns]}', sockets=2, checkName='demo.test.', useClientSubnet=$([[ $ECS == 1 ]] && echo true || echo false)})"
+    echo "setServerPolicy(firstAvailable)"
+    [[ -n $MAXQPS ]] && echo "addAction(MaxQPSIPRule($MAXQPS), DropAction())"
+    true
+  } >"$dir/dnsdist.conf"
+  start_bg dnsdist "$dir/dnsdist.log" dnsdist --supervised --disable-syslog -C "$dir/dnsdist.conf"
+  PORT[dnsdist]=$port PID[dnsdist]=$LAST_PID BACKEND[dnsdist]=${PID[pdns]}
+  wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/dnsdist.log"; die "dnsdist did not start"; }
+  SERVERS+=(dnsdist)
+}
+
+start_dnsteer() {  # start_dnsteer WITH-RECORDS(0|1)
+  local dir="$RUN_DIR/dnsteer" port mport cfg
+  mkdir -p "$dir"
+  port=$(free_port) mport=$(free_port)
+  cfg="$dir/dnsteer.toml"
+  {
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\n\n' "$port"
+    printf '[metrics]\nlisten = "127.0.0.1:%s"\n\n' "$mport"
+    printf '[logging]\nlevel = "warn"\nformat = "text"\nquery_sample_rate = %s\n\n' "$LOG_SAMPLE"
+    if [[ -n $MAXQPS ]]; then
+      printf '[ratelimit]\nqps = %s\nburst = %s\nblock_for = "0s"\n\n' "$MAXQPS" "$MAXQPS"
+    else
+      printf '[ratelimit]\nenabled = false\n\n'
+    fi
+    printf '[upstream]\nservers = ["127.0.0.1:%s"]\nadd_ecs = %s\n\n' "${PORT[pdns]}" \
+      "$([[ $ECS == 1 ]] && echo true || echo false)"
+    printf '[probes]\ninterval = "2s"\ntimeout = "1s"\n'
+    if [[ $1 == 1 ]]; then
+      # The same bodies as the PowerDNS zone (config/demo/demo.test.zone).
+      cat <<EOF
+
+[[records]]
+name = "static.demo.test."
+type = "A"
+ttl = 300
+content = ["192.0.2.10", "192.0.2.11"]
+
+[[records]]
+name = "all.demo.test."
+type = "A"
+ttl = 300
+lua = "all({'192.0.2.1','192.0.2.2','192.0.2.3'})"
+
+[[records]]
+name = "whashed.demo.test."
+type = "A"
+ttl = 300
+lua = "pickwhashed({{10,'192.0.2.1'},{20,'192.0.2.2'},{30,'192.0.2.3'}})"
+
+[[records]]
+name = "port.demo.test."
+type = "A"
+ttl = 30
+lua = "ifportup($TCP_PORT, {'127.0.0.3','127.0.0.1'})"
+EOF
+    fi
+  } >"$cfg"
+  start_bg dnsteer "$dir/dnsteer.log" "$BIN" --config "$cfg"
+  PORT[dnsteer]=$port PID[dnsteer]=$LAST_PID
+  [[ $1 == 1 ]] || BACKEND[dnsteer]=${PID[pdns]}
+  wait_http "http://127.0.0.1:$mport/readyz" "$LAST_PID" 30 || { tail_log "$dir/dnsteer.log"; die "dnsteer not ready"; }
+  SERVERS+=(dnsteer)
+}
+
+start_gdnsd() {  # static A + multifo over a tcp_connect check on the same addresses
+  local dir="$RUN_DIR/gdnsd" port
+  mkdir -p "$dir/zones" "$dir/run" "$dir/state"
+  port=$(free_port)
+  cat >"$dir/config" <<EOF
+options => {
+  listen => [ 127.0.0.1:$port ]
+  udp_threads => 2
+  tcp_threads => 1
+  run_dir => $dir/run
+  state_dir => $dir/state
+}
+service_types => {
+  tcpport => { plugin => tcp_connect, port => $TCP_PORT, interval => 2, timeout => 1 }
+}
+plugins => {
+  multifo => {
+    portres => { service_types => tcpport, addrs_v4 => [ 127.0.0.3, 127.0.0.1 ] }
+  }
+}
+EOF
+  cat >"$dir/zones/demo.test" <<'EOF'
+$TTL 300
+@      SOA ns1 hostmaster 1 3600 600 86400 300
+@      NS  ns1
+ns1    A   127.0.0.1
+static A   192.0.2.10
+static A   192.0.2.11
+port   30  DYNA multifo!portres
+EOF
+  start_bg gdnsd "$dir/gdnsd.log" gdnsd -c "$dir" start
+  PORT[gdnsd]=$port PID[gdnsd]=$LAST_PID
+  wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/gdnsd.log"; die "gdnsd did not start"; }
+  SERVERS+=(gdnsd)
+}
+
+# ---- query sets ---------------------------------------------------------------------------
+write_queries() {
+  local q="$RUN_DIR/queries"
+  mkdir -p "$q"
+  # Forwarded mix from the demo zone: positive answers of several types, a CNAME, NXDOMAIN
+  # (no LUA names: those would measure PowerDNS's Lua, not the proxies).
+  {
+    for _ in 1 2 3; do
+      printf '%s\n' "www.demo.test A" "www.demo.test AAAA" "mail.demo.test A" "static.demo.test A"
+    done
+    printf '%s\n' "demo.test SOA" "demo.test MX" "demo.test NS" "demo.test TXT" \
+      "mail.demo.test AAAA" "static.demo.test AAAA" "alias.demo.test A" "ns1.demo.test A"
+    for i in 1 2 3 4; do printf 'nx%s.demo.test A\n' "$i"; done
+  } >"$q/forward"
+  echo "static.demo.test A" >"$q/static"
+  echo "port.demo.test A" >"$q/health"
+  printf '%s\n' "all.demo.test A" "whashed.demo.test A" >"$q/lua"
+}
+
+# servers_for SET: which servers can answer a set.
+servers_for() {
+  case $1 in
+    forward | static | health) printf '%s\n' "${SERVERS[@]}" ;;
+    lua) printf '%s\n' "${SERVERS[@]}" | grep -v '^gdnsd$' ;;
+  esac
+}
+
+# ---- one measurement ----------------------------------------------------------------------
+run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
+  local set="$1" s="$2" run="$3" secs="$4" record="$5" out t0 t1 b0=0 b1=0 pid backend
+  pid=${PID[$s]} backend=${BACKEND[$s]:-}
+  out="$RUN_DIR/dnsperf-$set-$s-$run.txt"
+  t0=$(cpu_ticks "$pid")
+  [[ -n $backend ]] && b0=$(cpu_ticks "$backend")
+  timeout $((secs + 30)) dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$RUN_DIR/queries/$set" \
+    -l "$secs" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -t 2 >"$out" 2>&1 ||
+    { tail_log "$out"; die "dnsperf failed against $s"; }
+  t1=$(cpu_ticks "$pid")
+  [[ -n $backend ]] && b1=$(cpu_ticks "$backend")
+  alive "$pid" || die "$s died during the run"
+  ((record)) || return 0
+  awk -v set="$set" -v s="$s" -v run="$run" -v d="$((t1 - t0))" -v bd="$((b1 - b0))" \
+    -v tck="$TCK" -v has_backend="${backend:+1}" '
+    /Queries completed:/ { done = $3 }
+    /Queries lost:/      { lost = $4; gsub(/[()%]/, "", lost) }
+    /Queries per second:/ { qps = $4 }
+    /Average Latency \(s\):/ { lat = $4 * 1000 }
+    END {
+      if (done == 0) { print "no queries completed for " s > "/dev/stderr"; exit 1 }
+      cpu = d / tck * 1e6 / done
+      bcpu = has_backend ? sprintf("%.3f", bd / tck * 1e6 / done) : "-"
+      printf "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%.3f\t%s\n", set, s, run, qps, lat, lost, cpu, bcpu
+    }' "$out" >>"$RESULTS"
+  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  %-8s %-12s run %s: %8s qps  %7s ms  lost %5s%%  cpu %7s us/q  backend %s us/q\n", $1, $2, $3, $4, $5, $6, $7, $8 }' >&2
+}
+
+# ---- main ---------------------------------------------------------------------------------
+if [[ $MODE == forward ]]; then
+  start_pdns pdns yes
+  start_dnsdist
+  start_dnsteer 0
+  sets=(forward)
+else
+  start_pdns pdns yes
+  start_pdns pdns-shared shared
+  start_gdnsd
+  start_dnsteer 1
+  read -r -a sets <<<"$SETS"
+fi
+write_queries
+for set in "${sets[@]}"; do
+  [[ -f $RUN_DIR/queries/$set ]] || die "unknown query set $set"
+done
+
+log "servers: $(for s in "${SERVERS[@]}"; do printf '%s=127.0.0.1:%s ' "$s" "${PORT[$s]}"; done)"
+total=$(( (WARMUP + DURATION * RUNS) * $(for set in "${sets[@]}"; do servers_for "$set"; done | wc -l) ))
+log "mode $MODE, sets: ${sets[*]}; about ${total} s of load"
+
+if ((WARMUP > 0)); then
+  log "warm-up ${WARMUP} s each (LUA health checks start on first use in PowerDNS)"
+  for set in "${sets[@]}"; do
+    for s in $(servers_for "$set"); do run_one "$set" "$s" 0 "$WARMUP" 0; done
+  done
+fi
+for run in $(seq 1 "$RUNS"); do
+  log "round $run/$RUNS"
+  for set in "${sets[@]}"; do
+    for s in $(servers_for "$set"); do run_one "$set" "$s" "$run" "$DURATION" 1; done
+  done
+done
+
+mkdir -p "$TARGET_DIR/bench"
+keep="$TARGET_DIR/bench/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).tsv"
+cp "$RESULTS" "$keep"
+
+python3 - "$RESULTS" "$MODE" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+mode = sys.argv[2]
+def med(vals):
+    vals = [float(v) for v in vals if v not in ("-", "")]
+    return statistics.median(vals) if vals else None
+table = {}
+for r in rows:
+    table.setdefault((r["set"], r["server"]), []).append(r)
+print()
+print(f"Medians ({mode} mode; CPU = server process time per completed query)")
+print(f"{'set':<8} {'server':<12} {'qps':>10} {'lat ms':>8} {'lost %':>7} {'cpu us/q':>9} {'+pdns us/q':>11}")
+stats = {}
+for (st, sv), rs in table.items():
+    m = {k: med([r[k] for r in rs]) for k in ("qps", "latency_ms", "lost_pct", "cpu_us_per_q", "backend_cpu_us_per_q")}
+    stats[(st, sv)] = m
+    b = m["backend_cpu_us_per_q"]
+    print(f"{st:<8} {sv:<12} {m['qps']:>10.0f} {m['latency_ms']:>8.3f} {m['lost_pct']:>7.2f} "
+          f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11}")
+print()
+print("Ratios (dnsteer / other): qps higher is better, cpu/query lower is better")
+for (st, sv), m in sorted(stats.items()):
+    if sv != "dnsteer":
+        continue
+    for (st2, other), o in sorted(stats.items()):
+        if st2 != st or other == "dnsteer":
+            continue
+        print(f"  {st:<8} dnsteer/{other:<12} qps x{m['qps'] / o['qps']:.2f}   "
+              f"cpu/query x{m['cpu_us_per_q'] / o['cpu_us_per_q']:.2f}")
+PY
+log "raw results: $keep"

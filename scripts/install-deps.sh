@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Install the system packages the tests, demo and benchmarks need (Debian 12), only those missing,
+# and make sure the distribution's own pdns/dnsdist/gdnsd services are not running: our scripts
+# start private instances on loopback ports and must never find a system daemon there.
+#
+#   scripts/install-deps.sh          # idempotent; a no-op when everything is present
+#
+# Runs as root (or through sudo when available). Never downloads anything but Debian packages.
+set -euo pipefail
+
+PACKAGES=(
+  pdns-server pdns-backend-bind pdns-backend-geoip   # PowerDNS Authoritative 4.7 (upstream of dnsteer)
+  dnsperf dnsdist gdnsd                                # load generator and comparison servers
+  bind9-dnsutils curl                                  # dig, HTTP checks
+  python3 python3-venv                                 # demo probe targets; venv for the manifest validator
+)
+SERVICES=(pdns dnsdist gdnsd)
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  command -v sudo >/dev/null 2>&1 || { echo "install-deps: need root (or sudo)" >&2; exit 1; }
+  SUDO=(sudo)
+fi
+
+installed() {  # installed PKG: true when dpkg has it fully installed
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  installed "$p" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}"
+  # Keep maintainer scripts from starting pdns/dnsdist/gdnsd at install time (Debian's
+  # policy-rc.d convention, honoured by invoke-rc.d and deb-systemd-invoke). Only a file we
+  # created is removed again.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\n# temporary, from dnsteer scripts/install-deps.sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 755 "$policy"
+    created_policy=1
+  fi
+  cleanup() { if ((created_policy)); then "${SUDO[@]}" rm -f "$policy"; fi; }
+  trap cleanup EXIT
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -q
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  cleanup
+  trap - EXIT
+else
+  echo "install-deps: all packages present"
+fi
+
+# Stop and disable the distribution services, whichever init system exists (tolerate none).
+for s in "${SERVICES[@]}"; do
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    "${SUDO[@]}" systemctl disable --now "$s" >/dev/null 2>&1 || true
+  elif command -v service >/dev/null 2>&1 && [[ -x /etc/init.d/$s ]]; then
+    "${SUDO[@]}" service "$s" stop >/dev/null 2>&1 || true
+    if command -v update-rc.d >/dev/null 2>&1; then
+      "${SUDO[@]}" update-rc.d "$s" disable >/dev/null 2>&1 || true
+    fi
+  fi
+done
+
+for b in pdns_server pdns_control dnsperf dnsdist gdnsd dig curl python3; do
+  command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || { echo "install-deps: $b still missing" >&2; exit 1; }
+done
