@@ -1520,4 +1520,3 @@ mod tests {
         assert_eq!(q.max_udp_response(1232), 1232);
     }
 }
-

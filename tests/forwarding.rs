@@ -28,7 +28,9 @@ struct Shape {
 }
 
 fn shape(m: &Message) -> Shape {
-    let set = |rs: &[hickory_proto::rr::Record]| rs.iter().map(|r| r.to_string().to_lowercase()).collect();
+    let set = |rs: &[hickory_proto::rr::Record]| {
+        rs.iter().map(|r| r.to_string().to_lowercase()).collect()
+    };
     Shape {
         rcode: m.metadata.response_code,
         aa: m.metadata.authoritative,
@@ -60,7 +62,11 @@ fn start_dnsteer(upstreams: &[SocketAddr], extra: &str) -> (dnsteer::app::App, t
 fn metrics(app: &dnsteer::app::App) -> String {
     let mut s = TcpStream::connect(app.metrics_addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -124,7 +130,10 @@ fn answers_equal_powerdns_over_udp_and_tcp() {
     assert_eq!(compared, questions().len() * option_sets().len());
     // The big TXT really needed TCP over plain UDP: the comparison above covered TC=1.
     let tc = dns_query(front, "big.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
-    assert!(tc.metadata.truncation, "big TXT without EDNS must be truncated");
+    assert!(
+        tc.metadata.truncation,
+        "big TXT without EDNS must be truncated"
+    );
     let full = dns_query(front, "big.demo.test.", RecordType::TXT, &QueryOpts::tcp()).unwrap();
     assert_eq!(full.answers.len(), 1);
 }
@@ -135,16 +144,46 @@ fn powerdns_sees_the_client_subnet_and_the_client_does_not() {
     let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
     let front = app.dns_addrs[0];
     // No ECS from the client: dnsteer adds 127.0.0.0/24; the answer carries no OPT at all.
-    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
-    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=127.0.0.0\"".to_string()]);
-    assert!(m.edns.is_none(), "client sent no EDNS, so no OPT may come back");
+    let m = dns_query(
+        front,
+        "pdns-who.demo.test.",
+        RecordType::TXT,
+        &QueryOpts::udp(),
+    )
+    .unwrap();
+    assert_eq!(
+        support::answer_rdata(&m),
+        vec!["pdns saw bestwho=127.0.0.0".to_string()]
+    );
+    assert!(
+        m.edns.is_none(),
+        "client sent no EDNS, so no OPT may come back"
+    );
     // EDNS without ECS: OPT comes back, ECS does not.
-    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp().edns(1232)).unwrap();
+    let m = dns_query(
+        front,
+        "pdns-who.demo.test.",
+        RecordType::TXT,
+        &QueryOpts::udp().edns(1232),
+    )
+    .unwrap();
     assert!(m.edns.is_some());
-    assert!(support::reply_ecs(&m).is_none(), "the ECS dnsteer added must be removed");
+    assert!(
+        support::reply_ecs(&m).is_none(),
+        "the ECS dnsteer added must be removed"
+    );
     // The client's own ECS goes through untouched and is echoed by PowerDNS.
-    let m = dns_query(front, "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::tcp().ecs("198.51.100.0/24")).unwrap();
-    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=198.51.100.0\"".to_string()]);
+    let m = dns_query(
+        front,
+        "pdns-who.demo.test.",
+        RecordType::TXT,
+        &QueryOpts::tcp().ecs("198.51.100.0/24"),
+    )
+    .unwrap();
+    assert_eq!(
+        support::answer_rdata(&m),
+        vec!["pdns saw bestwho=198.51.100.0".to_string()]
+    );
     assert!(support::reply_ecs(&m).is_some());
 }
 
@@ -152,9 +191,18 @@ fn powerdns_sees_the_client_subnet_and_the_client_does_not() {
 fn ecs_can_be_switched_off() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
     let (app, _dir) = start_dnsteer(&[pdns.addr()], "add_ecs = false\n");
-    let m = dns_query(app.dns_addrs[0], "pdns-who.demo.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
+    let m = dns_query(
+        app.dns_addrs[0],
+        "pdns-who.demo.test.",
+        RecordType::TXT,
+        &QueryOpts::udp(),
+    )
+    .unwrap();
     // PowerDNS now sees dnsteer's own socket address.
-    assert_eq!(support::answer_rdata(&m), vec!["\"pdns saw bestwho=127.0.0.1\"".to_string()]);
+    assert_eq!(
+        support::answer_rdata(&m),
+        vec!["pdns saw bestwho=127.0.0.1".to_string()]
+    );
 }
 
 #[test]
@@ -164,27 +212,49 @@ fn dead_powerdns_gives_servfail_in_time_and_recovers() {
     let front = app.dns_addrs[0];
     dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
     pdns.stop();
-    for opts in [QueryOpts::udp().timeout(Duration::from_secs(3)), QueryOpts::tcp().timeout(Duration::from_secs(3))] {
+    for opts in [
+        QueryOpts::udp().timeout(Duration::from_secs(3)),
+        QueryOpts::tcp().timeout(Duration::from_secs(3)),
+    ] {
         let t = Instant::now();
-        let m = dns_query(front, "www.demo.test.", RecordType::A, &opts).expect("an answer, not silence");
+        let m = dns_query(front, "www.demo.test.", RecordType::A, &opts)
+            .expect("an answer, not silence");
         assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
         // 2 attempts × 500 ms plus the 10 ms sweep granularity.
-        assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "took {:?}",
+            t.elapsed()
+        );
     }
     pdns.restart();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ok = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp())
-            .is_ok_and(|m| m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty());
+        let ok =
+            dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).is_ok_and(|m| {
+                m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty()
+            });
         if ok {
             break;
         }
-        assert!(Instant::now() < deadline, "no recovery after PowerDNS restarted");
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after PowerDNS restarted"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let text = metrics(&app);
-    assert!(metric_value(&text, "dnsteer_responses_total{transport=\"udp\",rcode=\"SERVFAIL\"}") >= 1.0, "{text}");
-    assert!(metric_value(&text, "dnsteer_upstream_errors_total{") >= 1.0, "{text}");
+    assert!(
+        metric_value(
+            &text,
+            "dnsteer_responses_total{transport=\"udp\",rcode=\"SERVFAIL\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "dnsteer_upstream_errors_total{") >= 1.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -198,7 +268,13 @@ fn one_of_two_upstreams_down() {
     );
     let front = app.dns_addrs[0];
     // Before the checks mark it down, queries still succeed on the second attempt.
-    let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp().timeout(Duration::from_secs(3))).unwrap();
+    let m = dns_query(
+        front,
+        "www.demo.test.",
+        RecordType::A,
+        &QueryOpts::udp().timeout(Duration::from_secs(3)),
+    )
+    .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     // After fall × (timeout + interval) the hole is out: answers come at once.
     std::thread::sleep(Duration::from_millis(2500));
@@ -207,10 +283,26 @@ fn one_of_two_upstreams_down() {
         let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     }
-    assert!(t.elapsed() < Duration::from_millis(400), "the dead server is still being tried: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "the dead server is still being tried: {:?}",
+        t.elapsed()
+    );
     let text = metrics(&app);
-    assert!(text.contains(&format!("dnsteer_upstream_healthy{{server=\"{}\"}} 0", hole.local_addr().unwrap())), "{text}");
-    assert!(text.contains(&format!("dnsteer_upstream_healthy{{server=\"{}\"}} 1", pdns.addr())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "dnsteer_upstream_healthy{{server=\"{}\"}} 0",
+            hole.local_addr().unwrap()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "dnsteer_upstream_healthy{{server=\"{}\"}} 1",
+            pdns.addr()
+        )),
+        "{text}"
+    );
 }
 
 #[test]
@@ -219,12 +311,20 @@ fn garbage_is_dropped_or_answered_and_counted() {
     let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
     let front = app.dns_addrs[0];
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     let mut buf = [0u8; 1024];
     // Runts and responses: silence (no reflection).
-    for pkt in [&b"\x01"[..], &[0u8; 11][..], &[0x12, 0x34, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1][..]] {
+    for pkt in [
+        &b"\x01"[..],
+        &[0u8; 11][..],
+        &[0x12, 0x34, 0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1][..],
+    ] {
         sock.send_to(pkt, front).unwrap();
-        assert!(sock.recv_from(&mut buf).is_err(), "{pkt:?} must not be answered");
+        assert!(
+            sock.recv_from(&mut buf).is_err(),
+            "{pkt:?} must not be answered"
+        );
     }
     // Opcode 2 (STATUS): NOTIMP. A question with a compression pointer: FORMERR.
     let notimp = [0xab, 0xcd, 0x10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
@@ -233,7 +333,9 @@ fn garbage_is_dropped_or_answered_and_counted() {
     assert_eq!(&buf[..2], &[0xab, 0xcd]);
     assert_eq!(buf[3] & 0x0f, 4, "NOTIMP");
     assert!(n <= notimp.len());
-    let formerr = [0xab, 0xce, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1];
+    let formerr = [
+        0xab, 0xce, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1,
+    ];
     sock.send_to(&formerr, front).unwrap();
     let (_, _) = sock.recv_from(&mut buf).unwrap();
     assert_eq!(buf[3] & 0x0f, 1, "FORMERR");
@@ -248,15 +350,34 @@ fn garbage_is_dropped_or_answered_and_counted() {
     let mut t = TcpStream::connect(front).unwrap();
     t.write_all(&[0, 3, 1, 2, 3]).unwrap();
     t.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    assert_eq!(t.read(&mut buf).unwrap_or(0), 0, "a 3-byte frame closes the connection");
+    assert_eq!(
+        t.read(&mut buf).unwrap_or(0),
+        0,
+        "a 3-byte frame closes the connection"
+    );
     let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     let text = metrics(&app);
-    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"too_short\"}") >= 2.0, "{text}");
-    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"is_response\"}") >= 1.0, "{text}");
-    assert!(metric_value(&text, "dnsteer_malformed_total{kind=\"notimp\"}") >= 1.0, "{text}");
-    assert!(metric_value(&text, "dnsteer_malformed_total{kind=\"formerr\"}") >= 1.0, "{text}");
-    assert!(metric_value(&text, "dnsteer_dropped_total{reason=\"tcp_bad_frame\"}") >= 1.0, "{text}");
+    assert!(
+        metric_value(&text, "dnsteer_dropped_total{reason=\"too_short\"}") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "dnsteer_dropped_total{reason=\"is_response\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "dnsteer_malformed_total{kind=\"notimp\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "dnsteer_malformed_total{kind=\"formerr\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(&text, "dnsteer_dropped_total{reason=\"tcp_bad_frame\"}") >= 1.0,
+        "{text}"
+    );
 }
 
 #[test]
@@ -265,7 +386,12 @@ fn tcp_pipelining_100_queries_on_one_connection() {
     let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
     let mut t = TcpStream::connect(app.dns_addrs[0]).unwrap();
     t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let names = ["www.demo.test.", "mail.demo.test.", "static.demo.test.", "nope.demo.test."];
+    let names = [
+        "www.demo.test.",
+        "mail.demo.test.",
+        "static.demo.test.",
+        "nope.demo.test.",
+    ];
     let mut want = std::collections::HashMap::new();
     let mut burst = Vec::new();
     for i in 0..100u16 {
