@@ -228,6 +228,117 @@ fn push_decimal_escape(out: &mut String, b: u8) {
     out.push(char::from(b'0' + b % 10));
 }
 
+/// True if the RDATA holds a chunk of exactly 255 bytes followed by another chunk at a joint
+/// where the spaces [`lua_code`] inserts could change the meaning of the code.
+///
+/// Such a record is ambiguous: PowerDNS re-chunks a long quoted string at 255 bytes on the
+/// wire, so a primary loading the zone file runs the string unbroken, while the AXFR form (and
+/// every 4.7 secondary) runs it with three spaces at byte 255. The two agree when the joint is
+/// outside string literals and between tokens that spaces cannot split (verified against
+/// PowerDNS 4.7.3: a 300-byte `all({...})` answers all addresses from the primary, although the
+/// joined form breaks an address literal). Chunks shorter than 255 bytes are the operator's own
+/// split and join the same way on both.
+pub fn rechunk_hazard(rdata: &[u8]) -> bool {
+    let mut glued = Vec::with_capacity(rdata.len());
+    let mut joints = Vec::new();
+    let mut chunks = rdata.get(2..).unwrap_or_default();
+    while let [len, tail @ ..] = chunks {
+        let Some((chunk, tail)) = tail.split_at_checked(usize::from(*len)) else {
+            return false;
+        };
+        glued.extend_from_slice(chunk);
+        if chunk.len() == 255 && !tail.is_empty() {
+            joints.push(glued.len());
+        }
+        chunks = tail;
+    }
+    if joints.is_empty() {
+        return false;
+    }
+    // A minimal Lua lexer: where strings, long brackets and comments start and end.
+    #[derive(Clone, Copy, PartialEq)]
+    enum State {
+        Code,
+        Quoted(u8),
+        Long(usize),
+        LineComment,
+    }
+    let long_open = |at: usize| -> Option<usize> {
+        let rest = glued.get(at..)?;
+        let eqs = rest.iter().skip(1).take_while(|&&c| c == b'=').count();
+        (rest.first() == Some(&b'[') && rest.get(1 + eqs) == Some(&b'[')).then_some(eqs)
+    };
+    let long_close = |at: usize, level: usize| -> bool {
+        let rest = glued.get(at..).unwrap_or_default();
+        rest.first() == Some(&b']')
+            && rest.iter().skip(1).take(level).all(|&c| c == b'=')
+            && rest.get(1 + level) == Some(&b']')
+    };
+    let joinable = |c: u8| c.is_ascii_alphanumeric() || b"_.=~<>:-[]".contains(&c);
+    let mut state = State::Code;
+    let mut i = 0;
+    let mut next_joint = joints.iter().copied().peekable();
+    while i <= glued.len() {
+        while let Some(&j) = next_joint.peek()
+            && j <= i
+        {
+            next_joint.next();
+            // A joint stepped over lies inside a multi-byte token or an escape.
+            let harmless = j == i
+                && match (state, glued.get(i - 1), glued.get(i)) {
+                    (_, _, None) | (State::LineComment, _, _) => true,
+                    (State::Code, Some(&l), Some(&r)) => !(joinable(l) && joinable(r)),
+                    _ => false,
+                };
+            if !harmless {
+                return true;
+            }
+        }
+        let Some(&c) = glued.get(i) else { break };
+        let mut step = 1;
+        state = match state {
+            State::Code => match c {
+                b'\'' | b'"' => State::Quoted(c),
+                b'-' if glued.get(i + 1) == Some(&b'-') => {
+                    step = 2;
+                    match long_open(i + 2) {
+                        Some(level) => {
+                            step += level + 2;
+                            State::Long(level)
+                        }
+                        None => State::LineComment,
+                    }
+                }
+                b'[' => match long_open(i) {
+                    Some(level) => {
+                        step = level + 2;
+                        State::Long(level)
+                    }
+                    None => State::Code,
+                },
+                _ => State::Code,
+            },
+            State::Quoted(q) => match c {
+                b'\\' => {
+                    step = 2;
+                    state
+                }
+                _ if c == q => State::Code,
+                _ => state,
+            },
+            State::Long(level) if c == b']' && long_close(i, level) => {
+                step = level + 2;
+                State::Code
+            }
+            State::Long(_) => state,
+            State::LineComment if c == b'\n' => State::Code,
+            State::LineComment => state,
+        };
+        i += step;
+    }
+    next_joint.peek().is_some()
+}
+
 /// Mnemonic of a record type, RFC 3597 `TYPEnn` for the ones without a common name.
 fn type_name(code: u16) -> String {
     let known = match code {
@@ -624,6 +735,19 @@ impl Axfr {
             return;
         }
         match lua_code(rr.rdata) {
+            Ok((inner, _))
+                if RecordType::from_code(inner).is_some() && rechunk_hazard(rr.rdata) =>
+            {
+                self.data.unsupported.push(Unsupported {
+                    name,
+                    rtype: type_name(inner),
+                    reason: "code split at 255 bytes inside a string or token, where PowerDNS \
+                             primaries and secondaries run different code; left to PowerDNS \
+                             (write it as quoted strings shorter than 255 bytes, split between \
+                             tokens, for dnsteer to answer it)"
+                        .to_string(),
+                });
+            }
             Ok((inner, code)) => match RecordType::from_code(inner) {
                 Some(rtype) => self.data.records.push(RecordSpec {
                     name,
@@ -963,6 +1087,114 @@ mod tests {
         assert_eq!(lua_code(&[]).unwrap_err().kind(), "bad_rdata");
         assert_eq!(lua_code(&[0]).unwrap_err().kind(), "bad_rdata");
         assert_eq!(lua_code(&[0, 1, 5, b'a']).unwrap_err().kind(), "bad_rdata");
+    }
+
+    /// LUA A RDATA of `left` padded to 255 bytes, then `right` as the next chunk.
+    fn rechunked(left: &str, right: &str) -> Vec<u8> {
+        let first = format!("{left:<255}");
+        let first = if left.len() == 255 {
+            left.to_string()
+        } else {
+            first
+        };
+        lua_rdata(1, &[first.as_bytes(), right.as_bytes()])
+    }
+
+    /// `code` re-chunked at 255 bytes the way PowerDNS sends it.
+    fn wire_chunks(code: &str) -> Vec<u8> {
+        let chunks: Vec<&[u8]> = code.as_bytes().chunks(255).collect();
+        lua_rdata(1, &chunks)
+    }
+
+    #[test]
+    fn rechunk_hazard_only_for_joints_that_spaces_can_break() {
+        let pad = |head: &str, tail: &str| {
+            format!("{head}{}{tail}", " ".repeat(255 - head.len() - tail.len()))
+        };
+        // No 255-byte chunk: the operator's own split, the same on every PowerDNS.
+        assert!(!rechunk_hazard(&lua_rdata(
+            1,
+            &[b"pickran", b"dom({'192.0.2.1'})"]
+        )));
+        assert!(!rechunk_hazard(&lua_rdata(1, &[b"x"])));
+        assert!(!rechunk_hazard(&[0]));
+        // Between tokens that spaces cannot merge or split.
+        let code = pad("pickrandom({'192.0.2.1',", "") + "'192.0.2.2'})";
+        assert!(!rechunk_hazard(&wire_chunks(&code)));
+        assert!(!rechunk_hazard(&rechunked(&pad("all({", "'a',"), "'b'})")));
+        assert!(!rechunk_hazard(&rechunked(&pad("all({'a'", ""), ",'b'})")));
+        // Inside a string, an identifier, a number, an operator, an escape, a long bracket.
+        assert!(rechunk_hazard(&rechunked(
+            &pad("all({", "'192.0."),
+            "2.1'})"
+        )));
+        assert!(rechunk_hazard(&rechunked(
+            &pad("", "pickran"),
+            "dom({'a'})"
+        )));
+        assert!(rechunk_hazard(&rechunked(&pad("", "x=12"), "34")));
+        assert!(rechunk_hazard(&rechunked(&pad("", "'a'."), ".'b'")));
+        assert!(rechunk_hazard(&rechunked(&pad("", "'a\\"), "n'")));
+        assert!(rechunk_hazard(&rechunked(&pad("", "[[a "), " b]]")));
+        assert!(rechunk_hazard(&rechunked(&pad("", "[==[a ]] "), " b]==]")));
+        // A string closed before the joint, and a comment, are harmless.
+        assert!(!rechunk_hazard(&rechunked(&pad("", "[[a]] .. "), "'b'")));
+        assert!(!rechunk_hazard(&rechunked(
+            &pad(";x=1 -- a comm", ""),
+            "ent\nreturn x"
+        )));
+        // Every joint counts: a harmless first one does not hide a second inside a string.
+        let two = pad("all({", "'a',") + &pad("", "'b") + "c'})";
+        assert!(rechunk_hazard(&wire_chunks(&two)));
+        let two = pad("all({", "'a',") + &pad("'b',", "") + "'c'})";
+        assert!(!rechunk_hazard(&wire_chunks(&two)));
+        // A 255-byte chunk followed only by an empty one.
+        assert!(!rechunk_hazard(&lua_rdata(
+            1,
+            &[" ".repeat(255).as_bytes(), b""]
+        )));
+    }
+
+    #[test]
+    fn rechunked_records_with_a_hazard_are_left_to_powerdns() {
+        let code = format!(
+            "pickrandom({{{}}})",
+            (1..40)
+                .map(|i| format!("'192.0.2.{i}'"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut a = axfr();
+        let msg = response(
+            9,
+            0,
+            true,
+            &[
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+            ],
+        );
+        assert_eq!(a.message(&msg), Ok(true));
+        assert!(a.data.records.is_empty());
+        assert_eq!(a.data.unsupported.len(), 1);
+        assert_eq!(a.data.unsupported[0].rtype, "A");
+        // The same code split after a comma is harmless and kept.
+        let code = code.replacen("pickrandom({", "all({", 1);
+        let mut a = axfr();
+        let msg = response(
+            9,
+            0,
+            true,
+            &[
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+            ],
+        );
+        assert_eq!(a.message(&msg), Ok(true));
+        assert_eq!(a.data.records.len(), 1);
+        assert!(a.data.unsupported.is_empty());
     }
 
     #[test]
@@ -1317,6 +1549,7 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
             let _ = lua_code(&bytes);
+            let _ = rechunk_hazard(&bytes);
             let _ = parse_notify(&bytes);
             let mut out = Vec::new();
             let _ = notify_ack(&bytes, &mut out);
@@ -1346,6 +1579,12 @@ mod tests {
             m[6..8].copy_from_slice(&(1 + count).to_be_bytes());
             m.extend(tail);
             let _ = axfr().message(&m);
+        }
+
+        #[test]
+        fn rechunk_hazard_never_panics_on_long_lua_text(code in "[a-z0-9 '\\\\\\[\\]=.,(){}-]{200,800}") {
+            let chunks: Vec<&[u8]> = code.as_bytes().chunks(255).collect();
+            let _ = rechunk_hazard(&lua_rdata(1, &chunks));
         }
 
         #[test]
