@@ -27,8 +27,12 @@
 //!
 //! PowerDNS 4.7 sends LUA records verbatim as type 65402: a 2-byte inner type followed by
 //! character-strings of code, re-chunked at 255 bytes. [`lua_code`] joins the chunks exactly as
-//! PowerDNS does before running them (see `spec/lua-records.md` §1 and §9), so dnsteer compiles
-//! the same text PowerDNS would execute — including the spaces it inserts between chunks.
+//! PowerDNS joins them before running them (see `spec/lua-records.md` §1 and §9), including the
+//! spaces it inserts between chunks. A quoted string longer than 255 bytes in the zone file is
+//! the one case where PowerDNS instances disagree: the primary runs it unbroken, the AXFR form
+//! (and every 4.7 secondary) runs it with spaces at each 255-byte joint. When such a joint falls
+//! inside a Lua string or token ([`rechunk_hazard`]) the record is listed as unsupported and left
+//! to PowerDNS; writing the code as quoted strings under 255 bytes, split between tokens, avoids it.
 //!
 //! Messages are read by a small RR walker (owner name with compression, type, class, TTL, RDATA)
 //! rather than a full decoder, so that a record type no library knows cannot fail the transfer.
