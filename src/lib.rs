@@ -22,4 +22,5 @@ pub mod ratelimit;
 pub mod records;
 pub mod reload;
 pub mod upstream;
+pub mod xfr;
 pub mod zones;
