@@ -10,6 +10,7 @@
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod hash;
 pub mod lua;
 pub mod probes;
 pub mod ratelimit;
