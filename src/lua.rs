@@ -266,10 +266,10 @@ impl<'a> Lexer<'a> {
         if c == b'\'' {
             return Ok((Tok::Str(self.quoted()?), start));
         }
-        if c == b'[' {
-            if let Some(level) = long_bracket_level(rest) {
-                return Ok((Tok::Str(self.long_bracket(level, start)?), start));
-            }
+        if c == b'['
+            && let Some(level) = long_bracket_level(rest)
+        {
+            return Ok((Tok::Str(self.long_bracket(level, start)?), start));
         }
         if c.is_ascii_digit() || (c == b'.' && rest.get(1).is_some_and(u8::is_ascii_digit)) {
             return Ok((Tok::Num(self.number()?), start));
@@ -1099,7 +1099,7 @@ impl Compiler<'_> {
                     return invalid(format!("each entry of {what_} must be {{weight, 'value'}}"));
                 };
                 let weight = match number(w) {
-                    Some(n) if n >= 0.0 && n < 2_147_483_648.0 => n.trunc() as u64,
+                    Some(n) if (0.0..2_147_483_648.0).contains(&n) => n.trunc() as u64,
                     Some(n) => {
                         return invalid(format!(
                             "{func}() weight {} is out of range (0..2147483647)",
