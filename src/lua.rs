@@ -205,7 +205,7 @@ impl<'a> Lexer<'a> {
     }
 
     fn col(&self, pos: usize) -> usize {
-        self.src[..pos.min(self.src.len())].chars().count() + 1
+        self.src.get(..pos).map_or(pos, |s| s.chars().count()) + 1
     }
 
     fn err<T>(&self, pos: usize, message: impl Into<String>) -> Result<T, LuaError> {

@@ -211,6 +211,13 @@ impl<'a> Builder<'a> {
     }
 
     fn add(&mut self, spec: &RecordSpec) -> Result<(), String> {
+        // The table matches names exactly; a wildcard owner would silently never answer.
+        if spec.name.split('.').any(|l| l == "*") {
+            return Err(format!(
+                "wildcard name {} is not supported for in-process records; list the names",
+                spec.name
+            ));
+        }
         let rule = match &spec.body {
             RecordBody::Lua(body) => {
                 lua::compile(body, spec.rtype, self.defaults).map_err(|e| e.to_string())?
@@ -309,8 +316,8 @@ enum Linked {
 
 struct Place {
     rdata: Rdata,
-    /// (latitude, longitude) in degrees; None when GeoIP does not know the address.
-    coords: Option<(f64, f64)>,
+    /// Position as a unit vector (see [`unit`]); None when GeoIP does not know the address.
+    coords: Option<[f64; 3]>,
 }
 
 struct LinkedIfUp {
@@ -339,8 +346,8 @@ pub struct RecordTable {
     zones: Vec<ZoneInfo>,
 }
 
-fn coords(geo: Option<&dyn Locate>, ip: IpAddr) -> Option<(f64, f64)> {
-    geo?.locate(ip).map(|l| (l.lat, l.lon))
+fn coords(geo: Option<&dyn Locate>, ip: IpAddr) -> Option<[f64; 3]> {
+    geo?.locate(ip).map(|l| unit(l.lat, l.lon))
 }
 
 fn addr_rdata(ip: IpAddr) -> Rdata {
@@ -601,7 +608,7 @@ impl RecordSet {
         let rule = match part {
             Linked::Plain(rule) => rule,
             Linked::Closest(places) => {
-                let client = q.location().map(|l| (l.lat, l.lon));
+                let client = q.location().map(|l| unit(l.lat, l.lon));
                 let i = closest(client, places.iter().map(|p| p.coords).enumerate()).unwrap_or(0);
                 self.push(sink, &places[i].rdata);
                 return Ok(PartResult::primary(1, q.geo_scope()));
@@ -767,7 +774,7 @@ impl RecordSet {
                 count => (nth(q.hash() as usize % count), q.client_scope()),
             },
             Selector::PickClosest => {
-                let client = q.location().map(|l| (l.lat, l.lon));
+                let client = q.location().map(|l| unit(l.lat, l.lon));
                 let i = closest(client, members().map(|i| (i, u.candidates[i].place.coords)));
                 (i, q.geo_scope())
             }
@@ -824,30 +831,29 @@ fn weighted_pick(entries: &[(u64, Rdata)], r: u64) -> &[u8] {
 
 /// Index of the candidate nearest to `client` by great-circle distance. Ties go to the first
 /// written; candidates without coordinates rank last; an unlocated client gets the first.
+/// Points are unit vectors: the great-circle distance falls as their dot product rises, so no
+/// trigonometry runs per candidate.
 fn closest(
-    client: Option<(f64, f64)>,
-    candidates: impl Iterator<Item = (usize, Option<(f64, f64)>)>,
+    client: Option<[f64; 3]>,
+    candidates: impl Iterator<Item = (usize, Option<[f64; 3]>)>,
 ) -> Option<usize> {
     let mut best: Option<(usize, f64)> = None;
     for (i, place) in candidates {
-        let d = match (client, place) {
-            (Some(c), Some(p)) => central_angle(c, p),
-            _ => f64::INFINITY,
+        let nearness = match (client, place) {
+            (Some(c), Some(p)) => c[0] * p[0] + c[1] * p[1] + c[2] * p[2],
+            _ => f64::NEG_INFINITY,
         };
-        if best.is_none_or(|(_, bd)| d < bd) {
-            best = Some((i, d));
+        if best.is_none_or(|(_, b)| nearness > b) {
+            best = Some((i, nearness));
         }
     }
     best.map(|b| b.0)
 }
 
-/// Haversine central angle between two (lat, lon) points in degrees; radians.
-fn central_angle((lat1, lon1): (f64, f64), (lat2, lon2): (f64, f64)) -> f64 {
-    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
-    let dlat = p2 - p1;
-    let dlon = (lon2 - lon1).to_radians();
-    let a = (dlat / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dlon / 2.0).sin().powi(2);
-    2.0 * a.sqrt().min(1.0).asin()
+/// A (latitude, longitude) in degrees as a point on the unit sphere.
+fn unit(lat: f64, lon: f64) -> [f64; 3] {
+    let (lat, lon) = (lat.to_radians(), lon.to_radians());
+    [lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()]
 }
 
 #[cfg(test)]
@@ -1401,10 +1407,11 @@ mod tests {
 
     #[test]
     fn closest_by_great_circle() {
-        let ams = Some((52.37, 4.90));
-        let tokyo = Some((35.69, 139.69));
-        let us_west = Some((37.57, -121.98));
-        let sydney = Some((-33.87, 151.21));
+        let at = |lat, lon| Some(unit(lat, lon));
+        let ams = at(52.37, 4.90);
+        let tokyo = at(35.69, 139.69);
+        let us_west = at(37.57, -121.98);
+        let sydney = at(-33.87, 151.21);
         let cands = [ams, tokyo, us_west, sydney];
         let pick = |c| closest(c, cands.iter().copied().enumerate());
         // Across the antimeridian (PowerDNS's planar distance gets these wrong).
@@ -1417,20 +1424,28 @@ mod tests {
             closest(tokyo, [ams, us_west].into_iter().enumerate()),
             Some(1)
         );
-        assert_eq!(pick(Some((48.85, 2.35))), Some(0));
-        assert_eq!(pick(Some((-37.8, 144.9))), Some(3));
+        assert_eq!(pick(at(48.85, 2.35)), Some(0));
+        assert_eq!(pick(at(-37.8, 144.9)), Some(3));
+        // Across the pole: from 89°N 0°E, 75°N 180°E (16° away) beats 70°N 0°E (19° away).
+        assert_eq!(
+            closest(
+                at(89.0, 0.0),
+                [at(70.0, 0.0), at(75.0, 180.0)].into_iter().enumerate()
+            ),
+            Some(1)
+        );
         // Unknown client: first candidate. Unknown candidates rank last. Ties: written order.
         assert_eq!(pick(None), Some(0));
         assert_eq!(
-            closest(Some((35.0, 139.0)), [None, ams].into_iter().enumerate()),
+            closest(at(35.0, 139.0), [None, ams].into_iter().enumerate()),
             Some(1)
         );
         assert_eq!(
-            closest(Some((0.0, 0.0)), [None, None].into_iter().enumerate()),
+            closest(at(0.0, 0.0), [None, None].into_iter().enumerate()),
             Some(0)
         );
         assert_eq!(
-            closest(Some((0.0, 10.0)), [ams, ams].into_iter().enumerate()),
+            closest(at(0.0, 10.0), [ams, ams].into_iter().enumerate()),
             Some(0)
         );
         assert_eq!(closest(None, std::iter::empty()), None);
@@ -1598,6 +1613,14 @@ mod tests {
         let records = "[[records]]\nname = \"t.test\"\ntype = \"A\"\nttl = 30\ncontent = [\"192.0.2.1\"]\n[[records]]\nname = \"t.test\"\ntype = \"A\"\nttl = 10\nlua = \"'192.0.2.2'\"\n";
         let t = table(records);
         assert_eq!(set(&t, "t.test.", 1).ttl, 10);
+    }
+
+    #[test]
+    fn wildcard_names_are_refused() {
+        let e = compile(&config(&rec("*.wild.test", "A", "'192.0.2.1'")))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("wildcard"), "{e}");
     }
 
     #[test]
