@@ -30,10 +30,9 @@ fn every_rejected_config_fails_with_its_expected_message() {
         let result = Config::parse(&text, path).and_then(|c| records::compile(&c).map(|_| ()));
         match result {
             Ok(()) => failures.push(format!("{}: accepted", path.display())),
-            Err(e) if !e.to_string().contains(expect) => failures.push(format!(
-                "{}: expected '{expect}' in: {e}",
-                path.display()
-            )),
+            Err(e) if !e.to_string().contains(expect) => {
+                failures.push(format!("{}: expected '{expect}' in: {e}", path.display()))
+            }
             Err(_) => {}
         }
     }
