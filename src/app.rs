@@ -148,7 +148,8 @@ pub async fn build_snapshot(
         &previous_zones,
     )
     .await;
-    let records = RecordTable::link(&compiled, &health, geo.as_deref(), &zones);
+    let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
+    let records = RecordTable::link(&compiled, &health, locate, &zones);
     let upstream = UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref()));
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),

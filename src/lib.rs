@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod dns;
 pub mod geo;
+pub mod hash;
 pub mod listener;
 pub mod lua;
 pub mod metrics;

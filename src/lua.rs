@@ -1,3 +1,1961 @@
 //! Compiler for the PowerDNS LUA-record subset: body text to a typed rule, at config load.
 //!
-//! STUB: being written.
+//! A body is parsed as one Lua expression (PowerDNS prepends `return `) made of calls, string and
+//! number literals, table constructors and booleans; anything else names itself in a config
+//! error. The result is a [`Rule`] whose answers are already RDATA wire bytes, so evaluating it
+//! per query copies bytes and never parses.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::{ProbeDefaults, RecordType};
+use crate::hash;
+use crate::probes::{Check, CheckOptions, ProbeSpec};
+
+/// An answer value in RDATA wire format.
+pub type Rdata = Box<[u8]>;
+
+/// PowerDNS's default probe User-Agent, kept so targets' allow-lists keep working.
+pub const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
+
+const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
+    pickwhashed, pickwrandom, pickchashed, pickclosest, all, view";
+
+/// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
+const MAX_DEPTH: usize = 16;
+/// Ring points `pickchashed` may create (sum of weights): bounds memory per record.
+const MAX_CHASHED_POINTS: u64 = 1_000_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LuaError {
+    /// The text is not Lua we can read; `col` is 1-based, in characters of the body.
+    #[error("syntax error at column {col} of the lua body: {message}")]
+    Syntax { col: usize, message: String },
+    /// Valid Lua, or PowerDNS, outside the subset dnsteer answers in-process.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Inside the subset, but a value or argument is wrong.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl LuaError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LuaError::Syntax { .. } => "syntax",
+            LuaError::Unsupported(_) => "unsupported",
+            LuaError::Invalid(_) => "invalid",
+        }
+    }
+}
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, LuaError> {
+    Err(LuaError::Invalid(message.into()))
+}
+
+fn unsupported<T>(message: impl Into<String>) -> Result<T, LuaError> {
+    Err(LuaError::Unsupported(message.into()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled rules
+// ---------------------------------------------------------------------------------------------
+
+/// How `ifurlup`/`ifportup`/`ifurlextup` choose among candidates (`selector`, `backupSelector`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Selector {
+    Random,
+    Hashed,
+    PickClosest,
+    All,
+    /// Nothing: NODATA (PowerDNS 5.1 `empty`).
+    Empty,
+    /// dnsteer extension: the first eligible address in written order.
+    PickFirst,
+}
+
+impl Selector {
+    fn parse(s: &str) -> Option<Selector> {
+        Some(match s {
+            "random" => Selector::Random,
+            "hashed" => Selector::Hashed,
+            "pickclosest" => Selector::PickClosest,
+            "all" => Selector::All,
+            "empty" => Selector::Empty,
+            "pickfirst" => Selector::PickFirst,
+            _ => return None,
+        })
+    }
+
+    /// Whether the choice depends on who asks (then the ECS scope is not 0).
+    pub fn client_dependent(self) -> bool {
+        matches!(self, Selector::Hashed | Selector::PickClosest)
+    }
+}
+
+/// One health-checked address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub addr: IpAddr,
+    pub probe: ProbeSpec,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IfUp {
+    /// Candidates in written order, group after group.
+    pub candidates: Vec<Candidate>,
+    /// Start index in `candidates` of each group, ascending; the first is 0.
+    pub group_starts: Vec<usize>,
+    pub selector: Selector,
+    pub backup: Selector,
+    /// SERVFAIL while no candidate has completed a probe.
+    pub fail_on_incomplete: bool,
+}
+
+/// Weighted values in the order PowerDNS walks them, with running weight sums.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weighted {
+    /// (running sum including this entry, value); the last sum is the total (> 0).
+    pub entries: Vec<(u64, Rdata)>,
+}
+
+impl Weighted {
+    pub fn total(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.0)
+    }
+}
+
+/// `pickchashed` ring: points sorted by hash, each naming a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ring {
+    pub points: Vec<(u32, u32)>,
+    pub values: Vec<Rdata>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewRule {
+    pub nets: Vec<IpNet>,
+    pub values: Vec<Rdata>,
+}
+
+/// A compiled record body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// A literal (or `content`): the same values for everyone; empty means NODATA.
+    Static(Vec<Rdata>),
+    All(Vec<Rdata>),
+    Random(Vec<Rdata>),
+    /// `n < 0`: the whole list shuffled.
+    RandomSample {
+        n: i64,
+        values: Vec<Rdata>,
+    },
+    Hashed(Vec<Rdata>),
+    WeightedHashed(Weighted),
+    WeightedRandom(Weighted),
+    ConsistentHashed(Ring),
+    Closest(Vec<IpAddr>),
+    View(Vec<ViewRule>),
+    IfUp(IfUp),
+}
+
+impl Rule {
+    /// Probes this rule needs, with duplicates.
+    pub fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
+        let cands: &[Candidate] = match self {
+            Rule::IfUp(u) => &u.candidates,
+            _ => &[],
+        };
+        cands.iter().map(|c| &c.probe)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lexer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Str(Vec<u8>),
+    Num(f64),
+    Name(String),
+    /// Punctuation the grammar uses: ( ) { } [ ] , ; =
+    Punct(char),
+    /// Lua operators and other symbols outside the subset, kept to name them in errors.
+    Op(&'static str),
+    Eof,
+}
+
+struct Lexer<'a> {
+    src: &'a str,
+    pos: usize,
+}
+
+const OPERATORS: [&str; 22] = [
+    "...", "..", "==", "~=", "<=", ">=", "<<", ">>", "//", "::", "+", "-", "*", "/", "%", "^", "#",
+    "<", ">", ":", ".", "~",
+];
+
+impl<'a> Lexer<'a> {
+    fn new(src: &'a str) -> Self {
+        Lexer { src, pos: 0 }
+    }
+
+    fn col(&self, pos: usize) -> usize {
+        self.src.get(..pos).map_or(pos, |s| s.chars().count()) + 1
+    }
+
+    fn err<T>(&self, pos: usize, message: impl Into<String>) -> Result<T, LuaError> {
+        Err(LuaError::Syntax {
+            col: self.col(pos),
+            message: message.into(),
+        })
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        &self.src.as_bytes()[self.pos..]
+    }
+
+    fn skip_space_and_comments(&mut self) -> Result<(), LuaError> {
+        loop {
+            let rest = self.rest();
+            match rest.first() {
+                Some(c) if c.is_ascii_whitespace() => self.pos += 1,
+                Some(b'-') if rest.get(1) == Some(&b'-') => {
+                    let start = self.pos;
+                    self.pos += 2;
+                    if let Some(level) = long_bracket_level(self.rest()) {
+                        self.long_bracket(level, start)?;
+                    } else {
+                        let nl = self.rest().iter().position(|&c| c == b'\n');
+                        self.pos = nl.map_or(self.src.len(), |n| self.pos + n);
+                    }
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads `[==[ ... ]==]` at the cursor; returns the content.
+    fn long_bracket(&mut self, level: usize, start: usize) -> Result<Vec<u8>, LuaError> {
+        self.pos += level + 2;
+        let close = format!("]{}]", "=".repeat(level));
+        let Some(end) = self.src[self.pos..].find(&close) else {
+            return self.err(start, "unfinished long string or comment");
+        };
+        let mut body = &self.src[self.pos..self.pos + end];
+        // Lua drops a newline right after the opening bracket.
+        if let Some(b) = body.strip_prefix('\n') {
+            body = b;
+        }
+        self.pos += end + close.len();
+        Ok(body.as_bytes().to_vec())
+    }
+
+    /// Next token and its byte offset.
+    fn next(&mut self) -> Result<(Tok, usize), LuaError> {
+        self.skip_space_and_comments()?;
+        let start = self.pos;
+        let rest = self.rest();
+        let Some(&c) = rest.first() else {
+            return Ok((Tok::Eof, start));
+        };
+        if c == b'\'' {
+            return Ok((Tok::Str(self.quoted()?), start));
+        }
+        if c == b'['
+            && let Some(level) = long_bracket_level(rest)
+        {
+            return Ok((Tok::Str(self.long_bracket(level, start)?), start));
+        }
+        if c.is_ascii_digit() || (c == b'.' && rest.get(1).is_some_and(u8::is_ascii_digit)) {
+            return Ok((Tok::Num(self.number()?), start));
+        }
+        if c.is_ascii_alphabetic() || c == b'_' {
+            let len = rest
+                .iter()
+                .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                .unwrap_or(rest.len());
+            self.pos += len;
+            return Ok((Tok::Name(self.src[start..self.pos].to_string()), start));
+        }
+        if b"(){}[],;=".contains(&c) && !rest.starts_with(b"==") {
+            self.pos += 1;
+            return Ok((Tok::Punct(c as char), start));
+        }
+        for op in OPERATORS {
+            if rest.starts_with(op.as_bytes()) {
+                self.pos += op.len();
+                return Ok((Tok::Op(op), start));
+            }
+        }
+        let ch = self.src[start..].chars().next().unwrap_or('?');
+        self.err(start, format!("unexpected character '{ch}'"))
+    }
+
+    fn quoted(&mut self) -> Result<Vec<u8>, LuaError> {
+        let start = self.pos;
+        self.pos += 1;
+        let mut out = Vec::new();
+        loop {
+            let rest = self.rest();
+            let Some(&c) = rest.first() else {
+                return self.err(start, "unfinished string");
+            };
+            match c {
+                b'\'' => {
+                    self.pos += 1;
+                    return Ok(out);
+                }
+                b'\n' => return self.err(start, "unfinished string"),
+                b'\\' => {
+                    let Some(&e) = rest.get(1) else {
+                        return self.err(start, "unfinished string");
+                    };
+                    self.pos += 2;
+                    match e {
+                        b'n' => out.push(b'\n'),
+                        b't' => out.push(b'\t'),
+                        b'r' => out.push(b'\r'),
+                        b'a' => out.push(0x07),
+                        b'b' => out.push(0x08),
+                        b'f' => out.push(0x0c),
+                        b'v' => out.push(0x0b),
+                        b'\\' | b'\'' | b'"' | b'\n' => out.push(e),
+                        b'x' => {
+                            let hex = self.rest().get(..2).and_then(|h| {
+                                u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
+                            });
+                            let Some(v) = hex else {
+                                return self.err(self.pos - 2, "\\x needs two hex digits");
+                            };
+                            out.push(v);
+                            self.pos += 2;
+                        }
+                        b'0'..=b'9' => {
+                            let digits = self.src.as_bytes()[self.pos - 1..]
+                                .iter()
+                                .take(3)
+                                .take_while(|d| d.is_ascii_digit())
+                                .count();
+                            let text = &self.src[self.pos - 1..self.pos - 1 + digits];
+                            match text.parse::<u8>() {
+                                Ok(v) => out.push(v),
+                                Err(_) => {
+                                    return self.err(self.pos - 2, "decimal escape too large");
+                                }
+                            }
+                            self.pos += digits - 1;
+                        }
+                        _ => {
+                            return self
+                                .err(self.pos - 2, format!("invalid escape '\\{}'", e as char));
+                        }
+                    }
+                }
+                _ => {
+                    out.push(c);
+                    self.pos += 1;
+                }
+            }
+        }
+    }
+
+    fn number(&mut self) -> Result<f64, LuaError> {
+        let start = self.pos;
+        let rest = self.rest();
+        if rest.starts_with(b"0x") || rest.starts_with(b"0X") {
+            let len = rest[2..]
+                .iter()
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count();
+            self.pos += 2 + len;
+            return match u64::from_str_radix(&self.src[start + 2..self.pos], 16) {
+                Ok(v) => Ok(v as f64),
+                Err(_) => self.err(start, "malformed number"),
+            };
+        }
+        let mut len = 0;
+        while let Some(&b) = rest.get(len) {
+            let exp_sign = (b == b'+' || b == b'-') && matches!(rest[len - 1], b'e' | b'E');
+            if b.is_ascii_alphanumeric() || b == b'.' || exp_sign {
+                len += 1;
+            } else {
+                break;
+            }
+        }
+        self.pos += len;
+        match self.src[start..self.pos].parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => self.err(
+                start,
+                format!("malformed number '{}'", &self.src[start..self.pos]),
+            ),
+        }
+    }
+}
+
+/// `[[` → 0, `[==[` → 2; None when the bytes do not open a long bracket.
+fn long_bracket_level(s: &[u8]) -> Option<usize> {
+    if s.first() != Some(&b'[') {
+        return None;
+    }
+    let eq = s[1..].iter().take_while(|&&b| b == b'=').count();
+    (s.get(1 + eq) == Some(&b'[')).then_some(eq)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser: tokens to a small expression tree
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Expr {
+    Str(Vec<u8>),
+    Num(f64),
+    Bool(bool),
+    Nil,
+    Table(Vec<Field>),
+    Call { name: String, args: Vec<Expr> },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Field {
+    key: Option<Key>,
+    value: Expr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Key {
+    Name(String),
+    Expr(Expr),
+}
+
+const KEYWORDS: [&str; 17] = [
+    "and", "break", "do", "else", "elseif", "end", "for", "function", "goto", "if", "in", "local",
+    "not", "or", "repeat", "return", "while",
+];
+
+struct Parser<'a> {
+    lex: Lexer<'a>,
+    tok: Tok,
+    at: usize,
+    depth: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn new(src: &'a str) -> Result<Self, LuaError> {
+        let mut lex = Lexer::new(src);
+        let (tok, at) = lex.next()?;
+        Ok(Parser {
+            lex,
+            tok,
+            at,
+            depth: 0,
+        })
+    }
+
+    fn bump(&mut self) -> Result<Tok, LuaError> {
+        let (tok, at) = self.lex.next()?;
+        self.at = at;
+        Ok(std::mem::replace(&mut self.tok, tok))
+    }
+
+    fn err<T>(&self, message: impl Into<String>) -> Result<T, LuaError> {
+        self.lex.err(self.at, message)
+    }
+
+    fn expect(&mut self, c: char) -> Result<(), LuaError> {
+        if self.tok == Tok::Punct(c) {
+            self.bump()?;
+            Ok(())
+        } else {
+            self.err(format!("expected '{c}', found {}", describe(&self.tok)))
+        }
+    }
+
+    /// The whole body: one expression, then the end.
+    fn body(&mut self) -> Result<Expr, LuaError> {
+        let e = self.expr()?;
+        match &self.tok {
+            Tok::Eof => Ok(e),
+            Tok::Op(op) => unsupported_operator(op),
+            Tok::Name(n) if n == "and" || n == "or" => unsupported_operator(n),
+            other => self.err(format!(
+                "unexpected {} after the expression",
+                describe(other)
+            )),
+        }
+    }
+
+    fn expr(&mut self) -> Result<Expr, LuaError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        let e = self.primary()?;
+        self.depth -= 1;
+        // Any operator after an operand is outside the subset: say which, naming an unsupported
+        // function on its left first (`countryCode()..'x'` is about countryCode).
+        let op = match &self.tok {
+            Tok::Op(op) => *op,
+            Tok::Name(n) if n == "and" => "and",
+            Tok::Name(n) if n == "or" => "or",
+            _ => return Ok(e),
+        };
+        match &e {
+            Expr::Call { name, .. } if !is_supported(name) => unsupported_function(name),
+            _ => unsupported_operator(op),
+        }
+    }
+
+    fn primary(&mut self) -> Result<Expr, LuaError> {
+        match self.bump()? {
+            Tok::Str(s) => Ok(Expr::Str(s)),
+            Tok::Num(n) => Ok(Expr::Num(n)),
+            Tok::Op("-") => match self.bump()? {
+                Tok::Num(n) => Ok(Expr::Num(-n)),
+                _ => unsupported_operator("-"),
+            },
+            Tok::Op(op) => unsupported_operator(op),
+            Tok::Punct('{') => self.table(),
+            Tok::Punct('(') => unsupported(
+                "unsupported construct: parenthesised expression (write the value directly)",
+            ),
+            Tok::Name(name) => self.named(name),
+            Tok::Eof => self.err("empty expression"),
+            other => self.err(format!("unexpected {}", describe(&other))),
+        }
+    }
+
+    fn named(&mut self, name: String) -> Result<Expr, LuaError> {
+        match name.as_str() {
+            "true" => return Ok(Expr::Bool(true)),
+            "false" => return Ok(Expr::Bool(false)),
+            "nil" => return Ok(Expr::Nil),
+            "not" => return unsupported_operator("not"),
+            "function" => {
+                return unsupported("unsupported construct: function definition");
+            }
+            n if KEYWORDS.contains(&n) => {
+                return unsupported(format!(
+                    "unsupported construct: '{n}' (a body is one expression; statements are not supported)"
+                ));
+            }
+            _ => {}
+        }
+        match &self.tok {
+            Tok::Punct('(') => {
+                self.bump()?;
+                let mut args = Vec::new();
+                if self.tok != Tok::Punct(')') {
+                    loop {
+                        args.push(self.expr()?);
+                        if self.tok == Tok::Punct(',') {
+                            self.bump()?;
+                        } else {
+                            break;
+                        }
+                    }
+                }
+                self.expect(')')?;
+                Ok(Expr::Call { name, args })
+            }
+            // Lua's call sugar: f{...} and f'...'.
+            Tok::Punct('{') => {
+                self.bump()?;
+                let t = self.table()?;
+                Ok(Expr::Call {
+                    name,
+                    args: vec![t],
+                })
+            }
+            Tok::Str(_) => {
+                let Tok::Str(s) = self.bump()? else {
+                    return self.err("internal: token changed under the parser");
+                };
+                Ok(Expr::Call {
+                    name,
+                    args: vec![Expr::Str(s)],
+                })
+            }
+            Tok::Op(".") | Tok::Op(":") | Tok::Punct('[') => unsupported(format!(
+                "unsupported construct: field or method access on '{name}'"
+            )),
+            _ => unsupported(format!("unsupported construct: variable '{name}'")),
+        }
+    }
+
+    /// After the opening `{`.
+    fn table(&mut self) -> Result<Expr, LuaError> {
+        let mut fields = Vec::new();
+        loop {
+            if self.tok == Tok::Punct('}') {
+                self.bump()?;
+                return Ok(Expr::Table(fields));
+            }
+            let field = match &self.tok {
+                Tok::Punct('[') => {
+                    self.bump()?;
+                    let key = self.expr()?;
+                    self.expect(']')?;
+                    self.expect('=')?;
+                    Field {
+                        key: Some(Key::Expr(key)),
+                        value: self.expr()?,
+                    }
+                }
+                Tok::Name(n) if !KEYWORDS.contains(&n.as_str()) && self.peek_is_assign() => {
+                    let Tok::Name(n) = self.bump()? else {
+                        return self.err("internal: token changed under the parser");
+                    };
+                    self.expect('=')?;
+                    Field {
+                        key: Some(Key::Name(n)),
+                        value: self.expr()?,
+                    }
+                }
+                _ => Field {
+                    key: None,
+                    value: self.expr()?,
+                },
+            };
+            fields.push(field);
+            match self.tok {
+                Tok::Punct(',') | Tok::Punct(';') => {
+                    self.bump()?;
+                }
+                Tok::Punct('}') => {}
+                _ => {
+                    return self.err(format!(
+                        "expected ',' or '}}' in table, found {}",
+                        describe(&self.tok)
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether the token after the current name is a single `=`.
+    fn peek_is_assign(&self) -> bool {
+        let mut lex = Lexer {
+            src: self.lex.src,
+            pos: self.lex.pos,
+        };
+        matches!(lex.next(), Ok((Tok::Punct('='), _)))
+    }
+}
+
+fn is_supported(name: &str) -> bool {
+    SUPPORTED.split(", ").any(|f| f.trim() == name)
+}
+
+fn unsupported_function<T>(name: &str) -> Result<T, LuaError> {
+    if name == "pickfirst" {
+        return unsupported(format!(
+            "unsupported function 'pickfirst' (no PowerDNS version has it; write ifurlup(url, addrs, {{selector='pickfirst'}}) or groups {{{{'primary'}},{{'backup'}}}}; supported: {SUPPORTED})"
+        ));
+    }
+    unsupported(format!(
+        "unsupported function '{name}' (supported: {SUPPORTED})"
+    ))
+}
+
+fn unsupported_operator<T>(op: &str) -> Result<T, LuaError> {
+    unsupported(format!(
+        "unsupported construct: operator '{op}' (only calls and literals are supported)"
+    ))
+}
+
+fn describe(t: &Tok) -> String {
+    match t {
+        Tok::Str(_) => "a string".into(),
+        Tok::Num(_) => "a number".into(),
+        Tok::Name(n) => format!("'{n}'"),
+        Tok::Punct(c) => format!("'{c}'"),
+        Tok::Op(o) => format!("'{o}'"),
+        Tok::Eof => "the end of the body".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiler: expression tree to Rule
+// ---------------------------------------------------------------------------------------------
+
+/// Compiles a LUA record body (the text inside `LUA <TYPE> "..."`, verbatim) for `rtype`.
+/// `defaults` give probe settings the body does not set.
+pub fn compile(body: &str, rtype: RecordType, defaults: &ProbeDefaults) -> Result<Rule, LuaError> {
+    // PowerDNS splits record text on every `"`: such a body never reaches Lua intact.
+    if let Some(i) = body.find('"') {
+        return unsupported(format!(
+            "a double quote at column {} cannot be used: PowerDNS splits LUA record text on '\"'; use single quotes",
+            body[..i].chars().count() + 1
+        ));
+    }
+    // PowerDNS runs a body starting with ';' as a statement block instead of an expression.
+    if body.trim_start().starts_with(';') {
+        return unsupported(
+            "unsupported construct: statement block (body starting with ';'); write a single expression",
+        );
+    }
+    let expr = Parser::new(body)?.body()?;
+    Compiler { rtype, defaults }.rule(&expr)
+}
+
+struct Compiler<'a> {
+    rtype: RecordType,
+    defaults: &'a ProbeDefaults,
+}
+
+/// The Lua string a list element converts to (numbers use Lua's formatting).
+fn as_text(e: &Expr) -> Option<Vec<u8>> {
+    match e {
+        Expr::Str(s) => Some(s.clone()),
+        Expr::Num(n) => Some(lua_number(*n).into_bytes()),
+        _ => None,
+    }
+}
+
+/// Lua's `%.14g` rendering for the numbers a body may hold.
+fn lua_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n}")
+    }
+}
+
+fn what(e: &Expr) -> &'static str {
+    match e {
+        Expr::Str(_) => "a string",
+        Expr::Num(_) => "a number",
+        Expr::Bool(_) => "a boolean",
+        Expr::Nil => "nil",
+        Expr::Table(_) => "a table",
+        Expr::Call { .. } => "a function call",
+    }
+}
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+impl Compiler<'_> {
+    fn rule(&self, e: &Expr) -> Result<Rule, LuaError> {
+        match e {
+            Expr::Str(_) | Expr::Num(_) => Ok(Rule::Static(vec![self.value(&self.text(e)?)?])),
+            Expr::Table(_) => Ok(Rule::Static(self.values(e, "the result", true)?)),
+            Expr::Bool(_) | Expr::Nil => invalid(format!(
+                "the body evaluates to {}, which is not a valid {} result",
+                what(e),
+                self.rtype.name()
+            )),
+            Expr::Call { name, args } => self.call(name, args),
+        }
+    }
+
+    fn call(&self, name: &str, args: &[Expr]) -> Result<Rule, LuaError> {
+        let arity = |min: usize, max: usize| -> Result<(), LuaError> {
+            if args.len() < min || args.len() > max {
+                let want = if min == max {
+                    format!("{min}")
+                } else {
+                    format!("{min} to {max}")
+                };
+                return invalid(format!(
+                    "{name}() takes {want} argument(s), got {}",
+                    args.len()
+                ));
+            }
+            Ok(())
+        };
+        let values = |e: &Expr| self.values(e, &format!("the list given to {name}()"), false);
+        match name {
+            "ifurlup" => {
+                arity(2, 3)?;
+                let url = self.url(&args[0], name)?;
+                let opts = self.options(args.get(2), name, true)?;
+                let check = Check::Http { url };
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, check.clone())).collect()),
+                    opts,
+                )
+            }
+            "ifportup" => {
+                arity(2, 3)?;
+                let port = self.port(&args[0])?;
+                let opts = self.options(args.get(2), name, false)?;
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, Check::Tcp { port })).collect()),
+                    opts,
+                )
+            }
+            "ifurlextup" => {
+                arity(1, 2)?;
+                let opts = self.options(args.get(1), name, true)?;
+                let groups = self.ext_groups(&args[0])?;
+                self.if_up(groups, opts)
+            }
+            "pickrandom" => {
+                arity(1, 1)?;
+                Ok(Rule::Random(values(&args[0])?))
+            }
+            "pickrandomsample" => {
+                arity(2, 2)?;
+                let n = match &args[0] {
+                    Expr::Num(n) if n.fract() == 0.0 => *n as i64,
+                    other => {
+                        return invalid(format!(
+                            "pickrandomsample() needs a whole number as its first argument, got {}",
+                            what(other)
+                        ));
+                    }
+                };
+                Ok(Rule::RandomSample {
+                    n,
+                    values: values(&args[1])?,
+                })
+            }
+            "pickhashed" => {
+                arity(1, 1)?;
+                Ok(Rule::Hashed(values(&args[0])?))
+            }
+            "pickwhashed" => {
+                arity(1, 1)?;
+                Ok(Rule::WeightedHashed(self.weighted(&args[0], name, true)?))
+            }
+            "pickwrandom" => {
+                arity(1, 1)?;
+                Ok(Rule::WeightedRandom(self.weighted(&args[0], name, false)?))
+            }
+            "pickchashed" => {
+                arity(1, 1)?;
+                self.ring(&args[0])
+            }
+            "pickclosest" => {
+                arity(1, 1)?;
+                let addrs = self.addresses(&args[0], name)?;
+                if addrs.is_empty() {
+                    return invalid("pickclosest() needs at least one address");
+                }
+                Ok(Rule::Closest(addrs))
+            }
+            "all" => {
+                arity(1, 1)?;
+                Ok(Rule::All(values(&args[0])?))
+            }
+            "view" => {
+                arity(1, 1)?;
+                self.view(&args[0])
+            }
+            other => unsupported_function(other),
+        }
+    }
+
+    fn text(&self, e: &Expr) -> Result<Vec<u8>, LuaError> {
+        as_text(e).map_or_else(
+            || invalid(format!("expected a string, got {}", what(e))),
+            Ok,
+        )
+    }
+
+    /// A record value for the record type, as RDATA.
+    fn value(&self, text: &[u8]) -> Result<Rdata, LuaError> {
+        encode_lua_value(self.rtype, text).map_err(LuaError::Invalid)
+    }
+
+    /// Table fields without keys; keyed fields are refused.
+    fn list<'e>(&self, e: &'e Expr, what_: &str) -> Result<Vec<&'e Expr>, LuaError> {
+        let Expr::Table(fields) = e else {
+            return invalid(format!("{what_} must be a table, got {}", what(e)));
+        };
+        fields
+            .iter()
+            .map(|f| match f.key {
+                None => Ok(&f.value),
+                Some(_) => invalid(format!("{what_} must be a list without keys")),
+            })
+            .collect()
+    }
+
+    /// A list of values for the record type. `may_be_empty`: `{}` means NODATA.
+    fn values(&self, e: &Expr, what_: &str, may_be_empty: bool) -> Result<Vec<Rdata>, LuaError> {
+        let items = self.list(e, what_)?;
+        if items.is_empty() && !may_be_empty {
+            return invalid(format!("{what_} is empty"));
+        }
+        items
+            .into_iter()
+            .map(|item| match as_text(item) {
+                Some(t) => self.value(&t),
+                None => invalid(format!("{what_} must hold strings, got {}", what(item))),
+            })
+            .collect()
+    }
+
+    /// An address literal of the record's family.
+    fn address(&self, e: &Expr, func: &str) -> Result<IpAddr, LuaError> {
+        let text = self.text(e)?;
+        let s = std::str::from_utf8(&text).unwrap_or("");
+        let Ok(addr) = s.trim().parse::<IpAddr>() else {
+            return invalid(format!(
+                "{func}() candidate '{}' is not an IP address",
+                show(&text)
+            ));
+        };
+        match (self.rtype, addr) {
+            (RecordType::A, IpAddr::V4(_)) | (RecordType::Aaaa, IpAddr::V6(_)) => Ok(addr),
+            (RecordType::A, IpAddr::V6(_)) => invalid(format!(
+                "{func}() candidate '{addr}' is IPv6 but the record type is A"
+            )),
+            (RecordType::Aaaa, IpAddr::V4(_)) => invalid(format!(
+                "{func}() candidate '{addr}' is IPv4 but the record type is AAAA"
+            )),
+            (t, _) => invalid(format!(
+                "{func}() answers addresses: use it in an A or AAAA record, not {}",
+                t.name()
+            )),
+        }
+    }
+
+    fn addresses(&self, e: &Expr, func: &str) -> Result<Vec<IpAddr>, LuaError> {
+        self.list(e, &format!("the address list given to {func}()"))?
+            .into_iter()
+            .map(|a| self.address(a, func))
+            .collect()
+    }
+
+    /// A flat list (one group) or a list of lists (ordered groups) of addresses.
+    fn groups(&self, e: &Expr, func: &str) -> Result<Vec<Vec<IpAddr>>, LuaError> {
+        let items = self.list(e, &format!("the address list given to {func}()"))?;
+        if items.is_empty() {
+            return invalid(format!("{func}() needs at least one address"));
+        }
+        let nested = items.iter().filter(|i| matches!(i, Expr::Table(_))).count();
+        if nested == 0 {
+            return Ok(vec![self.addresses(e, func)?]);
+        }
+        if nested != items.len() {
+            return invalid(format!(
+                "{func}() addresses must be all strings or all groups (tables), not a mix"
+            ));
+        }
+        let groups = items
+            .into_iter()
+            .map(|g| self.addresses(g, func))
+            .collect::<Result<Vec<_>, _>>()?;
+        if groups.iter().all(Vec::is_empty) {
+            return invalid(format!("{func}() needs at least one address"));
+        }
+        Ok(groups)
+    }
+
+    /// `ifurlextup` groups: `{{['192.0.2.1']='https://…', …}, …}`, written order kept.
+    fn ext_groups(&self, e: &Expr) -> Result<Vec<Vec<(IpAddr, Check)>>, LuaError> {
+        let what_ = "ifurlextup() groups";
+        let groups = self.list(e, what_)?;
+        let mut out = Vec::with_capacity(groups.len());
+        for g in groups {
+            let Expr::Table(fields) = g else {
+                return invalid(format!(
+                    "{what_} must be tables like {{['192.0.2.1']='https://…'}}, got {}",
+                    what(g)
+                ));
+            };
+            let mut group = Vec::with_capacity(fields.len());
+            for f in fields {
+                let key = match &f.key {
+                    Some(Key::Expr(k)) => k,
+                    _ => {
+                        return invalid(format!(
+                            "{what_} map addresses to URLs: write {{['192.0.2.1']='https://…'}}"
+                        ));
+                    }
+                };
+                let addr = self.address(key, "ifurlextup")?;
+                let url = self.url(&f.value, "ifurlextup")?;
+                group.push((addr, Check::HttpExternal { url }));
+            }
+            out.push(group);
+        }
+        if out.iter().all(Vec::is_empty) {
+            return invalid("ifurlextup() needs at least one address");
+        }
+        Ok(out)
+    }
+
+    fn url(&self, e: &Expr, func: &str) -> Result<String, LuaError> {
+        let text = self.text(e)?;
+        let Ok(url) = String::from_utf8(text) else {
+            return invalid(format!("{func}() URL is not valid UTF-8"));
+        };
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && !r.contains(char::is_whitespace) => {
+                Ok(url)
+            }
+            _ => invalid(format!(
+                "{func}() URL '{url}' is not an http:// or https:// URL with a host"
+            )),
+        }
+    }
+
+    fn port(&self, e: &Expr) -> Result<u16, LuaError> {
+        match number(e) {
+            Some(p) if p.fract() == 0.0 && (1.0..=65535.0).contains(&p) => Ok(p as u16),
+            _ => invalid(format!(
+                "ifportup() port must be a number from 1 to 65535, got {}",
+                show(&as_text(e).unwrap_or_else(|| what(e).as_bytes().to_vec()))
+            )),
+        }
+    }
+
+    fn if_up(
+        &self,
+        groups: impl IntoIterator<Item = Vec<(IpAddr, Check)>>,
+        opts: Options,
+    ) -> Result<Rule, LuaError> {
+        let mut candidates = Vec::new();
+        let mut group_starts = Vec::new();
+        for group in groups {
+            if group.is_empty() {
+                continue;
+            }
+            group_starts.push(candidates.len());
+            for (addr, check) in group {
+                candidates.push(Candidate {
+                    addr,
+                    probe: ProbeSpec {
+                        addr,
+                        check,
+                        options: opts.check.clone(),
+                    },
+                });
+            }
+        }
+        Ok(Rule::IfUp(IfUp {
+            candidates,
+            group_starts,
+            selector: opts.selector,
+            backup: opts.backup,
+            fail_on_incomplete: opts.fail_on_incomplete,
+        }))
+    }
+
+    /// `{{weight, 'value'}, …}` in PowerDNS's walk order, with running sums.
+    fn weighted(&self, e: &Expr, func: &str, hashed: bool) -> Result<Weighted, LuaError> {
+        let pairs = self.weight_pairs(e, func)?;
+        let order = if hashed {
+            hash::libstdcxx_order(pairs.len()).ok_or_else(|| {
+                LuaError::Invalid(format!(
+                    "{func}() has more than {} entries",
+                    hash::MAX_WEIGHTED_ENTRIES
+                ))
+            })?
+        } else {
+            // Random picks do not depend on the walk order.
+            (0..pairs.len()).collect()
+        };
+        let mut sum = 0u64;
+        let mut entries = Vec::with_capacity(pairs.len());
+        for i in order {
+            let (w, ref text) = pairs[i];
+            sum += w;
+            entries.push((sum, self.value(text)?));
+        }
+        // PowerDNS sums weights in a C int.
+        if sum == 0 {
+            return invalid(format!("{func}() weights add up to 0"));
+        }
+        if sum > i32::MAX as u64 {
+            return invalid(format!("{func}() weights add up to more than {}", i32::MAX));
+        }
+        Ok(Weighted { entries })
+    }
+
+    /// (weight, value text) in written order. Weights are truncated to integers as PowerDNS's
+    /// `atoi` does; negative weights are refused (PowerDNS gives undefined answers for them).
+    fn weight_pairs(&self, e: &Expr, func: &str) -> Result<Vec<(u64, Vec<u8>)>, LuaError> {
+        let what_ = format!("the weighted list given to {func}()");
+        let items = self.list(e, &what_)?;
+        if items.is_empty() {
+            return invalid(format!("{what_} is empty"));
+        }
+        items
+            .into_iter()
+            .map(|item| {
+                let pair = self.list(item, &format!("each entry of {what_}"))?;
+                let [w, v] = pair.as_slice() else {
+                    return invalid(format!("each entry of {what_} must be {{weight, 'value'}}"));
+                };
+                let weight = match number(w) {
+                    Some(n) if (0.0..2_147_483_648.0).contains(&n) => n.trunc() as u64,
+                    Some(n) => {
+                        return invalid(format!(
+                            "{func}() weight {} is out of range (0..2147483647)",
+                            lua_number(n)
+                        ));
+                    }
+                    None => {
+                        return invalid(format!(
+                            "{func}() weight must be a number, got {}",
+                            what(w)
+                        ));
+                    }
+                };
+                Ok((weight, self.text(v)?))
+            })
+            .collect()
+    }
+
+    fn ring(&self, e: &Expr) -> Result<Rule, LuaError> {
+        let pairs = self.weight_pairs(e, "pickchashed")?;
+        let total: u64 = pairs.iter().map(|p| p.0).sum();
+        if total == 0 {
+            return invalid("pickchashed() weights add up to 0");
+        }
+        if total > MAX_CHASHED_POINTS {
+            return invalid(format!(
+                "pickchashed() weights add up to more than {MAX_CHASHED_POINTS}"
+            ));
+        }
+        let mut points = Vec::with_capacity(total as usize);
+        let mut values = Vec::with_capacity(pairs.len());
+        for (i, (w, text)) in pairs.iter().enumerate() {
+            values.push(self.value(text)?);
+            points.extend(
+                hash::chashed_points(text, *w as u32)
+                    .into_iter()
+                    .map(|h| (h, i as u32)),
+            );
+        }
+        // Equal hashes of different entries (astronomically rare) go to the written-first one.
+        points.sort_unstable();
+        Ok(Rule::ConsistentHashed(Ring { points, values }))
+    }
+
+    /// `view({{{nets…},{values…}}, …})`.
+    fn view(&self, e: &Expr) -> Result<Rule, LuaError> {
+        let what_ = "view() rules";
+        let rules = self.list(e, what_)?;
+        if rules.is_empty() {
+            return invalid("view() needs at least one rule");
+        }
+        let mut out = Vec::with_capacity(rules.len());
+        for (i, rule) in rules.into_iter().enumerate() {
+            let parts = self.list(rule, what_)?;
+            let [nets, values] = parts.as_slice() else {
+                return invalid(format!(
+                    "view() rule {} must be {{{{netmasks…}}, {{values…}}}}",
+                    i + 1
+                ));
+            };
+            let nets = self
+                .list(nets, "view() netmasks")?
+                .into_iter()
+                .map(|n| {
+                    let text = self.text(n)?;
+                    let s = std::str::from_utf8(&text).unwrap_or("").trim();
+                    s.parse::<IpNet>()
+                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                        .map(|n| n.trunc())
+                        .map_err(|_| {
+                            LuaError::Invalid(format!(
+                                "view() netmask '{}' is not an address or prefix",
+                                show(&text)
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if nets.is_empty() {
+                return invalid(format!("view() rule {} has no netmasks", i + 1));
+            }
+            let values = self.values(values, &format!("view() rule {} values", i + 1), false)?;
+            out.push(ViewRule { nets, values });
+        }
+        Ok(Rule::View(out))
+    }
+
+    /// The options table of an `if*up` call, typed, with `[probes]` defaults filled in.
+    fn options(&self, e: Option<&Expr>, func: &str, http: bool) -> Result<Options, LuaError> {
+        let d = self.defaults;
+        let mut o = Options {
+            selector: Selector::Random,
+            backup: Selector::Random,
+            fail_on_incomplete: false,
+            check: CheckOptions {
+                interval: d.interval,
+                timeout: d.timeout,
+                fall: d.minimum_failures,
+                rise: d.rise,
+                stringmatch: None,
+                useragent: DEFAULT_USER_AGENT.to_string(),
+                byteslimit: 0,
+                httpcode: 200,
+                headers: Vec::new(),
+                source: None,
+            },
+        };
+        let Some(e) = e else { return Ok(o) };
+        let Expr::Table(fields) = e else {
+            return invalid(format!("{func}() options must be a table, got {}", what(e)));
+        };
+        for f in fields {
+            let name = match &f.key {
+                Some(Key::Name(n)) => n.clone(),
+                Some(Key::Expr(Expr::Str(s))) => show(s),
+                _ => {
+                    return invalid(format!(
+                        "{func}() options must be name=value pairs, like {{selector='all'}}"
+                    ));
+                }
+            };
+            let v = &f.value;
+            let http_only = |o: &str| -> Result<(), LuaError> {
+                if http {
+                    Ok(())
+                } else {
+                    invalid(format!(
+                        "option '{o}' has no effect on {func}() (HTTP checks only)"
+                    ))
+                }
+            };
+            match name.as_str() {
+                "selector" => o.selector = self.selector(v, &name)?,
+                "backupSelector" => o.backup = self.selector(v, &name)?,
+                "timeout" => {
+                    let secs = self.seconds(v, &name)?;
+                    if secs == 0.0 {
+                        return invalid(
+                            "option 'timeout' is 0: PowerDNS then probes without any timeout; give a positive number of seconds",
+                        );
+                    }
+                    o.check.timeout = Duration::from_secs_f64(secs);
+                }
+                "interval" => {
+                    let secs = self.seconds(v, &name)?;
+                    if secs < 0.1 {
+                        return invalid("option 'interval' must be at least 0.1 seconds");
+                    }
+                    o.check.interval = Duration::from_secs_f64(secs);
+                }
+                // PowerDNS 5.0 reads 0 as 1.
+                "minimumFailures" => o.check.fall = self.integer(v, &name, 0, 1000)?.max(1) as u32,
+                "rise" => o.check.rise = self.integer(v, &name, 1, 1000)? as u32,
+                "stringmatch" => {
+                    http_only(&name)?;
+                    o.check.stringmatch = Some(self.string(v, &name)?);
+                }
+                "useragent" => {
+                    http_only(&name)?;
+                    o.check.useragent = self.string(v, &name)?;
+                }
+                "byteslimit" => {
+                    http_only(&name)?;
+                    o.check.byteslimit = self.integer(v, &name, 0, i64::MAX)? as u64;
+                }
+                "httpcode" => {
+                    http_only(&name)?;
+                    o.check.httpcode = self.integer(v, &name, 100, 599)? as u16;
+                }
+                "headers" => {
+                    http_only(&name)?;
+                    o.check.headers = self.headers(v)?;
+                }
+                "failOnIncompleteCheck" => {
+                    o.fail_on_incomplete = match v {
+                        Expr::Bool(b) => *b,
+                        Expr::Str(s) if s == b"true" => true,
+                        Expr::Str(s) if s == b"false" => false,
+                        _ => {
+                            return invalid(
+                                "option 'failOnIncompleteCheck' must be true, false, 'true' or 'false'",
+                            );
+                        }
+                    }
+                }
+                "source" => {
+                    let s = self.string(v, &name)?;
+                    let Ok(addr) = s.parse::<IpAddr>() else {
+                        return invalid(format!("option 'source' '{s}' is not an IP address"));
+                    };
+                    o.check.source = Some(addr);
+                }
+                // PowerDNS silently ignores unknown option names, so a typo such as
+                // `selecter='all'` quietly changes behaviour there; here it is an error.
+                other => {
+                    return invalid(format!(
+                        "unknown option '{other}' for {func}() (known: selector, backupSelector, timeout, interval, minimumFailures, rise, stringmatch, useragent, byteslimit, httpcode, headers, failOnIncompleteCheck, source)"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+
+    fn selector(&self, v: &Expr, name: &str) -> Result<Selector, LuaError> {
+        let s = self.string(v, name)?;
+        Selector::parse(&s).map_or_else(
+            || {
+                invalid(format!(
+                    "option '{name}' has unknown selector '{s}' (known: random, hashed, pickclosest, all, empty, pickfirst)"
+                ))
+            },
+            Ok,
+        )
+    }
+
+    fn string(&self, v: &Expr, name: &str) -> Result<String, LuaError> {
+        match as_text(v) {
+            Some(t) => String::from_utf8(t)
+                .map_err(|_| LuaError::Invalid(format!("option '{name}' is not valid UTF-8"))),
+            None => invalid(format!("option '{name}' must be a string, got {}", what(v))),
+        }
+    }
+
+    fn seconds(&self, v: &Expr, name: &str) -> Result<f64, LuaError> {
+        match number(v) {
+            Some(n) if (0.0..=86400.0).contains(&n) => Ok(n),
+            Some(n) => invalid(format!(
+                "option '{name}' is {} seconds, outside 0..86400",
+                lua_number(n)
+            )),
+            None => invalid(format!(
+                "option '{name}' must be a number of seconds, got {}",
+                what(v)
+            )),
+        }
+    }
+
+    fn integer(&self, v: &Expr, name: &str, min: i64, max: i64) -> Result<i64, LuaError> {
+        match number(v) {
+            Some(n) if n.fract() == 0.0 && n >= min as f64 && n <= max as f64 => Ok(n as i64),
+            Some(n) => invalid(format!(
+                "option '{name}' is {}, not a whole number in {min}..={max}",
+                lua_number(n)
+            )),
+            None => invalid(format!("option '{name}' must be a number, got {}", what(v))),
+        }
+    }
+
+    /// `headers={X_Token='a'}`: `_` in names becomes `-` (PowerDNS 5.1). Sorted by name, so the
+    /// probe identity does not depend on Lua table order.
+    fn headers(&self, v: &Expr) -> Result<Vec<(String, String)>, LuaError> {
+        let Expr::Table(fields) = v else {
+            return invalid("option 'headers' must be a table like {X_Api_Key='…'}");
+        };
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields {
+            let name = match &f.key {
+                Some(Key::Name(n)) => n.clone(),
+                Some(Key::Expr(Expr::Str(s))) => show(s),
+                _ => return invalid("option 'headers' must be a table of name=value pairs"),
+            };
+            let name = name.replace('_', "-");
+            let valid_name = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^`|~".contains(&b));
+            if !valid_name {
+                return invalid(format!(
+                    "header name '{name}' is not a valid HTTP header name"
+                ));
+            }
+            let value = self.string(&f.value, "headers")?;
+            if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+                return invalid(format!("header '{name}' has a line break in its value"));
+            }
+            out.push((name, value));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// Numbers, or strings holding one (as PowerDNS passes options as strings).
+fn number(e: &Expr) -> Option<f64> {
+    match e {
+        Expr::Num(n) => Some(*n),
+        Expr::Str(s) => std::str::from_utf8(s)
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite()),
+        _ => None,
+    }
+}
+
+struct Options {
+    selector: Selector,
+    backup: Selector,
+    fail_on_incomplete: bool,
+    check: CheckOptions,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values to RDATA
+// ---------------------------------------------------------------------------------------------
+
+/// A value returned by a LUA body, as PowerDNS converts it: the presentation format of the
+/// type, with TXT values read as if in double quotes and CNAME targets taken as absolute.
+pub fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String> {
+    match rtype {
+        RecordType::Txt => {
+            let bytes = unescape_txt(text)?;
+            Ok(txt_rdata(std::iter::once(bytes.as_slice()))?.into())
+        }
+        _ => {
+            let s = std::str::from_utf8(text)
+                .map_err(|_| format!("'{}' is not valid UTF-8", show(text)))?;
+            encode_presentation(rtype, s)
+        }
+    }
+}
+
+/// A `content = [...]` value in presentation format. TXT: one or more `"quoted"` strings, or
+/// bare text taken as one string.
+pub fn encode_content(rtype: RecordType, value: &str) -> Result<Rdata, String> {
+    if rtype != RecordType::Txt {
+        return encode_presentation(rtype, value);
+    }
+    let v = value.trim();
+    if !v.starts_with('"') {
+        let bytes = unescape_txt(v.as_bytes())?;
+        return Ok(txt_rdata(std::iter::once(bytes.as_slice()))?.into());
+    }
+    let mut strings = Vec::new();
+    let mut rest = v.as_bytes();
+    while !rest.is_empty() {
+        if rest[0] != b'"' {
+            return Err(format!(
+                "TXT value {value} mixes quoted and bare text; quote every part"
+            ));
+        }
+        let mut i = 1;
+        while i < rest.len() && rest[i] != b'"' {
+            i += if rest[i] == b'\\' { 2 } else { 1 };
+        }
+        if i >= rest.len() {
+            return Err(format!("TXT value {value} has an unterminated quote"));
+        }
+        strings.push(unescape_txt(&rest[1..i])?);
+        rest = rest[i + 1..].trim_ascii_start();
+    }
+    Ok(txt_rdata(strings.iter().map(Vec::as_slice))?.into())
+}
+
+fn encode_presentation(rtype: RecordType, s: &str) -> Result<Rdata, String> {
+    let t = s.trim();
+    match rtype {
+        RecordType::A => t
+            .parse::<std::net::Ipv4Addr>()
+            .map(|a| a.octets().to_vec().into())
+            .map_err(|_| format!("'{s}' is not an IPv4 address (record type A)")),
+        RecordType::Aaaa => t
+            .parse::<std::net::Ipv6Addr>()
+            .map(|a| a.octets().to_vec().into())
+            .map_err(|_| format!("'{s}' is not an IPv6 address (record type AAAA)")),
+        RecordType::Cname => name_wire(t).map(Into::into),
+        RecordType::Txt => encode_lua_value(rtype, s.as_bytes()),
+    }
+}
+
+/// A domain name in wire format, taken as absolute (`'static'` → `static.`); case kept.
+pub fn name_wire(name: &str) -> Result<Vec<u8>, String> {
+    crate::config::normalize_name(name)
+        .map_err(|m| format!("'{name}' is not a valid CNAME target: {m}"))?;
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    Ok(out)
+}
+
+/// Decodes zone-file escapes (`\DDD`, `\X`) inside a TXT string.
+fn unescape_txt(text: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let c = text[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let digits = text[i + 1..]
+            .iter()
+            .take(3)
+            .take_while(|d| d.is_ascii_digit())
+            .count();
+        if digits == 3 {
+            let v: u16 = std::str::from_utf8(&text[i + 1..i + 4])
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(256);
+            let Ok(v) = u8::try_from(v) else {
+                return Err(format!(
+                    "TXT escape '\\{}' is above 255",
+                    show(&text[i + 1..i + 4])
+                ));
+            };
+            out.push(v);
+            i += 4;
+        } else if let Some(&e) = text.get(i + 1) {
+            out.push(e);
+            i += 2;
+        } else {
+            return Err("TXT value ends with a lone backslash".into());
+        }
+    }
+    Ok(out)
+}
+
+/// TXT RDATA from strings; each longer than 255 bytes is split into 255-byte character-strings.
+fn txt_rdata<'s>(strings: impl Iterator<Item = &'s [u8]>) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    for s in strings {
+        if s.is_empty() {
+            out.push(0);
+        }
+        for chunk in s.chunks(255) {
+            out.push(chunk.len() as u8);
+            out.extend_from_slice(chunk);
+        }
+    }
+    if out.len() > 65535 {
+        return Err("TXT value is longer than 65535 bytes".into());
+    }
+    Ok(out)
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Selector::Random => "random",
+            Selector::Hashed => "hashed",
+            Selector::PickClosest => "pickclosest",
+            Selector::All => "all",
+            Selector::Empty => "empty",
+            Selector::PickFirst => "pickfirst",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> ProbeDefaults {
+        ProbeDefaults {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            minimum_failures: 1,
+            rise: 1,
+            max_concurrent: 256,
+            jitter: 0.1,
+            tls_verify: false,
+            max_redirects: 5,
+            body_limit: 65536,
+        }
+    }
+
+    fn a(body: &str) -> Result<Rule, LuaError> {
+        compile(body, RecordType::A, &defaults())
+    }
+
+    fn of(body: &str, t: RecordType) -> Result<Rule, LuaError> {
+        compile(body, t, &defaults())
+    }
+
+    fn err(body: &str) -> String {
+        a(body).unwrap_err().to_string()
+    }
+
+    fn v4(s: &str) -> Rdata {
+        s.parse::<std::net::Ipv4Addr>()
+            .unwrap()
+            .octets()
+            .to_vec()
+            .into()
+    }
+
+    #[test]
+    fn literals_are_static_answers() {
+        assert_eq!(
+            a("'192.0.2.1'").unwrap(),
+            Rule::Static(vec![v4("192.0.2.1")])
+        );
+        assert_eq!(
+            a(" {'192.0.2.1', '192.0.2.2',} ").unwrap(),
+            Rule::Static(vec![v4("192.0.2.1"), v4("192.0.2.2")])
+        );
+        assert_eq!(a("{}").unwrap(), Rule::Static(vec![]));
+        assert_eq!(
+            a("[[192.0.2.7]]").unwrap(),
+            Rule::Static(vec![v4("192.0.2.7")])
+        );
+        assert_eq!(
+            a("-- comment\n'192.0.2.1' --[[ trailing ]]").unwrap(),
+            Rule::Static(vec![v4("192.0.2.1")])
+        );
+    }
+
+    #[test]
+    fn values_are_checked_against_the_record_type() {
+        assert!(err("'2001:db8::1'").contains("not an IPv4 address"));
+        assert!(err("'A 192.0.2.1'").contains("not an IPv4 address"));
+        assert!(err("'not-an-ip'").contains("not an IPv4 address"));
+        assert!(
+            of("'192.0.2.1'", RecordType::Aaaa)
+                .unwrap_err()
+                .to_string()
+                .contains("IPv6")
+        );
+        // CNAME targets are absolute, as PowerDNS makes them: 'static' → static.
+        assert_eq!(
+            of("'static'", RecordType::Cname).unwrap(),
+            Rule::Static(vec![b"\x06static\x00".to_vec().into()])
+        );
+        assert_eq!(
+            of("'Static.Lua.Test.'", RecordType::Cname).unwrap(),
+            Rule::Static(vec![b"\x06Static\x03Lua\x04Test\x00".to_vec().into()])
+        );
+        assert!(of("'a..b'", RecordType::Cname).is_err());
+    }
+
+    #[test]
+    fn txt_values() {
+        assert_eq!(
+            of("'hello world'", RecordType::Txt).unwrap(),
+            Rule::Static(vec![b"\x0bhello world".to_vec().into()])
+        );
+        // Numbers become strings as Lua prints them.
+        assert_eq!(
+            of("{2, 1.5}", RecordType::Txt).unwrap(),
+            Rule::Static(vec![b"\x012".to_vec().into(), b"\x031.5".to_vec().into()])
+        );
+        let long = "x".repeat(300);
+        let Rule::Static(v) = of(&format!("'{long}'"), RecordType::Txt).unwrap() else {
+            panic!()
+        };
+        assert_eq!(v[0][0], 255);
+        assert_eq!(v[0][256], 45);
+        assert_eq!(v[0].len(), 302);
+        // Zone-file escapes are read as PowerDNS does (it wraps the value in quotes).
+        assert_eq!(
+            of("'a\\\\065'", RecordType::Txt).unwrap(),
+            Rule::Static(vec![b"\x02aA".to_vec().into()])
+        );
+    }
+
+    #[test]
+    fn content_values() {
+        assert_eq!(
+            &*encode_content(RecordType::Txt, "\"a b\" \"c\"").unwrap(),
+            b"\x03a b\x01c"
+        );
+        assert_eq!(
+            &*encode_content(RecordType::Txt, "bare text").unwrap(),
+            b"\x09bare text"
+        );
+        assert_eq!(
+            &*encode_content(RecordType::Txt, "\"say \\\"hi\\\"\"").unwrap(),
+            b"\x08say \"hi\""
+        );
+        assert!(encode_content(RecordType::Txt, "\"open").is_err());
+        assert_eq!(
+            &*encode_content(RecordType::A, "192.0.2.1").unwrap(),
+            &[192, 0, 2, 1]
+        );
+        assert!(encode_content(RecordType::A, "192.0.2.300").is_err());
+        assert_eq!(
+            &*encode_content(RecordType::Cname, "www.example.net").unwrap(),
+            b"\x03www\x07example\x03net\x00"
+        );
+    }
+
+    #[test]
+    fn selection_functions() {
+        assert!(matches!(
+            a("pickrandom({'192.0.2.1','192.0.2.2'})").unwrap(),
+            Rule::Random(v) if v.len() == 2
+        ));
+        assert!(matches!(
+            a("pickrandomsample(-1, {'192.0.2.1'})").unwrap(),
+            Rule::RandomSample { n: -1, .. }
+        ));
+        assert!(matches!(
+            a("pickhashed{'192.0.2.1'}").unwrap(),
+            Rule::Hashed(v) if v.len() == 1
+        ));
+        assert!(matches!(
+            a("all({'192.0.2.1'})").unwrap(),
+            Rule::All(v) if v.len() == 1
+        ));
+        assert!(matches!(
+            a("pickclosest({'192.0.2.1','198.51.100.1'})").unwrap(),
+            Rule::Closest(v) if v.len() == 2
+        ));
+        assert!(err("all({})").contains("empty"));
+        assert!(err("pickrandom({})").contains("empty"));
+        assert!(err("pickclosest({'host.example'})").contains("not an IP address"));
+        assert!(
+            of("pickclosest({'192.0.2.1'})", RecordType::Txt)
+                .unwrap_err()
+                .to_string()
+                .contains("A or AAAA")
+        );
+        assert!(err("pickrandomsample(1.5, {'192.0.2.1'})").contains("whole number"));
+        assert!(err("pickrandom({'192.0.2.1'}, 2)").contains("takes 1 argument"));
+    }
+
+    #[test]
+    fn weighted_lists_follow_powerdns_walk_order() {
+        let Rule::WeightedHashed(w) =
+            a("pickwhashed({{10,'192.0.2.1'},{20,'192.0.2.2'},{30,'192.0.2.3'}})").unwrap()
+        else {
+            panic!()
+        };
+        // Internal order .3(30) .2(20) .1(10).
+        assert_eq!(
+            w.entries,
+            vec![
+                (30, v4("192.0.2.3")),
+                (50, v4("192.0.2.2")),
+                (60, v4("192.0.2.1"))
+            ]
+        );
+        // Weights are truncated, numeric strings accepted.
+        let Rule::WeightedRandom(w) =
+            a("pickwrandom({{'15.7','192.0.2.1'},{1,'192.0.2.2'}})").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(w.total(), 16);
+        assert!(err("pickwhashed({{0,'192.0.2.1'},{0,'192.0.2.2'}})").contains("add up to 0"));
+        assert!(err("pickwhashed({{-1,'192.0.2.1'}})").contains("out of range"));
+        assert!(err("pickwhashed({{'x','192.0.2.1'}})").contains("weight must be a number"));
+        assert!(err("pickwhashed({{1}})").contains("{weight, 'value'}"));
+    }
+
+    #[test]
+    fn chashed_ring() {
+        let Rule::ConsistentHashed(r) =
+            a("pickchashed({{2,'192.0.2.1'},{1,'192.0.2.2'}})").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.points.len(), 3);
+        assert!(r.points.windows(2).all(|p| p[0].0 <= p[1].0));
+        assert!(r.points.contains(&(918744709, 0)));
+        assert!(r.points.contains(&(1206295987, 1)));
+    }
+
+    #[test]
+    fn view_rules() {
+        let Rule::View(rules) = a(
+            "view({{{'10.0.0.0/8', '192.0.2.77'},{'192.0.2.10'}},{{'0.0.0.0/0'},{'192.0.2.99'}}})",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].nets[1], "192.0.2.77/32".parse::<IpNet>().unwrap());
+        assert!(err("view({{{'10.0.0.0/33'},{'192.0.2.1'}}})").contains("netmask"));
+        assert!(err("view({{{'10.0.0.0/8'},{}}})").contains("empty"));
+        assert!(err("view({{{'10.0.0.0/8'}}})").contains("rule 1"));
+    }
+
+    #[test]
+    fn ifurlup_groups_options_and_probes() {
+        let Rule::IfUp(u) = a(
+            "ifurlup('https://hc.example/ok', {{'192.0.2.1','192.0.2.2'},{'192.0.2.3'}}, {selector='pickfirst', backupSelector='all', timeout='3', interval=10, minimumFailures=3, rise=2, stringmatch='OK', useragent='x', byteslimit=100, httpcode=204, headers={X_Api_Key='k'}, failOnIncompleteCheck='true', source='192.0.2.200'})",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.group_starts, vec![0, 2]);
+        assert_eq!(u.candidates.len(), 3);
+        assert_eq!(u.selector, Selector::PickFirst);
+        assert_eq!(u.backup, Selector::All);
+        assert!(u.fail_on_incomplete);
+        let o = &u.candidates[0].probe.options;
+        assert_eq!(o.timeout, Duration::from_secs(3));
+        assert_eq!(o.interval, Duration::from_secs(10));
+        assert_eq!((o.fall, o.rise), (3, 2));
+        assert_eq!(o.stringmatch.as_deref(), Some("OK"));
+        assert_eq!(o.httpcode, 204);
+        assert_eq!(o.byteslimit, 100);
+        assert_eq!(o.headers, vec![("X-Api-Key".to_string(), "k".to_string())]);
+        assert_eq!(o.source, Some("192.0.2.200".parse().unwrap()));
+        assert_eq!(
+            u.candidates[2].probe.check,
+            Check::Http {
+                url: "https://hc.example/ok".into()
+            }
+        );
+
+        // Defaults come from [probes] and PowerDNS.
+        let Rule::IfUp(u) = a("ifurlup('http://h/', {'192.0.2.1'})").unwrap() else {
+            panic!()
+        };
+        let o = &u.candidates[0].probe.options;
+        assert_eq!(u.selector, Selector::Random);
+        assert_eq!(u.backup, Selector::Random);
+        assert_eq!(o.useragent, DEFAULT_USER_AGENT);
+        assert_eq!((o.httpcode, o.fall, o.rise), (200, 1, 1));
+        assert_eq!(o.timeout, Duration::from_secs(2));
+        assert_eq!(o.interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn ifportup_and_ifurlextup() {
+        let Rule::IfUp(u) =
+            a("ifportup(443, {{'192.0.2.1'},{'192.0.2.2'}}, {selector='all'})").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(u.group_starts, vec![0, 1]);
+        assert_eq!(u.candidates[1].probe.check, Check::Tcp { port: 443 });
+        assert!(err("ifportup(0, {'192.0.2.1'})").contains("port"));
+        assert!(err("ifportup(80, {'192.0.2.1'}, {httpcode=200})").contains("HTTP checks only"));
+
+        let Rule::IfUp(u) = a(
+            "ifurlextup({{['192.0.2.1']='https://a.example/h', ['192.0.2.2']='https://b.example/h'}, {['192.0.2.3']='http://c.example/'}}, {selector='all'})",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.group_starts, vec![0, 2]);
+        assert_eq!(
+            u.candidates[1].probe.check,
+            Check::HttpExternal {
+                url: "https://b.example/h".into()
+            }
+        );
+        assert_eq!(u.candidates[1].addr, "192.0.2.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn option_errors_name_the_option() {
+        let e = |opts: &str| err(&format!("ifurlup('http://h/', {{'192.0.2.1'}}, {opts})"));
+        assert!(e("{timeout=0}").contains("'timeout' is 0"));
+        assert!(e("{timeout='soon'}").contains("'timeout' must be a number"));
+        assert!(e("{selector='first'}").contains("unknown selector 'first'"));
+        assert!(e("{backupSelector='wrandom'}").contains("unknown selector 'wrandom'"));
+        assert!(e("{selecter='all'}").contains("unknown option 'selecter'"));
+        assert!(e("{failOnIncompleteCheck=1}").contains("failOnIncompleteCheck"));
+        assert!(e("{httpcode=999}").contains("'httpcode'"));
+        assert!(e("{source='nowhere'}").contains("'source'"));
+        assert!(e("{minimumFailures=1.5}").contains("'minimumFailures'"));
+        assert!(e("{headers={['bad name']='x'}}").contains("header name"));
+        assert!(e("'all'").contains("options must be a table"));
+        // failOnIncompleteCheck accepts a boolean, unlike PowerDNS 4.7.
+        assert!(a("ifurlup('http://h/', {'192.0.2.1'}, {failOnIncompleteCheck=true})").is_ok());
+    }
+
+    #[test]
+    fn candidates_must_be_addresses_of_the_record_family() {
+        assert!(err("ifurlup('http://h/', {'A 192.0.2.1'})").contains("not an IP address"));
+        assert!(err("ifurlup('http://h/', {'2001:db8::1'})").contains("IPv6"));
+        assert!(err("ifurlup('ftp://h/', {'192.0.2.1'})").contains("http://"));
+        assert!(err("ifurlup('http://h/', {})").contains("at least one"));
+        assert!(err("ifurlup('http://h/', {'192.0.2.1', {'192.0.2.2'}})").contains("mix"));
+        assert!(of("ifurlup('http://h/', {'192.0.2.1'})", RecordType::Cname).is_err());
+    }
+
+    #[test]
+    fn unsupported_constructs_name_themselves() {
+        for (body, needle) in [
+            ("country('NL')", "unsupported function 'country'"),
+            ("netmask({'10.0.0.0/8'})", "unsupported function 'netmask'"),
+            (
+                "picknamehashed({{1,'192.0.2.1'}})",
+                "unsupported function 'picknamehashed'",
+            ),
+            ("include('cfg')", "unsupported function 'include'"),
+            (
+                "pickfirst({'192.0.2.1'})",
+                "unsupported function 'pickfirst'",
+            ),
+            ("countryCode()..'x'", "unsupported function 'countryCode'"),
+            ("'a'..'b'", "operator '..'"),
+            ("1+1", "operator '+'"),
+            ("'a' or 'b'", "operator 'or'"),
+            ("not true", "operator 'not'"),
+            ("bestwho", "variable 'bestwho'"),
+            ("if x then return 1 end", "'if'"),
+            ("function() end", "function definition"),
+            ("who:toString()", "method access on 'who'"),
+            (";return '192.0.2.1'", "statement block"),
+            ("  ;error('boom')", "statement block"),
+            ("\"quoted\"", "double quote at column 1"),
+            ("'a' \"b\"", "double quote at column 5"),
+            ("('192.0.2.1')", "parenthesised"),
+        ] {
+            let e = err(body);
+            assert!(e.contains(needle), "{body}: {e}");
+        }
+        assert!(err("country('NL')").contains("supported: ifurlup"));
+        assert!(err("nil").contains("nil"));
+        assert!(err("true").contains("boolean"));
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let e = a("pickrandom({'192.0.2.1'").unwrap_err();
+        assert_eq!(e.kind(), "syntax");
+        assert!(e.to_string().contains("column 24"), "{e}");
+        assert!(err("pickrandom({'192.0.2.1)").contains("column 13"));
+        assert!(err("all({'192.0.2.1' '192.0.2.2'})").contains("column 18"));
+        assert!(err("").contains("empty expression"));
+        assert!(err("'a' 'b'").contains("after the expression"));
+        assert!(err("all({'\\q'})").contains("invalid escape"));
+        assert!(err("all({'192.0.2.1'}) $").contains("unexpected character '$'"));
+        let deep = format!("{}{}", "{".repeat(40), "}".repeat(40));
+        assert!(err(&deep).contains("nested deeper"));
+    }
+
+    proptest::proptest! {
+        /// Bodies from zone transfers are untrusted: any text gives a rule or an error.
+        #[test]
+        fn compile_never_panics(body in "[a-z{}()\\[\\]',;=0-9.:+ \\-\\\\x\n]{0,80}") {
+            for t in [RecordType::A, RecordType::Aaaa, RecordType::Cname, RecordType::Txt] {
+                let _ = compile(&body, t, &defaults());
+            }
+        }
+
+        #[test]
+        fn txt_content_never_panics(value in "[ -~]{0,40}") {
+            let _ = encode_content(RecordType::Txt, &value);
+        }
+    }
+
+    #[test]
+    fn lua_string_escapes() {
+        assert_eq!(
+            of("'a\\tb\\65\\x42\\''", RecordType::Txt).unwrap(),
+            Rule::Static(vec![b"\x06a\tbAB'".to_vec().into()])
+        );
+        assert_eq!(lua_number(2.0), "2");
+        assert_eq!(lua_number(-1.0), "-1");
+        assert_eq!(lua_number(0.25), "0.25");
+    }
+}
