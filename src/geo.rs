@@ -288,6 +288,12 @@ mod tests {
     const BEIJING: (f64, f64) = (39.9042, 116.4074);
 
     #[test]
+    fn shared_across_worker_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<GeoDb>();
+    }
+
+    #[test]
     fn metadata_of_committed_database() {
         let db = test_db();
         assert_eq!(db.database_type(), "GeoIP2-City");
