@@ -143,13 +143,13 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
         "dnsteer_ratelimit_checks_total",
         "Rate-limit checks made (non-exempt queries).",
         MetricType::COUNTER,
-        rl.checks() as f64,
+        rl.stats().checks as f64,
     ));
     out.push(scalar(
         "dnsteer_ratelimit_blocks_total",
         "Blocks started (a source went over its rate).",
         MetricType::COUNTER,
-        rl.blocks_started() as f64,
+        rl.stats().blocks_started as f64,
     ));
     out.push(scalar(
         "dnsteer_ratelimit_blocked_sources",
@@ -167,7 +167,7 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
         "dnsteer_ratelimit_evictions_total",
         "Table entries replaced to make room for new sources.",
         MetricType::COUNTER,
-        rl.evictions() as f64,
+        rl.stats().evictions as f64,
     ));
 
     probe_metrics(shared, &mut out);
