@@ -1535,6 +1535,7 @@ mod tests {
             soa_rdata: vec![0],
             negative_ttl: 60,
             signed: false,
+            soa_ttl: 300,
         };
         [
             ("lua.test.".to_string(), info("lua.test.")),
