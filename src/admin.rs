@@ -172,6 +172,8 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
 
     probe_metrics(shared, &mut out);
 
+    zone_metrics(shared, &mut out);
+
     out.push(family(
         "dnsteer_config_reloads_total",
         "Config reloads, by result.",
@@ -316,6 +318,8 @@ fn status_json(shared: &Shared) -> String {
         "upstreams": upstreams,
         "probes": shared.probes.status(),
         "records_in_process": !snap.records.is_empty(),
+        "zones": shared.transfers.status(),
+        "left_to_powerdns": left_to_powerdns(shared),
         "ratelimit": {
             "enabled": snap.config.ratelimit.enabled,
             "dry_run": snap.config.ratelimit.dry_run,
@@ -422,6 +426,83 @@ fn probe_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
         MetricType::COUNTER,
         c.failures()
             .map(|(k, n)| (vec![("error", k.to_string())], n as f64))
+            .collect(),
+    ));
+}
+
+/// Transferred LUA records dnsteer does not answer (PowerDNS does), with the reason.
+fn left_to_powerdns(shared: &Shared) -> Vec<serde_json::Value> {
+    let snap = shared.snapshot.load();
+    let mut v: Vec<serde_json::Value> = snap
+        .rejected
+        .iter()
+        .map(|r| {
+            let zone = match &r.spec.origin {
+                crate::config::RecordOrigin::Zone { zone } => zone.clone(),
+                crate::config::RecordOrigin::Config { .. } => String::new(),
+            };
+            serde_json::json!({"zone": zone, "name": r.spec.name, "type": r.spec.rtype.name(), "reason": r.reason})
+        })
+        .collect();
+    for z in shared.transfers.status() {
+        for u in z.unsupported {
+            v.push(serde_json::json!({"zone": z.zone, "name": u.name, "type": u.rtype, "reason": u.reason}));
+        }
+    }
+    v
+}
+
+/// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.
+fn zone_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
+    let snap = shared.snapshot.load();
+    let status = shared.transfers.status();
+    let zone_of = |r: &crate::records::Rejected| match &r.spec.origin {
+        crate::config::RecordOrigin::Zone { zone } => zone.clone(),
+        crate::config::RecordOrigin::Config { .. } => String::new(),
+    };
+    out.push(family(
+        "dnsteer_zone_serial",
+        "SOA serial of the transferred zone data in use.",
+        MetricType::GAUGE,
+        status
+            .iter()
+            .map(|z| (vec![("zone", z.zone.clone())], z.serial.unwrap_or(0) as f64))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_zone_transfers_total",
+        "Zone transfers from PowerDNS, by result.",
+        MetricType::COUNTER,
+        status
+            .iter()
+            .flat_map(|z| {
+                [
+                    (
+                        vec![("zone", z.zone.clone()), ("result", "ok".into())],
+                        z.transfers_ok as f64,
+                    ),
+                    (
+                        vec![("zone", z.zone.clone()), ("result", "failed".into())],
+                        z.transfers_failed as f64,
+                    ),
+                ]
+            })
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_zone_lua_records",
+        "LUA records of transferred zones, by who answers them (dnsteer, or PowerDNS because dnsteer cannot compile them).",
+        MetricType::GAUGE,
+        status
+            .iter()
+            .flat_map(|z| {
+                let rejected = snap.rejected.iter().filter(|r| zone_of(r) == z.zone).count();
+                let left = rejected + z.unsupported.len();
+                [
+                    (vec![("zone", z.zone.clone()), ("answered_by", "dnsteer".into())], z.records.saturating_sub(rejected) as f64),
+                    (vec![("zone", z.zone.clone()), ("answered_by", "powerdns".into())], left as f64),
+                ]
+            })
             .collect(),
     ));
 }

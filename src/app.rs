@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub zones: Zones,
     pub upstream: Arc<UpstreamSet>,
     pub sample_threshold: u64,
+    /// Transferred LUA records left to PowerDNS because they do not compile here, and why.
+    pub rejected: Vec<records::Rejected>,
 }
 
 /// Control-plane facts for `/status`.
@@ -62,6 +64,10 @@ pub struct Shared {
     pub control: Mutex<ControlStatus>,
     pub listen_addrs: Mutex<Vec<SocketAddr>>,
     pub started_unix: u64,
+    /// `[zones].transfer` data.
+    pub transfers: Arc<crate::zones::Transfers>,
+    /// NOTIFYs from the packet path to the transfer loop (bounded; full = dropped).
+    pub notify_tx: tokio::sync::mpsc::Sender<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,8 +134,24 @@ pub async fn build_snapshot(
     probes: &ProbePool,
     previous: Option<&Snapshot>,
     force_geo_reload: bool,
+    transferred: &[crate::config::RecordSpec],
 ) -> Result<Snapshot, StartError> {
-    let compiled = records::compile(&config)?;
+    // A name/type defined in the TOML wins over the same name/type from a zone.
+    let transferred: Vec<_> = transferred
+        .iter()
+        .filter(|t| {
+            let overridden = config.records.iter().any(|c| c.name == t.name && c.rtype == t.rtype);
+            if overridden {
+                tracing::warn!(name = %t.name, rtype = t.rtype.name(), "record defined in the config and in a transferred zone: the config wins");
+            }
+            !overridden
+        })
+        .cloned()
+        .collect();
+    let (compiled, rejected) = records::compile_with(&config, &transferred)?;
+    for r in &rejected {
+        tracing::info!(name = %r.spec.name, rtype = r.spec.rtype.name(), reason = %r.reason, "transferred LUA record left to PowerDNS");
+    }
     let geo = if force_geo_reload {
         match &config.geoip {
             Some(g) => Some(Arc::new(GeoDb::open(&g.database)?)),
@@ -158,6 +180,7 @@ pub async fn build_snapshot(
         geo,
         zones,
         upstream,
+        rejected,
     })
 }
 
@@ -188,7 +211,24 @@ impl App {
         let log = QueryLog::start(config.logging.event_rate_limit);
         let probes = control.block_on(async { ProbePool::new(&config.probes) });
         let limiter = RateLimiter::new(&config.ratelimit);
-        let snap = control.block_on(build_snapshot(config, &probes, None, false))?;
+        // Zones to transfer are read before the first table is built, so their records are
+        // answered in-process from the start (a failure here is retried by the zone loop).
+        let transfers = Arc::new(crate::zones::Transfers::default());
+        control.block_on(async {
+            for zone in &config.zones.transfer {
+                let _ = transfers
+                    .refresh(&config.upstream.servers, zone, true)
+                    .await;
+            }
+        });
+        let snap = control.block_on(build_snapshot(
+            config,
+            &probes,
+            None,
+            false,
+            &transfers.specs(),
+        ))?;
+        let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(crate::zones::NOTIFY_QUEUE);
         let status = ControlStatus {
             config_file: config_path.display().to_string(),
             config_hash: snap.config.hash.clone(),
@@ -213,6 +253,8 @@ impl App {
             control: Mutex::new(status),
             listen_addrs: Mutex::new(Vec::new()),
             started_unix: unix_now(),
+            transfers,
+            notify_tx,
         });
 
         let metrics_listener = control
@@ -260,6 +302,7 @@ impl App {
             ));
         }
         control.spawn(crate::reload::run(shared.clone(), config_path.clone()));
+        control.spawn(crate::zones::run(shared.clone(), notify_rx));
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = ?bound.addrs,

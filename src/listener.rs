@@ -269,6 +269,7 @@ async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool
                 log: &w.shared.log,
                 sampler: &mut sampler,
                 max_udp_payload: w.shared.restart.max_udp_payload,
+                notify: &w.shared.notify_tx,
             };
             pipeline::handle(&mut ctx, &buf[..n], src, Transport::Udp, received, &mut out)
         };
@@ -571,6 +572,7 @@ async fn tcp_connection(
                 log: &w.shared.log,
                 sampler: &mut sampler,
                 max_udp_payload: w.shared.restart.max_udp_payload,
+                notify: &w.shared.notify_tx,
             };
             pipeline::handle(&mut ctx, &msg, peer, Transport::Tcp, received, &mut out)
         };

@@ -506,9 +506,17 @@ fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Me
 /// Encodes families in the Prometheus text format.
 pub fn encode(families: &[MetricFamily]) -> String {
     use prometheus::Encoder;
+    // The encoder rejects a family without samples and stops there, losing every family after
+    // it: leave empty ones out (e.g. probe families when no record uses probes).
+    let families: Vec<MetricFamily> = families
+        .iter()
+        .filter(|f| !f.get_metric().is_empty())
+        .cloned()
+        .collect();
     let mut buf = Vec::new();
-    // Encoding our own well-formed families cannot fail; an empty body is the fallback.
-    let _ = prometheus::TextEncoder::new().encode(families, &mut buf);
+    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
     String::from_utf8(buf).unwrap_or_default()
 }
 
@@ -547,5 +555,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.total_queries(), 2);
+    }
+
+    #[test]
+    fn an_empty_family_does_not_hide_the_rest() {
+        let fams = vec![
+            family("a_total", "a", MetricType::COUNTER, Vec::new()),
+            scalar("b_total", "b", MetricType::COUNTER, 1.0),
+        ];
+        assert!(encode(&fams).contains("b_total 1"));
     }
 }

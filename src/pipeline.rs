@@ -36,6 +36,8 @@ pub struct Ctx<'a> {
     pub log: &'a QueryLog,
     pub sampler: &'a mut Sampler,
     pub max_udp_payload: u16,
+    /// Where NOTIFYs for transferred zones go.
+    pub notify: &'a tokio::sync::mpsc::Sender<String>,
 }
 
 /// Decides what to do with one packet from `src`, writing any local answer into `out`.
@@ -94,9 +96,7 @@ pub fn handle(
         Err(e) => return malformed(ctx, pkt, src_ip, e, t, out),
     };
     if q.opcode != 0 {
-        // NOTIFY is only meaningful for zone transfers, which PowerDNS (not we) serves.
-        ctx.metrics.query(t, Decision::Error);
-        return reply_error_counted(ctx, pkt, rcode::REFUSED, t, out);
+        return notify(ctx, pkt, src_ip, t, out);
     }
 
     let sampled = ctx.sampler.sample(ctx.snap.sample_threshold);
@@ -244,6 +244,29 @@ impl AnswerSink for Sink<'_, '_> {
 fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {
     if out.get(2).is_some_and(|b| b & 0x02 != 0) {
         ctx.metrics.truncated.inc();
+    }
+}
+
+/// NOTIFY (RFC 1996) for a `[zones].transfer` zone from an allowed source: acknowledged and
+/// passed to the transfer loop. Anything else: REFUSED.
+fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Vec<u8>) -> Action {
+    ctx.metrics.query(t, Decision::Error);
+    let cfg = &ctx.snap.config;
+    let zone = crate::xfr::parse_notify(pkt).map(|(_, z)| z.to_ascii_lowercase());
+    match zone {
+        Some(zone)
+            if cfg.zones.transfer.contains(&zone) && crate::zones::notify_allowed(cfg, src) =>
+        {
+            // A full queue means refreshes are already pending: dropping this one loses nothing.
+            let _ = ctx.notify.try_send(zone);
+            if crate::xfr::notify_ack(pkt, out) {
+                ctx.metrics.response(t, rcode::NOERROR);
+                Action::Reply
+            } else {
+                Action::Drop
+            }
+        }
+        _ => reply_error_counted(ctx, pkt, rcode::REFUSED, t, out),
     }
 }
 

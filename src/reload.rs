@@ -118,12 +118,45 @@ pub async fn reload_once(
     for key in &restart_changes {
         tracing::warn!(target: "dnsteer::reload", key, "setting changed in the file but needs a restart; keeping the running value");
     }
-    let next = match build_snapshot(config, &shared.probes, Some(&current), force_geo).await {
+    let next = match build_snapshot(
+        config,
+        &shared.probes,
+        Some(&current),
+        force_geo,
+        &shared.transfers.specs(),
+    )
+    .await
+    {
         Ok(s) => s,
         Err(e) => return Err(fail(shared, e.to_string())),
     };
     apply(shared, &current, next, restart_changes);
     Ok(true)
+}
+
+/// Rebuilds the record table from the running config and the current transferred zones (after
+/// a zone changed). Probes for new targets run before the new table is published.
+pub async fn rebuild(shared: &Arc<Shared>) -> Result<(), String> {
+    let _guard = RELOAD_LOCK.lock().await;
+    let current = shared.snapshot.load_full();
+    let config = (*current.config).clone();
+    let next = build_snapshot(
+        config,
+        &shared.probes,
+        Some(&current),
+        false,
+        &shared.transfers.specs(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let restart = shared
+        .control
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restart_required
+        .clone();
+    apply(shared, &current, next, restart);
+    Ok(())
 }
 
 fn apply(

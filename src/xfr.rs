@@ -77,7 +77,7 @@ pub struct ZoneData {
 }
 
 /// A LUA record dnsteer does not answer (PowerDNS still does).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Unsupported {
     /// Lower-case, absolute.
     pub name: String,

@@ -1,5 +1,6 @@
-//! Facts about the zones that hold in-process records, learned from PowerDNS (control plane):
-//! the SOA for NODATA answers and whether the zone is signed (DNSKEY at the apex).
+//! Zones, from PowerDNS (control plane): the SOA and signing facts of the zones that hold
+//! in-process records, and the LUA records of `[zones].transfer` zones, kept current by SOA
+//! serial polling and NOTIFY and answered in-process (see `xfr` for the wire side).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -164,6 +165,189 @@ pub async fn learn_all(
 /// True if `name` is `apex` or below it (both lower-case, absolute).
 pub fn is_subdomain(name: &str, apex: &str) -> bool {
     apex == "." || name == apex || name.ends_with(&format!(".{apex}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transferred zones
+// ---------------------------------------------------------------------------------------------
+
+/// What dnsteer knows of one `[zones].transfer` zone.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TransferStatus {
+    pub zone: String,
+    /// Serial of the data in use (None: no transfer succeeded yet).
+    pub serial: Option<u32>,
+    pub records: usize,
+    /// LUA records left to PowerDNS (not A/AAAA/CNAME/TXT, or cut by re-chunking).
+    pub unsupported: Vec<crate::xfr::Unsupported>,
+    pub last_transfer_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub transfers_ok: u64,
+    pub transfers_failed: u64,
+}
+
+/// Transferred zone data shared by the transfer loop, reloads and `/status`.
+#[derive(Default)]
+pub struct Transfers {
+    zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
+}
+
+/// Whole-transfer time limit per server.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// NOTIFYs queued for the transfer loop; more are dropped (a refresh is pending anyway).
+pub const NOTIFY_QUEUE: usize = 64;
+
+impl Transfers {
+    /// Every transferred record spec, for compiling (zones in name order).
+    pub fn specs(&self) -> Vec<crate::config::RecordSpec> {
+        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = zones.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|z| zones[z].1.iter().cloned())
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<TransferStatus> {
+        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<TransferStatus> = zones.values().map(|(s, _)| s.clone()).collect();
+        v.sort_by(|a, b| a.zone.cmp(&b.zone));
+        v
+    }
+
+    fn serial(&self, zone: &str) -> Option<u32> {
+        self.zones
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(zone)
+            .and_then(|(s, _)| s.serial)
+    }
+
+    /// Forgets zones no longer configured.
+    fn retain(&self, wanted: &[String]) -> bool {
+        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let before = zones.len();
+        zones.retain(|z, _| wanted.contains(z));
+        zones.len() != before
+    }
+
+    /// Transfers `zone` if its serial changed (or always with `force`). Ok(true) when new data
+    /// was stored; a failed transfer keeps the previous data.
+    pub async fn refresh(
+        &self,
+        servers: &[SocketAddr],
+        zone: &str,
+        force: bool,
+    ) -> Result<bool, String> {
+        let known = self.serial(zone);
+        if !force && let Some(known) = known {
+            let serial = crate::xfr::soa_serial(servers, zone, TRANSFER_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string());
+            match serial {
+                Ok(s) if s == known => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(self.failed(zone, e)),
+            }
+        }
+        match crate::xfr::transfer(servers, zone, TRANSFER_TIMEOUT).await {
+            Ok(data) => {
+                for u in &data.unsupported {
+                    tracing::info!(target: "dnsteer::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
+                }
+                tracing::info!(target: "dnsteer::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
+                let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = zones.entry(zone.to_string()).or_default();
+                entry.0.zone = zone.to_string();
+                entry.0.serial = Some(data.serial);
+                entry.0.records = data.records.len();
+                entry.0.unsupported = data.unsupported;
+                entry.0.last_transfer_unix = Some(crate::app::unix_now());
+                entry.0.last_error = None;
+                entry.0.transfers_ok += 1;
+                entry.1 = data.records;
+                Ok(true)
+            }
+            Err(e) => Err(self.failed(zone, e.to_string())),
+        }
+    }
+
+    fn failed(&self, zone: &str, error: String) -> String {
+        tracing::warn!(target: "dnsteer::zones", zone, error = %error, "zone transfer failed; the previous records keep serving");
+        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = zones.entry(zone.to_string()).or_default();
+        entry.0.zone = zone.to_string();
+        entry.0.last_error = Some(error.clone());
+        entry.0.transfers_failed += 1;
+        error
+    }
+}
+
+/// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
+pub fn notify_allowed(config: &crate::config::Config, src: std::net::IpAddr) -> bool {
+    match &config.zones.notify_from {
+        Some(list) => list.contains(&src),
+        None => config
+            .upstream
+            .servers
+            .iter()
+            .any(|s| s.ip().to_canonical() == src),
+    }
+}
+
+/// Keeps the transferred zones current: polls SOA serials every `refresh`, transfers on a
+/// change or a NOTIFY, retries failures with backoff, and rebuilds the record table when a
+/// zone's records changed.
+pub async fn run(
+    shared: std::sync::Arc<crate::app::Shared>,
+    mut notify: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut backoff: HashMap<String, (Duration, tokio::time::Instant)> = HashMap::new();
+    // Zones named by a NOTIFY: transferred without trusting the serial (PowerDNS's packet
+    // cache may still serve the old SOA for up to its cache-ttl).
+    let mut forced: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let config = shared.snapshot.load().config.clone();
+        let refresh = config.zones.refresh;
+        let mut changed = shared.transfers.retain(&config.zones.transfer);
+        let now = tokio::time::Instant::now();
+        for zone in &config.zones.transfer {
+            if backoff.get(zone).is_some_and(|(_, until)| *until > now) {
+                continue;
+            }
+            let force = forced.remove(zone);
+            match shared
+                .transfers
+                .refresh(&config.upstream.servers, zone, force)
+                .await
+            {
+                Ok(c) => {
+                    changed |= c;
+                    backoff.remove(zone);
+                }
+                Err(_) => {
+                    let next = backoff.get(zone).map_or(Duration::from_secs(1), |(d, _)| {
+                        (*d * 2).min(refresh.max(Duration::from_secs(1)))
+                    });
+                    backoff.insert(zone.clone(), (next, now + next));
+                }
+            }
+        }
+        if changed && let Err(e) = crate::reload::rebuild(&shared).await {
+            tracing::error!(target: "dnsteer::zones", error = %e, "cannot rebuild the record table after a zone change");
+        }
+        let wait = tokio::time::sleep(refresh);
+        tokio::pin!(wait);
+        tokio::select! {
+            _ = &mut wait => {}
+            Some(zone) = notify.recv() => {
+                tracing::info!(target: "dnsteer::zones", zone = %zone, "NOTIFY received: transferring the zone now");
+                backoff.remove(&zone);
+                forced.insert(zone);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
