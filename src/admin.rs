@@ -173,6 +173,24 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     probe_metrics(shared, &mut out);
 
     zone_metrics(shared, &mut out);
+    out.push(family(
+        "dnsteer_record_answers_total",
+        "In-process answers per record (name and type from the config or a transferred zone), by outcome.",
+        MetricType::COUNTER,
+        snap.records
+            .sets()
+            .flat_map(|set| {
+                let totals = set.stats.totals();
+                let rtype = crate::config::RecordType::from_code(set.rtype).map_or("?", |t| t.name());
+                crate::records::AnswerKind::ALL.iter().map(move |k| {
+                    (
+                        vec![("name", set.name.clone()), ("type", rtype.to_string()), ("outcome", k.label().to_string())],
+                        totals[*k as usize] as f64,
+                    )
+                })
+            })
+            .collect(),
+    ));
 
     out.push(family(
         "dnsteer_config_reloads_total",
@@ -317,7 +335,15 @@ fn status_json(shared: &Shared) -> String {
         "workers": shared.restart.workers,
         "upstreams": upstreams,
         "probes": shared.probes.status(),
-        "records_in_process": !snap.records.is_empty(),
+        "records_in_process": snap.records.sets().map(|set| {
+            let t = set.stats.totals();
+            serde_json::json!({
+                "name": set.name,
+                "type": crate::config::RecordType::from_code(set.rtype).map_or("?", |t| t.name()),
+                "ttl": set.ttl,
+                "answers": {"primary": t[0], "backup": t[1], "empty": t[2], "error": t[3]},
+            })
+        }).collect::<Vec<_>>(),
         "zones": shared.transfers.status(),
         "left_to_powerdns": left_to_powerdns(shared),
         "ratelimit": {

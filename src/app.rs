@@ -171,7 +171,10 @@ pub async fn build_snapshot(
     )
     .await;
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
-    let records = RecordTable::link(&compiled, &health, locate, &zones);
+    let mut records = RecordTable::link(&compiled, &health, locate, &zones);
+    if let Some(prev) = previous {
+        records.adopt_stats(&prev.records);
+    }
     let upstream = UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref()));
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),

@@ -134,6 +134,7 @@ pub struct TcpCounts {
 
 /// One worker's state, shared by its tasks (single thread: `Rc` and `RefCell`).
 struct Worker {
+    index: usize,
     shared: Arc<Shared>,
     snap: RefCell<arc_swap::Cache<Arc<arc_swap::ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     metrics: Arc<WorkerMetrics>,
@@ -194,6 +195,7 @@ pub fn run_worker(
             udp_socks.push(Rc::new(UdpSocket::from_std(s)?));
         }
         let worker = Rc::new(Worker {
+            index,
             snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
             metrics: shared.metrics.register_worker(),
             sampler: RefCell::new(Sampler::default()),
@@ -270,6 +272,7 @@ async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool
                 sampler: &mut sampler,
                 max_udp_payload: w.shared.restart.max_udp_payload,
                 notify: &w.shared.notify_tx,
+                worker: w.index,
             };
             pipeline::handle(&mut ctx, &buf[..n], src, Transport::Udp, received, &mut out)
         };
@@ -573,6 +576,7 @@ async fn tcp_connection(
                 sampler: &mut sampler,
                 max_udp_payload: w.shared.restart.max_udp_payload,
                 notify: &w.shared.notify_tx,
+                worker: w.index,
             };
             pipeline::handle(&mut ctx, &msg, peer, Transport::Tcp, received, &mut out)
         };

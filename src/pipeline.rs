@@ -14,7 +14,7 @@ use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
 use crate::querylog::{Event, QueryEntry, QueryLog, Sampler};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::records::{AnswerSink, Client, Lookup, Outcome};
+use crate::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
 
 /// What the transport should do with the packet.
 // Returned by value once per packet; boxing the query would cost an allocation per forward.
@@ -38,6 +38,8 @@ pub struct Ctx<'a> {
     pub max_udp_payload: u16,
     /// Where NOTIFYs for transferred zones go.
     pub notify: &'a tokio::sync::mpsc::Sender<String>,
+    /// This worker's index (shards per-record counters).
+    pub worker: usize,
 }
 
 /// Decides what to do with one packet from `src`, writing any local answer into `out`.
@@ -140,15 +142,17 @@ pub fn handle(
                         b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
                     }
                     let len = b.finish(edns_reply(ev.scope), max_size);
-                    let d = match ev.outcome {
-                        Outcome::Primary => Decision::Rule,
-                        Outcome::Backup => Decision::Backup,
-                        Outcome::Empty => Decision::Empty,
+                    let (d, kind) = match ev.outcome {
+                        Outcome::Primary => (Decision::Rule, AnswerKind::Primary),
+                        Outcome::Backup => (Decision::Backup, AnswerKind::Backup),
+                        Outcome::Empty => (Decision::Empty, AnswerKind::Empty),
                     };
+                    set.stats.count(ctx.worker, kind);
                     note_truncation(ctx, out, len);
                     (d, rcode::NOERROR, n)
                 }
                 Err(e) => {
+                    set.stats.count(ctx.worker, AnswerKind::Error);
                     let b = ResponseBuilder::new(out, pkt, &q, rcode::SERVFAIL, true);
                     b.finish(edns_reply(0), max_size);
                     ctx.log.event(Event::ServFail {

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
 use crate::geo::{GeoDb, Location};
@@ -298,8 +299,66 @@ fn uses_pickclosest(rule: &Rule) -> bool {
 // Link
 // ---------------------------------------------------------------------------------------------
 
+/// What an in-process answer was, for per-record metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerKind {
+    Primary = 0,
+    Backup = 1,
+    Empty = 2,
+    Error = 3,
+}
+
+impl AnswerKind {
+    pub const ALL: [AnswerKind; 4] = [
+        AnswerKind::Primary,
+        AnswerKind::Backup,
+        AnswerKind::Empty,
+        AnswerKind::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            AnswerKind::Primary => "primary",
+            AnswerKind::Backup => "backup",
+            AnswerKind::Empty => "empty",
+            AnswerKind::Error => "error",
+        }
+    }
+}
+
+#[repr(align(64))]
+#[derive(Default)]
+struct StatShard([AtomicU64; 4]);
+
+/// Answers of one record set by kind. Sharded by worker so two workers answering the same
+/// record do not bounce one cache line; kept across table rebuilds (`adopt_stats`).
+#[derive(Default)]
+pub struct AnswerStats {
+    shards: [StatShard; 8],
+}
+
+impl AnswerStats {
+    #[inline]
+    pub fn count(&self, worker: usize, kind: AnswerKind) {
+        self.shards[worker & 7].0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn totals(&self) -> [u64; 4] {
+        let mut t = [0u64; 4];
+        for s in &self.shards {
+            for (i, c) in s.0.iter().enumerate() {
+                t[i] += c.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+}
+
 /// All records at one name and type, and how to answer them.
 pub struct RecordSet {
+    /// Owner name, presentation form (lower case, absolute): metrics label and /status.
+    pub name: String,
+    pub stats: Arc<AnswerStats>,
     /// The smallest TTL of the records (an RRset has one TTL).
     pub ttl: u32,
     pub rtype: u16,
@@ -383,6 +442,8 @@ impl RecordTable {
                 })
                 .collect();
             let record_set = RecordSet {
+                name: set.name.clone(),
+                stats: Arc::default(),
                 ttl: set.parts.iter().map(|p| p.0).min().unwrap_or(0),
                 rtype: set.rtype.code(),
                 parts,
@@ -406,6 +467,26 @@ impl RecordTable {
             entry.sets.push(record_set);
         }
         table
+    }
+
+    /// Every record set (for metrics and /status).
+    pub fn sets(&self) -> impl Iterator<Item = &RecordSet> {
+        self.names.values().flat_map(|e| e.sets.iter())
+    }
+
+    /// Takes over the answer counters of `previous` for sets with the same name and type, so
+    /// a reload does not reset them.
+    pub fn adopt_stats(&mut self, previous: &RecordTable) {
+        for (key, entry) in self.names.iter_mut() {
+            let Some(prev) = previous.names.get(key) else {
+                continue;
+            };
+            for set in entry.sets.iter_mut() {
+                if let Some(p) = prev.sets.iter().find(|p| p.rtype == set.rtype) {
+                    set.stats = p.stats.clone();
+                }
+            }
+        }
     }
 
     /// `qname` is lower-case, uncompressed wire format.
