@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub sample_threshold: u64,
     /// Transferred LUA records left to PowerDNS because they do not compile here, and why.
     pub rejected: Vec<records::Rejected>,
+    /// Owner names of the in-process records (their zones' facts are refreshed on SOA TTL).
+    pub record_names: Vec<String>,
 }
 
 /// Control-plane facts for `/status`.
@@ -163,9 +165,10 @@ pub async fn build_snapshot(
     // New probe targets are probed once before the records that use them go live.
     let health = probes.sync(&compiled.probe_specs()).await;
     let previous_zones = previous.map(|p| p.zones.clone()).unwrap_or_default();
+    let record_names = compiled.names();
     let zones = crate::zones::learn_all(
         &config.upstream.servers,
-        &compiled.names(),
+        &record_names,
         config.upstream.timeout,
         &previous_zones,
     )
@@ -184,6 +187,7 @@ pub async fn build_snapshot(
         zones,
         upstream,
         rejected,
+        record_names,
     })
 }
 

@@ -284,6 +284,19 @@ impl Transfers {
     }
 }
 
+/// When to re-learn zone facts: the smallest SOA TTL (5 s – 1 h), or 5 s while a record's
+/// zone is still unknown (upstream was down when it was first asked).
+fn facts_interval(zones: &Zones, names: &[String]) -> Duration {
+    let all_known = names
+        .iter()
+        .all(|n| zones.keys().any(|apex| is_subdomain(n, apex)));
+    if !all_known {
+        return Duration::from_secs(5);
+    }
+    let ttl = zones.values().map(|z| z.soa_ttl).min().unwrap_or(3600);
+    Duration::from_secs(u64::from(ttl).clamp(5, 3600))
+}
+
 /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
 pub fn notify_allowed(config: &crate::config::Config, src: std::net::IpAddr) -> bool {
     match &config.zones.notify_from {
@@ -307,6 +320,10 @@ pub async fn run(
     // Zones named by a NOTIFY: transferred without trusting the serial (PowerDNS's packet
     // cache may still serve the old SOA for up to its cache-ttl).
     let mut forced: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let first = shared.snapshot.load_full();
+    let mut facts_due =
+        tokio::time::Instant::now() + facts_interval(&first.zones, &first.record_names);
+    drop(first);
     loop {
         let config = shared.snapshot.load().config.clone();
         let refresh = config.zones.refresh;
@@ -334,10 +351,30 @@ pub async fn run(
                 }
             }
         }
+        if !changed && tokio::time::Instant::now() >= facts_due {
+            // SOA/DNSKEY facts of the zones holding in-process records, on the SOA TTL.
+            let snap = shared.snapshot.load_full();
+            let fresh = learn_all(
+                &config.upstream.servers,
+                &snap.record_names,
+                config.upstream.timeout,
+                &snap.zones,
+            )
+            .await;
+            changed = fresh != snap.zones;
+            facts_due = tokio::time::Instant::now() + facts_interval(&fresh, &snap.record_names);
+        }
         if changed && let Err(e) = crate::reload::rebuild(&shared).await {
             tracing::error!(target: "dnsteer::zones", error = %e, "cannot rebuild the record table after a zone change");
         }
-        let wait = tokio::time::sleep(refresh);
+        let poll = if config.zones.transfer.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            refresh
+        };
+        let wait = tokio::time::sleep(
+            poll.min(facts_due.saturating_duration_since(tokio::time::Instant::now())),
+        );
         tokio::pin!(wait);
         tokio::select! {
             _ = &mut wait => {}
