@@ -155,10 +155,10 @@ fn pickclosest_without_a_geoip_database_is_a_config_error() {
     let path = dir.path().join("dnsteer.toml");
     std::fs::write(&path, record("closest.geo.test.", CLOSEST)).unwrap();
     let config = dnsteer::config::Config::load(&path).unwrap();
-    let err = dnsteer::records::compile(&config)
-        .err()
-        .expect("rejected")
-        .to_string();
+    let Err(err) = dnsteer::records::compile(&config) else {
+        panic!("pickclosest without [geoip] must be rejected");
+    };
+    let err = err.to_string();
     assert!(err.contains("GeoIP") || err.contains("geoip"), "{err}");
 }
 
