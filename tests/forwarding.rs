@@ -412,3 +412,124 @@ fn tcp_pipelining_100_queries_on_one_connection() {
     }
     assert!(want.is_empty());
 }
+
+#[test]
+fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
+    // A fake upstream that answers every packet with junk (wrong ID, then a runt).
+    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    fake.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let junk = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = fake.recv_from(&mut buf) {
+                let mut wrong = buf[..n].to_vec();
+                wrong[0] ^= 0xff;
+                wrong[2] |= 0x80;
+                let _ = fake.send_to(&wrong, from);
+                let _ = fake.send_to(&[1, 2, 3], from);
+            }
+        }
+    });
+    let (app, _dir) = start_dnsteer(&[fake_addr], "attempts = 1\n");
+    let m = dns_query(
+        app.dns_addrs[0],
+        "www.demo.test.",
+        RecordType::A,
+        &QueryOpts::udp(),
+    )
+    .unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    let text = metrics(&app);
+    assert!(
+        metric_value(
+            &text,
+            "dnsteer_malformed_total{kind=\"mismatched_upstream_response\"}"
+        ) >= 2.0,
+        "{text}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    junk.join().unwrap();
+}
+
+#[test]
+fn tcp_connection_caps_and_idle_timeout() {
+    let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dnsteer.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ntcp_max_connections_per_client = 2\n\
+             tcp_idle_timeout = \"300ms\"\ntcp_max_queries_per_connection = 3\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[ratelimit]\nenabled = false\n\
+             [upstream]\nservers = [\"{}\"]\n",
+            pdns.addr()
+        ),
+    )
+    .unwrap();
+    let app = dnsteer::app::App::start(dnsteer::config::Config::load(&path).unwrap()).unwrap();
+    let front = app.dns_addrs[0];
+    let mut buf = [0u8; 64];
+    // Two connections are allowed from one client; the third is closed at once.
+    let c1 = TcpStream::connect(front).unwrap();
+    let c2 = TcpStream::connect(front).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut c3 = TcpStream::connect(front).unwrap();
+    c3.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(
+        c3.read(&mut buf).unwrap_or(0),
+        0,
+        "third connection from one client must be closed"
+    );
+    // An idle connection is closed after the idle timeout.
+    let mut idle = c1;
+    idle.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let t = Instant::now();
+    assert_eq!(idle.read(&mut buf).unwrap_or(0), 0);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "idle close took {:?}",
+        t.elapsed()
+    );
+    drop(c2);
+    // A connection answers at most 3 queries, then closes.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut c = TcpStream::connect(front).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    for _ in 0..4 {
+        let (_, wire) = support::build_query("www.demo.test.", RecordType::A, &QueryOpts::tcp());
+        let _ = c.write_all(&(wire.len() as u16).to_be_bytes());
+        let _ = c.write_all(&wire);
+    }
+    let mut answered = 0;
+    while support::read_tcp_frame(&mut c).is_ok() {
+        answered += 1;
+    }
+    assert_eq!(answered, 3);
+    let text = metrics(&app);
+    assert!(
+        metric_value(
+            &text,
+            "dnsteer_dropped_total{reason=\"tcp_connection_cap\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(
+            &text,
+            "dnsteer_tcp_connections_total{event=\"closed_idle\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        metric_value(
+            &text,
+            "dnsteer_tcp_connections_total{event=\"closed_query_cap\"}"
+        ) >= 1.0,
+        "{text}"
+    );
+}
