@@ -504,12 +504,27 @@ fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Me
 }
 
 /// Encodes families in the Prometheus text format.
+///
+/// A family with no series yet (no probe targets, no failed probe) is still declared with its
+/// HELP and TYPE lines: the prometheus encoder rejects it, and would stop the whole output
+/// there, hiding every family after it.
 pub fn encode(families: &[MetricFamily]) -> String {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    // Encoding our own well-formed families cannot fail; an empty body is the fallback.
-    let _ = prometheus::TextEncoder::new().encode(families, &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+    let encoder = prometheus::TextEncoder::new();
+    let mut out = String::new();
+    for f in families {
+        if f.get_metric().is_empty() {
+            let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+            let help = f.help().replace('\\', "\\\\").replace('\n', "\\n");
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n",
+                name = f.name()
+            ));
+        } else {
+            // Fails only for an unnamed family, before writing anything; ours all have names.
+            let _ = encoder.encode_utf8(std::slice::from_ref(f), &mut out);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -547,5 +562,19 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.total_queries(), 2);
+    }
+
+    #[test]
+    fn empty_families_are_declared_and_do_not_cut_the_output() {
+        let fams = vec![
+            family("a_total", "A.", MetricType::COUNTER, Vec::new()),
+            scalar("b_total", "B.", MetricType::COUNTER, 3.0),
+        ];
+        let text = encode(&fams);
+        assert_eq!(
+            text,
+            "# HELP a_total A.\n# TYPE a_total counter\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total 3\n"
+        );
     }
 }
