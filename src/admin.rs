@@ -15,7 +15,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tokio::net::TcpListener;
 
 use crate::app::Shared;
-use crate::metrics::{LATENCY_BUCKETS, encode, family, scalar};
+use crate::metrics::{LATENCY_BUCKETS, RECORD_OUTCOMES, encode, family, scalar};
 
 /// Serves until the runtime stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -171,6 +171,33 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     ));
 
     probe_metrics(shared, &mut out);
+
+    let mut answers: Vec<_> = snap
+        .records
+        .sets()
+        .flat_map(|s| {
+            RECORD_OUTCOMES
+                .iter()
+                .zip(s.answers.totals())
+                .map(|(o, n)| {
+                    (
+                        vec![
+                            ("name", s.name.to_string()),
+                            ("type", s.type_name.to_string()),
+                            ("outcome", o.to_string()),
+                        ],
+                        n as f64,
+                    )
+                })
+        })
+        .collect();
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
+    out.push(family(
+        "dnsteer_record_answers_total",
+        "In-process answers per record (name and type from the config), by outcome. A reload starts them again from zero.",
+        MetricType::COUNTER,
+        answers,
+    ));
 
     out.push(family(
         "dnsteer_config_reloads_total",

@@ -253,6 +253,49 @@ impl WorkerMetrics {
     }
 }
 
+/// `dnsteer_record_answers_total` outcome labels, in `RecordCounters` index order.
+pub const RECORD_OUTCOMES: [&str; 4] = ["primary", "backup", "empty", "error"];
+const RECORD_STRIPES: usize = 8;
+
+/// Answer counters of one in-process record set, by outcome. The set is shared by every
+/// worker, so the counters are striped by thread (a relaxed add on a line that another worker
+/// rarely touches). They live in the record table: a reload, which builds a new table, starts
+/// them again from zero (a counter reset, as after a restart).
+#[derive(Default)]
+pub struct RecordCounters {
+    stripes: [RecordStripe; RECORD_STRIPES],
+}
+
+#[derive(Default)]
+#[repr(align(64))]
+struct RecordStripe([AtomicU64; 4]);
+
+impl RecordCounters {
+    /// `outcome` indexes `RECORD_OUTCOMES`.
+    #[inline]
+    pub fn inc(&self, outcome: usize) {
+        use std::sync::atomic::AtomicUsize;
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % RECORD_STRIPES;
+        }
+        let stripe = STRIPE.with(|s| *s);
+        if let Some(c) = self.stripes[stripe].0.get(outcome) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn totals(&self) -> [u64; 4] {
+        let mut t = [0; 4];
+        for s in &self.stripes {
+            for (t, c) in t.iter_mut().zip(&s.0) {
+                *t += c.load(Ordering::Relaxed);
+            }
+        }
+        t
+    }
+}
+
 /// Every worker's counters, for the scraper.
 #[derive(Default)]
 pub struct Metrics {

@@ -140,15 +140,17 @@ pub fn handle(
                         b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
                     }
                     let len = b.finish(edns_reply(ev.scope), max_size);
-                    let d = match ev.outcome {
-                        Outcome::Primary => Decision::Rule,
-                        Outcome::Backup => Decision::Backup,
-                        Outcome::Empty => Decision::Empty,
+                    let (d, counter) = match ev.outcome {
+                        Outcome::Primary => (Decision::Rule, 0),
+                        Outcome::Backup => (Decision::Backup, 1),
+                        Outcome::Empty => (Decision::Empty, 2),
                     };
+                    set.answers.inc(counter);
                     note_truncation(ctx, out, len);
                     (d, rcode::NOERROR, n)
                 }
                 Err(e) => {
+                    set.answers.inc(3);
                     let b = ResponseBuilder::new(out, pkt, &q, rcode::SERVFAIL, true);
                     b.finish(edns_reply(0), max_size);
                     ctx.log.event(Event::ServFail {

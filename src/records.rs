@@ -14,6 +14,7 @@ use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, 
 use crate::geo::{GeoDb, Location};
 use crate::hash;
 use crate::lua::{self, Rdata, Rule, Selector};
+use crate::metrics::RecordCounters;
 use crate::probes::{Health, HealthRef, HealthState, ProbeSpec};
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
@@ -303,6 +304,11 @@ pub struct RecordSet {
     /// The smallest TTL of the records (an RRset has one TTL).
     pub ttl: u32,
     pub rtype: u16,
+    /// Owner name (presentation form) and type name, for metric labels.
+    pub name: Box<str>,
+    pub type_name: &'static str,
+    /// Answers given from this set, by outcome (`dnsteer_record_answers_total`).
+    pub answers: RecordCounters,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -385,6 +391,9 @@ impl RecordTable {
             let record_set = RecordSet {
                 ttl: set.parts.iter().map(|p| p.0).min().unwrap_or(0),
                 rtype: set.rtype.code(),
+                name: set.name.as_str().into(),
+                type_name: set.rtype.name(),
+                answers: RecordCounters::default(),
                 parts,
                 geo: if needs_geo { geo.clone() } else { None },
             };
@@ -435,6 +444,11 @@ impl RecordTable {
 
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
+    }
+
+    /// Every record set, for per-record metrics.
+    pub fn sets(&self) -> impl Iterator<Item = &RecordSet> {
+        self.names.values().flat_map(|e| &e.sets)
     }
 }
 
