@@ -141,7 +141,7 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     let rl = &shared.limiter;
     out.push(scalar(
         "dnsteer_ratelimit_checks_total",
-        "Rate-limit checks made (non-exempt queries).",
+        "Rate-limit checks made while the limiter is enabled, exempt sources included.",
         MetricType::COUNTER,
         rl.stats().checks as f64,
     ));
