@@ -141,7 +141,7 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     let rl = &shared.limiter;
     out.push(scalar(
         "dnsteer_ratelimit_checks_total",
-        "Rate-limit checks made (non-exempt queries).",
+        "Rate-limit checks made while the limiter is enabled, exempt sources included.",
         MetricType::COUNTER,
         rl.stats().checks as f64,
     ));
@@ -173,23 +173,29 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
     probe_metrics(shared, &mut out);
 
     zone_metrics(shared, &mut out);
+    let mut answers: Vec<_> = snap
+        .records
+        .sets()
+        .flat_map(|set| {
+            let totals = set.stats.totals();
+            crate::records::AnswerKind::ALL.iter().map(move |k| {
+                (
+                    vec![
+                        ("name", set.name.clone()),
+                        ("type", set.type_name.to_string()),
+                        ("outcome", k.label().to_string()),
+                    ],
+                    totals[*k as usize] as f64,
+                )
+            })
+        })
+        .collect();
+    answers.sort_by(|a, b| a.0.cmp(&b.0));
     out.push(family(
         "dnsteer_record_answers_total",
-        "In-process answers per record (name and type from the config or a transferred zone), by outcome.",
+        "In-process answers per record (name and type from the config or a transferred zone), by outcome; kept across reloads.",
         MetricType::COUNTER,
-        snap.records
-            .sets()
-            .flat_map(|set| {
-                let totals = set.stats.totals();
-                let rtype = crate::config::RecordType::from_code(set.rtype).map_or("?", |t| t.name());
-                crate::records::AnswerKind::ALL.iter().map(move |k| {
-                    (
-                        vec![("name", set.name.clone()), ("type", rtype.to_string()), ("outcome", k.label().to_string())],
-                        totals[*k as usize] as f64,
-                    )
-                })
-            })
-            .collect(),
+        answers,
     ));
 
     out.push(family(
@@ -339,7 +345,7 @@ fn status_json(shared: &Shared) -> String {
             let t = set.stats.totals();
             serde_json::json!({
                 "name": set.name,
-                "type": crate::config::RecordType::from_code(set.rtype).map_or("?", |t| t.name()),
+                "type": set.type_name,
                 "ttl": set.ttl,
                 "answers": {"primary": t[0], "backup": t[1], "empty": t[2], "error": t[3]},
             })

@@ -504,20 +504,27 @@ fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Me
 }
 
 /// Encodes families in the Prometheus text format.
+///
+/// A family with no series yet (no probe targets, no failed probe) is still declared with its
+/// HELP and TYPE lines: the prometheus encoder rejects it, and would stop the whole output
+/// there, hiding every family after it.
 pub fn encode(families: &[MetricFamily]) -> String {
-    use prometheus::Encoder;
-    // The encoder rejects a family without samples and stops there, losing every family after
-    // it: leave empty ones out (e.g. probe families when no record uses probes).
-    let families: Vec<MetricFamily> = families
-        .iter()
-        .filter(|f| !f.get_metric().is_empty())
-        .cloned()
-        .collect();
-    let mut buf = Vec::new();
-    if let Err(e) = prometheus::TextEncoder::new().encode(&families, &mut buf) {
-        tracing::error!(error = %e, "cannot encode metrics");
+    let encoder = prometheus::TextEncoder::new();
+    let mut out = String::new();
+    for f in families {
+        if f.get_metric().is_empty() {
+            let kind = format!("{:?}", f.get_field_type()).to_lowercase();
+            let help = f.help().replace('\\', "\\\\").replace('\n', "\\n");
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n",
+                name = f.name()
+            ));
+        } else {
+            // Fails only for an unnamed family, before writing anything; ours all have names.
+            let _ = encoder.encode_utf8(std::slice::from_ref(f), &mut out);
+        }
     }
-    String::from_utf8(buf).unwrap_or_default()
+    out
 }
 
 #[cfg(test)]
@@ -558,11 +565,16 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_family_does_not_hide_the_rest() {
+    fn empty_families_are_declared_and_do_not_cut_the_output() {
         let fams = vec![
-            family("a_total", "a", MetricType::COUNTER, Vec::new()),
-            scalar("b_total", "b", MetricType::COUNTER, 1.0),
+            family("a_total", "A.", MetricType::COUNTER, Vec::new()),
+            scalar("b_total", "B.", MetricType::COUNTER, 3.0),
         ];
-        assert!(encode(&fams).contains("b_total 1"));
+        let text = encode(&fams);
+        assert_eq!(
+            text,
+            "# HELP a_total A.\n# TYPE a_total counter\n\
+             # HELP b_total B.\n# TYPE b_total counter\nb_total 3\n"
+        );
     }
 }

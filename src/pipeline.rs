@@ -338,7 +338,12 @@ fn reply_error(
     out: &mut Vec<u8>,
 ) -> Action {
     if !dns::write_error(pkt, rc, out) {
-        ctx.metrics.dropped(DropReason::TooShort);
+        // A limited packet is not parsed before this: it may be a whole header with QR set.
+        ctx.metrics.dropped(if pkt.len() >= dns::HEADER_LEN {
+            DropReason::IsResponse
+        } else {
+            DropReason::TooShort
+        });
         return Action::Drop;
     }
     if tc {

@@ -362,6 +362,8 @@ pub struct RecordSet {
     /// The smallest TTL of the records (an RRset has one TTL).
     pub ttl: u32,
     pub rtype: u16,
+    /// Type name, for metric labels.
+    pub type_name: &'static str,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -446,6 +448,7 @@ impl RecordTable {
                 stats: Arc::default(),
                 ttl: set.parts.iter().map(|p| p.0).min().unwrap_or(0),
                 rtype: set.rtype.code(),
+                type_name: set.rtype.name(),
                 parts,
                 geo: if needs_geo { geo.clone() } else { None },
             };
