@@ -326,45 +326,36 @@ impl WorkerUpstreams {
     }
 
     /// Picks a server not yet tried (`tried` bitmask), healthy ones first, by policy.
+    /// Allocation-free: it runs once per forwarded query.
     pub fn pick(&self, tried: u64) -> Option<usize> {
-        let n = self.servers.len();
-        let untried = |i: &usize| *i < 64 && tried & (1 << i) == 0;
-        let healthy: Vec<usize> = (0..n)
-            .filter(untried)
-            .filter(|i| self.servers[*i].server.is_healthy())
-            .collect();
+        let n = self.servers.len().min(64);
+        let untried = |i: usize| tried & (1 << i) == 0;
+        let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
         // With every untried server marked down, still try one: a false "down" must not turn
         // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
-        let candidates = if healthy.is_empty() {
-            (0..n).filter(untried).collect()
-        } else {
-            healthy
-        };
-        if candidates.is_empty() {
+        let eligible = |i: usize| untried(i) && (!any_healthy || self.servers[i].server.is_healthy());
+        let count = (0..n).filter(|&i| eligible(i)).count();
+        if count == 0 {
             return None;
         }
-        Some(match self.set.config.policy {
-            UpstreamPolicy::FirstAvailable => candidates[0],
+        let nth = |k: usize, pred: &dyn Fn(usize) -> bool| (0..n).filter(|&i| pred(i)).nth(k);
+        match self.set.config.policy {
+            UpstreamPolicy::FirstAvailable => nth(0, &eligible),
             UpstreamPolicy::RoundRobin => {
                 let i = self.rr.get();
                 self.rr.set(i.wrapping_add(1));
-                candidates[i % candidates.len()]
+                nth(i % count, &eligible)
             }
             UpstreamPolicy::LeastOutstanding => {
-                let min = candidates
-                    .iter()
-                    .map(|i| self.servers[*i].outstanding.get())
-                    .min()
-                    .unwrap_or(0);
-                let least: Vec<usize> = candidates
-                    .into_iter()
-                    .filter(|i| self.servers[*i].outstanding.get() == min)
-                    .collect();
+                let outstanding = |i: usize| self.servers[i].outstanding.get();
+                let min = (0..n).filter(|&i| eligible(i)).map(outstanding).min()?;
+                let least = |i: usize| eligible(i) && outstanding(i) == min;
+                let ties = (0..n).filter(|&i| least(i)).count();
                 let i = self.rr.get();
                 self.rr.set(i.wrapping_add(1));
-                least[i % least.len()]
+                nth(i % ties, &least)
             }
-        })
+        }
     }
 
     /// ECS to add for a client, per config (None when switched off).
@@ -627,6 +618,38 @@ async fn run_tcp_conn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool(policy: &str) -> (tokio::runtime::Runtime, WorkerUpstreams) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let text = format!(
+            "[upstream]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\npolicy = \"{policy}\"\n"
+        );
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let set = UpstreamSet::new(&cfg.upstream, None);
+        let w = rt.block_on(async { WorkerUpstreams::build(set, None).unwrap() });
+        (rt, w)
+    }
+
+    #[test]
+    fn pick_follows_policy_and_health() {
+        let (_rt, w) = pool("first-available");
+        assert_eq!(w.pick(0), Some(0));
+        assert_eq!(w.pick(0b001), Some(1));
+        w.servers[1].server.healthy.store(false, Ordering::Relaxed);
+        assert_eq!(w.pick(0b001), Some(2), "down servers are skipped while others are up");
+        assert_eq!(w.pick(0b101), Some(1), "with only down servers left, one is still tried");
+        assert_eq!(w.pick(0b111), None);
+
+        let (_rt, w) = pool("round-robin");
+        let picks: Vec<_> = (0..6).map(|_| w.pick(0).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+
+        let (_rt, w) = pool("least-outstanding");
+        w.servers[0].outstanding.set(5);
+        w.servers[2].outstanding.set(1);
+        assert_eq!(w.pick(0), Some(1));
+        assert_eq!(w.pick(0b010), Some(2));
+    }
 
     #[test]
     fn health_query_is_well_formed() {
