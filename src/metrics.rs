@@ -506,15 +506,44 @@ fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Me
 /// Encodes families in the Prometheus text format.
 pub fn encode(families: &[MetricFamily]) -> String {
     use prometheus::Encoder;
+    let encoder = prometheus::TextEncoder::new();
     let mut buf = Vec::new();
-    // Encoding our own well-formed families cannot fail; an empty body is the fallback.
-    let _ = prometheus::TextEncoder::new().encode(families, &mut buf);
+    for f in families {
+        // The encoder rejects a family without samples (e.g. per-probe gauges when no record
+        // probes anything) and stops there, which would hide every family after it: skip those,
+        // and encode one family at a time so one bad family costs only itself.
+        if f.get_metric().is_empty() {
+            continue;
+        }
+        let _ = encoder.encode(std::slice::from_ref(f), &mut buf);
+    }
     String::from_utf8(buf).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_family_does_not_hide_the_ones_after_it() {
+        let fams = vec![
+            family(
+                "dnsteer_empty",
+                "No samples.",
+                MetricType::GAUGE,
+                Vec::new(),
+            ),
+            scalar(
+                "dnsteer_after",
+                "After the empty one.",
+                MetricType::GAUGE,
+                1.0,
+            ),
+        ];
+        let text = encode(&fams);
+        assert!(text.contains("dnsteer_after 1"), "{text}");
+        assert!(!text.contains("dnsteer_empty"), "{text}");
+    }
 
     #[test]
     fn sums_across_workers_and_encodes() {
