@@ -59,6 +59,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Reloads never overlap.
+    pub reload_lock: tokio::sync::Mutex<()>,
     pub control: Mutex<ControlStatus>,
     pub listen_addrs: Mutex<Vec<SocketAddr>>,
     pub started_unix: u64,
@@ -210,6 +212,7 @@ impl App {
             draining: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
             control: Mutex::new(status),
             listen_addrs: Mutex::new(Vec::new()),
             started_unix: unix_now(),
@@ -259,7 +262,12 @@ impl App {
                 shared.upstream_set.clone(),
             ));
         }
-        control.spawn(crate::reload::run(shared.clone(), config_path.clone()));
+        // Installed before ready: a SIGHUP from then on reloads (its default action is exit).
+        let reloads = {
+            let _rt = control.enter();
+            crate::reload::start(shared.clone(), config_path.clone())
+        };
+        control.spawn(reloads);
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = ?bound.addrs,
