@@ -161,8 +161,9 @@ impl Worker {
                         tokio::task::spawn_local(upstream_udp_loop(self.clone(), next.clone(), i));
                     }
                 }
-                // Keep sweeping the old set's pending queries until they finish.
-                tokio::task::spawn_local(sweep_loop(self.clone(), current.clone(), true));
+                // The new set needs its own sweeper (timeouts, retries); the old set's sweeper
+                // keeps going until its pending queries are done, then ends.
+                tokio::task::spawn_local(sweep_loop(self.clone(), next.clone()));
                 *self.upstreams.borrow_mut() = next.clone();
                 next
             }
@@ -204,7 +205,7 @@ pub fn run_worker(
         for i in 0..upstreams.servers.len() {
             tokio::task::spawn_local(upstream_udp_loop(worker.clone(), upstreams.clone(), i));
         }
-        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone(), false));
+        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone()));
         let mut tasks = Vec::new();
         for i in 0..worker.udp.len() {
             tasks.push(tokio::task::spawn_local(udp_loop(
@@ -410,9 +411,9 @@ fn retry_or_fail(
     }
 }
 
-/// Retries or SERVFAILs UDP attempts past their deadline. `drain_only`: an old pool after a
-/// reload, swept until it is empty.
-async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, drain_only: bool) {
+/// Retries or SERVFAILs UDP attempts past their deadline, for one pool; ends once a reload
+/// replaced the pool and its last attempt is settled.
+async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>) {
     let mut expired = Vec::new();
     let mut out = Vec::with_capacity(UDP_BUF);
     loop {
@@ -431,10 +432,7 @@ async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, drain_only: bool) {
             retry_or_fail(&w, &snap, &ups, p, &mut out);
         }
         let idle = ups.deadlines.borrow().is_empty();
-        if drain_only && idle {
-            return;
-        }
-        if !drain_only && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) && idle {
+        if idle && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) {
             return;
         }
     }
