@@ -152,7 +152,11 @@ pub async fn build_snapshot(
     .await;
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
     let records = RecordTable::link(&compiled, &health, locate, &zones);
-    let upstream = UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref()));
+    // An unchanged [upstream] keeps its pool, so workers keep their sockets and pending tables.
+    let upstream = match previous {
+        Some(p) if p.upstream.config == config.upstream => p.upstream.clone(),
+        _ => UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref())),
+    };
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),
         config: Arc::new(config),
