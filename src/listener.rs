@@ -2,7 +2,7 @@
 //! its own `SO_REUSEPORT` UDP socket and TCP listener per listen address, its own upstream
 //! sockets and pending tables. Nothing on the per-packet path takes a lock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -140,6 +140,8 @@ struct Worker {
     sampler: RefCell<Sampler>,
     udp: Vec<Rc<UdpSocket>>,
     upstreams: RefCell<Rc<WorkerUpstreams>>,
+    /// This worker's open TCP client connections (waited for at shutdown).
+    tcp_open: Cell<usize>,
 }
 
 impl Worker {
@@ -200,6 +202,7 @@ pub fn run_worker(
             sampler: RefCell::new(Sampler::default()),
             udp: udp_socks,
             upstreams: RefCell::new(upstreams.clone()),
+            tcp_open: Cell::new(0),
             shared,
         });
         for i in 0..upstreams.servers.len() {
@@ -225,18 +228,21 @@ pub fn run_worker(
         for t in tasks {
             let _ = t.await;
         }
-        // Let forwarded queries finish: wait until no pending UDP query is left (bounded).
+        // Let forwarded queries finish: wait until no pending UDP query is left and every TCP
+        // connection has written its in-flight answers and closed (bounded). Returning drops
+        // the LocalSet, which would cancel those tasks mid-query.
         let snap = worker.snapshot();
         let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
             + Duration::from_millis(100);
         let until = Instant::now() + bound;
         while Instant::now() < until
-            && worker
-                .upstreams
-                .borrow()
-                .servers
-                .iter()
-                .any(|s| !s.pending.borrow().is_empty())
+            && (worker.tcp_open.get() > 0
+                || worker
+                    .upstreams
+                    .borrow()
+                    .servers
+                    .iter()
+                    .any(|s| !s.pending.borrow().is_empty()))
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -464,8 +470,9 @@ async fn tcp_accept_loop(w: Rc<Worker>, listener: TcpListener, mut stop: watch::
             *e += 1;
             *e
         };
+        w.tcp_open.set(w.tcp_open.get() + 1);
         let guard = ConnGuard {
-            counts: w.shared.clone(),
+            worker: w.clone(),
             ip,
         };
         if total > limits.max_connections || per_client > limits.max_connections_per_client {
@@ -480,15 +487,17 @@ async fn tcp_accept_loop(w: Rc<Worker>, listener: TcpListener, mut stop: watch::
     }
 }
 
-/// Releases a connection's slots in the shared counts when the connection ends.
+/// Releases a connection's slots in the shared and worker counts when the connection ends.
 struct ConnGuard {
-    counts: Arc<Shared>,
+    worker: Rc<Worker>,
     ip: std::net::IpAddr,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let c = &self.counts.tcp_counts;
+        let open = &self.worker.tcp_open;
+        open.set(open.get().saturating_sub(1));
+        let c = &self.worker.shared.tcp_counts;
         c.total.fetch_sub(1, Ordering::Relaxed);
         c.per_client.remove_if_mut(&self.ip, |_, n| {
             *n -= 1;
