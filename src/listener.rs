@@ -24,6 +24,8 @@ use crate::upstream::{ForwardError, Pending, UdpClient, WorkerUpstreams};
 
 /// Largest UDP datagram we read (EDNS clients may send up to this).
 const UDP_BUF: usize = 4096;
+/// How long a closing TCP connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
 /// How often a worker looks for forwarded queries past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
@@ -623,6 +625,14 @@ async fn tcp_connection(
         .await;
     drop(tx);
     let _ = writer.await;
+    // Our FIN is out. Discard what the client sent that we will not answer (pipelined queries
+    // after a stop or a query cap) until it closes too, briefly: closing with unread data makes
+    // the kernel send RST, and an RST can destroy answers the client has not read yet.
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
