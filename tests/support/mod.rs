@@ -814,6 +814,33 @@ impl Dnsteer {
         Self::start_in(dir, config)
     }
 
+    /// Like [`Dnsteer::start`], with the config built by `config(dns, metrics)` from two free
+    /// addresses; retried with new addresses when another process took one of them first
+    /// (free ports are racy).
+    pub fn start_on_free_ports(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Dnsteer {
+        for _ in 0..START_ATTEMPTS {
+            let dns = free_addr();
+            let metrics = loop {
+                let m = free_addr();
+                if m != dns {
+                    break m;
+                }
+            };
+            let text = config(dns, metrics);
+            let started = std::panic::catch_unwind(|| Self::start(&text));
+            match started {
+                Ok(d) => return d,
+                Err(e) => {
+                    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                    if !msg.contains("Address already in use") {
+                        std::panic::resume_unwind(e);
+                    }
+                }
+            }
+        }
+        panic!("dnsteer could not bind free ports in {START_ATTEMPTS} attempts");
+    }
+
     /// Like [`Dnsteer::start`] in a directory prepared by the caller (e.g. holding an mmdb).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Dnsteer {
         let path = dir.path().join("dnsteer.toml");
