@@ -355,9 +355,17 @@ fn status_json(shared: &Shared) -> String {
         "ratelimit": {
             "enabled": snap.config.ratelimit.enabled,
             "dry_run": snap.config.ratelimit.dry_run,
+            "qps": snap.config.ratelimit.qps,
+            "burst": snap.config.ratelimit.burst,
+            "block_for_ms": snap.config.ratelimit.block_for.as_millis() as u64,
+            "action": snap.config.ratelimit.action.label(),
             "tracked_sources": shared.limiter.tracked(),
             "blocked_now": shared.limiter.blocked_now(),
             "top_blocked": shared.limiter.top_blocked(20),
+        },
+        "logging": {
+            "query_sample_rate": snap.config.logging.query_sample_rate,
+            "event_rate_limit": snap.config.logging.event_rate_limit,
         },
         "queries_total": shared.metrics.total_queries(),
     });

@@ -63,6 +63,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Reloads never overlap.
+    pub reload_lock: tokio::sync::Mutex<()>,
     pub control: Mutex<ControlStatus>,
     pub listen_addrs: Mutex<Vec<SocketAddr>>,
     pub started_unix: u64,
@@ -178,7 +180,11 @@ pub async fn build_snapshot(
     if let Some(prev) = previous {
         records.adopt_stats(&prev.records);
     }
-    let upstream = UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref()));
+    // An unchanged [upstream] keeps its pool, so workers keep their sockets and pending tables.
+    let upstream = match previous {
+        Some(p) if p.upstream.config == config.upstream => p.upstream.clone(),
+        _ => UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref())),
+    };
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),
         config: Arc::new(config),
@@ -257,6 +263,7 @@ impl App {
             draining: AtomicBool::new(false),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            reload_lock: tokio::sync::Mutex::new(()),
             control: Mutex::new(status),
             listen_addrs: Mutex::new(Vec::new()),
             started_unix: unix_now(),
@@ -308,7 +315,12 @@ impl App {
                 shared.upstream_set.clone(),
             ));
         }
-        control.spawn(crate::reload::run(shared.clone(), config_path.clone()));
+        // Installed before ready: a SIGHUP from then on reloads (its default action is exit).
+        let reloads = {
+            let _rt = control.enter();
+            crate::reload::start(shared.clone(), config_path.clone())
+        };
+        control.spawn(reloads);
         control.spawn(crate::zones::run(shared.clone(), notify_rx));
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(

@@ -2,7 +2,7 @@
 //! its own `SO_REUSEPORT` UDP socket and TCP listener per listen address, its own upstream
 //! sockets and pending tables. Nothing on the per-packet path takes a lock.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ use crate::upstream::{ForwardError, Pending, UdpClient, WorkerUpstreams};
 
 /// Largest UDP datagram we read (EDNS clients may send up to this).
 const UDP_BUF: usize = 4096;
+/// How long a closing TCP connection waits for the client to close its side.
+const LINGER: Duration = Duration::from_secs(1);
 /// How often a worker looks for forwarded queries past their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
@@ -141,6 +143,8 @@ struct Worker {
     sampler: RefCell<Sampler>,
     udp: Vec<Rc<UdpSocket>>,
     upstreams: RefCell<Rc<WorkerUpstreams>>,
+    /// This worker's open TCP client connections (waited for at shutdown).
+    tcp_open: Cell<usize>,
 }
 
 impl Worker {
@@ -162,8 +166,9 @@ impl Worker {
                         tokio::task::spawn_local(upstream_udp_loop(self.clone(), next.clone(), i));
                     }
                 }
-                // Keep sweeping the old set's pending queries until they finish.
-                tokio::task::spawn_local(sweep_loop(self.clone(), current.clone(), true));
+                // The new set needs its own sweeper (timeouts, retries); the old set's sweeper
+                // keeps going until its pending queries are done, then ends.
+                tokio::task::spawn_local(sweep_loop(self.clone(), next.clone()));
                 *self.upstreams.borrow_mut() = next.clone();
                 next
             }
@@ -201,12 +206,13 @@ pub fn run_worker(
             sampler: RefCell::new(Sampler::default()),
             udp: udp_socks,
             upstreams: RefCell::new(upstreams.clone()),
+            tcp_open: Cell::new(0),
             shared,
         });
         for i in 0..upstreams.servers.len() {
             tokio::task::spawn_local(upstream_udp_loop(worker.clone(), upstreams.clone(), i));
         }
-        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone(), false));
+        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone()));
         let mut tasks = Vec::new();
         for i in 0..worker.udp.len() {
             tasks.push(tokio::task::spawn_local(udp_loop(
@@ -226,18 +232,21 @@ pub fn run_worker(
         for t in tasks {
             let _ = t.await;
         }
-        // Let forwarded queries finish: wait until no pending UDP query is left (bounded).
+        // Let forwarded queries finish: wait until no pending UDP query is left and every TCP
+        // connection has written its in-flight answers and closed (bounded). Returning drops
+        // the LocalSet, which would cancel those tasks mid-query.
         let snap = worker.snapshot();
         let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
             + Duration::from_millis(100);
         let until = Instant::now() + bound;
         while Instant::now() < until
-            && worker
-                .upstreams
-                .borrow()
-                .servers
-                .iter()
-                .any(|s| !s.pending.borrow().is_empty())
+            && (worker.tcp_open.get() > 0
+                || worker
+                    .upstreams
+                    .borrow()
+                    .servers
+                    .iter()
+                    .any(|s| !s.pending.borrow().is_empty()))
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -414,9 +423,9 @@ fn retry_or_fail(
     }
 }
 
-/// Retries or SERVFAILs UDP attempts past their deadline. `drain_only`: an old pool after a
-/// reload, swept until it is empty.
-async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, drain_only: bool) {
+/// Retries or SERVFAILs UDP attempts past their deadline, for one pool; ends once a reload
+/// replaced the pool and its last attempt is settled.
+async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>) {
     let mut expired = Vec::new();
     let mut out = Vec::with_capacity(UDP_BUF);
     loop {
@@ -435,10 +444,7 @@ async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, drain_only: bool) {
             retry_or_fail(&w, &snap, &ups, p, &mut out);
         }
         let idle = ups.deadlines.borrow().is_empty();
-        if drain_only && idle {
-            return;
-        }
-        if !drain_only && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) && idle {
+        if idle && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) {
             return;
         }
     }
@@ -470,8 +476,9 @@ async fn tcp_accept_loop(w: Rc<Worker>, listener: TcpListener, mut stop: watch::
             *e += 1;
             *e
         };
+        w.tcp_open.set(w.tcp_open.get() + 1);
         let guard = ConnGuard {
-            counts: w.shared.clone(),
+            worker: w.clone(),
             ip,
         };
         if total > limits.max_connections || per_client > limits.max_connections_per_client {
@@ -486,15 +493,17 @@ async fn tcp_accept_loop(w: Rc<Worker>, listener: TcpListener, mut stop: watch::
     }
 }
 
-/// Releases a connection's slots in the shared counts when the connection ends.
+/// Releases a connection's slots in the shared and worker counts when the connection ends.
 struct ConnGuard {
-    counts: Arc<Shared>,
+    worker: Rc<Worker>,
     ip: std::net::IpAddr,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        let c = &self.counts.tcp_counts;
+        let open = &self.worker.tcp_open;
+        open.set(open.get().saturating_sub(1));
+        let c = &self.worker.shared.tcp_counts;
         c.total.fetch_sub(1, Ordering::Relaxed);
         c.per_client.remove_if_mut(&self.ip, |_, n| {
             *n -= 1;
@@ -622,6 +631,14 @@ async fn tcp_connection(
         .await;
     drop(tx);
     let _ = writer.await;
+    // Our FIN is out. Discard what the client sent that we will not answer (pipelined queries
+    // after a stop or a query cap) until it closes too, briefly: closing with unread data makes
+    // the kernel send RST, and an RST can destroy answers the client has not read yet.
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use dnsteer::app::App;
@@ -123,9 +122,10 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
     })?;
     tracing::info!(signal, "stopping");
-    // Whatever happens in the drain, exit before the orchestrator's grace period ends.
+    // `shutdown_grace` is the hard limit for the whole shutdown, drain included: exit before
+    // the orchestrator's grace period ends, whatever is still in flight.
     std::thread::spawn(move || {
-        std::thread::sleep(grace.max(drain + Duration::from_secs(1)));
+        std::thread::sleep(grace);
         tracing::error!("shutdown did not finish within the grace period; exiting");
         std::process::exit(0);
     });

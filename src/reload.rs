@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use notify::Watcher;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::mpsc;
 
 use crate::app::{Shared, Snapshot, build_snapshot, unix_now};
 use crate::config::{Config, RestartSettings};
@@ -20,17 +20,29 @@ use crate::upstream::{self, UpstreamSet};
 
 /// Quiet time after the last file event before reloading (a ConfigMap swap is several events).
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// Fallback poll of the config hash and the GeoIP file.
+/// Fallback poll of the config file and the GeoIP file.
 const POLL: Duration = Duration::from_secs(5);
 /// Old snapshots are dropped here, not on a worker, after this delay.
 const RETIRE_AFTER: Duration = Duration::from_secs(2);
 
-/// Reloads never overlap.
-static RELOAD_LOCK: Mutex<()> = Mutex::const_new(());
+/// What asked for a reload.
+enum Trigger {
+    /// Something changed in the config's directory.
+    Files,
+    /// An operator: reload even if nothing seems to have changed, GeoIP file included.
+    Hangup,
+}
 
-/// Runs the reload triggers until the process ends.
+/// Runs the reload triggers until the process ends (see [`start`]).
 pub async fn run(shared: Arc<Shared>, path: PathBuf) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    start(shared, path).await
+}
+
+/// Installs the triggers now, in the calling runtime's context: the SIGHUP handler (so a
+/// SIGHUP that arrives once this returns reloads instead of killing the process) and the watch
+/// on the config's directory. Returns the loop to spawn.
+pub fn start(shared: Arc<Shared>, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
+    let (tx, rx) = mpsc::unbounded_channel::<Trigger>();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -38,65 +50,97 @@ pub async fn run(shared: Arc<Shared>, path: PathBuf) {
         .to_path_buf();
     let watcher_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = watcher_tx.send(());
+        // Reading the file (our own reload does) raises access events: reacting to those would
+        // reload forever.
+        if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let _ = watcher_tx.send(Trigger::Files);
         }
     })
     .and_then(|mut w| {
         w.watch(&dir, notify::RecursiveMode::NonRecursive)
             .map(|()| w)
     });
-    let _watcher = match watcher {
+    let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(target: "dnsteer::reload", dir = %dir.display(), error = %e, "cannot watch the config directory; relying on polling and SIGHUP");
             None
         }
     };
-    let hup_tx = tx.clone();
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            tracing::info!(target: "dnsteer::reload", "SIGHUP: reloading");
-            let _ = hup_tx.send(());
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!(target: "dnsteer::reload", "SIGHUP: reloading");
+                    let _ = tx.send(Trigger::Hangup);
+                }
+            });
         }
-    });
-    let mut last_geo = geo_stamp(&shared.snapshot.load());
+        Err(e) => {
+            tracing::warn!(target: "dnsteer::reload", error = %e, "cannot handle SIGHUP");
+        }
+    }
+    triggers_loop(shared, path, rx, watcher)
+}
+
+async fn triggers_loop(
+    shared: Arc<Shared>,
+    path: PathBuf,
+    mut rx: mpsc::UnboundedReceiver<Trigger>,
+    _watcher: Option<notify::RecommendedWatcher>,
+) {
+    // The inputs of the last attempt: an unchanged file is not tried again (a bad one would
+    // otherwise be rejected and counted on every poll), and a changed GeoIP file forces the
+    // database to be reopened.
+    let mut seen_config: Option<Result<Vec<u8>, std::io::ErrorKind>> = None;
+    let mut seen_geo = geo_stamp(&shared.snapshot.load());
     let mut poll = tokio::time::interval(POLL);
     poll.tick().await;
     loop {
-        tokio::select! {
-            Some(()) = rx.recv() => {
-                // Debounce: wait for quiet, then drop the queued events.
-                loop {
-                    tokio::time::sleep(DEBOUNCE).await;
-                    if rx.try_recv().is_err() { break; }
-                    while rx.try_recv().is_ok() {}
+        let forced = tokio::select! {
+            Some(trigger) = rx.recv() => {
+                let mut forced = matches!(trigger, Trigger::Hangup);
+                if !forced {
+                    // Debounce: wait for quiet, then drop the queued events.
+                    loop {
+                        tokio::time::sleep(DEBOUNCE).await;
+                        let mut more = false;
+                        while let Ok(t) = rx.try_recv() {
+                            more = true;
+                            forced |= matches!(t, Trigger::Hangup);
+                        }
+                        if !more || forced {
+                            break;
+                        }
+                    }
                 }
-                let _ = reload_once(&shared, &path, false).await;
+                forced
             }
-            _ = poll.tick() => {
-                let stamp = geo_stamp(&shared.snapshot.load());
-                if stamp != last_geo {
-                    last_geo = stamp;
-                    tracing::info!(target: "dnsteer::reload", "GeoIP database file changed: reloading it");
-                    let _ = reload_once(&shared, &path, true).await;
-                } else {
-                    let _ = reload_once(&shared, &path, false).await;
-                }
-            }
+            _ = poll.tick() => false,
+        };
+        let config = std::fs::read(&path).map_err(|e| e.kind());
+        let geo = geo_stamp(&shared.snapshot.load());
+        let geo_replaced = match (&geo, &seen_geo) {
+            (Some(now), Some(before)) => now.0 == before.0 && now != before,
+            _ => false,
+        };
+        if !forced && !geo_replaced && seen_config.as_ref() == Some(&config) {
+            continue;
         }
+        if geo_replaced {
+            tracing::info!(target: "dnsteer::reload", "GeoIP database file changed: reloading it");
+        }
+        let _ = reload_once(&shared, &path, forced || geo_replaced).await;
+        seen_config = Some(config);
+        seen_geo = geo;
     }
 }
 
-/// (mtime, size) of the GeoIP file in use, to notice replacements.
-fn geo_stamp(snap: &Snapshot) -> Option<(SystemTime, u64)> {
+/// Path, mtime and size of the GeoIP file in use, to notice replacements.
+fn geo_stamp(snap: &Snapshot) -> Option<(PathBuf, SystemTime, u64)> {
     let g = snap.config.geoip.as_ref()?;
     let m = std::fs::metadata(&g.database).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((g.database.clone(), m.modified().ok()?, m.len()))
 }
 
 /// Loads, validates and applies the config at `path`. Ok(false) when nothing changed.
@@ -105,7 +149,7 @@ pub async fn reload_once(
     path: &Path,
     force_geo: bool,
 ) -> Result<bool, String> {
-    let _guard = RELOAD_LOCK.lock().await;
+    let _guard = shared.reload_lock.lock().await;
     let current = shared.snapshot.load_full();
     let config = match Config::load(path) {
         Ok(c) => c,
@@ -137,7 +181,7 @@ pub async fn reload_once(
 /// Rebuilds the record table from the running config and the current transferred zones (after
 /// a zone changed). Probes for new targets run before the new table is published.
 pub async fn rebuild(shared: &Arc<Shared>) -> Result<(), String> {
-    let _guard = RELOAD_LOCK.lock().await;
+    let _guard = shared.reload_lock.lock().await;
     let current = shared.snapshot.load_full();
     let config = (*current.config).clone();
     let next = build_snapshot(

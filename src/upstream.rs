@@ -333,7 +333,8 @@ impl WorkerUpstreams {
         let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
         // With every untried server marked down, still try one: a false "down" must not turn
         // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
-        let eligible = |i: usize| untried(i) && (!any_healthy || self.servers[i].server.is_healthy());
+        let eligible =
+            |i: usize| untried(i) && (!any_healthy || self.servers[i].server.is_healthy());
         let count = (0..n).filter(|&i| eligible(i)).count();
         if count == 0 {
             return None;
@@ -620,7 +621,10 @@ mod tests {
     use super::*;
 
     fn pool(policy: &str) -> (tokio::runtime::Runtime, WorkerUpstreams) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let text = format!(
             "[upstream]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\npolicy = \"{policy}\"\n"
         );
@@ -636,8 +640,16 @@ mod tests {
         assert_eq!(w.pick(0), Some(0));
         assert_eq!(w.pick(0b001), Some(1));
         w.servers[1].server.healthy.store(false, Ordering::Relaxed);
-        assert_eq!(w.pick(0b001), Some(2), "down servers are skipped while others are up");
-        assert_eq!(w.pick(0b101), Some(1), "with only down servers left, one is still tried");
+        assert_eq!(
+            w.pick(0b001),
+            Some(2),
+            "down servers are skipped while others are up"
+        );
+        assert_eq!(
+            w.pick(0b101),
+            Some(1),
+            "with only down servers left, one is still tried"
+        );
         assert_eq!(w.pick(0b111), None);
 
         let (_rt, w) = pool("round-robin");

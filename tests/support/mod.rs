@@ -713,6 +713,33 @@ pub fn pid_alive(pid: u32) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Metrics text
+// ---------------------------------------------------------------------------------------------
+
+/// Sum of the samples of metric `name` in Prometheus text whose labels include every
+/// `(label, value)` in `labels` (other labels may differ); 0 when there are none.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (label_text, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            let has = |(k, v): &(&str, &str)| {
+                label_text
+                    .split(',')
+                    .any(|kv| kv.trim() == format!("{k}=\"{v}\""))
+            };
+            labels
+                .iter()
+                .all(has)
+                .then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+// ---------------------------------------------------------------------------------------------
 // HTTP (admin endpoints)
 // ---------------------------------------------------------------------------------------------
 
@@ -787,9 +814,45 @@ impl Dnsteer {
         Self::start_in(dir, config)
     }
 
+    /// Like [`Dnsteer::start`], with the config built by `config(dns, metrics)` from two free
+    /// addresses; retried with new addresses when another process took one of them first
+    /// (free ports are racy).
+    pub fn start_on_free_ports(config: impl Fn(SocketAddr, SocketAddr) -> String) -> Dnsteer {
+        for _ in 0..START_ATTEMPTS {
+            let dns = free_addr();
+            let metrics = loop {
+                let m = free_addr();
+                if m != dns {
+                    break m;
+                }
+            };
+            let text = config(dns, metrics);
+            let started = std::panic::catch_unwind(|| Self::start(&text));
+            match started {
+                Ok(d) => return d,
+                Err(e) => {
+                    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+                    if !msg.contains("Address already in use") {
+                        std::panic::resume_unwind(e);
+                    }
+                }
+            }
+        }
+        panic!("dnsteer could not bind free ports in {START_ATTEMPTS} attempts");
+    }
+
     /// Like [`Dnsteer::start`] in a directory prepared by the caller (e.g. holding an mmdb).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Dnsteer {
-        let table: toml::Table = toml::from_str(config).expect("test config is valid TOML");
+        let path = dir.path().join("dnsteer.toml");
+        fs::write(&path, config).expect("write dnsteer.toml");
+        Self::start_file(dir, &path)
+    }
+
+    /// Starts on a config file the caller placed (it may be a symlink, as in a mounted
+    /// ConfigMap); dnsteer.log goes to `dir`.
+    pub fn start_file(dir: tempfile::TempDir, path: &Path) -> Dnsteer {
+        let config = fs::read_to_string(path).expect("read the test config");
+        let table: toml::Table = toml::from_str(&config).expect("test config is valid TOML");
         let addr_at = |section: &str| -> SocketAddr {
             let text = match table.get(section).and_then(|t| t.get("listen")) {
                 Some(toml::Value::String(s)) => Some(s.as_str()),
@@ -802,12 +865,10 @@ impl Dnsteer {
         };
         let dns = addr_at("server");
         let metrics = addr_at("metrics");
-        let path = dir.path().join("dnsteer.toml");
-        fs::write(&path, config).expect("write dnsteer.toml");
         let log = fs::File::create(dir.path().join("dnsteer.log")).expect("create dnsteer.log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dnsteer"));
         cmd.arg("--config")
-            .arg(&path)
+            .arg(path)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
@@ -879,6 +940,18 @@ impl Dnsteer {
         if let Some(c) = &self.child {
             c.signal(libc::SIGHUP);
         }
+    }
+
+    /// Sends any signal (e.g. `libc::SIGTERM` to watch the shutdown from outside).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            c.signal(sig);
+        }
+    }
+
+    /// The exit status once the process has exited (it is reaped then), else None.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(ChildGuard::exited)
     }
 
     /// Sends SIGTERM and waits (up to 5 s, then SIGKILL) for the exit status.
