@@ -158,7 +158,11 @@ impl Worker {
         if Arc::ptr_eq(&current.set, &snap.upstream) {
             return current;
         }
-        match WorkerUpstreams::build(snap.upstream.clone(), Some(&current)) {
+        match WorkerUpstreams::build(
+            snap.upstream.clone(),
+            Some(&current),
+            self.shared.restart.socket_buffer,
+        ) {
             Ok(next) => {
                 let next = Rc::new(next);
                 for (i, ws) in next.servers.iter().enumerate() {
@@ -194,7 +198,11 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let snap0 = shared.snapshot.load_full();
-        let upstreams = Rc::new(WorkerUpstreams::build(snap0.upstream.clone(), None)?);
+        let upstreams = Rc::new(WorkerUpstreams::build(
+            snap0.upstream.clone(),
+            None,
+            shared.restart.socket_buffer,
+        )?);
         let mut udp_socks = Vec::new();
         for s in udp {
             udp_socks.push(Rc::new(UdpSocket::from_std(s)?));
@@ -358,8 +366,21 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
     let addr = ups.servers[idx].server.addr;
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(UDP_BUF);
+    let server = ups.servers[idx].server.clone();
+    let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let n = match sock.recv(&mut buf).await {
+        let received = tokio::select! {
+            r = sock.recv(&mut buf) => r,
+            _ = check.tick() => {
+                // A server removed by a reload: stop once its answers can no longer arrive,
+                // which frees this task and its socket.
+                if server.is_retired() && ups.servers[idx].pending.borrow().is_empty() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let n = match received {
             Ok(n) => n,
             // ECONNREFUSED from an ICMP port unreachable: the query times out and is retried.
             Err(_) => {

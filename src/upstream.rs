@@ -70,6 +70,11 @@ impl UpstreamServer {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// A reload removed this server: workers drop their sockets for it once drained.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     fn register(&self) -> Arc<ServerCounters> {
         let c = Arc::new(ServerCounters::default());
         self.counters
@@ -299,9 +304,11 @@ impl ForwardError {
 
 impl WorkerUpstreams {
     /// Creates sockets for `set`, reusing those of `previous` for servers that stay.
+    /// `buffer`: SO_RCVBUF/SO_SNDBUF for new sockets (`[server].socket_buffer`).
     pub fn build(
         set: Arc<UpstreamSet>,
         previous: Option<&WorkerUpstreams>,
+        buffer: usize,
     ) -> std::io::Result<WorkerUpstreams> {
         let mut servers = Vec::with_capacity(set.servers.len());
         for s in &set.servers {
@@ -314,6 +321,7 @@ impl WorkerUpstreams {
             servers.push(Rc::new(WorkerServer::new(
                 s.clone(),
                 set.config.tcp_pool_size,
+                buffer,
             )?));
         }
         Ok(WorkerUpstreams {
@@ -460,7 +468,11 @@ impl WorkerUpstreams {
 }
 
 impl WorkerServer {
-    fn new(server: Arc<UpstreamServer>, pool_size: usize) -> std::io::Result<WorkerServer> {
+    fn new(
+        server: Arc<UpstreamServer>,
+        pool_size: usize,
+        buffer: usize,
+    ) -> std::io::Result<WorkerServer> {
         let bind: SocketAddr = if server.addr.is_ipv4() {
             "0.0.0.0:0"
         } else {
@@ -468,10 +480,21 @@ impl WorkerServer {
         }
         .parse()
         .expect("literal");
-        let std_sock = std::net::UdpSocket::bind(bind)?;
-        std_sock.connect(server.addr)?;
-        std_sock.set_nonblocking(true)?;
-        let udp = Rc::new(UdpSocket::from_std(std_sock)?);
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(bind),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        if buffer > 0 {
+            // Answers from PowerDNS queue here while the worker is busy: the kernel default
+            // (~208 KiB) overflows within a short pause at high rates. Capped by rmem_max.
+            let _ = sock.set_recv_buffer_size(buffer);
+            let _ = sock.set_send_buffer_size(buffer);
+        }
+        sock.set_nonblocking(true)?;
+        sock.bind(&bind.into())?;
+        sock.connect(&server.addr.into())?;
+        let udp = Rc::new(UdpSocket::from_std(sock.into())?);
         Ok(WorkerServer {
             counters: server.register(),
             tcp: TcpPool::new(server.addr, pool_size),
@@ -630,7 +653,7 @@ mod tests {
         );
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
         let set = UpstreamSet::new(&cfg.upstream, None);
-        let w = rt.block_on(async { WorkerUpstreams::build(set, None).unwrap() });
+        let w = rt.block_on(async { WorkerUpstreams::build(set, None, 0).unwrap() });
         (rt, w)
     }
 
