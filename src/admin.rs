@@ -15,7 +15,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tokio::net::TcpListener;
 
 use crate::app::Shared;
-use crate::metrics::{LATENCY_BUCKETS, encode, family, scalar};
+use crate::metrics::{LATENCY_BUCKETS, encode, family, histogram_metric, scalar};
 
 /// Serves until the runtime stops.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -265,38 +265,25 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
 }
 
 fn upstream_latency(servers: &[Arc<crate::upstream::UpstreamServer>]) -> MetricFamily {
-    use prometheus::proto::{Bucket, Histogram, LabelPair, Metric};
     let mut f = MetricFamily::default();
     f.set_name("dnsteer_upstream_latency_seconds".into());
     f.set_help("Time from sending a query to a PowerDNS server to its answer.".into());
     f.set_field_type(MetricType::HISTOGRAM);
-    let mut metrics = Vec::new();
-    for s in servers {
-        let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
-        let mut sum = 0u64;
-        s.latency(&mut counts, &mut sum);
-        let mut h = Histogram::default();
-        let mut cum = 0;
-        let mut buckets = Vec::new();
-        for (i, ub) in LATENCY_BUCKETS.iter().enumerate() {
-            cum += counts[i];
-            let mut b = Bucket::default();
-            b.set_upper_bound(*ub);
-            b.set_cumulative_count(cum);
-            buckets.push(b);
-        }
-        cum += counts[LATENCY_BUCKETS.len()];
-        h.set_bucket(buckets);
-        h.set_sample_count(cum);
-        h.set_sample_sum(sum as f64 * 1e-9);
-        let mut l = LabelPair::default();
-        l.set_name("server".into());
-        l.set_value(s.addr.to_string());
-        let mut m = Metric::from_label(vec![l]);
-        m.set_histogram(h);
-        metrics.push(m);
-    }
-    f.set_metric(metrics);
+    f.set_metric(
+        servers
+            .iter()
+            .map(|s| {
+                let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
+                let mut sum = 0u64;
+                s.latency(&mut counts, &mut sum);
+                histogram_metric(
+                    vec![("server", s.addr.to_string())],
+                    &counts,
+                    sum as f64 * 1e-9,
+                )
+            })
+            .collect(),
+    );
     f
 }
 

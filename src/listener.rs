@@ -152,6 +152,30 @@ impl Worker {
         self.snap.borrow_mut().load().clone()
     }
 
+    /// Runs the pipeline for one packet with this worker's state.
+    fn handle(
+        &self,
+        snap: &Snapshot,
+        pkt: &[u8],
+        from: SocketAddr,
+        t: Transport,
+        received: Instant,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        let mut sampler = self.sampler.borrow_mut();
+        let mut ctx = Ctx {
+            snap,
+            limiter: &self.shared.limiter,
+            metrics: &self.metrics,
+            log: &self.shared.log,
+            sampler: &mut sampler,
+            max_udp_payload: self.shared.restart.max_udp_payload,
+            notify: &self.shared.notify_tx,
+            worker: self.index,
+        };
+        pipeline::handle(&mut ctx, pkt, from, t, received, out)
+    }
+
     /// The worker's upstream state, rebuilt when a reload replaced the pool.
     fn upstreams(self: &Rc<Self>, snap: &Snapshot) -> Rc<WorkerUpstreams> {
         let current = self.upstreams.borrow().clone();
@@ -279,20 +303,7 @@ async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool
         };
         let received = Instant::now();
         let snap = w.snapshot();
-        let action = {
-            let mut sampler = w.sampler.borrow_mut();
-            let mut ctx = Ctx {
-                snap: &snap,
-                limiter: &w.shared.limiter,
-                metrics: &w.metrics,
-                log: &w.shared.log,
-                sampler: &mut sampler,
-                max_udp_payload: w.shared.restart.max_udp_payload,
-                notify: &w.shared.notify_tx,
-                worker: w.index,
-            };
-            pipeline::handle(&mut ctx, &buf[..n], src, Transport::Udp, received, &mut out)
-        };
+        let action = w.handle(&snap, &buf[..n], src, Transport::Udp, received, &mut out);
         match action {
             Action::Reply => send_udp(&w, listener, &out, src),
             Action::Drop => {}
@@ -596,20 +607,7 @@ async fn tcp_connection(
         served += 1;
         let received = Instant::now();
         let snap = w.snapshot();
-        let action = {
-            let mut sampler = w.sampler.borrow_mut();
-            let mut ctx = Ctx {
-                snap: &snap,
-                limiter: &w.shared.limiter,
-                metrics: &w.metrics,
-                log: &w.shared.log,
-                sampler: &mut sampler,
-                max_udp_payload: w.shared.restart.max_udp_payload,
-                notify: &w.shared.notify_tx,
-                worker: w.index,
-            };
-            pipeline::handle(&mut ctx, &msg, peer, Transport::Tcp, received, &mut out)
-        };
+        let action = w.handle(&snap, &msg, peer, Transport::Tcp, received, &mut out);
         match action {
             Action::Reply => {
                 if tx.send(out.clone()).await.is_err() {

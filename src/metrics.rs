@@ -483,7 +483,7 @@ fn label(k: &str, v: String) -> LabelPair {
     l
 }
 
-fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
+pub fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
     let mut h = Histogram::default();
     let mut cumulative = 0;
     let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());
