@@ -1,11 +1,12 @@
 //! dnsteer in front of a real PowerDNS: answers through dnsteer must equal PowerDNS's own
 //! (ID aside) over UDP and TCP, for a broad question list; plus failure handling.
 
+mod inproc;
 mod support;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, ResponseCode};
@@ -41,42 +42,6 @@ fn shape(m: &Message) -> Shape {
         edns: m.edns.is_some(),
         ecs: support::reply_ecs(m).map(|e| format!("{e:?}")),
     }
-}
-
-fn start_dnsteer(upstreams: &[SocketAddr], extra: &str) -> (dnsteer::app::App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let servers: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n\
-         [ratelimit]\nenabled = false\n\n[upstream]\nservers = [{}]\ntimeout = \"500ms\"\n\
-         health_check_interval = \"200ms\"\n{extra}\n",
-        servers.join(", ")
-    );
-    let path = dir.path().join("dnsteer.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = dnsteer::config::Config::load(&path).expect("test config");
-    let app = dnsteer::app::App::start(config).expect("dnsteer starts");
-    (app, dir)
-}
-
-fn metrics(app: &dnsteer::app::App) -> String {
-    let mut s = TcpStream::connect(app.metrics_addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric_value(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn questions() -> Vec<(&'static str, RecordType)> {
@@ -115,7 +80,7 @@ fn option_sets() -> Vec<(&'static str, QueryOpts)> {
 #[test]
 fn answers_equal_powerdns_over_udp_and_tcp() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "");
     let front = app.dns_addrs[0];
     let mut compared = 0;
     for (name, qtype) in questions() {
@@ -141,7 +106,7 @@ fn answers_equal_powerdns_over_udp_and_tcp() {
 #[test]
 fn powerdns_sees_the_client_subnet_and_the_client_does_not() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "");
     let front = app.dns_addrs[0];
     // No ECS from the client: dnsteer adds 127.0.0.0/24; the answer carries no OPT at all.
     let m = dns_query(
@@ -190,7 +155,7 @@ fn powerdns_sees_the_client_subnet_and_the_client_does_not() {
 #[test]
 fn ecs_can_be_switched_off() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &["edns-subnet-processing=yes"]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "add_ecs = false\n");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "add_ecs = false\n");
     let m = dns_query(
         app.dns_addrs[0],
         "pdns-who.demo.test.",
@@ -208,7 +173,7 @@ fn ecs_can_be_switched_off() {
 #[test]
 fn dead_powerdns_gives_servfail_in_time_and_recovers() {
     let mut pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "attempts = 2\n");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "attempts = 2\n");
     let front = app.dns_addrs[0];
     dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
     pdns.stop();
@@ -243,16 +208,16 @@ fn dead_powerdns_gives_servfail_in_time_and_recovers() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = metrics(&app);
+    let text = inproc::scrape(&app);
     assert!(
-        metric_value(
+        inproc::metric(
             &text,
             "dnsteer_responses_total{transport=\"udp\",rcode=\"SERVFAIL\"}"
         ) >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(&text, "dnsteer_upstream_errors_total{") >= 1.0,
+        inproc::metric(&text, "dnsteer_upstream_errors_total{") >= 1.0,
         "{text}"
     );
 }
@@ -262,7 +227,7 @@ fn one_of_two_upstreams_down() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
     // A black hole: bound, never answers.
     let hole = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (app, _dir) = start_dnsteer(
+    let (app, _dir) = inproc::start_with(
         &[hole.local_addr().unwrap(), pdns.addr()],
         "policy = \"first-available\"\nhealth_check_fall = 2\n",
     );
@@ -288,7 +253,7 @@ fn one_of_two_upstreams_down() {
         "the dead server is still being tried: {:?}",
         t.elapsed()
     );
-    let text = metrics(&app);
+    let text = inproc::scrape(&app);
     assert!(
         text.contains(&format!(
             "dnsteer_upstream_healthy{{server=\"{}\"}} 0",
@@ -308,7 +273,7 @@ fn one_of_two_upstreams_down() {
 #[test]
 fn garbage_is_dropped_or_answered_and_counted() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "");
     let front = app.dns_addrs[0];
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -357,25 +322,25 @@ fn garbage_is_dropped_or_answered_and_counted() {
     );
     let m = dns_query(front, "www.demo.test.", RecordType::A, &QueryOpts::udp()).unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
-    let text = metrics(&app);
+    let text = inproc::scrape(&app);
     assert!(
-        metric_value(&text, "dnsteer_dropped_total{reason=\"too_short\"}") >= 2.0,
+        inproc::metric(&text, "dnsteer_dropped_total{reason=\"too_short\"}") >= 2.0,
         "{text}"
     );
     assert!(
-        metric_value(&text, "dnsteer_dropped_total{reason=\"is_response\"}") >= 1.0,
+        inproc::metric(&text, "dnsteer_dropped_total{reason=\"is_response\"}") >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(&text, "dnsteer_malformed_total{kind=\"notimp\"}") >= 1.0,
+        inproc::metric(&text, "dnsteer_malformed_total{kind=\"notimp\"}") >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(&text, "dnsteer_malformed_total{kind=\"formerr\"}") >= 1.0,
+        inproc::metric(&text, "dnsteer_malformed_total{kind=\"formerr\"}") >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(&text, "dnsteer_dropped_total{reason=\"tcp_bad_frame\"}") >= 1.0,
+        inproc::metric(&text, "dnsteer_dropped_total{reason=\"tcp_bad_frame\"}") >= 1.0,
         "{text}"
     );
 }
@@ -383,7 +348,7 @@ fn garbage_is_dropped_or_answered_and_counted() {
 #[test]
 fn tcp_pipelining_100_queries_on_one_connection() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
-    let (app, _dir) = start_dnsteer(&[pdns.addr()], "");
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], "");
     let mut t = TcpStream::connect(app.dns_addrs[0]).unwrap();
     t.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let names = [
@@ -434,7 +399,7 @@ fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
             }
         }
     });
-    let (app, _dir) = start_dnsteer(&[fake_addr], "attempts = 1\n");
+    let (app, _dir) = inproc::start_with(&[fake_addr], "attempts = 1\n");
     let m = dns_query(
         app.dns_addrs[0],
         "www.demo.test.",
@@ -443,9 +408,9 @@ fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
     )
     .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
-    let text = metrics(&app);
+    let text = inproc::scrape(&app);
     assert!(
-        metric_value(
+        inproc::metric(
             &text,
             "dnsteer_malformed_total{kind=\"mismatched_upstream_response\"}"
         ) >= 2.0,
@@ -458,20 +423,13 @@ fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
 #[test]
 fn tcp_connection_caps_and_idle_timeout() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dnsteer.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ntcp_max_connections_per_client = 2\n\
+    let (app, _dir) = inproc::start(&format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 1\ntcp_max_connections_per_client = 2\n\
              tcp_idle_timeout = \"300ms\"\ntcp_max_queries_per_connection = 3\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n[ratelimit]\nenabled = false\n\
              [upstream]\nservers = [\"{}\"]\n",
-            pdns.addr()
-        ),
-    )
-    .unwrap();
-    let app = dnsteer::app::App::start(dnsteer::config::Config::load(&path).unwrap()).unwrap();
+        pdns.addr()
+    ));
     let front = app.dns_addrs[0];
     let mut buf = [0u8; 64];
     // Two connections are allowed from one client; the third is closed at once.
@@ -510,23 +468,23 @@ fn tcp_connection_caps_and_idle_timeout() {
         answered += 1;
     }
     assert_eq!(answered, 3);
-    let text = metrics(&app);
+    let text = inproc::scrape(&app);
     assert!(
-        metric_value(
+        inproc::metric(
             &text,
             "dnsteer_dropped_total{reason=\"tcp_connection_cap\"}"
         ) >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(
+        inproc::metric(
             &text,
             "dnsteer_tcp_connections_total{event=\"closed_idle\"}"
         ) >= 1.0,
         "{text}"
     );
     assert!(
-        metric_value(
+        inproc::metric(
             &text,
             "dnsteer_tcp_connections_total{event=\"closed_query_cap\"}"
         ) >= 1.0,

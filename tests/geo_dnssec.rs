@@ -1,10 +1,10 @@
 //! `pickclosest` from the test GeoIP database (against PowerDNS's geoip backend on the same
 //! file, and where we differ on purpose), and DO=1 queries for signed zones.
 
+mod inproc;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,22 +28,12 @@ fn zone() -> String {
 }
 
 fn start(upstream: SocketAddr, records: &str, geo: bool) -> (dnsteer::app::App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
     let geoip = if geo {
         format!("[geoip]\ndatabase = \"{}\"\n", mmdb().display())
     } else {
         String::new()
     };
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [ratelimit]\nenabled = false\n[upstream]\nservers = [\"{upstream}\"]\ntimeout = \"500ms\"\n{geoip}{records}"
-    );
-    let path = dir.path().join("dnsteer.toml");
-    std::fs::write(&path, text).unwrap();
-    (
-        dnsteer::app::App::start(dnsteer::config::Config::load(&path).unwrap()).expect("starts"),
-        dir,
-    )
+    inproc::start_with(&[upstream], &(geoip + records))
 }
 
 fn record(name: &str, body: &str) -> String {
@@ -51,19 +41,7 @@ fn record(name: &str, body: &str) -> String {
 }
 
 fn metric(addr: SocketAddr, prefix: &str) -> f64 {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    inproc::metric(&inproc::get(addr, "/metrics"), prefix)
 }
 
 fn one(front: SocketAddr, name: &str, ecs: &str) -> (String, u8) {

@@ -1,10 +1,11 @@
 //! In-process LUA records: differential check against a real PowerDNS 4.7.3 evaluating the
 //! same bodies, and probe-driven failover on real sockets.
 
+mod inproc;
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -80,39 +81,7 @@ fn records_toml() -> String {
 }
 
 fn start_dnsteer(upstream: SocketAddr, extra: &str) -> (dnsteer::app::App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [ratelimit]\nenabled = false\n[upstream]\nservers = [\"{upstream}\"]\ntimeout = \"500ms\"\n\
-         health_check_interval = \"200ms\"\n{extra}\n"
-    );
-    let path = dir.path().join("dnsteer.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = dnsteer::config::Config::load(&path).expect("test config");
-    (
-        dnsteer::app::App::start(config).expect("dnsteer starts"),
-        dir,
-    )
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    inproc::start_with(&[upstream], extra)
 }
 
 fn answers(m: &Message) -> Vec<String> {
@@ -217,9 +186,9 @@ fn answers_equal_powerdns_for_deterministic_records() {
     }
     assert_eq!(compared, 300 * RECORDS.len());
     // None of it came from PowerDNS.
-    let text = http_get(app.metrics_addr, "/metrics");
+    let text = inproc::get(app.metrics_addr, "/metrics");
     assert_eq!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"}"
         ),
@@ -227,7 +196,7 @@ fn answers_equal_powerdns_for_deterministic_records() {
         "{text}"
     );
     assert!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"rule\"}"
         ) > 1000.0,
@@ -396,14 +365,14 @@ fn failover_and_recovery_follow_probe_state() {
     let t4 = wait_for(front, "url.lua.test.", &["127.0.0.23"], up_bound);
     eprintln!("recovery after {t3:?} (tcp), {t4:?} (http)");
 
-    let status = http_get(app.metrics_addr, "/status");
+    let status = inproc::get(app.metrics_addr, "/status");
     assert!(
         status.contains("127.0.0.21") && status.contains("state_changes"),
         "{status}"
     );
-    let text = http_get(app.metrics_addr, "/metrics");
+    let text = inproc::get(app.metrics_addr, "/metrics");
     assert!(
-        metric(&text, "dnsteer_probe_state_changes_total{") >= 4.0,
+        inproc::metric(&text, "dnsteer_probe_state_changes_total{") >= 4.0,
         "{text}"
     );
 }
@@ -437,9 +406,9 @@ fn everything_down_uses_the_backup_selector() {
     .unwrap();
     assert_eq!(m.metadata.response_code, ResponseCode::NoError);
     assert!(m.answers.is_empty());
-    let text = http_get(app.metrics_addr, "/metrics");
+    let text = inproc::get(app.metrics_addr, "/metrics");
     assert!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"backup\"}"
         ) >= 2.0,

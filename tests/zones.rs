@@ -1,10 +1,10 @@
 //! `[zones].transfer`: LUA records read from a real PowerDNS by AXFR, answered in-process,
 //! kept current by serial polling and NOTIFY; what dnsteer cannot compile stays with PowerDNS.
 
+mod inproc;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
@@ -31,40 +31,8 @@ fn start(pdns: &Pdns, refresh: &str) -> (dnsteer::app::App, tempfile::TempDir) {
 }
 
 fn start_with(pdns: &Pdns, refresh: &str, extra: &str) -> (dnsteer::app::App, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-         [ratelimit]\nenabled = false\n[upstream]\nservers = [\"{}\"]\ntimeout = \"500ms\"\n\
-         [zones]\ntransfer = [\"xfr.test.\"]\nrefresh = \"{refresh}\"\n{extra}",
-        pdns.addr()
-    );
-    let path = dir.path().join("dnsteer.toml");
-    std::fs::write(&path, text).unwrap();
-    let config = dnsteer::config::Config::load(&path).unwrap();
-    (
-        dnsteer::app::App::start(config).expect("dnsteer starts"),
-        dir,
-    )
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let zones = format!("[zones]\ntransfer = [\"xfr.test.\"]\nrefresh = \"{refresh}\"\n{extra}");
+    inproc::start_with(&[pdns.addr()], &zones)
 }
 
 fn a(front: SocketAddr, name: &str) -> (ResponseCode, Vec<String>) {
@@ -115,9 +83,9 @@ fn transferred_records_are_answered_in_process_and_follow_the_zone() {
     let m = dns_query(front, "txt.xfr.test.", RecordType::TXT, &QueryOpts::udp()).unwrap();
     assert_eq!(support::answer_rdata(&m), vec!["served by lua".to_string()]);
     assert!(m.metadata.authoritative);
-    let text = get(app.metrics_addr, "/metrics");
+    let text = inproc::get(app.metrics_addr, "/metrics");
     assert_eq!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"}"
         ),
@@ -125,7 +93,7 @@ fn transferred_records_are_answered_in_process_and_follow_the_zone() {
         "{text}"
     );
     assert_eq!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"rule\"}"
         ),
@@ -133,7 +101,7 @@ fn transferred_records_are_answered_in_process_and_follow_the_zone() {
         "{text}"
     );
     assert_eq!(
-        metric(&text, "dnsteer_zone_serial{zone=\"xfr.test.\"}"),
+        inproc::metric(&text, "dnsteer_zone_serial{zone=\"xfr.test.\"}"),
         1.0,
         "{text}"
     );
@@ -143,9 +111,9 @@ fn transferred_records_are_answered_in_process_and_follow_the_zone() {
         a(front, "concat.xfr.test."),
         (ResponseCode::NoError, vec!["192.0.2.7".into()])
     );
-    let text = get(app.metrics_addr, "/metrics");
+    let text = inproc::get(app.metrics_addr, "/metrics");
     assert_eq!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"}"
         ),
@@ -153,14 +121,14 @@ fn transferred_records_are_answered_in_process_and_follow_the_zone() {
         "{text}"
     );
     assert_eq!(
-        metric(
+        inproc::metric(
             &text,
             "dnsteer_zone_lua_records{zone=\"xfr.test.\",answered_by=\"powerdns\"}"
         ),
         2.0,
         "{text}"
     );
-    let status = get(app.metrics_addr, "/status");
+    let status = inproc::get(app.metrics_addr, "/status");
     assert!(
         status.contains("concat.xfr.test.") && status.contains("mx.xfr.test."),
         "{status}"
@@ -243,8 +211,8 @@ fn a_refused_transfer_keeps_the_previous_records() {
     pdns.restart();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let text = get(app.metrics_addr, "/metrics");
-        if metric(
+        let text = inproc::get(app.metrics_addr, "/metrics");
+        if inproc::metric(
             &text,
             "dnsteer_zone_transfers_total{zone=\"xfr.test.\",result=\"failed\"}",
         ) >= 1.0
@@ -256,7 +224,7 @@ fn a_refused_transfer_keeps_the_previous_records() {
     }
     // Still the old set, in-process.
     assert_eq!(a(front, "lb.xfr.test.").1, vec!["192.0.2.1".to_string()]);
-    let status = get(app.metrics_addr, "/status");
+    let status = inproc::get(app.metrics_addr, "/status");
     assert!(
         status.contains("\"last_error\": \"") && status.contains("refused"),
         "{status}"
