@@ -53,12 +53,22 @@ type = "A"
 ttl = 300
 content = ["192.0.2.10", "192.0.2.11"]
 EOF
+rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$PID/status"; }
+
+# Baseline: the same config with a 1024-source table, to show the table's share of RSS.
+sed -e 's/^max_tracked_sources = .*/max_tracked_sources = 1024/' "$RUN_DIR/dnsteer.toml" >"$RUN_DIR/small.toml"
+start_bg dnsteer-small "$RUN_DIR/small.log" "$BIN" --config "$RUN_DIR/small.toml"
+PID=$LAST_PID
+wait_http "http://127.0.0.1:$mport/healthz" "$PID" 30 || { tail_log "$RUN_DIR/small.log"; die "dnsteer did not start"; }
+sleep 1
+rss_small=$(rss)
+log "VmRSS after start with max_tracked_sources = 1024: ${rss_small} kB"
+stop_pid "$PID"
+
 start_bg dnsteer "$RUN_DIR/dnsteer.log" "$BIN" --config "$RUN_DIR/dnsteer.toml"
 PID=$LAST_PID
 wait_http "http://127.0.0.1:$mport/healthz" "$PID" 30 || { tail_log "$RUN_DIR/dnsteer.log"; die "dnsteer did not start"; }
 sleep 1
-
-rss() { awk '/^VmRSS:/ { print $2 }' "/proc/$PID/status"; }
 # counter DECISION: dnsteer_queries_total summed over transports for one decision label.
 counter() {
   curl -fsS --max-time 2 "http://127.0.0.1:$mport/metrics" |
@@ -96,11 +106,13 @@ for run in $(seq 1 "$RUNS"); do
   cpu_per_query rule --sources 1 --first "$EXEMPT_FIRST" | tee -a "$RUN_DIR/cpu.tsv" >&2
 done
 
-python3 - "$RUN_DIR/cpu.tsv" "$rss0" "$rss1" "$SOURCES" "$((q1 - q0))" <<'PY'
+python3 - "$RUN_DIR/cpu.tsv" "$rss0" "$rss1" "$SOURCES" "$((q1 - q0))" "$rss_small" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-rss0, rss1, sources, counted = (int(x) for x in sys.argv[2:6])
+rss0, rss1, sources, counted, rss_small = (int(x) for x in sys.argv[2:7])
 print()
+print(f"memory: VmRSS {rss_small} kB with max_tracked_sources = 1024; with 1000000: "
+      f"{rss0} kB (+{rss0 - rss_small} kB; table = 2^20 slots x 16 B = 16384 kB)")
 print(f"memory: VmRSS {rss0} kB after start, {rss1} kB after {sources} distinct sources "
       f"({counted} queries counted): +{rss1 - rss0} kB")
 med = {}
