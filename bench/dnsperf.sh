@@ -8,17 +8,22 @@
 #                                    #   multifo), dnsteer [[records]]
 #
 # Each (query set, server) pair runs `dnsperf -l DURATION -c CLIENTS -T THREADS -q OUTSTANDING`
-# RUNS times, interleaved (run 1 of every server, then run 2, ...), after a short warm-up.
+# RUNS (>= 3) times, interleaved (run 1 of every server, then run 2, ...), after a short warm-up.
 # Recorded per run: QPS, average latency, loss, and the server's CPU time per completed query
 # (utime+stime deltas of its process from /proc/PID/stat; for the proxies also PowerDNS's).
-# Prints medians and dnsteer's ratios; keeps the raw TSV in target/bench/.
+# Prints medians, and dnsteer's ratios as the median over rounds of the ratio within one round
+# (both servers measured back to back, so slow drift of the shared machine cancels).
+# Keeps the raw TSV in target/bench/. The whole run is bounded by MAX_SECONDS.
 #
 # Env: MODE=forward|lua  RUNS=3  DURATION=10  WARMUP=2  CLIENTS=8  THREADS=2  OUTSTANDING=256
-#      MAXQPS=N    forward mode: dnsdist gets addAction(MaxQPSIPRule(N), DropAction()) and
-#                  dnsteer [ratelimit] qps=burst=N, block_for="0s" (cost of the limiter; pick N
-#                  above the achieved QPS to measure overhead without drops)
+#      WORKERS=2   dnsteer [server].workers (PowerDNS/dnsdist/gdnsd get 2 threads as well)
+#      MAXQPS=N    forward mode: also start dnsdist-rl with addAction(MaxQPSIPRule(N), DropAction())
+#                  and dnsteer-rl with [ratelimit] qps=burst=N, measured interleaved with the
+#                  unlimited dnsdist/dnsteer (cost of the limiter; pick N far above the achieved
+#                  QPS so nothing is dropped)
 #      ECS=1       both proxies add ECS to forwarded queries (default off, as in dnsdist)
-#      LOG_SAMPLE=0.0  dnsteer logging.query_sample_rate
+#      LOG_SAMPLE=0.01  dnsteer logging.query_sample_rate (the default; the log goes to a file)
+#      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
 #      SETS="..."  lua mode: which query sets (default "static health lua")
 #      DNSTEER_BIN=path (skip the release build), SKIP_DEPS=1, KEEP_RUN_DIR=1
 # On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
@@ -31,13 +36,18 @@ cd "$ROOT"
 MODE="${MODE:-forward}"
 RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
-MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.0}"
+MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
+MAX_SECONDS="${MAX_SECONDS:-1800}"
 SETS="${SETS:-static health lua}"
 case $MODE in forward | lua) ;; *) die "MODE must be forward or lua" ;; esac
-for v in RUNS DURATION WARMUP CLIENTS THREADS OUTSTANDING; do
+for v in RUNS DURATION WARMUP CLIENTS THREADS OUTSTANDING WORKERS MAX_SECONDS; do
   [[ ${!v} =~ ^[0-9]+$ && ${!v} -gt 0 ]] || [[ $v == WARMUP && ${!v} == 0 ]] || die "$v must be a positive integer"
 done
 ((DURATION <= 120)) || die "DURATION is capped at 120 s per run"
+((RUNS >= 3)) || die "RUNS must be >= 3 (medians)"
+[[ -z $MAXQPS || $MAXQPS =~ ^[0-9]+$ ]] || die "MAXQPS must be an integer"
+[[ $MODE == forward || -z $MAXQPS ]] || die "MAXQPS applies to MODE=forward only"
+DEADLINE=$((SECONDS + MAX_SECONDS))
 
 [[ ${SKIP_DEPS:-0} == 1 ]] || bash "$ROOT/scripts/install-deps.sh"
 if [[ -n ${DNSTEER_BIN:-} ]]; then
@@ -89,8 +99,8 @@ start_pdns() {  # start_pdns NAME LUA-SETTING
   SERVERS+=("$name")
 }
 
-start_dnsdist() {  # forwards to pdns
-  local dir="$RUN_DIR/dnsdist" port
+start_dnsdist() {  # start_dnsdist NAME MAXQPS(or empty): forwards to pdns
+  local name="$1" maxqps="$2" dir="$RUN_DIR/$1" port
   mkdir -p "$dir"
   port=$(free_port)
   {
@@ -101,33 +111,33 @@ start_dnsdist() {  # forwards to pdns
     echo "setMaxUDPOutstanding(65535)"
     echo "newServer({address='127.0.0.1:${PORT[pdns]}', sockets=2, checkName='demo.test.', useClientSubnet=$([[ $ECS == 1 ]] && echo true || echo false)})"
     echo "setServerPolicy(firstAvailable)"
-    [[ -n $MAXQPS ]] && echo "addAction(MaxQPSIPRule($MAXQPS), DropAction())"
+    [[ -n $maxqps ]] && echo "addAction(MaxQPSIPRule($maxqps), DropAction())"
     true
   } >"$dir/dnsdist.conf"
-  start_bg dnsdist "$dir/dnsdist.log" dnsdist --supervised --disable-syslog -C "$dir/dnsdist.conf"
-  PORT[dnsdist]=$port PID[dnsdist]=$LAST_PID BACKEND[dnsdist]=${PID[pdns]}
-  wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/dnsdist.log"; die "dnsdist did not start"; }
-  SERVERS+=(dnsdist)
+  start_bg "$name" "$dir/dnsdist.log" dnsdist --supervised --disable-syslog -C "$dir/dnsdist.conf"
+  PORT[$name]=$port PID[$name]=$LAST_PID BACKEND[$name]=${PID[pdns]}
+  wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/dnsdist.log"; die "$name did not start"; }
+  SERVERS+=("$name")
 }
 
-start_dnsteer() {  # start_dnsteer WITH-RECORDS(0|1)
-  local dir="$RUN_DIR/dnsteer" port mport cfg
+start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty)
+  local name="$1" records="$2" maxqps="$3" dir="$RUN_DIR/$1" port mport cfg
   mkdir -p "$dir"
   port=$(free_port) mport=$(free_port)
   cfg="$dir/dnsteer.toml"
   {
-    printf '[server]\nlisten = ["127.0.0.1:%s"]\n\n' "$port"
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\nworkers = %s\n\n' "$port" "$WORKERS"
     printf '[metrics]\nlisten = "127.0.0.1:%s"\n\n' "$mport"
     printf '[logging]\nlevel = "warn"\nformat = "text"\nquery_sample_rate = %s\n\n' "$LOG_SAMPLE"
-    if [[ -n $MAXQPS ]]; then
-      printf '[ratelimit]\nqps = %s\nburst = %s\nblock_for = "0s"\n\n' "$MAXQPS" "$MAXQPS"
+    if [[ -n $maxqps ]]; then
+      printf '[ratelimit]\nqps = %s\nburst = %s\nblock_for = "0s"\n\n' "$maxqps" "$maxqps"
     else
       printf '[ratelimit]\nenabled = false\n\n'
     fi
     printf '[upstream]\nservers = ["127.0.0.1:%s"]\nadd_ecs = %s\n\n' "${PORT[pdns]}" \
       "$([[ $ECS == 1 ]] && echo true || echo false)"
     printf '[probes]\ninterval = "2s"\ntimeout = "1s"\n'
-    if [[ $1 == 1 ]]; then
+    if [[ $records == 1 ]]; then
       # The same bodies as the PowerDNS zone (config/demo/demo.test.zone).
       cat <<EOF
 
@@ -157,11 +167,11 @@ lua = "ifportup($TCP_PORT, {'127.0.0.3','127.0.0.1'})"
 EOF
     fi
   } >"$cfg"
-  start_bg dnsteer "$dir/dnsteer.log" "$BIN" --config "$cfg"
-  PORT[dnsteer]=$port PID[dnsteer]=$LAST_PID
-  [[ $1 == 1 ]] || BACKEND[dnsteer]=${PID[pdns]}
-  wait_http "http://127.0.0.1:$mport/readyz" "$LAST_PID" 30 || { tail_log "$dir/dnsteer.log"; die "dnsteer not ready"; }
-  SERVERS+=(dnsteer)
+  start_bg "$name" "$dir/dnsteer.log" "$BIN" --config "$cfg"
+  PORT[$name]=$port PID[$name]=$LAST_PID
+  [[ $records == 1 ]] || BACKEND[$name]=${PID[pdns]}
+  wait_http "http://127.0.0.1:$mport/readyz" "$LAST_PID" 30 || { tail_log "$dir/dnsteer.log"; die "$name not ready"; }
+  SERVERS+=("$name")
 }
 
 start_gdnsd() {  # static A + multifo over a tcp_connect check on the same addresses
@@ -231,6 +241,8 @@ servers_for() {
 run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
   local set="$1" s="$2" run="$3" secs="$4" record="$5" out t0 t1 b0=0 b1=0 pid backend
   pid=${PID[$s]} backend=${BACKEND[$s]:-}
+  ((SECONDS + secs + 30 <= DEADLINE)) || die "MAX_SECONDS=$MAX_SECONDS would be exceeded: stopping"
+
   out="$RUN_DIR/dnsperf-$set-$s-$run.txt"
   t0=$(cpu_ticks "$pid")
   [[ -n $backend ]] && b0=$(cpu_ticks "$backend")
@@ -259,14 +271,18 @@ run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
 # ---- main ---------------------------------------------------------------------------------
 if [[ $MODE == forward ]]; then
   start_pdns pdns yes
-  start_dnsdist
-  start_dnsteer 0
+  start_dnsdist dnsdist ""
+  start_dnsteer dnsteer 0 ""
+  if [[ -n $MAXQPS ]]; then
+    start_dnsdist dnsdist-rl "$MAXQPS"
+    start_dnsteer dnsteer-rl 0 "$MAXQPS"
+  fi
   sets=(forward)
 else
   start_pdns pdns yes
   start_pdns pdns-shared shared
   start_gdnsd
-  start_dnsteer 1
+  start_dnsteer dnsteer 1 ""
   read -r -a sets <<<"$SETS"
 fi
 write_queries
@@ -277,6 +293,7 @@ done
 log "servers: $(for s in "${SERVERS[@]}"; do printf '%s=127.0.0.1:%s ' "$s" "${PORT[$s]}"; done)"
 total=$(( (WARMUP + DURATION * RUNS) * $(for set in "${sets[@]}"; do servers_for "$set"; done | wc -l) ))
 log "mode $MODE, sets: ${sets[*]}; about ${total} s of load"
+((SECONDS + total <= DEADLINE)) || die "about ${total} s of load exceeds MAX_SECONDS=$MAX_SECONDS"
 
 if ((WARMUP > 0)); then
   log "warm-up ${WARMUP} s each (LUA health checks start on first use in PowerDNS)"
@@ -316,14 +333,25 @@ for (st, sv), rs in table.items():
     print(f"{st:<8} {sv:<12} {m['qps']:>10.0f} {m['latency_ms']:>8.3f} {m['lost_pct']:>7.2f} "
           f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11}")
 print()
-print("Ratios (dnsteer / other): qps higher is better, cpu/query lower is better")
-for (st, sv), m in sorted(stats.items()):
-    if sv != "dnsteer":
-        continue
-    for (st2, other), o in sorted(stats.items()):
-        if st2 != st or other == "dnsteer":
+print("Ratios A/B: median over rounds of the ratio within one round (A and B measured back to")
+print("back in the same round); qps higher is better for A, cpu/query lower is better for A")
+by_run = {(r["set"], r["server"], r["run"]): r for r in rows}
+def ratio(st, a, b, key):
+    vals = []
+    for (s1, sv, run), r in by_run.items():
+        o = by_run.get((st, b, run))
+        if s1 == st and sv == a and o and float(o[key]) > 0:
+            vals.append(float(r[key]) / float(o[key]))
+    return statistics.median(vals) if vals else float("nan"), len(vals)
+names = sorted({sv for (_, sv) in stats})
+pairs = [(a, b) for a in names if a.startswith("dnsteer") for b in names if b != a]
+pairs += [("dnsdist-rl", "dnsdist")] if "dnsdist-rl" in names else []
+for st in sorted({st for (st, _) in stats}):
+    for a, b in pairs:
+        if (st, a) not in stats or (st, b) not in stats:
             continue
-        print(f"  {st:<8} dnsteer/{other:<12} qps x{m['qps'] / o['qps']:.2f}   "
-              f"cpu/query x{m['cpu_us_per_q'] / o['cpu_us_per_q']:.2f}")
+        q, n = ratio(st, a, b, "qps")
+        c, _ = ratio(st, a, b, "cpu_us_per_q")
+        print(f"  {st:<8} {a}/{b:<12} qps x{q:.2f}   cpu/query x{c:.2f}   ({n} rounds)")
 PY
 log "raw results: $keep"
