@@ -142,6 +142,8 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
             log: &shared.log,
             sampler: &mut sampler,
             max_udp_payload: 1232,
+            notify: &shared.notify_tx,
+            worker: 0,
         };
         let first = pipeline::handle(&mut ctx, pkt, *src, Transport::Udp, now, &mut out);
         let ok = match (*label, &first) {
@@ -171,6 +173,8 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
                     log: &shared.log,
                     sampler: &mut sampler,
                     max_udp_payload: 1232,
+                    notify: &shared.notify_tx,
+                    worker: 0,
                 };
                 let a =
                     pipeline::handle(&mut ctx, black_box(pkt), *src, Transport::Udp, t, &mut out);

@@ -22,6 +22,7 @@ pub mod querylog;
 pub mod ratelimit;
 pub mod records;
 pub mod reload;
+pub mod udp_batch;
 pub mod upstream;
 pub mod xfr;
 pub mod zones;

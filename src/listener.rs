@@ -20,6 +20,7 @@ use crate::dns::{self, rcode};
 use crate::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::pipeline::{self, Action, Ctx};
 use crate::querylog::{Event, Sampler};
+use crate::udp_batch::{BATCH, RecvBatch, SendBatch};
 use crate::upstream::{ForwardError, Pending, UdpClient, WorkerUpstreams};
 
 /// Largest UDP datagram we read (EDNS clients may send up to this).
@@ -288,48 +289,77 @@ pub fn run_worker(
 }
 
 async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool>) {
+    use std::os::fd::AsRawFd;
     let sock = w.udp[listener].clone();
-    let mut buf = vec![0u8; UDP_BUF];
+    let fd = sock.as_raw_fd();
+    let mut rx = Box::new(RecvBatch::default());
+    let mut tx = Box::new(SendBatch::default());
     let mut out = Vec::with_capacity(UDP_BUF);
     let mut fwd = Vec::with_capacity(UDP_BUF);
     loop {
-        let (n, src) = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        // Drain what is queued, a batch per system call.
+        loop {
+            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 // ICMP errors and the like: nothing to answer.
                 Err(_) => continue,
-            },
-            _ = stop.changed() => return,
-        };
-        let received = Instant::now();
-        let snap = w.snapshot();
-        let action = w.handle(&snap, &buf[..n], src, Transport::Udp, received, &mut out);
-        match action {
-            Action::Reply => send_udp(&w, listener, &out, src),
-            Action::Drop => {}
-            Action::Forward { query, sampled } => {
-                w.metrics.query(Transport::Udp, Decision::Forwarded);
-                let ups = w.upstreams(&snap);
-                let p = Pending {
-                    client: UdpClient {
-                        addr: src,
-                        listener,
-                    },
-                    orig_id: query.id,
-                    added: dns::Added::Nothing,
-                    query,
-                    packet: buf[..n].to_vec(),
-                    attempt: 0,
-                    tried: 0,
-                    sent_at: received,
-                    received_at: received,
-                    sampled,
+            };
+            // One clock read and one snapshot load per batch.
+            let received = Instant::now();
+            let snap = w.snapshot();
+            for i in 0..n {
+                let Some((pkt, src)) = rx.get(i) else {
+                    w.metrics.dropped(DropReason::TooShort);
+                    continue;
                 };
-                if let Err(err) = ups.send_udp(p, &mut fwd) {
-                    let (e, p) = *err;
-                    fail_udp(&w, &snap, p, e, &mut out);
+                let Some(reply) = tx.next_buf() else { break };
+                match w.handle(&snap, pkt, src, Transport::Udp, received, reply) {
+                    Action::Reply => tx.commit(src),
+                    Action::Drop => {}
+                    Action::Forward { query, sampled } => {
+                        w.metrics.query(Transport::Udp, Decision::Forwarded);
+                        let ups = w.upstreams(&snap);
+                        let p = Pending {
+                            client: UdpClient {
+                                addr: src,
+                                listener,
+                            },
+                            orig_id: query.id,
+                            added: dns::Added::Nothing,
+                            query,
+                            packet: pkt.to_vec(),
+                            attempt: 0,
+                            tried: 0,
+                            sent_at: received,
+                            received_at: received,
+                            sampled,
+                        };
+                        if let Err(err) = ups.send_udp(p, &mut fwd) {
+                            let (e, p) = *err;
+                            fail_udp(&w, &snap, p, e, &mut out);
+                        }
+                    }
                 }
             }
+            if !tx.is_empty() {
+                let queued = tx.len();
+                let sent = sock
+                    .try_io(tokio::io::Interest::WRITABLE, || tx.flush(fd))
+                    .unwrap_or(0);
+                for _ in sent..queued {
+                    w.metrics.dropped(DropReason::SendFailed);
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+            // A full batch: let this worker's other tasks (upstream answers, TCP) run too.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -1,0 +1,299 @@
+//! Batched datagram I/O for the UDP front end: `recvmmsg`/`sendmmsg` move up to `BATCH`
+//! packets per system call. On Linux most of a DNS server's CPU is the per-packet syscall and
+//! kernel path, not the answer itself (measured in BENCHMARKS.md), so this is where batching pays.
+//!
+//! The buffers are allocated once per socket; the pointer tables the kernel reads are rebuilt
+//! right before each call, so nothing here is self-referential.
+
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+
+use socket2::SockAddr;
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+/// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
+pub const SLOT: usize = 4096;
+
+/// Receive side: `BATCH` buffers and their source addresses.
+pub struct RecvBatch {
+    bufs: Vec<u8>,
+    addrs: Vec<libc::sockaddr_storage>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+impl Default for RecvBatch {
+    fn default() -> Self {
+        // SAFETY: all-zero is a valid value for these plain C structs.
+        let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
+        let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        RecvBatch {
+            bufs: vec![0u8; BATCH * SLOT],
+            addrs: vec![zero_storage; BATCH],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                BATCH
+            ],
+            hdrs: vec![zero_hdr; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RecvBatch {
+    /// Reads up to `BATCH` datagrams without blocking; `WouldBlock` when none is waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: SLOT,
+            };
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by `self` that outlive the call, with
+        // the lengths given; the kernel writes at most those lengths.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            self.count = 0;
+            return Err(io::Error::last_os_error());
+        }
+        self.count = n as usize;
+        Ok(self.count)
+    }
+
+    /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
+    /// `SLOT`) or its address is not IP.
+    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let len = (h.msg_len as usize).min(SLOT);
+        Some((
+            &self.bufs[i * SLOT..i * SLOT + len],
+            to_socket_addr(&self.addrs[i])?,
+        ))
+    }
+}
+
+/// The IPv4 or IPv6 address the kernel wrote into `ss`.
+fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match ss.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large
+            // enough and aligned for.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                ip,
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Send side: answers queued during a batch, sent with one `sendmmsg`.
+pub struct SendBatch {
+    bufs: Vec<Vec<u8>>,
+    addrs: Vec<SockAddr>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        let any: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        SendBatch {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
+            addrs: vec![SockAddr::from(any); BATCH],
+            iovs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                };
+                BATCH
+            ],
+            hdrs: vec![zero_hdr; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl SendBatch {
+    /// The buffer for the next answer (cleared); `commit` queues it. None when full.
+    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+        let b = self.bufs.get_mut(self.count)?;
+        b.clear();
+        Some(b)
+    }
+
+    /// Queues the buffer last returned by `next_buf` for `to`.
+    pub fn commit(&mut self, to: SocketAddr) {
+        if self.count < BATCH {
+            self.addrs[self.count] = SockAddr::from(to);
+            self.count += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Sends the queued answers without blocking. Returns how many left the socket; the rest
+    /// (socket buffer full) are discarded, and the batch is empty afterwards.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+        let total = self.count;
+        let mut sent = 0;
+        let mut result = Ok(());
+        while sent < total {
+            let n = total - sent;
+            for i in 0..n {
+                let k = sent + i;
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
+                    iov_len: self.bufs[k].len(),
+                };
+                let h = &mut self.hdrs[i];
+                h.msg_hdr.msg_name = self.addrs[k].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = self.addrs[k].len();
+                h.msg_hdr.msg_iov = &mut self.iovs[i];
+                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+                h.msg_hdr.msg_flags = 0;
+                h.msg_len = 0;
+            }
+            // SAFETY: headers point into `self`'s buffers and addresses, valid for the call.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                // A bad destination fails only its own message: skip it and go on.
+                if e.kind() != io::ErrorKind::WouldBlock && n > 1 {
+                    sent += 1;
+                    continue;
+                }
+                result = Err(e);
+                break;
+            }
+            sent += r as usize;
+        }
+        self.count = 0;
+        result
+            .map(|()| sent)
+            .or_else(|e| if sent > 0 { Ok(sent) } else { Err(e) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_batch_round_trip_on_loopback() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut rb = RecvBatch::default();
+        assert_eq!(
+            rb.recv(server.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        for i in 0..40u8 {
+            client
+                .send_to(&[i; 20], server.local_addr().unwrap())
+                .unwrap();
+        }
+        client
+            .send_to(&vec![7u8; SLOT + 10], server.local_addr().unwrap())
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let n = rb.recv(server.as_raw_fd()).unwrap();
+        assert_eq!(n, BATCH);
+        let mut sb = SendBatch::default();
+        for i in 0..n {
+            let (pkt, from) = rb.get(i).unwrap();
+            assert_eq!(pkt, &[i as u8; 20]);
+            assert_eq!(from, client.local_addr().unwrap());
+            let b = sb.next_buf().unwrap();
+            b.extend_from_slice(pkt);
+            b.push(0xff);
+            sb.commit(from);
+        }
+        assert!(sb.next_buf().is_none(), "full after BATCH answers");
+        assert_eq!(sb.flush(server.as_raw_fd()).unwrap(), BATCH);
+        assert!(sb.is_empty());
+        let mut buf = [0u8; 64];
+        for i in 0..BATCH {
+            let n = client.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n - 1], &[i as u8; 20]);
+        }
+        // The rest, then the oversize datagram, which is flagged and skipped.
+        let n = rb.recv(server.as_raw_fd()).unwrap();
+        assert_eq!(n, 9);
+        assert!(rb.get(7).is_some());
+        assert!(
+            rb.get(8).is_none(),
+            "a datagram longer than SLOT is not handed out"
+        );
+        assert!(rb.get(9).is_none());
+    }
+}
