@@ -154,7 +154,10 @@ for path in healthz readyz; do
     printf '  FAIL %-39s\n' "GET /$path"; failures=$((failures + 1))
   fi
 done
-if curl -fsS --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^dnsteer_'; then
+# Fetch first: `curl | grep -q` fails under pipefail when grep exits before curl has written
+# the whole (large) body.
+metrics_body=$(curl -fsS --max-time 2 "http://127.0.0.1:$METRICS_PORT/metrics" || true)
+if grep -q '^dnsteer_' <<<"$metrics_body"; then
   printf '  ok   %-39s\n' "GET /metrics has dnsteer_* series"
 else
   printf '  FAIL %-39s\n' "GET /metrics has dnsteer_* series"; failures=$((failures + 1))
