@@ -17,6 +17,23 @@ pub const BATCH: usize = 32;
 /// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
 pub const SLOT: usize = 4096;
 
+/// Points message header `h` at one buffer (`iov`) and one address.
+fn fill(
+    h: &mut libc::mmsghdr,
+    iov: &mut libc::iovec,
+    name: *mut libc::c_void,
+    namelen: libc::socklen_t,
+) {
+    h.msg_hdr.msg_name = name;
+    h.msg_hdr.msg_namelen = namelen;
+    h.msg_hdr.msg_iov = iov;
+    h.msg_hdr.msg_iovlen = 1;
+    h.msg_hdr.msg_control = std::ptr::null_mut();
+    h.msg_hdr.msg_controllen = 0;
+    h.msg_hdr.msg_flags = 0;
+    h.msg_len = 0;
+}
+
 /// Receive side: `BATCH` buffers and their source addresses.
 pub struct RecvBatch {
     bufs: Vec<u8>,
@@ -55,15 +72,12 @@ impl RecvBatch {
                 iov_base: self.bufs[i * SLOT..].as_mut_ptr().cast(),
                 iov_len: SLOT,
             };
-            let h = &mut self.hdrs[i];
-            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
-            h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
-            h.msg_hdr.msg_flags = 0;
-            h.msg_len = 0;
+            fill(
+                &mut self.hdrs[i],
+                &mut self.iovs[i],
+                (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast(),
+                size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+            );
         }
         // SAFETY: every header points into buffers owned by `self` that outlive the call, with
         // the lengths given; the kernel writes at most those lengths.
@@ -198,15 +212,12 @@ impl SendBatch {
                     iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
                     iov_len: self.bufs[k].len(),
                 };
-                let h = &mut self.hdrs[i];
-                h.msg_hdr.msg_name = self.addrs[k].as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = self.addrs[k].len();
-                h.msg_hdr.msg_iov = &mut self.iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = std::ptr::null_mut();
-                h.msg_hdr.msg_controllen = 0;
-                h.msg_hdr.msg_flags = 0;
-                h.msg_len = 0;
+                fill(
+                    &mut self.hdrs[i],
+                    &mut self.iovs[i],
+                    self.addrs[k].as_ptr() as *mut libc::c_void,
+                    self.addrs[k].len(),
+                );
             }
             // SAFETY: headers point into `self`'s buffers and addresses, valid for the call.
             let r = unsafe {

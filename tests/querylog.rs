@@ -57,18 +57,9 @@ fn start_pdns() -> Pdns {
     Pdns::start(&[(DEMO_ZONE_NAME, DEMO_ZONE)], &[])
 }
 
+/// A plain query (RD=0, no EDNS): the library's own builder, used by its health checks.
 fn query_wire(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut w = Vec::with_capacity(12 + name.len() + 6);
-    w.extend_from_slice(&id.to_be_bytes());
-    w.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name.trim_end_matches('.').split('.') {
-        w.push(label.len() as u8);
-        w.extend_from_slice(label.as_bytes());
-    }
-    w.push(0);
-    w.extend_from_slice(&qtype.to_be_bytes());
-    w.extend_from_slice(&1u16.to_be_bytes());
-    w
+    dnsteer::upstream::build_query(id, name, qtype)
 }
 
 /// A header with QDCOUNT = 0: FORMERR.
