@@ -333,11 +333,14 @@ impl WorkerUpstreams {
         })
     }
 
-    /// Picks a server not yet tried (`tried` bitmask), healthy ones first, by policy.
+    /// Picks a server not yet tried (`tried` bitmask), healthy ones first, by policy. Once
+    /// every server was tried, any may be picked again: a retry then resends to the same
+    /// PowerDNS, which is what recovers a lost UDP packet when there is one replica.
     /// Allocation-free: it runs once per forwarded query.
     pub fn pick(&self, tried: u64) -> Option<usize> {
         let n = self.servers.len().min(64);
-        let untried = |i: usize| tried & (1 << i) == 0;
+        let all_tried = (0..n).all(|i| tried & (1 << i) != 0);
+        let untried = |i: usize| all_tried || tried & (1 << i) == 0;
         let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
         // With every untried server marked down, still try one: a false "down" must not turn
         // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
@@ -673,7 +676,11 @@ mod tests {
             Some(1),
             "with only down servers left, one is still tried"
         );
-        assert_eq!(w.pick(0b111), None);
+        assert_eq!(
+            w.pick(0b111),
+            Some(0),
+            "all tried: a retry goes to a healthy one again"
+        );
 
         let (_rt, w) = pool("round-robin");
         let picks: Vec<_> = (0..6).map(|_| w.pick(0).unwrap()).collect();
