@@ -322,6 +322,7 @@ impl App {
         };
         control.spawn(reloads);
         control.spawn(crate::zones::run(shared.clone(), notify_rx));
+        control.spawn(log_block_ends(shared.clone()));
         shared.ready.store(true, Ordering::Relaxed);
         tracing::info!(
             listen = ?bound.addrs,
@@ -376,6 +377,27 @@ impl App {
     /// The config file this app reloads from.
     pub fn config_path(&self) -> &std::path::Path {
         &self.config_path
+    }
+}
+
+/// Logs the end of each block (the limiter learns of it lazily, so the control plane watches
+/// the blocked set once a second; it covers the most recent 1024 blocks started).
+async fn log_block_ends(shared: Arc<Shared>) {
+    let mut active: std::collections::HashSet<ipnet::IpNet> = std::collections::HashSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now: std::collections::HashSet<ipnet::IpNet> = shared
+            .limiter
+            .top_blocked(1024)
+            .into_iter()
+            .map(|b| b.prefix)
+            .collect();
+        let dry_run = shared.snapshot.load().config.ratelimit.dry_run;
+        for ended in active.difference(&now) {
+            tracing::info!(target: "dnsteer::ratelimit", source = %ended, dry_run, "block ended");
+        }
+        active = now;
     }
 }
 

@@ -379,6 +379,24 @@ fn drop_blocks_a_source_at_twice_the_rate_for_block_for() {
     assert_eq!(delta(&before, &after, BLOCKS), 1.0, "no second block");
     assert_eq!(get(&after, BLOCKED), 0.0);
     assert!(top_blocked(&d).is_empty());
+    // The end of the block is logged too (the control plane notices within a second).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let ended = log_lines(&d).into_iter().any(|l| {
+            l["target"] == "dnsteer::ratelimit"
+                && l["fields"]["message"] == "block ended"
+                && l["fields"]["source"] == "127.0.1.1/32"
+        });
+        if ended {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 'block ended' line: {}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(
         delta(&before, &after, LIMITED_DROP),
         limited + (to - from) as f64
