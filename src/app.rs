@@ -118,16 +118,12 @@ pub fn load_geo(
     if let Some(prev) = previous
         && let (Some(pg), Some(pdb)) = (&prev.config.geoip, &prev.geo)
         && pg.database == g.database
-        && !geo_changed_since(&g.database, prev.config.as_ref())
     {
+        // Same path: keep it. A replaced file is noticed by the reload loop, which forces a
+        // reopen (`force_geo_reload`).
         return Ok(Some(pdb.clone()));
     }
     Ok(Some(Arc::new(GeoDb::open(&g.database)?)))
-}
-
-fn geo_changed_since(_path: &std::path::Path, _cfg: &Config) -> bool {
-    // The reload loop watches the file itself and forces a rebuild when it changes.
-    false
 }
 
 /// Builds a complete snapshot: compile, open GeoIP, probe new targets once, learn zone SOAs,

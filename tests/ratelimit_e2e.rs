@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{DEMO_ZONE, DEMO_ZONE_NAME, Dnsteer, Pdns, free_addr};
+use support::{
+    DEMO_ZONE, DEMO_ZONE_NAME, Dnsteer, Pdns, free_addr, parse_metrics, series as get,
+    series_delta as delta,
+};
 
 const A: u16 = 1;
 /// Answered by PowerDNS (forwarded).
@@ -244,22 +247,7 @@ impl Drop for Paced {
 fn scrape(d: &Dnsteer) -> HashMap<String, f64> {
     let (code, body) = d.get("/metrics");
     assert_eq!(code, 200);
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn get(m: &HashMap<String, f64>, series: &str) -> f64 {
-    *m.get(series)
-        .unwrap_or_else(|| panic!("{series} missing from /metrics"))
-}
-
-fn delta(before: &HashMap<String, f64>, after: &HashMap<String, f64>, series: &str) -> f64 {
-    get(after, series) - get(before, series)
+    parse_metrics(&body)
 }
 
 fn top_blocked(d: &Dnsteer) -> Vec<String> {

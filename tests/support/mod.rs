@@ -959,3 +959,29 @@ impl Dnsteer {
         self.child.take().and_then(ChildGuard::stop)
     }
 }
+
+/// Prometheus text → `name{labels}` → value (comments and blank lines skipped).
+pub fn parse_metrics(body: &str) -> std::collections::HashMap<String, f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One series of a parsed scrape; panics if it is missing.
+pub fn series(m: &std::collections::HashMap<String, f64>, series: &str) -> f64 {
+    *m.get(series)
+        .unwrap_or_else(|| panic!("{series} missing from /metrics"))
+}
+
+/// How much a series grew between two scrapes.
+pub fn series_delta(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    name: &str,
+) -> f64 {
+    series(after, name) - series(before, name)
+}
