@@ -26,6 +26,10 @@
 #      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
 #      SETS="..."  lua mode: which query sets (default "static health lua")
 #      DNSTEER_BIN=path (skip the release build), SKIP_DEPS=1, KEEP_RUN_DIR=1
+#      DNSTEER_BIN_B=path  also run a second dnsteer binary as server "dnsteer-b", interleaved
+#                  with the first (A/B of two builds in one run)
+#      ONLY="..."  measure only these servers (e.g. ONLY="gdnsd dnsteer"); the others still
+#                  start when another server needs them (PowerDNS behind the proxies)
 # On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
 # QPS second (shared/notes/rust-stack.md §8).
 set -euo pipefail
@@ -120,8 +124,8 @@ start_dnsdist() {  # start_dnsdist NAME MAXQPS(or empty): forwards to pdns
   SERVERS+=("$name")
 }
 
-start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty)
-  local name="$1" records="$2" maxqps="$3" dir="$RUN_DIR/$1" port mport cfg
+start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINARY]
+  local name="$1" records="$2" maxqps="$3" bin="${4:-$BIN}" dir="$RUN_DIR/$1" port mport cfg
   mkdir -p "$dir"
   port=$(free_port) mport=$(free_port)
   cfg="$dir/dnsteer.toml"
@@ -167,7 +171,7 @@ lua = "ifportup($TCP_PORT, {'127.0.0.3','127.0.0.1'})"
 EOF
     fi
   } >"$cfg"
-  start_bg "$name" "$dir/dnsteer.log" "$BIN" --config "$cfg"
+  start_bg "$name" "$dir/dnsteer.log" "$bin" --config "$cfg"
   PORT[$name]=$port PID[$name]=$LAST_PID
   [[ $records == 1 ]] || BACKEND[$name]=${PID[pdns]}
   wait_http "http://127.0.0.1:$mport/readyz" "$LAST_PID" 30 || { tail_log "$dir/dnsteer.log"; die "$name not ready"; }
@@ -231,10 +235,12 @@ write_queries() {
 
 # servers_for SET: which servers can answer a set.
 servers_for() {
-  case $1 in
-    forward | static | health) printf '%s\n' "${SERVERS[@]}" ;;
-    lua) printf '%s\n' "${SERVERS[@]}" | grep -v '^gdnsd$' ;;
-  esac
+  local s
+  for s in "${SERVERS[@]}"; do
+    [[ $1 == lua && $s == gdnsd ]] && continue
+    [[ -z ${ONLY:-} || " $ONLY " == *" $s "* ]] || continue
+    printf '%s\n' "$s"
+  done
 }
 
 # ---- one measurement ----------------------------------------------------------------------
@@ -273,6 +279,7 @@ if [[ $MODE == forward ]]; then
   start_pdns pdns yes
   start_dnsdist dnsdist ""
   start_dnsteer dnsteer 0 ""
+  [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 0 "" "$DNSTEER_BIN_B"
   if [[ -n $MAXQPS ]]; then
     start_dnsdist dnsdist-rl "$MAXQPS"
     start_dnsteer dnsteer-rl 0 "$MAXQPS"
@@ -283,6 +290,7 @@ else
   start_pdns pdns-shared shared
   start_gdnsd
   start_dnsteer dnsteer 1 ""
+  [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 1 "" "$DNSTEER_BIN_B"
   read -r -a sets <<<"$SETS"
 fi
 write_queries

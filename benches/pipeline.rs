@@ -144,6 +144,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
             max_udp_payload: 1232,
             notify: &shared.notify_tx,
             worker: 0,
+            latency: pipeline::Latency::Batch { answered: 0 },
         };
         let first = pipeline::handle(&mut ctx, pkt, *src, Transport::Udp, now, &mut out);
         let ok = match (*label, &first) {
@@ -175,6 +176,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
                     max_udp_payload: 1232,
                     notify: &shared.notify_tx,
                     worker: 0,
+                    latency: pipeline::Latency::Batch { answered: 0 },
                 };
                 let a =
                     pipeline::handle(&mut ctx, black_box(pkt), *src, Transport::Udp, t, &mut out);

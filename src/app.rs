@@ -274,11 +274,16 @@ impl App {
                 source,
             })?;
         let metrics_addr = metrics_listener.local_addr().map_err(StartError::Runtime)?;
-        let mut bound = listener::bind_all(&restart.listen, restart.workers, restart.socket_buffer)
-            .map_err(|source| StartError::Bind {
-                what: format!("DNS listeners {:?}", restart.listen),
-                source,
-            })?;
+        let mut bound = listener::bind_all(
+            &restart.listen,
+            restart.workers,
+            restart.socket_buffer,
+            restart.max_udp_payload <= listener::DONT_FRAGMENT_MAX_PAYLOAD,
+        )
+        .map_err(|source| StartError::Bind {
+            what: format!("DNS listeners {:?}", restart.listen),
+            source,
+        })?;
         *shared
             .listen_addrs
             .lock()

@@ -2,7 +2,7 @@
 //! PowerDNS replicas, and answers PowerDNS LUA records in-process from probe state and GeoIP.
 //!
 //! Data flow (one file per step):
-//! `listener` (UDP/TCP sockets) → `pipeline` (per query) → `ratelimit` → `dns` (parse)
+//! `listener` (sockets, workers; UDP via `udp_front` + `udp_batch`) → `pipeline` (per query) → `ratelimit` → `dns` (parse)
 //! → `querylog` (sample) → `records` (+ `lua`, `probes`, `geo`) | `upstream` (PowerDNS pool)
 //! → `dns` (encode) → `listener`.
 //! Control plane: `config`, `reload`, `probes`, `geo`, `metrics`, `admin`, `app`.
@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod records;
 pub mod reload;
 pub mod udp_batch;
+pub mod udp_front;
 pub mod upstream;
 pub mod xfr;
 pub mod zones;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
@@ -20,8 +20,8 @@ use crate::dns::{self, rcode};
 use crate::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::pipeline::{self, Action, Ctx};
 use crate::querylog::{Event, Sampler};
-use crate::udp_batch::{BATCH, RecvBatch, SendBatch};
-use crate::upstream::{ForwardError, Pending, UdpClient, WorkerUpstreams};
+use crate::udp_front::{self, ForwardBatch, UdpFront};
+use crate::upstream::{ForwardError, Pending, WorkerUpstreams};
 
 /// Largest UDP datagram we read (EDNS clients may send up to this).
 const UDP_BUF: usize = 4096;
@@ -61,12 +61,44 @@ fn reuseport_socket(
     Ok(s)
 }
 
+/// Largest UDP payload for which IPv4 answers leave with DF set (RFC 9715's recommended
+/// maximum DNS/UDP payload): above it the operator chose fragmentable answers.
+pub const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
+
+/// IPv4 UDP answers with the Don't Fragment bit and no path-MTU state (RFC 9715 R4:
+/// fragmented DNS answers are dropped or spoofed on the way, and forged ICMP "fragmentation
+/// needed" must not shrink them). With DF set, the kernel also skips computing a random IP ID
+/// for every datagram. Best effort: a kernel without the option just keeps its default.
+fn set_dont_fragment(s: &Socket, addr: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    if !addr.is_ipv4() {
+        // IPv6 routers never fragment; the source only does for answers over the path MTU.
+        return;
+    }
+    let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
+    // SAFETY: plain integer option on a socket we own.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_MTU_DISCOVER not set");
+    }
+}
+
 /// Binds `workers` UDP sockets and TCP listeners on every address. For port 0, one port free
-/// for both UDP and TCP is found first, then every worker binds it.
+/// for both UDP and TCP is found first, then every worker binds it. `dont_fragment`: see
+/// [`DONT_FRAGMENT_MAX_PAYLOAD`].
 pub fn bind_all(
     listen: &[SocketAddr],
     workers: usize,
     buffer: usize,
+    dont_fragment: bool,
 ) -> std::io::Result<BoundSockets> {
     let mut out = BoundSockets {
         udp: Vec::new(),
@@ -77,7 +109,7 @@ pub fn bind_all(
         let mut last_err = None;
         let mut bound = None;
         for _ in 0..32 {
-            match bind_one(want, workers, buffer) {
+            match bind_one(want, workers, buffer, dont_fragment) {
                 Ok(b) => {
                     bound = Some(b);
                     break;
@@ -103,7 +135,12 @@ type Bound = (
     Vec<std::net::TcpListener>,
 );
 
-fn bind_one(want: SocketAddr, workers: usize, buffer: usize) -> std::io::Result<Bound> {
+fn bind_one(
+    want: SocketAddr,
+    workers: usize,
+    buffer: usize,
+    dont_fragment: bool,
+) -> std::io::Result<Bound> {
     let first_tcp = reuseport_socket(want, Type::STREAM, Protocol::TCP, buffer)?;
     let addr = first_tcp
         .local_addr()?
@@ -113,12 +150,11 @@ fn bind_one(want: SocketAddr, workers: usize, buffer: usize) -> std::io::Result<
     let mut tcp = vec![std::net::TcpListener::from(first_tcp)];
     let mut udp = Vec::with_capacity(workers);
     for i in 0..workers {
-        udp.push(std::net::UdpSocket::from(reuseport_socket(
-            addr,
-            Type::DGRAM,
-            Protocol::UDP,
-            buffer,
-        )?));
+        let u = reuseport_socket(addr, Type::DGRAM, Protocol::UDP, buffer)?;
+        if dont_fragment {
+            set_dont_fragment(&u, addr);
+        }
+        udp.push(std::net::UdpSocket::from(u));
         if i > 0 {
             let t = reuseport_socket(addr, Type::STREAM, Protocol::TCP, buffer)?;
             t.listen(1024)?;
@@ -142,7 +178,8 @@ struct Worker {
     snap: RefCell<arc_swap::Cache<Arc<arc_swap::ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     metrics: Arc<WorkerMetrics>,
     sampler: RefCell<Sampler>,
-    udp: Vec<Rc<UdpSocket>>,
+    /// Send handles on the front-end UDP sockets (their threads do the reading).
+    udp: Vec<std::net::UdpSocket>,
     upstreams: RefCell<Rc<WorkerUpstreams>>,
     /// This worker's open TCP client connections (waited for at shutdown).
     tcp_open: Cell<usize>,
@@ -173,6 +210,7 @@ impl Worker {
             max_udp_payload: self.shared.restart.max_udp_payload,
             notify: &self.shared.notify_tx,
             worker: self.index,
+            latency: pipeline::Latency::PerQuery,
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
@@ -221,16 +259,35 @@ pub fn run_worker(
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    let mut fronts = Vec::new();
+    let result = local.block_on(&rt, async {
         let snap0 = shared.snapshot.load_full();
         let upstreams = Rc::new(WorkerUpstreams::build(
             snap0.upstream.clone(),
             None,
             shared.restart.socket_buffer,
         )?);
+        // Each front-end UDP socket gets its own blocking thread (`udp_front`); this runtime
+        // keeps a send handle for the answers to forwarded queries.
         let mut udp_socks = Vec::new();
-        for s in udp {
-            udp_socks.push(Rc::new(UdpSocket::from_std(s)?));
+        let mut handoffs = Vec::new();
+        for (listener, sock) in udp.into_iter().enumerate() {
+            udp_socks.push(sock.try_clone()?);
+            let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
+            let front = UdpFront {
+                worker: index,
+                listener,
+                shared: shared.clone(),
+                sock,
+                forward: tx,
+                stop: stop.clone(),
+            };
+            fronts.push(
+                std::thread::Builder::new()
+                    .name(format!("dnsteer-udp-{index}"))
+                    .spawn(move || front.run())?,
+            );
+            handoffs.push(rx);
         }
         let worker = Rc::new(Worker {
             index,
@@ -247,12 +304,8 @@ pub fn run_worker(
         }
         tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone()));
         let mut tasks = Vec::new();
-        for i in 0..worker.udp.len() {
-            tasks.push(tokio::task::spawn_local(udp_loop(
-                worker.clone(),
-                i,
-                stop.clone(),
-            )));
+        for rx in handoffs {
+            tasks.push(tokio::task::spawn_local(forward_loop(worker.clone(), rx)));
         }
         for l in tcp {
             let l = TcpListener::from_std(l)?;
@@ -283,89 +336,40 @@ pub fn run_worker(
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::debug!(worker = index, "worker stopped");
         Ok::<(), std::io::Error>(())
-    })
+    });
+    // The front-end threads have stopped (their queues closed) unless start-up failed half
+    // way; then they notice the closed queue within their receive timeout.
+    drop(local);
+    for f in fronts {
+        if f.join().is_err() {
+            tracing::error!(worker = index, "a UDP front-end thread panicked");
+        }
+    }
+    tracing::debug!(worker = index, "worker stopped");
+    result
 }
 
-async fn udp_loop(w: Rc<Worker>, listener: usize, mut stop: watch::Receiver<bool>) {
-    use std::os::fd::AsRawFd;
-    let sock = w.udp[listener].clone();
-    let fd = sock.as_raw_fd();
-    let mut rx = Box::new(RecvBatch::default());
-    let mut tx = Box::new(SendBatch::default());
-    let mut out = Vec::with_capacity(UDP_BUF);
+/// Sends the upstream pool the forwarded queries one front-end thread hands over; ends when
+/// that thread has stopped and the queue is empty.
+async fn forward_loop(w: Rc<Worker>, mut rx: mpsc::Receiver<ForwardBatch>) {
     let mut fwd = Vec::with_capacity(UDP_BUF);
-    loop {
-        tokio::select! {
-            r = sock.readable() => if r.is_err() { return },
-            _ = stop.changed() => return,
-        }
-        // Drain what is queued, a batch per system call.
-        loop {
-            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(fd)) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ICMP errors and the like: nothing to answer.
-                Err(_) => continue,
-            };
-            // One clock read and one snapshot load per batch.
-            let received = Instant::now();
-            let snap = w.snapshot();
-            for i in 0..n {
-                let Some((pkt, src)) = rx.get(i) else {
-                    w.metrics.dropped(DropReason::TooShort);
-                    continue;
-                };
-                let Some(reply) = tx.next_buf() else { break };
-                match w.handle(&snap, pkt, src, Transport::Udp, received, reply) {
-                    Action::Reply => tx.commit(src),
-                    Action::Drop => {}
-                    Action::Forward { query, sampled } => {
-                        w.metrics.query(Transport::Udp, Decision::Forwarded);
-                        let ups = w.upstreams(&snap);
-                        let p = Pending {
-                            client: UdpClient {
-                                addr: src,
-                                listener,
-                            },
-                            orig_id: query.id,
-                            added: dns::Added::Nothing,
-                            query,
-                            packet: pkt.to_vec(),
-                            attempt: 0,
-                            tried: 0,
-                            sent_at: received,
-                            received_at: received,
-                            sampled,
-                        };
-                        if let Err(err) = ups.send_udp(p, &mut fwd) {
-                            let (e, p) = *err;
-                            fail_udp(&w, &snap, p, e, &mut out);
-                        }
-                    }
-                }
+    let mut out = Vec::with_capacity(UDP_BUF);
+    while let Some(batch) = rx.recv().await {
+        let snap = w.snapshot();
+        let ups = w.upstreams(&snap);
+        for p in batch {
+            if let Err(err) = ups.send_udp(p, &mut fwd) {
+                let (e, p) = *err;
+                fail_udp(&w, &snap, p, e, &mut out);
             }
-            if !tx.is_empty() {
-                let queued = tx.len();
-                let sent = sock
-                    .try_io(tokio::io::Interest::WRITABLE, || tx.flush(fd))
-                    .unwrap_or(0);
-                for _ in sent..queued {
-                    w.metrics.dropped(DropReason::SendFailed);
-                }
-            }
-            if n < BATCH {
-                break;
-            }
-            // A full batch: let this worker's other tasks (upstream answers, TCP) run too.
-            tokio::task::yield_now().await;
         }
     }
 }
 
 fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
-    if w.udp[listener].try_send_to(out, to).is_err() {
+    use std::os::fd::AsRawFd;
+    if udp_front::send_nowait(w.udp[listener].as_raw_fd(), out, to).is_err() {
         w.metrics.dropped(DropReason::SendFailed);
     }
 }
@@ -755,4 +759,39 @@ async fn forward_tcp(
     out.clear();
     dns::write_error(msg, rcode::SERVFAIL, &mut out);
     (out, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn mtu_discover(s: &std::net::UdpSocket) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: reads one integer option into a local of the right size.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn ipv4_udp_answers_leave_with_dont_fragment_only_when_asked() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let df = bind_all(&[any], 2, 0, true).unwrap();
+        assert_eq!(df.udp[0].len(), 2);
+        for s in &df.udp[0] {
+            assert_eq!(mtu_discover(s), libc::IP_PMTUDISC_PROBE);
+        }
+        let plain = bind_all(&[any], 1, 0, false).unwrap();
+        assert_ne!(mtu_discover(&plain.udp[0][0]), libc::IP_PMTUDISC_PROBE);
+    }
 }

@@ -179,6 +179,17 @@ pub const LATENCY_BUCKETS: [f64; 14] = [
     0.5, 1.0,
 ];
 
+/// `LATENCY_BUCKETS` in nanoseconds, for the packet path (no float per observation).
+const LATENCY_BUCKETS_NS: [u64; 14] = {
+    let mut ns = [0u64; 14];
+    let mut i = 0;
+    while i < ns.len() {
+        ns[i] = (LATENCY_BUCKETS[i] * 1e9 + 0.5) as u64;
+        i += 1;
+    }
+    ns
+};
+
 /// A histogram with fixed buckets, written by one thread.
 #[derive(Default)]
 pub struct Hist {
@@ -189,13 +200,18 @@ pub struct Hist {
 impl Hist {
     #[inline]
     pub fn observe_ns(&self, ns: u64) {
-        let secs = ns as f64 * 1e-9;
-        let i = LATENCY_BUCKETS
+        self.observe_many_ns(ns, 1);
+    }
+
+    /// `n` observations of the same latency (a batch answered together).
+    #[inline]
+    pub fn observe_many_ns(&self, ns: u64, n: u64) {
+        let i = LATENCY_BUCKETS_NS
             .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
-        self.buckets[i].inc();
-        self.sum_ns.add(ns);
+            .position(|b| ns <= *b)
+            .unwrap_or(LATENCY_BUCKETS_NS.len());
+        self.buckets[i].add(n);
+        self.sum_ns.add(ns.wrapping_mul(n));
     }
 
     pub fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
@@ -562,6 +578,23 @@ mod tests {
             "{text}"
         );
         assert_eq!(m.total_queries(), 2);
+    }
+
+    #[test]
+    fn bucket_bounds_are_inclusive_in_nanoseconds() {
+        assert_eq!(LATENCY_BUCKETS_NS[0], 25_000);
+        assert_eq!(LATENCY_BUCKETS_NS[13], 1_000_000_000);
+        let h = Hist::default();
+        h.observe_ns(25_000); // on the bound: first bucket (le="0.000025")
+        h.observe_ns(25_001);
+        h.observe_many_ns(2_000_000_000, 3); // past the last bound: +Inf only
+        let mut counts = [0u64; LATENCY_BUCKETS.len() + 1];
+        let mut sum = 0;
+        h.add_into(&mut counts, &mut sum);
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[1], 1);
+        assert_eq!(counts[LATENCY_BUCKETS.len()], 3);
+        assert_eq!(sum, 25_000 + 25_001 + 6_000_000_000);
     }
 
     #[test]

@@ -203,11 +203,19 @@ pub fn name_to_string(wire: &[u8]) -> String {
     out
 }
 
+/// How long the logger sleeps when the queue is empty.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Polls instead of blocking in `recv`: a receiver parked in `recv` makes every send wake it
+/// with a futex call on the packet path; a sleeping poller costs the senders nothing and
+/// delays a line by at most `POLL`.
 fn writer(rx: Receiver<Line>) {
-    while let Ok(line) = rx.recv() {
-        match line {
-            Line::Query(e) => log_query(&e),
-            Line::Event(e) => log_event(&e),
+    loop {
+        match rx.try_recv() {
+            Ok(Line::Query(e)) => log_query(&e),
+            Ok(Line::Event(e)) => log_event(&e),
+            Err(std::sync::mpsc::TryRecvError::Empty) => std::thread::sleep(POLL),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
         }
     }
 }

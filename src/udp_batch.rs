@@ -67,6 +67,16 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Reads up to `BATCH` datagrams without blocking; `WouldBlock` when none is waiting.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// On a blocking socket: waits for one datagram (up to the socket's receive timeout, then
+    /// `WouldBlock`), then takes whatever else is queued, up to `BATCH`, without waiting.
+    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovs[i] = libc::iovec {
                 iov_base: self.bufs[i * SLOT..].as_mut_ptr().cast(),
@@ -86,7 +96,7 @@ impl RecvBatch {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };
