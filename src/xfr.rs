@@ -862,8 +862,14 @@ async fn read_framed<'b>(
 // SOA serial
 // ---------------------------------------------------------------------------------------------
 
+/// Sends of a SOA query to a server that stays silent: UDP loses packets (a server restarting,
+/// a full receive queue), and one loss must not stall a zone's refresh.
+pub const SOA_ATTEMPTS: usize = 3;
+
 /// Asks the first of `servers` that answers for the SOA serial of `zone` over UDP (TCP when the
-/// answer is truncated); the answer must be authoritative. `timeout` bounds each server.
+/// answer is truncated); the answer must be authoritative. `timeout` bounds each attempt; a
+/// round over all servers is repeated, up to [`SOA_ATTEMPTS`] rounds, while some server timed
+/// out (an error answer or a refused port ends it: resending would not change that).
 pub async fn soa_serial(
     servers: &[SocketAddr],
     zone: &str,
@@ -871,13 +877,22 @@ pub async fn soa_serial(
 ) -> Result<u32, XfrError> {
     let zone_wire = zone_wire(zone)?;
     let mut last = XfrError::NoServers;
-    for &server in servers {
-        match tokio::time::timeout(timeout, soa_from(server, &zone_wire)).await {
-            Ok(Ok(serial)) => return Ok(serial),
-            Ok(Err(e)) => last = e,
-            Err(_) => last = XfrError::Timeout { server, timeout },
+    for _ in 0..SOA_ATTEMPTS {
+        let mut timed_out = false;
+        for &server in servers {
+            match tokio::time::timeout(timeout, soa_from(server, &zone_wire)).await {
+                Ok(Ok(serial)) => return Ok(serial),
+                Ok(Err(e)) => last = e,
+                Err(_) => {
+                    last = XfrError::Timeout { server, timeout };
+                    timed_out = true;
+                }
+            }
+            tracing::debug!(target: "dnsteer::xfr", %server, zone, error = %last, "SOA query failed");
         }
-        tracing::debug!(target: "dnsteer::xfr", %server, zone, error = %last, "SOA query failed");
+        if !timed_out {
+            break;
+        }
     }
     Err(last)
 }

@@ -194,6 +194,9 @@ pub struct Transfers {
 
 /// Whole-transfer time limit per server.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per attempt of the serial poll (a small UDP exchange; resent up to `xfr::SOA_ATTEMPTS`
+/// times): a lost packet costs a second, not the whole transfer timeout.
+const SOA_TIMEOUT: Duration = Duration::from_secs(1);
 /// NOTIFYs queued for the transfer loop; more are dropped (a refresh is pending anyway).
 pub const NOTIFY_QUEUE: usize = 64;
 
@@ -242,7 +245,7 @@ impl Transfers {
     ) -> Result<bool, String> {
         let known = self.serial(zone);
         if !force && let Some(known) = known {
-            let serial = crate::xfr::soa_serial(servers, zone, TRANSFER_TIMEOUT)
+            let serial = crate::xfr::soa_serial(servers, zone, SOA_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string());
             match serial {

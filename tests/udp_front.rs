@@ -61,7 +61,11 @@ fn a_full_handoff_queue_answers_servfail_at_once_and_counts_it() {
     let msg = Message::from_vec(&reply).unwrap();
     assert_eq!(msg.metadata.id, id);
     assert_eq!(msg.metadata.response_code, ResponseCode::ServFail);
-    assert!(t0.elapsed() < Duration::from_millis(400), "{:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        t0.elapsed()
+    );
     let text = inproc::get(app.metrics_addr, "/metrics");
     assert_eq!(
         inproc::metric(&text, "dnsteer_dropped_total{reason=\"pending_full\"}"),
@@ -71,8 +75,8 @@ fn a_full_handoff_queue_answers_servfail_at_once_and_counts_it() {
 
     // In-process answers do not need the worker at all.
     let (_, wire) = build_query("local.test.", RecordType::A, &QueryOpts::udp());
-    let msg = Message::from_vec(&udp_exchange(f.addr, &wire, Duration::from_secs(2)).unwrap())
-        .unwrap();
+    let msg =
+        Message::from_vec(&udp_exchange(f.addr, &wire, Duration::from_secs(2)).unwrap()).unwrap();
     assert_eq!(msg.metadata.response_code, ResponseCode::NoError);
     assert_eq!(support::answer_rdata(&msg), vec!["192.0.2.7".to_string()]);
 

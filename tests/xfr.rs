@@ -508,6 +508,48 @@ async fn a_silent_server_times_out_within_the_bound() {
 }
 
 #[tokio::test]
+async fn a_lost_soa_query_is_sent_again() {
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        // The first query is "lost"; the second is answered.
+        udp.recv_from(&mut buf).await.unwrap();
+        let (n, from) = udp.recv_from(&mut buf).await.unwrap();
+        udp.send_to(&answer(&buf[..n], &[soa_rr(7)], false), from)
+            .await
+            .unwrap();
+    });
+    let start = Instant::now();
+    let serial = xfr::soa_serial(&[addr], ZONE, Duration::from_millis(300)).await;
+    let took = start.elapsed();
+    assert_eq!(serial.unwrap(), 7);
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    server.await.unwrap();
+
+    // A server that never answers: every attempt times out, then the error.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let start = Instant::now();
+    let e = xfr::soa_serial(
+        &[silent.local_addr().unwrap()],
+        ZONE,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.kind(), "timeout", "{e}");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(200 * xfr::SOA_ATTEMPTS as u64)
+            && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_truncated_soa_answer_is_retried_over_tcp() {
     // Same port for UDP (answers TC=1, serial 1) and TCP (full answer, serial 2).
     let (udp, tcp) = loop {
