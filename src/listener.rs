@@ -376,32 +376,8 @@ fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
 
 /// A forwarded UDP query that cannot be (re)sent or ran out of attempts: SERVFAIL.
 fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut Vec<u8>) {
-    w.metrics.dropped(match e {
-        ForwardError::PendingFull => DropReason::PendingFull,
-        _ => DropReason::UpstreamUnavailable,
-    });
-    w.shared.log.event(Event::ServFail {
-        client: p.client.addr.ip(),
-        qname: p.query.qname,
-        qtype: p.query.qtype,
-        reason: e.kind(),
-    });
-    if dns::write_error(&p.packet, rcode::SERVFAIL, out) {
+    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, &p, &e, out) {
         send_udp(w, p.client.listener, out, p.client.addr);
-        pipeline::forwarded_done(
-            snap,
-            &w.metrics,
-            &w.shared.log,
-            &pipeline::Forwarded {
-                transport: Transport::Udp,
-                client: p.client.addr.ip(),
-                query: &p.query,
-                received: p.received_at,
-                sampled: p.sampled,
-            },
-            out,
-            None,
-        );
     }
 }
 

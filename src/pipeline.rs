@@ -253,6 +253,47 @@ pub fn forwarded_done(
     }
 }
 
+/// A forwarded UDP query that gets SERVFAIL instead (no server left, handoff queue or pending
+/// table full, out of attempts): counted, logged, and the answer written into `out`. False if
+/// the packet cannot carry an error answer (then nothing is sent).
+pub fn servfail_forwarded(
+    snap: &Snapshot,
+    metrics: &WorkerMetrics,
+    log: &QueryLog,
+    p: &crate::upstream::Pending,
+    e: &crate::upstream::ForwardError,
+    out: &mut Vec<u8>,
+) -> bool {
+    metrics.dropped(match e {
+        crate::upstream::ForwardError::PendingFull => DropReason::PendingFull,
+        _ => DropReason::UpstreamUnavailable,
+    });
+    log.event(Event::ServFail {
+        client: p.client.addr.ip(),
+        qname: p.query.qname,
+        qtype: p.query.qtype,
+        reason: e.kind(),
+    });
+    if !dns::write_error(&p.packet, rcode::SERVFAIL, out) {
+        return false;
+    }
+    forwarded_done(
+        snap,
+        metrics,
+        log,
+        &Forwarded {
+            transport: Transport::Udp,
+            client: p.client.addr.ip(),
+            query: &p.query,
+            received: p.received_at,
+            sampled: p.sampled,
+        },
+        out,
+        None,
+    );
+    true
+}
+
 struct Sink<'s, 'b> {
     b: &'s mut ResponseBuilder<'b>,
     ttl: u32,

@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::app::{Shared, Snapshot};
-use crate::dns::{self, Added, rcode};
+use crate::dns::Added;
 use crate::metrics::{Decision, DropReason, Path, Transport, WorkerMetrics};
 use crate::pipeline::{self, Action, Ctx, Latency};
-use crate::querylog::{Event, Sampler};
+use crate::querylog::Sampler;
 use crate::udp_batch::{RecvBatch, SendBatch};
 use crate::upstream::{ForwardError, Pending, UdpClient};
 
@@ -164,29 +164,9 @@ impl UdpFront {
             Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => b,
         };
         for p in rejected {
-            metrics.dropped(DropReason::PendingFull);
-            self.shared.log.event(Event::ServFail {
-                client: p.client.addr.ip(),
-                qname: p.query.qname,
-                qtype: p.query.qtype,
-                reason: ForwardError::PendingFull.kind(),
-            });
             let Some(out) = tx.next_buf() else { break };
-            if dns::write_error(&p.packet, rcode::SERVFAIL, out) {
-                pipeline::forwarded_done(
-                    snap,
-                    metrics,
-                    &self.shared.log,
-                    &pipeline::Forwarded {
-                        transport: Transport::Udp,
-                        client: p.client.addr.ip(),
-                        query: &p.query,
-                        received: p.received_at,
-                        sampled: p.sampled,
-                    },
-                    out,
-                    None,
-                );
+            let e = ForwardError::PendingFull;
+            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, &p, &e, out) {
                 tx.commit(p.client.addr);
             }
         }
