@@ -407,7 +407,10 @@ impl WorkerUpstreams {
         };
         let ecs = self.ecs_for(p.client.addr.ip().to_canonical());
         p.added = dns::rewrite_for_upstream(&p.packet, &p.query, id, ecs, buf);
-        if let Err(e) = ws.udp.try_send(buf) {
+        // The syscall directly, not tokio's `try_send`: that one answers WouldBlock from its
+        // cached readiness, which a socket made in this tick (start-up, a reload adding a
+        // server) does not have yet, and a SERVFAIL would follow for a send that cannot block.
+        if let Err(e) = socket2::SockRef::from(&*ws.udp).send(buf) {
             ws.counters.errors.inc();
             return Err(Box::new((ForwardError::Send(e.kind()), p)));
         }
@@ -658,6 +661,59 @@ mod tests {
         let set = UpstreamSet::new(&cfg.upstream, None);
         let w = rt.block_on(async { WorkerUpstreams::build(set, None, 0).unwrap() });
         (rt, w)
+    }
+
+    #[test]
+    fn a_query_can_be_sent_on_a_socket_made_in_this_very_tick() {
+        // At start-up (the first handed-over batch) and after a reload adding a server, the
+        // first send happens before the runtime ever polled the new socket for readiness.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let text = format!(
+            "[upstream]\nservers = [\"{}\"]\n",
+            target.local_addr().unwrap()
+        );
+        let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        let packet = build_query(0x4242, "a.test.", dns::TYPE_SOA);
+        let query = dns::parse_query(&packet).unwrap();
+        let client: SocketAddr = "127.0.0.1:53000".parse().unwrap();
+        rt.block_on(async {
+            let w = WorkerUpstreams::build(UpstreamSet::new(&cfg.upstream, None), None, 0).unwrap();
+            let p = Pending {
+                client: UdpClient {
+                    addr: client,
+                    listener: 0,
+                },
+                orig_id: query.id,
+                added: Added::Nothing,
+                query,
+                packet: packet.clone(),
+                attempt: 0,
+                tried: 0,
+                sent_at: Instant::now(),
+                received_at: Instant::now(),
+                sampled: false,
+            };
+            let mut buf = Vec::new();
+            assert!(
+                w.send_udp(p, &mut buf).is_ok(),
+                "sent without waiting for readiness"
+            );
+        });
+        target
+            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut got = [0u8; 512];
+        let n = target.recv(&mut got).unwrap();
+        assert!(n > packet.len());
+        assert_eq!(
+            &got[12..packet.len()],
+            &packet[12..],
+            "the question, forwarded (with a new ID and ECS added)"
+        );
     }
 
     #[test]
