@@ -20,6 +20,7 @@ use crate::dns::{self, rcode};
 use crate::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::pipeline::{self, Action, Ctx};
 use crate::querylog::{Event, Sampler};
+use crate::udp_batch::{BATCH, RecvBatch, SendBatch};
 use crate::udp_front::{self, ForwardBatch, UdpFront};
 use crate::upstream::{ForwardError, Pending, WorkerUpstreams};
 
@@ -381,17 +382,23 @@ fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut 
     }
 }
 
-/// Receives answers from one server's socket and passes them back to the clients.
+/// Receives answers from one server's socket, a batch per `recvmmsg`, and passes them back to
+/// the clients with one `sendmmsg` per front-end socket and batch.
 async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) {
+    use std::os::fd::AsRawFd;
     let sock = ups.servers[idx].udp.clone();
+    let fd = sock.as_raw_fd();
     let addr = ups.servers[idx].server.addr;
-    let mut buf = vec![0u8; 65_535];
+    // Answers up to what a client may be sent, with room for the ECS option we added.
+    let slot = (usize::from(w.shared.restart.max_udp_payload) + 512).max(UDP_BUF);
+    let mut rx = Box::new(RecvBatch::with_slot(slot));
+    let mut tx: Vec<SendBatch> = w.udp.iter().map(|_| SendBatch::default()).collect();
     let mut out = Vec::with_capacity(UDP_BUF);
     let server = ups.servers[idx].server.clone();
     let mut check = tokio::time::interval(Duration::from_secs(1));
     loop {
-        let received = tokio::select! {
-            r = sock.recv(&mut buf) => r,
+        tokio::select! {
+            r = sock.readable() => if r.is_err() { return },
             _ = check.tick() => {
                 // A server removed by a reload: stop once its answers can no longer arrive,
                 // which frees this task and its socket.
@@ -400,49 +407,92 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                 }
                 continue;
             }
-        };
-        let n = match received {
-            Ok(n) => n,
-            // ECONNREFUSED from an ICMP port unreachable: the query times out and is retried.
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                continue;
-            }
-        };
-        let resp = &buf[..n];
-        let Some(p) = ups.take_matching(idx, resp) else {
-            w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
-            continue;
-        };
-        let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
-        match dns::restore_response(resp, p.orig_id, p.added, Some(max), &mut out) {
-            Ok(()) => {
-                if out.get(2).is_some_and(|b| b & 0x02 != 0) {
-                    w.metrics.truncated.inc();
+        }
+        // Drain what is queued, a batch per system call; answers leave after each batch.
+        loop {
+            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                // ECONNREFUSED from an ICMP port unreachable: the queries time out and are
+                // retried; do not spin on the error.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    break;
                 }
-                send_udp(&w, p.client.listener, &out, p.client.addr);
-                let snap = w.snapshot();
-                pipeline::forwarded_done(
-                    &snap,
-                    &w.metrics,
-                    &w.shared.log,
-                    &pipeline::Forwarded {
-                        transport: Transport::Udp,
-                        client: p.client.addr.ip(),
-                        query: &p.query,
-                        received: p.received_at,
-                        sampled: p.sampled,
-                    },
-                    &out,
-                    Some(addr),
-                );
+            };
+            let snap = w.snapshot();
+            for i in 0..n {
+                let Some((resp, too_big)) = rx.get_prefix(i) else {
+                    continue;
+                };
+                let Some(p) = ups.take_matching(idx, resp) else {
+                    w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+                    continue;
+                };
+                let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
+                let batch = &mut tx[p.client.listener];
+                let Some(reply) = batch.next_buf() else {
+                    // Cannot happen (one slot per received answer); never lose the query.
+                    retry_or_fail(&w, &snap, &ups, p, &mut out);
+                    continue;
+                };
+                // An answer larger than any client may get over UDP (PowerDNS allowed more than
+                // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
+                // again over TCP, as it would for a truncated answer.
+                let restored = if too_big {
+                    if dns::write_error(&p.packet, rcode::NOERROR, reply) {
+                        reply[2] |= 0x02;
+                        Ok(())
+                    } else {
+                        Err(())
+                    }
+                } else {
+                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply)
+                        .map_err(|_| ())
+                };
+                match restored {
+                    Ok(()) => {
+                        if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
+                            w.metrics.truncated.inc();
+                        }
+                        pipeline::forwarded_done(
+                            &snap,
+                            &w.metrics,
+                            &w.shared.log,
+                            &pipeline::Forwarded {
+                                transport: Transport::Udp,
+                                client: p.client.addr.ip(),
+                                query: &p.query,
+                                received: p.received_at,
+                                sampled: p.sampled,
+                            },
+                            reply,
+                            Some(addr),
+                        );
+                        batch.commit(p.client.addr);
+                    }
+                    Err(_) => {
+                        w.metrics.malformed(Malformed::BadUpstreamResponse);
+                        ups.servers[idx].counters.errors.inc();
+                        retry_or_fail(&w, &snap, &ups, p, &mut out);
+                    }
+                }
             }
-            Err(_) => {
-                w.metrics.malformed(Malformed::BadUpstreamResponse);
-                ups.servers[idx].counters.errors.inc();
-                let snap = w.snapshot();
-                retry_or_fail(&w, &snap, &ups, p, &mut out);
+            for (listener, batch) in tx.iter_mut().enumerate() {
+                if batch.is_empty() {
+                    continue;
+                }
+                let queued = batch.len();
+                let sent = batch.flush(w.udp[listener].as_raw_fd()).unwrap_or(0);
+                for _ in sent..queued {
+                    w.metrics.dropped(DropReason::SendFailed);
+                }
             }
+            if n < BATCH {
+                break;
+            }
+            // A full batch: let this worker's other tasks run too.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -36,6 +36,8 @@ fn fill(
 
 /// Receive side: `BATCH` buffers and their source addresses.
 pub struct RecvBatch {
+    /// Bytes per datagram buffer.
+    slot: usize,
     bufs: Vec<u8>,
     addrs: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
@@ -45,11 +47,20 @@ pub struct RecvBatch {
 
 impl Default for RecvBatch {
     fn default() -> Self {
+        Self::with_slot(SLOT)
+    }
+}
+
+impl RecvBatch {
+    /// `BATCH` buffers of `slot` bytes each (a datagram longer than `slot` is flagged and
+    /// not handed out).
+    pub fn with_slot(slot: usize) -> Self {
         // SAFETY: all-zero is a valid value for these plain C structs.
         let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
         RecvBatch {
-            bufs: vec![0u8; BATCH * SLOT],
+            slot,
+            bufs: vec![0u8; BATCH * slot],
             addrs: vec![zero_storage; BATCH],
             iovs: vec![
                 libc::iovec {
@@ -79,8 +90,8 @@ impl RecvBatch {
     fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i * SLOT..].as_mut_ptr().cast(),
-                iov_len: SLOT,
+                iov_base: self.bufs[i * self.slot..].as_mut_ptr().cast(),
+                iov_len: self.slot,
             };
             fill(
                 &mut self.hdrs[i],
@@ -108,8 +119,22 @@ impl RecvBatch {
         Ok(self.count)
     }
 
+    /// Datagram `i` of the last `recv`: the bytes that fit the slot and whether the datagram
+    /// was longer (then only its start is here). None past the batch.
+    pub fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
+        if i >= self.count {
+            return None;
+        }
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot);
+        Some((
+            &self.bufs[i * self.slot..i * self.slot + len],
+            h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        ))
+    }
+
     /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
-    /// `SLOT`) or its address is not IP.
+    /// the slot) or its address is not IP.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.count {
             return None;
@@ -118,9 +143,9 @@ impl RecvBatch {
         if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let len = (h.msg_len as usize).min(SLOT);
+        let len = (h.msg_len as usize).min(self.slot);
         Some((
-            &self.bufs[i * SLOT..i * SLOT + len],
+            &self.bufs[i * self.slot..i * self.slot + len],
             to_socket_addr(&self.addrs[i])?,
         ))
     }

@@ -421,6 +421,51 @@ fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
 }
 
 #[test]
+fn an_upstream_answer_too_big_for_udp_gives_tc() {
+    // A fake upstream that answers every query with a 6000-byte datagram: its header and
+    // question are right, the rest is padding. No client may get that much over UDP.
+    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    fake.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let big = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = fake.recv_from(&mut buf) {
+                let mut answer = buf[..n].to_vec();
+                answer[2] |= 0x84; // QR, AA
+                answer.resize(6000, 0);
+                let _ = fake.send_to(&answer, from);
+            }
+        }
+    });
+    let (app, _dir) = inproc::start_with(&[fake_addr], "attempts = 1\n");
+    let (id, wire) = support::build_query(
+        "www.demo.test.",
+        RecordType::A,
+        &QueryOpts::udp().edns(4096),
+    );
+    let reply = support::udp_exchange(app.dns_addrs[0], &wire, Duration::from_secs(2))
+        .expect("an answer, not a timeout");
+    let m = Message::from_vec(&reply).unwrap();
+    assert_eq!(m.metadata.id, id);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert!(m.metadata.truncation, "TC=1: ask again over TCP");
+    assert_eq!(m.queries[0].name().to_string(), "www.demo.test.");
+    assert!(reply.len() <= wire.len(), "never larger than the query");
+    let text = inproc::scrape(&app);
+    assert_eq!(
+        inproc::metric(&text, "dnsteer_truncated_total"),
+        1.0,
+        "{text}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    big.join().unwrap();
+}
+
+#[test]
 fn tcp_connection_caps_and_idle_timeout() {
     let pdns = Pdns::start(&[("demo.test.", ZONE)], &[]);
     let (app, _dir) = inproc::start(&format!(
