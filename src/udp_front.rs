@@ -81,9 +81,10 @@ impl UdpFront {
             };
             // One clock read and one snapshot load per batch.
             let received = Instant::now();
-            let snap = snap_cache.load().clone();
+            // Borrowed from the per-thread cache: no shared refcount touched per batch.
+            let snap = snap_cache.load();
             let mut ctx = Ctx {
-                snap: &snap,
+                snap,
                 limiter: &self.shared.limiter,
                 metrics: &metrics,
                 log: &self.shared.log,
@@ -123,7 +124,7 @@ impl UdpFront {
                 }
             }
             if !forwards.is_empty() {
-                self.hand_over(&snap, &metrics, &mut forwards, &mut tx);
+                self.hand_over(snap, &metrics, &mut forwards, &mut tx);
             }
             if !tx.is_empty() {
                 let queued = tx.len();
