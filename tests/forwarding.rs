@@ -378,28 +378,59 @@ fn tcp_pipelining_100_queries_on_one_connection() {
     assert!(want.is_empty());
 }
 
+/// A fake UDP upstream on loopback: `answers(query)` gives the datagrams it sends back for
+/// each packet it receives. Stops (and is joined) when dropped.
+struct FakeUpstream {
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeUpstream {
+    fn start(answers: impl Fn(&[u8]) -> Vec<Vec<u8>> + Send + 'static) -> FakeUpstream {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = sock.local_addr().unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    for a in answers(&buf[..n]) {
+                        let _ = sock.send_to(&a, from);
+                    }
+                }
+            }
+        });
+        FakeUpstream {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[test]
 fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
     // A fake upstream that answers every packet with junk (wrong ID, then a runt).
-    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let fake_addr = fake.local_addr().unwrap();
-    fake.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let junk = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, from)) = fake.recv_from(&mut buf) {
-                let mut wrong = buf[..n].to_vec();
-                wrong[0] ^= 0xff;
-                wrong[2] |= 0x80;
-                let _ = fake.send_to(&wrong, from);
-                let _ = fake.send_to(&[1, 2, 3], from);
-            }
-        }
+    let fake = FakeUpstream::start(|q| {
+        let mut wrong = q.to_vec();
+        wrong[0] ^= 0xff;
+        wrong[2] |= 0x80;
+        vec![wrong, vec![1, 2, 3]]
     });
-    let (app, _dir) = inproc::start_with(&[fake_addr], "attempts = 1\n");
+    let (app, _dir) = inproc::start_with(&[fake.addr], "attempts = 1\n");
     let m = dns_query(
         app.dns_addrs[0],
         "www.demo.test.",
@@ -416,32 +447,19 @@ fn an_upstream_answering_garbage_gives_servfail_and_is_counted() {
         ) >= 2.0,
         "{text}"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    junk.join().unwrap();
 }
 
 #[test]
 fn an_upstream_answer_too_big_for_udp_gives_tc() {
     // A fake upstream that answers every query with a 6000-byte datagram: its header and
     // question are right, the rest is padding. No client may get that much over UDP.
-    let fake = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let fake_addr = fake.local_addr().unwrap();
-    fake.set_read_timeout(Some(Duration::from_millis(100)))
-        .unwrap();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let big = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Ok((n, from)) = fake.recv_from(&mut buf) {
-                let mut answer = buf[..n].to_vec();
-                answer[2] |= 0x84; // QR, AA
-                answer.resize(6000, 0);
-                let _ = fake.send_to(&answer, from);
-            }
-        }
+    let fake = FakeUpstream::start(|q| {
+        let mut answer = q.to_vec();
+        answer[2] |= 0x84; // QR, AA
+        answer.resize(6000, 0);
+        vec![answer]
     });
-    let (app, _dir) = inproc::start_with(&[fake_addr], "attempts = 1\n");
+    let (app, _dir) = inproc::start_with(&[fake.addr], "attempts = 1\n");
     let (id, wire) = support::build_query(
         "www.demo.test.",
         RecordType::A,
@@ -461,8 +479,6 @@ fn an_upstream_answer_too_big_for_udp_gives_tc() {
         1.0,
         "{text}"
     );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    big.join().unwrap();
 }
 
 #[test]
