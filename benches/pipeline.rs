@@ -10,9 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dnsteer::app::App;
+use dnsteer::app::{App, Shared, Snapshot};
 use dnsteer::config::{Config, LimitAction, RateLimitConfig};
-use dnsteer::metrics::Transport;
+use dnsteer::metrics::{Transport, WorkerMetrics};
 use dnsteer::pipeline::{self, Action, Ctx};
 use dnsteer::querylog::Sampler;
 use dnsteer::ratelimit::{RateLimiter, Verdict};
@@ -46,6 +46,27 @@ fn limiter(enabled: bool) -> RateLimiter {
         exempt: Vec::new(),
         dry_run: false,
     })
+}
+
+/// `handle`'s context as the UDP front-end thread builds it (latency observed per batch).
+fn ctx_for<'a>(
+    snap: &'a Snapshot,
+    shared: &'a Shared,
+    metrics: &'a WorkerMetrics,
+    limiter: &'a RateLimiter,
+    sampler: &'a mut Sampler,
+) -> Ctx<'a> {
+    Ctx {
+        snap,
+        limiter,
+        metrics,
+        log: &shared.log,
+        sampler,
+        max_udp_payload: 1232,
+        notify: &shared.notify_tx,
+        worker: 0,
+        latency: pipeline::Latency::Batch { answered: 0 },
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -135,17 +156,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
     let mut g = c.benchmark_group("pipeline");
     for (label, pkt, rl, src) in &cases {
         // Sanity: each case takes the path its label names.
-        let mut ctx = Ctx {
-            snap: &snap,
-            limiter: rl,
-            metrics: &metrics,
-            log: &shared.log,
-            sampler: &mut sampler,
-            max_udp_payload: 1232,
-            notify: &shared.notify_tx,
-            worker: 0,
-            latency: pipeline::Latency::Batch { answered: 0 },
-        };
+        let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler);
         let first = pipeline::handle(&mut ctx, pkt, *src, Transport::Udp, now, &mut out);
         let ok = match (*label, &first) {
             ("blocked_source_drop", Action::Drop) => true,
@@ -167,17 +178,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
                     now
                 };
                 out.clear();
-                let mut ctx = Ctx {
-                    snap: &snap,
-                    limiter: rl,
-                    metrics: &metrics,
-                    log: &shared.log,
-                    sampler: &mut sampler,
-                    max_udp_payload: 1232,
-                    notify: &shared.notify_tx,
-                    worker: 0,
-                    latency: pipeline::Latency::Batch { answered: 0 },
-                };
+                let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler);
                 let a =
                     pipeline::handle(&mut ctx, black_box(pkt), *src, Transport::Udp, t, &mut out);
                 black_box(matches!(a, Action::Reply))

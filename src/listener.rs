@@ -368,9 +368,15 @@ async fn forward_loop(w: Rc<Worker>, mut rx: mpsc::Receiver<ForwardBatch>) {
     }
 }
 
+/// One answer on a front-end socket. That socket is in blocking mode for its reading thread,
+/// so the send says `MSG_DONTWAIT` itself: a full buffer drops the answer, never stalls the
+/// worker.
 fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
-    use std::os::fd::AsRawFd;
-    if udp_front::send_nowait(w.udp[listener].as_raw_fd(), out, to).is_err() {
+    let sock = socket2::SockRef::from(&w.udp[listener]);
+    if sock
+        .send_to_with_flags(out, &to.into(), libc::MSG_DONTWAIT)
+        .is_err()
+    {
         w.metrics.dropped(DropReason::SendFailed);
     }
 }
@@ -440,53 +446,42 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                 // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
                 // again over TCP, as it would for a truncated answer.
                 let restored = if too_big {
-                    if dns::write_error(&p.packet, rcode::NOERROR, reply) {
+                    // The client's own query parsed, so its error answer can be written.
+                    let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
+                    if ok {
                         reply[2] |= 0x02;
-                        Ok(())
-                    } else {
-                        Err(())
                     }
+                    ok
                 } else {
-                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply)
-                        .map_err(|_| ())
+                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
                 };
-                match restored {
-                    Ok(()) => {
-                        if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
-                            w.metrics.truncated.inc();
-                        }
-                        pipeline::forwarded_done(
-                            &snap,
-                            &w.metrics,
-                            &w.shared.log,
-                            &pipeline::Forwarded {
-                                transport: Transport::Udp,
-                                client: p.client.addr.ip(),
-                                query: &p.query,
-                                received: p.received_at,
-                                sampled: p.sampled,
-                            },
-                            reply,
-                            Some(addr),
-                        );
-                        batch.commit(p.client.addr);
-                    }
-                    Err(_) => {
-                        w.metrics.malformed(Malformed::BadUpstreamResponse);
-                        ups.servers[idx].counters.errors.inc();
-                        retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    }
-                }
-            }
-            for (listener, batch) in tx.iter_mut().enumerate() {
-                if batch.is_empty() {
+                if !restored {
+                    w.metrics.malformed(Malformed::BadUpstreamResponse);
+                    ups.servers[idx].counters.errors.inc();
+                    retry_or_fail(&w, &snap, &ups, p, &mut out);
                     continue;
                 }
-                let queued = batch.len();
-                let sent = batch.flush(w.udp[listener].as_raw_fd()).unwrap_or(0);
-                for _ in sent..queued {
-                    w.metrics.dropped(DropReason::SendFailed);
+                if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
+                    w.metrics.truncated.inc();
                 }
+                pipeline::forwarded_done(
+                    &snap,
+                    &w.metrics,
+                    &w.shared.log,
+                    &pipeline::Forwarded {
+                        transport: Transport::Udp,
+                        client: p.client.addr.ip(),
+                        query: &p.query,
+                        received: p.received_at,
+                        sampled: p.sampled,
+                    },
+                    reply,
+                    Some(addr),
+                );
+                batch.commit(p.client.addr);
+            }
+            for (listener, batch) in tx.iter_mut().enumerate() {
+                udp_front::flush_counted(batch, w.udp[listener].as_raw_fd(), &w.metrics);
             }
             if n < BATCH {
                 break;

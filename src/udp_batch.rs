@@ -34,6 +34,17 @@ fn fill(
     h.msg_len = 0;
 }
 
+/// The per-message tables the kernel reads, zeroed (filled right before each call).
+fn empty_tables() -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
+    // SAFETY: all-zero is a valid value for this plain C struct.
+    let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+    let empty = libc::iovec {
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
+    };
+    (vec![empty; BATCH], vec![zero_hdr; BATCH])
+}
+
 /// Receive side: `BATCH` buffers and their source addresses.
 pub struct RecvBatch {
     /// Bytes per datagram buffer.
@@ -55,21 +66,15 @@ impl RecvBatch {
     /// `BATCH` buffers of `slot` bytes each (a datagram longer than `slot` is flagged and
     /// not handed out).
     pub fn with_slot(slot: usize) -> Self {
-        // SAFETY: all-zero is a valid value for these plain C structs.
+        // SAFETY: all-zero is a valid value for this plain C struct.
         let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
-        let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
+        let (iovs, hdrs) = empty_tables();
         RecvBatch {
             slot,
             bufs: vec![0u8; BATCH * slot],
             addrs: vec![zero_storage; BATCH],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                };
-                BATCH
-            ],
-            hdrs: vec![zero_hdr; BATCH],
+            iovs,
+            hdrs,
             count: 0,
         }
     }
@@ -136,18 +141,10 @@ impl RecvBatch {
     /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
     /// the slot) or its address is not IP.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
-        if i >= self.count {
-            return None;
+        match self.get_prefix(i)? {
+            (_, true) => None,
+            (pkt, false) => Some((pkt, to_socket_addr(&self.addrs[i])?)),
         }
-        let h = &self.hdrs[i];
-        if h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
-            return None;
-        }
-        let len = (h.msg_len as usize).min(self.slot);
-        Some((
-            &self.bufs[i * self.slot..i * self.slot + len],
-            to_socket_addr(&self.addrs[i])?,
-        ))
     }
 }
 
@@ -191,19 +188,13 @@ pub struct SendBatch {
 
 impl Default for SendBatch {
     fn default() -> Self {
-        let zero_hdr = unsafe { MaybeUninit::<libc::mmsghdr>::zeroed().assume_init() };
         let any: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        let (iovs, hdrs) = empty_tables();
         SendBatch {
             bufs: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
             addrs: vec![SockAddr::from(any); BATCH],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                };
-                BATCH
-            ],
-            hdrs: vec![zero_hdr; BATCH],
+            iovs,
+            hdrs,
             count: 0,
         }
     }

@@ -6,10 +6,9 @@
 //!
 //! Queries for PowerDNS are handed, a batch at a time, to the worker's async runtime, which
 //! owns the upstream sockets and pending tables and sends the answers back from its own
-//! handle on the same socket (`send_nowait`). The handoff queue is bounded: when the worker is
+//! handle on the same socket (with `MSG_DONTWAIT`: the socket itself blocks). The handoff queue is bounded: when the worker is
 //! that far behind, the query gets SERVFAIL at once, counted as `pending_full`.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,13 +125,7 @@ impl UdpFront {
             if !forwards.is_empty() {
                 self.hand_over(snap, &metrics, &mut forwards, &mut tx);
             }
-            if !tx.is_empty() {
-                let queued = tx.len();
-                let sent = tx.flush(fd).unwrap_or(0);
-                for _ in sent..queued {
-                    metrics.dropped(DropReason::SendFailed);
-                }
-            }
+            flush_counted(&mut tx, fd, &metrics);
             if let Latency::Batch { answered } = ctx.latency
                 && answered > 0
             {
@@ -174,33 +167,23 @@ impl UdpFront {
     }
 }
 
+/// Sends a batch's queued answers, if any; those the socket would not take are counted.
+pub fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
+    if tx.is_empty() {
+        return;
+    }
+    let queued = tx.len();
+    let sent = tx.flush(fd).unwrap_or(0);
+    for _ in sent..queued {
+        metrics.dropped(DropReason::SendFailed);
+    }
+}
+
 /// True once the stop flag is set or its sender is gone; one atomic load when nothing changed.
 fn stopped(stop: &mut watch::Receiver<bool>) -> bool {
     match stop.has_changed() {
         Ok(false) => false,
         Ok(true) => *stop.borrow_and_update(),
         Err(_) => true,
-    }
-}
-
-/// Sends one datagram from a handle that shares the front-end socket with its blocking
-/// thread: never blocks (the socket's own mode is blocking).
-pub fn send_nowait(fd: RawFd, buf: &[u8], to: SocketAddr) -> std::io::Result<usize> {
-    let addr = socket2::SockAddr::from(to);
-    // SAFETY: `buf` and `addr` are valid for the duration of the call.
-    let r = unsafe {
-        libc::sendto(
-            fd,
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            addr.as_ptr().cast(),
-            addr.len(),
-        )
-    };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r as usize)
     }
 }
