@@ -10,12 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dnsteer::app::{App, Shared, Snapshot};
+use dnsteer::app::App;
 use dnsteer::config::{Config, LimitAction, RateLimitConfig};
-use dnsteer::metrics::{Transport, WorkerMetrics};
-use dnsteer::pipeline::{self, Action, Ctx};
-use dnsteer::querylog::Sampler;
 use dnsteer::ratelimit::{RateLimiter, Verdict};
+use dnsteer::server::pipeline::{self, Action, Ctx};
+use dnsteer::state::{Shared, Snapshot};
+use dnsteer::telemetry::metrics::{Transport, WorkerMetrics};
+use dnsteer::telemetry::querylog::Sampler;
 use tokio::time::Instant;
 
 /// A plain query (ID 0x2a2a, RD, EDNS 1232) for `name`/`qtype`.
@@ -104,7 +105,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
     );
     let config = Config::parse(&text, Path::new("bench.toml")).expect("bench config parses");
     let app = App::start(config).expect("app starts");
-    let shared = app.shared.clone();
+    let shared = app.shared().clone();
     let snap = shared.snapshot.load_full();
     let metrics = shared.metrics.register_worker();
     let mut sampler = Sampler::default();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dnsteer::config::Config;
-use dnsteer::geo::Location;
-use dnsteer::records::{self, AnswerSink, Client, Locate, Lookup, RecordTable, Zones};
+use dnsteer::steer::geo::Location;
+use dnsteer::steer::records::{self, AnswerSink, Client, Locate, Lookup, RecordTable, Zones};
 
 /// Writes RDATA into one buffer that is cleared per query, as the packet encoder would.
 struct BufSink(Vec<u8>);

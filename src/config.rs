@@ -499,6 +499,18 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
 }
 
 impl Config {
+    /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
+    pub fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
+        match &self.zones.notify_from {
+            Some(list) => list.contains(&src),
+            None => self
+                .upstream
+                .servers
+                .iter()
+                .any(|s| s.ip().to_canonical() == src),
+        }
+    }
+
     /// Reads and validates a config file. Record bodies are compiled separately (`records`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -1,29 +1,24 @@
 //! dnsteer: a DNS front proxy for PowerDNS that rate-limits per source, forwards to the
 //! PowerDNS replicas, and answers PowerDNS LUA records in-process from probe state and GeoIP.
 //!
-//! Data flow (one file per step):
-//! `listener` (sockets, workers; UDP via `udp_front` + `udp_batch`) → `pipeline` (per query) → `ratelimit` → `dns` (parse)
-//! → `querylog` (sample) → `records` (+ `lua`, `probes`, `geo`) | `upstream` (PowerDNS pool)
-//! → `dns` (encode) → `listener`.
-//! Control plane: `config`, `reload`, `probes`, `geo`, `metrics`, `admin`, `app`.
+//! The folders follow a query (imports run one way, top to bottom; `tests/module_graph.rs`
+//! checks it):
+//! - `server/`: sockets, worker threads, the UDP front end and batched syscalls, TCP, and the
+//!   per-query `pipeline` (limit → parse → decide → answer or forward);
+//! - `state`: the immutable snapshot the packet path reads, and the handles it shares;
+//! - `ratelimit`: per-source limiter; `steer/`: compiled LUA records, probes, GeoIP, hashes;
+//!   `forward/`: the PowerDNS pool;
+//! - `telemetry/`: per-worker metrics and the sampled query log;
+//! - `dns/`: the wire layer; `config`: the validated configuration;
+//! - `control/`: reload, zone transfer, admin HTTP, snapshot building; `app`: start and stop.
 
-pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod dns;
-pub mod geo;
-pub mod hash;
-pub mod listener;
-pub mod lua;
-pub mod metrics;
-pub mod pipeline;
-pub mod probes;
-pub mod querylog;
+pub mod forward;
 pub mod ratelimit;
-pub mod records;
-pub mod reload;
-pub mod udp_batch;
-pub mod udp_front;
-pub mod upstream;
-pub mod xfr;
-pub mod zones;
+pub mod server;
+pub mod state;
+pub mod steer;
+pub mod telemetry;

@@ -66,9 +66,9 @@ fn main() -> ExitCode {
 /// Everything a load does except probing and binding: parse, validate, compile, open GeoIP.
 fn check(path: &std::path::Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
-    dnsteer::records::compile(&config).map_err(|e| e.to_string())?;
+    dnsteer::steer::records::compile(&config).map_err(|e| e.to_string())?;
     if let Some(g) = &config.geoip {
-        dnsteer::geo::GeoDb::open(&g.database)
+        dnsteer::steer::geo::GeoDb::open(&g.database)
             .map_err(|e| format!("{}: geoip.database: {e}", path.display()))?;
     }
     Ok(format!(

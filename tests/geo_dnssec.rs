@@ -133,7 +133,7 @@ fn pickclosest_without_a_geoip_database_is_a_config_error() {
     let path = dir.path().join("dnsteer.toml");
     std::fs::write(&path, record("closest.geo.test.", CLOSEST)).unwrap();
     let config = dnsteer::config::Config::load(&path).unwrap();
-    let Err(err) = dnsteer::records::compile(&config) else {
+    let Err(err) = dnsteer::steer::records::compile(&config) else {
         panic!("pickclosest without [geoip] must be rejected");
     };
     let err = err.to_string();

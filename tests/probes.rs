@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dnsteer::config::ProbeDefaults;
-use dnsteer::probes::{
+use dnsteer::steer::probes::{
     Check, CheckOptions, HealthRef, HealthState, ProbePool, ProbeSpec, ProbeStatus,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};

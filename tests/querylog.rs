@@ -65,7 +65,7 @@ fn start_pdns() -> Pdns {
 
 /// A plain query (RD=0, no EDNS): the library's own builder, used by its health checks.
 fn query_wire(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    dnsteer::upstream::build_query(id, name, qtype)
+    dnsteer::forward::upstream::build_query(id, name, qtype)
 }
 
 /// A header with QDCOUNT = 0: FORMERR.
@@ -277,7 +277,7 @@ fn formerr_and_upstream_timeouts_are_logged_at_sample_rate_zero() {
             .iter()
             .any(|l| l["fields"]["message"] == "malformed query answered FORMERR");
         let timeout = lines.iter().any(|l| {
-            l["target"] == "dnsteer::upstream"
+            l["target"] == "dnsteer::forward::upstream"
                 && l["fields"]["message"] == "upstream did not answer in time"
                 && l["fields"]["qname"] == "www.demo.test."
         });

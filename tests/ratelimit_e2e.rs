@@ -81,7 +81,7 @@ fn start_pdns() -> Pdns {
 
 /// A plain query (RD=0, no EDNS): the library's own builder, used by its health checks.
 fn query_wire(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    dnsteer::upstream::build_query(id, name, qtype)
+    dnsteer::forward::upstream::build_query(id, name, qtype)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

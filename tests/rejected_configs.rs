@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use dnsteer::config::Config;
-use dnsteer::records;
+use dnsteer::steer::records;
 
 #[test]
 fn every_rejected_config_fails_with_its_expected_message() {

@@ -8,7 +8,7 @@ mod support;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use dnsteer::udp_front::UdpFront;
+use dnsteer::server::udp_front::UdpFront;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use support::{QueryOpts, build_query, udp_exchange};
@@ -19,7 +19,7 @@ struct Front {
     addr: std::net::SocketAddr,
     stop: tokio::sync::watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _rx: tokio::sync::mpsc::Receiver<dnsteer::udp_front::ForwardBatch>,
+    _rx: tokio::sync::mpsc::Receiver<dnsteer::server::udp_front::ForwardBatch>,
 }
 
 fn front_with_full_queue(app: &dnsteer::app::App) -> Front {
@@ -31,7 +31,7 @@ fn front_with_full_queue(app: &dnsteer::app::App) -> Front {
     let front = UdpFront {
         worker: 0,
         listener: 0,
-        shared: app.shared.clone(),
+        shared: app.shared().clone(),
         sock,
         forward: tx,
         stop: stop_rx,

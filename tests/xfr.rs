@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dnsteer::config::{RecordBody, RecordOrigin, RecordType};
-use dnsteer::xfr::{self, TYPE_LUA, ZoneData};
+use dnsteer::control::xfr::{self, TYPE_LUA, ZoneData};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 

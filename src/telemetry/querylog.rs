@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::dns::WireName;
-use crate::metrics::{Decision, Transport};
+use crate::telemetry::metrics::{Decision, Transport};
 
 /// Lines buffered between workers and the logger thread.
 const QUEUE_LEN: usize = 65_536;
@@ -234,7 +234,7 @@ fn log_query(e: &QueryEntry) {
         qname = %name_to_string(e.qname.as_bytes()),
         qtype = e.qtype,
         decision = e.decision.label(),
-        rcode = crate::metrics::RCODE_LABELS[(e.rcode & 0xf) as usize],
+        rcode = crate::telemetry::metrics::RCODE_LABELS[(e.rcode & 0xf) as usize],
         answers = e.answers,
         latency_us = e.latency_ns / 1000,
         upstream = %e.upstream.map(|u| u.to_string()).unwrap_or_default(),
@@ -275,7 +275,7 @@ fn log_event(e: &Event) {
             qname,
             qtype,
         } => tracing::warn!(
-            target: "dnsteer::upstream",
+            target: "dnsteer::forward::upstream",
             server = %server,
             qname = %name_to_string(qname.as_bytes()),
             qtype,

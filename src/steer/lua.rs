@@ -12,8 +12,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use crate::config::{ProbeDefaults, RecordType};
-use crate::hash;
-use crate::probes::{Check, CheckOptions, ProbeSpec};
+use crate::steer::hash;
+use crate::steer::probes::{Check, CheckOptions, ProbeSpec};
 
 /// An answer value in RDATA wire format.
 pub type Rdata = Box<[u8]>;

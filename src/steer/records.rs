@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
-use crate::geo::{GeoDb, Location};
-use crate::hash;
-use crate::lua::{self, Rdata, Rule, Selector};
-use crate::probes::{Health, HealthRef, HealthState, ProbeSpec};
+use crate::steer::geo::{GeoDb, Location};
+use crate::steer::hash;
+use crate::steer::lua::{self, Rdata, Rule, Selector};
+use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
 #[derive(Debug, Clone, PartialEq)]

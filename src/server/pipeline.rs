@@ -8,13 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 
 use tokio::time::Instant;
 
-use crate::app::Snapshot;
 use crate::config::LimitAction;
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
-use crate::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
-use crate::querylog::{Event, QueryEntry, QueryLog, Sampler};
 use crate::ratelimit::{RateLimiter, Verdict};
-use crate::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
+use crate::state::Snapshot;
+use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
+use crate::telemetry::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
+use crate::telemetry::querylog::{Event, QueryEntry, QueryLog, Sampler};
 
 /// What the transport should do with the packet.
 // Returned by value once per packet; boxing the query would cost an allocation per forward.
@@ -260,12 +260,12 @@ pub fn servfail_forwarded(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,
-    p: &crate::upstream::Pending,
-    e: &crate::upstream::ForwardError,
+    p: &crate::forward::upstream::Pending,
+    e: &crate::forward::upstream::ForwardError,
     out: &mut Vec<u8>,
 ) -> bool {
     metrics.dropped(match e {
-        crate::upstream::ForwardError::PendingFull => DropReason::PendingFull,
+        crate::forward::upstream::ForwardError::PendingFull => DropReason::PendingFull,
         _ => DropReason::UpstreamUnavailable,
     });
     log.event(Event::ServFail {
@@ -318,14 +318,12 @@ fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {
 fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Vec<u8>) -> Action {
     ctx.metrics.query(t, Decision::Error);
     let cfg = &ctx.snap.config;
-    let zone = crate::xfr::parse_notify(pkt).map(|(_, z)| z.to_ascii_lowercase());
+    let zone = dns::message::parse_notify(pkt).map(|(_, z)| z.to_ascii_lowercase());
     match zone {
-        Some(zone)
-            if cfg.zones.transfer.contains(&zone) && crate::zones::notify_allowed(cfg, src) =>
-        {
+        Some(zone) if cfg.zones.transfer.contains(&zone) && cfg.notify_allowed(src) => {
             // A full queue means refreshes are already pending: dropping this one loses nothing.
             let _ = ctx.notify.try_send(zone);
-            if crate::xfr::notify_ack(pkt, out) {
+            if dns::message::notify_ack(pkt, out) {
                 ctx.metrics.response(t, rcode::NOERROR);
                 Action::Reply
             } else {

@@ -4,6 +4,8 @@
 //! Everything here works on raw bytes with bounds-checked reads: no input makes these functions
 //! panic, and none of them allocates beyond growing the caller's output buffer.
 
+pub mod message;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -24,7 +26,8 @@ pub mod rcode {
     pub const BADVERS: u16 = 16;
 }
 
-const CLASS_IN: u16 = 1;
+pub const CLASS_IN: u16 = 1;
+pub const OPCODE_NOTIFY: u8 = 4;
 /// Pointer to the question name, which always starts right after the header.
 const QNAME_POINTER: [u8; 2] = [0xC0, 0x0C];
 
@@ -1525,4 +1528,15 @@ mod tests {
         let q = parse_query(&query("example", &[opt(4096, 0, false, &[])])).unwrap();
         assert_eq!(q.max_udp_response(1232), 1232);
     }
+}
+
+/// Uncompressed, lower-case wire form of a name.
+pub fn name_wire(name: &hickory_proto::rr::Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
 }

@@ -14,9 +14,11 @@ use std::time::{Duration, SystemTime};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
-use crate::app::{Shared, Snapshot, build_snapshot, unix_now};
+use super::build::build_snapshot;
+use super::{Control, unix_now};
 use crate::config::{Config, RestartSettings};
-use crate::upstream::{self, UpstreamSet};
+use crate::forward::upstream::{self, UpstreamSet};
+use crate::state::{Shared, Snapshot};
 
 /// Quiet time after the last file event before reloading (a ConfigMap swap is several events).
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -33,15 +35,10 @@ enum Trigger {
     Hangup,
 }
 
-/// Runs the reload triggers until the process ends (see [`start`]).
-pub async fn run(shared: Arc<Shared>, path: PathBuf) {
-    start(shared, path).await
-}
-
 /// Installs the triggers now, in the calling runtime's context: the SIGHUP handler (so a
 /// SIGHUP that arrives once this returns reloads instead of killing the process) and the watch
 /// on the config's directory. Returns the loop to spawn.
-pub fn start(shared: Arc<Shared>, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
+pub fn start(ctl: Arc<Control>, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
     let (tx, rx) = mpsc::unbounded_channel::<Trigger>();
     let dir = path
         .parent()
@@ -63,7 +60,7 @@ pub fn start(shared: Arc<Shared>, path: PathBuf) -> impl Future<Output = ()> + S
     let watcher = match watcher {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!(target: "dnsteer::reload", dir = %dir.display(), error = %e, "cannot watch the config directory; relying on polling and SIGHUP");
+            tracing::warn!(target: "dnsteer::control::reload", dir = %dir.display(), error = %e, "cannot watch the config directory; relying on polling and SIGHUP");
             None
         }
     };
@@ -71,20 +68,20 @@ pub fn start(shared: Arc<Shared>, path: PathBuf) -> impl Future<Output = ()> + S
         Ok(mut hup) => {
             tokio::spawn(async move {
                 while hup.recv().await.is_some() {
-                    tracing::info!(target: "dnsteer::reload", "SIGHUP: reloading");
+                    tracing::info!(target: "dnsteer::control::reload", "SIGHUP: reloading");
                     let _ = tx.send(Trigger::Hangup);
                 }
             });
         }
         Err(e) => {
-            tracing::warn!(target: "dnsteer::reload", error = %e, "cannot handle SIGHUP");
+            tracing::warn!(target: "dnsteer::control::reload", error = %e, "cannot handle SIGHUP");
         }
     }
-    triggers_loop(shared, path, rx, watcher)
+    triggers_loop(ctl, path, rx, watcher)
 }
 
 async fn triggers_loop(
-    shared: Arc<Shared>,
+    ctl: Arc<Control>,
     path: PathBuf,
     mut rx: mpsc::UnboundedReceiver<Trigger>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -93,7 +90,7 @@ async fn triggers_loop(
     // otherwise be rejected and counted on every poll), and a changed GeoIP file forces the
     // database to be reopened.
     let mut seen_config: Option<Result<Vec<u8>, std::io::ErrorKind>> = None;
-    let mut seen_geo = geo_stamp(&shared.snapshot.load());
+    let mut seen_geo = geo_stamp(&ctl.data.snapshot.load());
     let mut poll = tokio::time::interval(POLL);
     poll.tick().await;
     loop {
@@ -119,7 +116,7 @@ async fn triggers_loop(
             _ = poll.tick() => false,
         };
         let config = std::fs::read(&path).map_err(|e| e.kind());
-        let geo = geo_stamp(&shared.snapshot.load());
+        let geo = geo_stamp(&ctl.data.snapshot.load());
         let geo_replaced = match (&geo, &seen_geo) {
             (Some(now), Some(before)) => now.0 == before.0 && now != before,
             _ => false,
@@ -128,9 +125,9 @@ async fn triggers_loop(
             continue;
         }
         if geo_replaced {
-            tracing::info!(target: "dnsteer::reload", "GeoIP database file changed: reloading it");
+            tracing::info!(target: "dnsteer::control::reload", "GeoIP database file changed: reloading it");
         }
-        let _ = reload_once(&shared, &path, forced || geo_replaced).await;
+        let _ = reload_once(&ctl, &path, forced || geo_replaced).await;
         seen_config = Some(config);
         seen_geo = geo;
     }
@@ -144,93 +141,91 @@ fn geo_stamp(snap: &Snapshot) -> Option<(PathBuf, SystemTime, u64)> {
 }
 
 /// Loads, validates and applies the config at `path`. Ok(false) when nothing changed.
-pub async fn reload_once(
-    shared: &Arc<Shared>,
-    path: &Path,
-    force_geo: bool,
-) -> Result<bool, String> {
-    let _guard = shared.reload_lock.lock().await;
-    let current = shared.snapshot.load_full();
+pub async fn reload_once(ctl: &Arc<Control>, path: &Path, force_geo: bool) -> Result<bool, String> {
+    let _guard = ctl.reload_lock.lock().await;
+    let current = ctl.data.snapshot.load_full();
     let config = match Config::load(path) {
         Ok(c) => c,
-        Err(e) => return Err(fail(shared, e.to_string())),
+        Err(e) => return Err(fail(ctl, e.to_string())),
     };
     if config.hash == current.config.hash && !force_geo {
         return Ok(false);
     }
-    let restart_changes = restart_diff(&shared.restart, &config.restart);
+    let restart_changes = restart_diff(&ctl.data.restart, &config.restart);
     for key in &restart_changes {
-        tracing::warn!(target: "dnsteer::reload", key, "setting changed in the file but needs a restart; keeping the running value");
+        tracing::warn!(target: "dnsteer::control::reload", key, "setting changed in the file but needs a restart; keeping the running value");
     }
     let next = match build_snapshot(
         config,
-        &shared.probes,
+        &ctl.probes,
         Some(&current),
         force_geo,
-        &shared.transfers.specs(),
+        &ctl.transfers.specs(),
     )
     .await
     {
         Ok(s) => s,
-        Err(e) => return Err(fail(shared, e.to_string())),
+        Err(e) => return Err(fail(ctl, e.to_string())),
     };
-    apply(shared, &current, next, restart_changes);
+    apply(ctl, &current, next, restart_changes);
     Ok(true)
 }
 
 /// Rebuilds the record table from the running config and the current transferred zones (after
 /// a zone changed). Probes for new targets run before the new table is published.
-pub async fn rebuild(shared: &Arc<Shared>) -> Result<(), String> {
-    let _guard = shared.reload_lock.lock().await;
-    let current = shared.snapshot.load_full();
+pub async fn rebuild(ctl: &Arc<Control>) -> Result<(), String> {
+    let _guard = ctl.reload_lock.lock().await;
+    let current = ctl.data.snapshot.load_full();
     let config = (*current.config).clone();
     let next = build_snapshot(
         config,
-        &shared.probes,
+        &ctl.probes,
         Some(&current),
         false,
-        &shared.transfers.specs(),
+        &ctl.transfers.specs(),
     )
     .await
     .map_err(|e| e.to_string())?;
-    let restart = shared
-        .control
+    let restart = ctl
+        .status
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .restart_required
         .clone();
-    apply(shared, &current, next, restart);
+    apply(ctl, &current, next, restart);
     Ok(())
 }
 
 fn apply(
-    shared: &Arc<Shared>,
+    ctl: &Arc<Control>,
     current: &Arc<Snapshot>,
     next: Snapshot,
     restart_changes: Vec<String>,
 ) {
     let cfg = next.config.clone();
-    shared.limiter.reconfigure(&cfg.ratelimit);
-    shared.log.set_event_limit(cfg.logging.event_rate_limit);
-    shared.probes.set_defaults(&cfg.probes);
-    swap_upstreams(shared, &current.upstream, &next.upstream);
+    ctl.data.limiter.reconfigure(&cfg.ratelimit);
+    ctl.data.log.set_event_limit(cfg.logging.event_rate_limit);
+    ctl.probes.set_defaults(&cfg.probes);
     let geo_epoch = next.geo.as_ref().map(|g| g.build_epoch());
-    let old = shared.snapshot.swap(Arc::new(next));
+    let next_upstream = next.upstream.clone();
+    let old = ctl.data.snapshot.swap(Arc::new(next));
+    // After the swap, so new servers' health loops read the new pool from the start.
+    swap_upstreams(ctl, &current.upstream, &next_upstream);
     // Free the old snapshot (possibly a large GeoIP database) here rather than on a worker.
     tokio::spawn(async move {
         tokio::time::sleep(RETIRE_AFTER).await;
         drop(old);
     });
-    shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
-    let mut st = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+    ctl.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
     st.config_hash = cfg.hash.clone();
     st.last_reload_unix = Some(unix_now());
     st.restart_required = restart_changes;
     st.geoip_build_epoch = geo_epoch;
-    tracing::info!(target: "dnsteer::reload", hash = %cfg.hash, records = cfg.records.len(), "config reloaded");
+    tracing::info!(target: "dnsteer::control::reload", hash = %cfg.hash, records = cfg.records.len(), "config reloaded");
 }
 
-fn swap_upstreams(shared: &Arc<Shared>, old: &Arc<UpstreamSet>, new: &Arc<UpstreamSet>) {
+fn swap_upstreams(ctl: &Arc<Control>, old: &Arc<UpstreamSet>, new: &Arc<UpstreamSet>) {
     if Arc::ptr_eq(old, new) {
         return;
     }
@@ -239,17 +234,24 @@ fn swap_upstreams(shared: &Arc<Shared>, old: &Arc<UpstreamSet>, new: &Arc<Upstre
         if !old.servers.iter().any(|o| Arc::ptr_eq(o, s)) {
             tokio::spawn(upstream::health_check_loop(
                 s.clone(),
-                shared.upstream_set.clone(),
+                current_upstreams(&ctl.data),
             ));
         }
     }
-    shared.upstream_set.store(new.clone());
 }
 
-fn fail(shared: &Shared, message: String) -> String {
-    tracing::error!(target: "dnsteer::reload", error = %message, "config rejected; the running config is unchanged");
-    shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-    let mut st = shared.control.lock().unwrap_or_else(|e| e.into_inner());
+/// How a health-check loop reads the current pool (and its settings): from the snapshot.
+pub fn current_upstreams(
+    shared: &Arc<Shared>,
+) -> impl Fn() -> Arc<UpstreamSet> + Send + Sync + 'static {
+    let snapshot = shared.snapshot.clone();
+    move || snapshot.load().upstream.clone()
+}
+
+fn fail(ctl: &Control, message: String) -> String {
+    tracing::error!(target: "dnsteer::control::reload", error = %message, "config rejected; the running config is unchanged");
+    ctl.reloads_failed.fetch_add(1, Ordering::Relaxed);
+    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
     st.last_error = Some(message.clone());
     st.last_error_unix = Some(unix_now());
     message

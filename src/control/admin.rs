@@ -14,21 +14,21 @@ use hyper_util::rt::TokioIo;
 use prometheus::proto::{MetricFamily, MetricType};
 use tokio::net::TcpListener;
 
-use crate::app::Shared;
-use crate::metrics::{LATENCY_BUCKETS, encode, family, histogram_metric, scalar};
+use super::Control;
+use crate::telemetry::metrics::{LATENCY_BUCKETS, encode, family, histogram_metric, scalar};
 
 /// Serves until the runtime stops.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: TcpListener, ctl: Arc<Control>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             continue;
         };
-        let shared = shared.clone();
+        let ctl = ctl.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+                let ctl = ctl.clone();
+                async move { Ok::<_, Infallible>(route(&req, &ctl)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
@@ -37,16 +37,16 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, ctl: &Control) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            encode(&gather(shared)),
+            encode(&gather(ctl)),
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed) {
+            if ctl.ready.load(Ordering::Relaxed) && !ctl.draining.load(Ordering::Relaxed) {
                 reply(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 reply(
@@ -56,7 +56,7 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/status" => reply(StatusCode::OK, "application/json", status_json(shared)),
+        "/status" => reply(StatusCode::OK, "application/json", status_json(ctl)),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -71,13 +71,13 @@ fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Every metric family: hot-path counters plus control-plane state read at scrape time.
-pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
+pub fn gather(ctl: &Control) -> Vec<MetricFamily> {
     let mut out = Vec::new();
-    shared.metrics.gather(&mut out);
-    let snap = shared.snapshot.load();
+    ctl.data.metrics.gather(&mut out);
+    let snap = ctl.data.snapshot.load();
 
     let servers = &snap.upstream.servers;
-    let lbl = |s: &crate::upstream::UpstreamServer| vec![("server", s.addr.to_string())];
+    let lbl = |s: &crate::forward::upstream::UpstreamServer| vec![("server", s.addr.to_string())];
     out.push(family(
         "dnsteer_upstream_healthy",
         "1 if the PowerDNS server passes its health checks.",
@@ -138,7 +138,7 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
             .collect(),
     ));
 
-    let rl = &shared.limiter;
+    let rl = &ctl.data.limiter;
     out.push(scalar(
         "dnsteer_ratelimit_checks_total",
         "Rate-limit checks made while the limiter is enabled, exempt sources included.",
@@ -170,15 +170,15 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
         rl.stats().evictions as f64,
     ));
 
-    probe_metrics(shared, &mut out);
+    probe_metrics(ctl, &mut out);
 
-    zone_metrics(shared, &mut out);
+    zone_metrics(ctl, &mut out);
     let mut answers: Vec<_> = snap
         .records
         .sets()
         .flat_map(|set| {
             let totals = set.stats.totals();
-            crate::records::AnswerKind::ALL.iter().map(move |k| {
+            crate::steer::records::AnswerKind::ALL.iter().map(move |k| {
                 (
                     vec![
                         ("name", set.name.clone()),
@@ -205,19 +205,15 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
         vec![
             (
                 vec![("result", "ok".into())],
-                shared.reloads_ok.load(Ordering::Relaxed) as f64,
+                ctl.reloads_ok.load(Ordering::Relaxed) as f64,
             ),
             (
                 vec![("result", "failed".into())],
-                shared.reloads_failed.load(Ordering::Relaxed) as f64,
+                ctl.reloads_failed.load(Ordering::Relaxed) as f64,
             ),
         ],
     ));
-    let st = shared
-        .control
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let st = ctl.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     out.push(scalar(
         "dnsteer_config_last_reload_timestamp_seconds",
         "Unix time of the last successful (re)load.",
@@ -240,31 +236,30 @@ pub fn gather(shared: &Shared) -> Vec<MetricFamily> {
         "dnsteer_log_lines_dropped_total",
         "Log lines dropped because the log queue was full.",
         MetricType::COUNTER,
-        shared.log.dropped() as f64,
+        ctl.data.log.dropped() as f64,
     ));
     out.push(scalar(
         "dnsteer_log_events_suppressed_total",
         "Always-logged events not logged because of the per-second cap.",
         MetricType::COUNTER,
-        shared.log.suppressed() as f64,
+        ctl.data.log.suppressed() as f64,
     ));
     out.push(scalar(
         "dnsteer_tcp_connections",
         "TCP client connections open now.",
         MetricType::GAUGE,
-        shared.tcp_counts.total.load(Ordering::Relaxed) as f64,
+        ctl.data.tcp_counts.total.load(Ordering::Relaxed) as f64,
     ));
     out.push(scalar(
         "dnsteer_ready",
         "1 when /readyz reports ready.",
         MetricType::GAUGE,
-        (shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed)) as u8
-            as f64,
+        (ctl.ready.load(Ordering::Relaxed) && !ctl.draining.load(Ordering::Relaxed)) as u8 as f64,
     ));
     out
 }
 
-fn upstream_latency(servers: &[Arc<crate::upstream::UpstreamServer>]) -> MetricFamily {
+fn upstream_latency(servers: &[Arc<crate::forward::upstream::UpstreamServer>]) -> MetricFamily {
     let mut f = MetricFamily::default();
     f.set_name("dnsteer_upstream_latency_seconds".into());
     f.set_help("Time from sending a query to a PowerDNS server to its answer.".into());
@@ -287,13 +282,9 @@ fn upstream_latency(servers: &[Arc<crate::upstream::UpstreamServer>]) -> MetricF
     f
 }
 
-fn status_json(shared: &Shared) -> String {
-    let snap = shared.snapshot.load();
-    let st = shared
-        .control
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+fn status_json(ctl: &Control) -> String {
+    let snap = ctl.data.snapshot.load();
+    let st = ctl.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let upstreams: Vec<_> = snap
         .upstream
         .servers
@@ -311,7 +302,7 @@ fn status_json(shared: &Shared) -> String {
             })
         })
         .collect();
-    let listeners: Vec<String> = shared
+    let listeners: Vec<String> = ctl
         .listen_addrs
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -320,14 +311,14 @@ fn status_json(shared: &Shared) -> String {
         .collect();
     let v = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "started_unix": shared.started_unix,
-        "ready": shared.ready.load(Ordering::Relaxed) && !shared.draining.load(Ordering::Relaxed),
-        "draining": shared.draining.load(Ordering::Relaxed),
+        "started_unix": ctl.started_unix,
+        "ready": ctl.ready.load(Ordering::Relaxed) && !ctl.draining.load(Ordering::Relaxed),
+        "draining": ctl.draining.load(Ordering::Relaxed),
         "config": st,
         "listeners": listeners,
-        "workers": shared.restart.workers,
+        "workers": ctl.data.restart.workers,
         "upstreams": upstreams,
-        "probes": shared.probes.status(),
+        "probes": ctl.probes.status(),
         "records_in_process": snap.records.sets().map(|set| {
             let t = set.stats.totals();
             serde_json::json!({
@@ -337,8 +328,8 @@ fn status_json(shared: &Shared) -> String {
                 "answers": {"primary": t[0], "backup": t[1], "empty": t[2], "error": t[3]},
             })
         }).collect::<Vec<_>>(),
-        "zones": shared.transfers.status(),
-        "left_to_powerdns": left_to_powerdns(shared),
+        "zones": ctl.transfers.status(),
+        "left_to_powerdns": left_to_powerdns(ctl),
         "ratelimit": {
             "enabled": snap.config.ratelimit.enabled,
             "dry_run": snap.config.ratelimit.dry_run,
@@ -346,25 +337,25 @@ fn status_json(shared: &Shared) -> String {
             "burst": snap.config.ratelimit.burst,
             "block_for_ms": snap.config.ratelimit.block_for.as_millis() as u64,
             "action": snap.config.ratelimit.action.label(),
-            "tracked_sources": shared.limiter.tracked(),
-            "blocked_now": shared.limiter.blocked_now(),
-            "top_blocked": shared.limiter.top_blocked(20),
+            "tracked_sources": ctl.data.limiter.tracked(),
+            "blocked_now": ctl.data.limiter.blocked_now(),
+            "top_blocked": ctl.data.limiter.top_blocked(20),
         },
         "logging": {
             "query_sample_rate": snap.config.logging.query_sample_rate,
             "event_rate_limit": snap.config.logging.event_rate_limit,
         },
-        "queries_total": shared.metrics.total_queries(),
+        "queries_total": ctl.data.metrics.total_queries(),
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 /// Probe targets by state, state changes and probe latency, from the pool's status table.
 /// Target labels come from the config (address and URL or port), so they stay bounded.
-fn probe_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
-    use crate::probes::HealthState;
-    let table = shared.probes.status();
-    let target = |p: &crate::probes::ProbeStatus| {
+fn probe_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
+    use crate::steer::probes::HealthState;
+    let table = ctl.probes.status();
+    let target = |p: &crate::steer::probes::ProbeStatus| {
         vec![
             ("kind", p.kind.to_string()),
             ("target", p.addr.to_string()),
@@ -440,7 +431,7 @@ fn probe_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
             })
             .collect(),
     ));
-    let c = shared.probes.counters();
+    let c = ctl.probes.counters();
     out.push(scalar(
         "dnsteer_probes_total",
         "Probes run.",
@@ -458,8 +449,8 @@ fn probe_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
 }
 
 /// Transferred LUA records dnsteer does not answer (PowerDNS does), with the reason.
-fn left_to_powerdns(shared: &Shared) -> Vec<serde_json::Value> {
-    let snap = shared.snapshot.load();
+fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
+    let snap = ctl.data.snapshot.load();
     let mut v: Vec<serde_json::Value> = snap
         .rejected
         .iter()
@@ -471,7 +462,7 @@ fn left_to_powerdns(shared: &Shared) -> Vec<serde_json::Value> {
             serde_json::json!({"zone": zone, "name": r.spec.name, "type": r.spec.rtype.name(), "reason": r.reason})
         })
         .collect();
-    for z in shared.transfers.status() {
+    for z in ctl.transfers.status() {
         for u in z.unsupported {
             v.push(serde_json::json!({"zone": z.zone, "name": u.name, "type": u.rtype, "reason": u.reason}));
         }
@@ -480,10 +471,10 @@ fn left_to_powerdns(shared: &Shared) -> Vec<serde_json::Value> {
 }
 
 /// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.
-fn zone_metrics(shared: &Shared, out: &mut Vec<MetricFamily>) {
-    let snap = shared.snapshot.load();
-    let status = shared.transfers.status();
-    let zone_of = |r: &crate::records::Rejected| match &r.spec.origin {
+fn zone_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
+    let snap = ctl.data.snapshot.load();
+    let status = ctl.transfers.status();
+    let zone_of = |r: &crate::steer::records::Rejected| match &r.spec.origin {
         crate::config::RecordOrigin::Zone { zone } => zone.clone(),
         crate::config::RecordOrigin::Config { .. } => String::new(),
     };

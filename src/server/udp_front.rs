@@ -16,13 +16,13 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::app::{Shared, Snapshot};
 use crate::dns::Added;
-use crate::metrics::{Decision, DropReason, Path, Transport, WorkerMetrics};
-use crate::pipeline::{self, Action, Ctx, Latency};
-use crate::querylog::Sampler;
-use crate::udp_batch::{RecvBatch, SendBatch};
-use crate::upstream::{ForwardError, Pending, UdpClient};
+use crate::forward::upstream::{ForwardError, Pending, UdpClient};
+use crate::server::pipeline::{self, Action, Ctx, Latency};
+use crate::server::udp_batch::{RecvBatch, SendBatch};
+use crate::state::{Shared, Snapshot};
+use crate::telemetry::metrics::{Decision, DropReason, Path, Transport, WorkerMetrics};
+use crate::telemetry::querylog::Sampler;
 
 /// How long a blocked receive waits before the thread looks at the stop flag again.
 const STOP_POLL: Duration = Duration::from_millis(100);

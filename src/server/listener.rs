@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -15,14 +15,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::app::{Shared, Snapshot};
 use crate::dns::{self, rcode};
-use crate::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
-use crate::pipeline::{self, Action, Ctx};
-use crate::querylog::{Event, Sampler};
-use crate::udp_batch::{BATCH, RecvBatch, SendBatch};
-use crate::udp_front::{self, ForwardBatch, UdpFront};
-use crate::upstream::{ForwardError, Pending, WorkerUpstreams};
+use crate::forward::upstream::{ForwardError, Pending, WorkerUpstreams};
+use crate::server::pipeline::{self, Action, Ctx};
+use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
+use crate::server::udp_front::{self, ForwardBatch, UdpFront};
+use crate::state::{Shared, Snapshot};
+use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
+use crate::telemetry::querylog::{Event, Sampler};
 
 /// Largest UDP datagram we read (EDNS clients may send up to this).
 const UDP_BUF: usize = 4096;
@@ -165,13 +165,6 @@ fn bind_one(
     Ok((addr, udp, tcp))
 }
 
-/// Connection counts shared by all workers (touched on accept and close only).
-#[derive(Default)]
-pub struct TcpCounts {
-    pub total: AtomicUsize,
-    pub per_client: dashmap::DashMap<std::net::IpAddr, usize>,
-}
-
 /// One worker's state, shared by its tasks (single thread: `Rc` and `RefCell`).
 struct Worker {
     index: usize,
@@ -241,7 +234,7 @@ impl Worker {
                 next
             }
             Err(e) => {
-                tracing::error!(target: "dnsteer::upstream", error = %e, "cannot open upstream sockets; keeping the previous pool");
+                tracing::error!(target: "dnsteer::forward::upstream", error = %e, "cannot open upstream sockets; keeping the previous pool");
                 current
             }
         }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{UpstreamConfig, UpstreamPolicy};
 use crate::dns::{self, Added, Query};
-use crate::metrics::{Cnt, Hist};
+use crate::telemetry::metrics::{Cnt, Hist};
 
 /// Per-worker in-flight UDP queries per server; beyond this new queries are dropped (counted).
 const MAX_PENDING_PER_SERVER: usize = 16_384;
@@ -153,11 +153,11 @@ impl UpstreamSet {
 /// included) unless `must_resolve`, then NOERROR is required.
 pub async fn health_check_loop(
     server: Arc<UpstreamServer>,
-    set: Arc<arc_swap::ArcSwap<UpstreamSet>>,
+    current: impl Fn() -> Arc<UpstreamSet>,
 ) {
     let mut id: u16 = fastrand::u16(..);
     while !server.retired.load(Ordering::Relaxed) {
-        let cfg = set.load().config.clone();
+        let cfg = current().config.clone();
         id = id.wrapping_add(1);
         let ok = check_once(server.addr, &cfg, id).await;
         server.checks.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +166,7 @@ pub async fn health_check_loop(
             let n = server.consecutive_successes.fetch_add(1, Ordering::Relaxed) + 1;
             if !server.is_healthy() && n >= cfg.health_check_rise {
                 server.healthy.store(true, Ordering::Relaxed);
-                tracing::info!(target: "dnsteer::upstream", server = %server.addr, "upstream healthy again");
+                tracing::info!(target: "dnsteer::forward::upstream", server = %server.addr, "upstream healthy again");
             }
         } else {
             server.check_failures.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +174,7 @@ pub async fn health_check_loop(
             let n = server.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
             if server.is_healthy() && n >= cfg.health_check_fall {
                 server.healthy.store(false, Ordering::Relaxed);
-                tracing::warn!(target: "dnsteer::upstream", server = %server.addr, failures = n, "upstream marked down");
+                tracing::warn!(target: "dnsteer::forward::upstream", server = %server.addr, failures = n, "upstream marked down");
             }
         }
         tokio::time::sleep(cfg.health_check_interval).await;
@@ -638,7 +638,7 @@ async fn run_tcp_conn(
     }
     .await;
     if let Err(e) = result {
-        tracing::debug!(target: "dnsteer::upstream", server = %addr, error = %e, "upstream TCP connection closed");
+        tracing::debug!(target: "dnsteer::forward::upstream", server = %addr, error = %e, "upstream TCP connection closed");
     }
     // Dropping the waiting senders fails their receivers: the callers retry or SERVFAIL.
     closed.set(true);

@@ -1,0 +1,216 @@
+//! The LUA records of `[zones].transfer` zones, kept current by SOA serial polling and NOTIFY
+//! and answered in-process (see `xfr` for the wire side); this loop also re-learns the zone
+//! facts (`zone_facts`) on their SOA TTL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::zone_facts::{is_subdomain, learn_all};
+use crate::steer::records::Zones;
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct TransferStatus {
+    pub zone: String,
+    /// Serial of the data in use (None: no transfer succeeded yet).
+    pub serial: Option<u32>,
+    pub records: usize,
+    /// LUA records left to PowerDNS (not A/AAAA/CNAME/TXT, or cut by re-chunking).
+    pub unsupported: Vec<crate::control::xfr::Unsupported>,
+    pub last_transfer_unix: Option<u64>,
+    pub last_error: Option<String>,
+    pub transfers_ok: u64,
+    pub transfers_failed: u64,
+}
+
+/// Transferred zone data ctl by the transfer loop, reloads and `/status`.
+#[derive(Default)]
+pub struct Transfers {
+    zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
+}
+
+/// Whole-transfer time limit per server.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Per attempt of the serial poll (a small UDP exchange; resent up to `xfr::SOA_ATTEMPTS`
+/// times): a lost packet costs a second, not the whole transfer timeout.
+const SOA_TIMEOUT: Duration = Duration::from_secs(1);
+/// NOTIFYs queued for the transfer loop; more are dropped (a refresh is pending anyway).
+pub const NOTIFY_QUEUE: usize = 64;
+
+impl Transfers {
+    /// Every transferred record spec, for compiling (zones in name order).
+    pub fn specs(&self) -> Vec<crate::config::RecordSpec> {
+        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<&String> = zones.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .flat_map(|z| zones[z].1.iter().cloned())
+            .collect()
+    }
+
+    pub fn status(&self) -> Vec<TransferStatus> {
+        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<TransferStatus> = zones.values().map(|(s, _)| s.clone()).collect();
+        v.sort_by(|a, b| a.zone.cmp(&b.zone));
+        v
+    }
+
+    fn serial(&self, zone: &str) -> Option<u32> {
+        self.zones
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(zone)
+            .and_then(|(s, _)| s.serial)
+    }
+
+    /// Forgets zones no longer configured.
+    fn retain(&self, wanted: &[String]) -> bool {
+        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let before = zones.len();
+        zones.retain(|z, _| wanted.contains(z));
+        zones.len() != before
+    }
+
+    /// Transfers `zone` if its serial changed (or always with `force`). Ok(true) when new data
+    /// was stored; a failed transfer keeps the previous data.
+    pub async fn refresh(
+        &self,
+        servers: &[SocketAddr],
+        zone: &str,
+        force: bool,
+    ) -> Result<bool, String> {
+        let known = self.serial(zone);
+        if !force && let Some(known) = known {
+            let serial = crate::control::xfr::soa_serial(servers, zone, SOA_TIMEOUT)
+                .await
+                .map_err(|e| e.to_string());
+            match serial {
+                Ok(s) if s == known => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(self.failed(zone, e)),
+            }
+        }
+        match crate::control::xfr::transfer(servers, zone, TRANSFER_TIMEOUT).await {
+            Ok(data) => {
+                for u in &data.unsupported {
+                    tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
+                }
+                tracing::info!(target: "dnsteer::control::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
+                let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = zones.entry(zone.to_string()).or_default();
+                entry.0.zone = zone.to_string();
+                entry.0.serial = Some(data.serial);
+                entry.0.records = data.records.len();
+                entry.0.unsupported = data.unsupported;
+                entry.0.last_transfer_unix = Some(super::unix_now());
+                entry.0.last_error = None;
+                entry.0.transfers_ok += 1;
+                entry.1 = data.records;
+                Ok(true)
+            }
+            Err(e) => Err(self.failed(zone, e.to_string())),
+        }
+    }
+
+    fn failed(&self, zone: &str, error: String) -> String {
+        tracing::warn!(target: "dnsteer::control::zones", zone, error = %error, "zone transfer failed; the previous records keep serving");
+        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = zones.entry(zone.to_string()).or_default();
+        entry.0.zone = zone.to_string();
+        entry.0.last_error = Some(error.clone());
+        entry.0.transfers_failed += 1;
+        error
+    }
+}
+
+/// When to re-learn zone facts: the smallest SOA TTL (5 s – 1 h), or 5 s while a record's
+/// zone is still unknown (upstream was down when it was first asked).
+fn facts_interval(zones: &Zones, names: &[String]) -> Duration {
+    let all_known = names
+        .iter()
+        .all(|n| zones.keys().any(|apex| is_subdomain(n, apex)));
+    if !all_known {
+        return Duration::from_secs(5);
+    }
+    let ttl = zones.values().map(|z| z.soa_ttl).min().unwrap_or(3600);
+    Duration::from_secs(u64::from(ttl).clamp(5, 3600))
+}
+
+/// Keeps the transferred zones current: polls SOA serials every `refresh`, transfers on a
+/// change or a NOTIFY, retries failures with backoff, and rebuilds the record table when a
+/// zone's records changed.
+pub async fn run(
+    ctl: std::sync::Arc<super::Control>,
+    mut notify: tokio::sync::mpsc::Receiver<String>,
+) {
+    let mut backoff: HashMap<String, (Duration, tokio::time::Instant)> = HashMap::new();
+    // Zones named by a NOTIFY: transferred without trusting the serial (PowerDNS's packet
+    // cache may still serve the old SOA for up to its cache-ttl).
+    let mut forced: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let first = ctl.data.snapshot.load_full();
+    let mut facts_due =
+        tokio::time::Instant::now() + facts_interval(&first.zones, &first.record_names);
+    drop(first);
+    loop {
+        let config = ctl.data.snapshot.load().config.clone();
+        let refresh = config.zones.refresh;
+        let mut changed = ctl.transfers.retain(&config.zones.transfer);
+        let now = tokio::time::Instant::now();
+        for zone in &config.zones.transfer {
+            if backoff.get(zone).is_some_and(|(_, until)| *until > now) {
+                continue;
+            }
+            let force = forced.remove(zone);
+            match ctl
+                .transfers
+                .refresh(&config.upstream.servers, zone, force)
+                .await
+            {
+                Ok(c) => {
+                    changed |= c;
+                    backoff.remove(zone);
+                }
+                Err(_) => {
+                    let next = backoff.get(zone).map_or(Duration::from_secs(1), |(d, _)| {
+                        (*d * 2).min(refresh.max(Duration::from_secs(1)))
+                    });
+                    backoff.insert(zone.clone(), (next, now + next));
+                }
+            }
+        }
+        if !changed && tokio::time::Instant::now() >= facts_due {
+            // SOA/DNSKEY facts of the zones holding in-process records, on the SOA TTL.
+            let snap = ctl.data.snapshot.load_full();
+            let fresh = learn_all(
+                &config.upstream.servers,
+                &snap.record_names,
+                config.upstream.timeout,
+                &snap.zones,
+            )
+            .await;
+            changed = fresh != snap.zones;
+            facts_due = tokio::time::Instant::now() + facts_interval(&fresh, &snap.record_names);
+        }
+        if changed && let Err(e) = crate::control::reload::rebuild(&ctl).await {
+            tracing::error!(target: "dnsteer::control::zones", error = %e, "cannot rebuild the record table after a zone change");
+        }
+        let poll = if config.zones.transfer.is_empty() {
+            Duration::from_secs(5)
+        } else {
+            refresh
+        };
+        let wait = tokio::time::sleep(
+            poll.min(facts_due.saturating_duration_since(tokio::time::Instant::now())),
+        );
+        tokio::pin!(wait);
+        tokio::select! {
+            _ = &mut wait => {}
+            Some(zone) = notify.recv() => {
+                tracing::info!(target: "dnsteer::control::zones", zone = %zone, "NOTIFY received: transferring the zone now");
+                backoff.remove(&zone);
+                forced.insert(zone);
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! A bounds-checked walker over whole DNS messages (header, questions, resource records with
+//! compressed names): used where the packet path's zero-copy query parser does not apply —
+//! zone transfers, SOA answers, NOTIFY.
+
+use super::{CLASS_IN, HEADER_LEN, OPCODE_NOTIFY, TYPE_SOA};
+
+/// Why the walker stopped: always a malformed or truncated message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct WireError(pub &'static str);
+
+/// The fixed 12-byte header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub id: u16,
+    pub flags: u16,
+    pub qdcount: u16,
+    pub ancount: u16,
+    pub nscount: u16,
+    pub arcount: u16,
+}
+
+impl Header {
+    pub fn parse(msg: &[u8]) -> Result<Header, WireError> {
+        let Some(h) = msg.first_chunk::<HEADER_LEN>() else {
+            return Err(WireError("shorter than a DNS header"));
+        };
+        let word = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
+        Ok(Header {
+            id: word(0),
+            flags: word(2),
+            qdcount: word(4),
+            ancount: word(6),
+            nscount: word(8),
+            arcount: word(10),
+        })
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.flags & 0x8000 != 0
+    }
+
+    pub fn opcode(&self) -> u8 {
+        ((self.flags >> 11) & 0xf) as u8
+    }
+
+    pub fn authoritative(&self) -> bool {
+        self.flags & 0x0400 != 0
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.flags & 0x0200 != 0
+    }
+
+    pub fn rcode(&self) -> u8 {
+        (self.flags & 0xf) as u8
+    }
+}
+
+/// A question: name in uncompressed wire form, original case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Question {
+    pub name: Vec<u8>,
+    pub qtype: u16,
+    pub qclass: u16,
+}
+
+/// A resource record: owner in uncompressed wire form (original case), RDATA borrowed from the
+/// message (names inside it may be compressed: read them with [`Cursor::name_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rr<'a> {
+    pub name: Vec<u8>,
+    pub rtype: u16,
+    pub class: u16,
+    pub ttl: u32,
+    pub rdata: &'a [u8],
+    /// Offset of `rdata` in the message.
+    pub rdata_at: usize,
+}
+
+/// Reads a message section by section; every read checks bounds and never panics.
+pub struct Cursor<'a> {
+    msg: &'a [u8],
+    pub(crate) pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    /// Positions after the header.
+    pub fn new(msg: &'a [u8]) -> Result<(Cursor<'a>, Header), WireError> {
+        let header = Header::parse(msg)?;
+        Ok((
+            Cursor {
+                msg,
+                pos: HEADER_LEN,
+            },
+            header,
+        ))
+    }
+
+    pub fn question(&mut self) -> Result<Question, WireError> {
+        let mut name = Vec::with_capacity(64);
+        self.pos = self.name_at(self.pos, &mut name)?;
+        let qtype = self.u16()?;
+        let qclass = self.u16()?;
+        Ok(Question {
+            name,
+            qtype,
+            qclass,
+        })
+    }
+
+    pub fn record(&mut self) -> Result<Rr<'a>, WireError> {
+        let mut name = Vec::with_capacity(64);
+        self.pos = self.name_at(self.pos, &mut name)?;
+        let rtype = self.u16()?;
+        let class = self.u16()?;
+        let ttl = u32::from(self.u16()?) << 16 | u32::from(self.u16()?);
+        let len = usize::from(self.u16()?);
+        let rdata_at = self.pos;
+        let rdata = self
+            .msg
+            .get(rdata_at..rdata_at + len)
+            .ok_or(WireError("RDATA runs past the message"))?;
+        self.pos += len;
+        Ok(Rr {
+            name,
+            rtype,
+            class,
+            ttl,
+            rdata,
+            rdata_at,
+        })
+    }
+
+    /// Appends the name at `pos` (following compression pointers) to `out` in uncompressed wire
+    /// form and returns the position after it in the message.
+    pub fn name_at(&self, mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+        let start_len = out.len();
+        let mut after = None;
+        // Each pointer must go strictly backwards, so the walk ends even on hostile input.
+        let mut limit = pos;
+        loop {
+            let &len = self
+                .msg
+                .get(pos)
+                .ok_or(WireError("name runs past the message"))?;
+            match len {
+                0 => {
+                    out.push(0);
+                    if out.len() - start_len > 255 {
+                        return Err(WireError("name longer than 255 bytes"));
+                    }
+                    return Ok(after.unwrap_or(pos + 1));
+                }
+                1..=63 => {
+                    let label = self
+                        .msg
+                        .get(pos..pos + 1 + usize::from(len))
+                        .ok_or(WireError("label runs past the message"))?;
+                    out.extend_from_slice(label);
+                    if out.len() - start_len > 255 {
+                        return Err(WireError("name longer than 255 bytes"));
+                    }
+                    pos += label.len();
+                }
+                0xc0..=0xff => {
+                    let &low = self
+                        .msg
+                        .get(pos + 1)
+                        .ok_or(WireError("pointer runs past the message"))?;
+                    let target = usize::from(len & 0x3f) << 8 | usize::from(low);
+                    if target >= limit {
+                        return Err(WireError("compression pointer does not point backwards"));
+                    }
+                    after.get_or_insert(pos + 2);
+                    limit = target;
+                    pos = target;
+                }
+                _ => return Err(WireError("unknown label type")),
+            }
+        }
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        let b = self
+            .msg
+            .get(self.pos..self.pos + 2)
+            .ok_or(WireError("message ends inside a fixed field"))?;
+        self.pos += 2;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// The serial of SOA RDATA found at `rr` (whose names may be compressed).
+    pub fn soa_serial(&self, rr: &Rr<'_>) -> Result<u32, WireError> {
+        let mut scratch = Vec::with_capacity(64);
+        let pos = self.name_at(rr.rdata_at, &mut scratch)?;
+        let pos = self.name_at(pos, &mut scratch)?;
+        let end = rr.rdata_at + rr.rdata.len();
+        if pos + 20 != end {
+            return Err(WireError("SOA RDATA has the wrong length"));
+        }
+        let s = &self.msg[pos..pos + 4];
+        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+    }
+}
+
+/// Presentation form of an uncompressed wire name: lower-case, absolute, RFC 1035 escapes.
+pub fn name_text(wire: &[u8]) -> String {
+    let mut out = String::with_capacity(wire.len() + 1);
+    let mut rest = wire;
+    while let [len, tail @ ..] = rest {
+        let len = usize::from(*len);
+        let Some((label, tail)) = tail.split_at_checked(len) else {
+            break;
+        };
+        if len == 0 {
+            break;
+        }
+        for &b in label {
+            match b.to_ascii_lowercase() {
+                b'.' | b'\\' => {
+                    out.push('\\');
+                    out.push(char::from(b));
+                }
+                c @ 0x21..=0x7e => out.push(char::from(c)),
+                c => push_decimal_escape(&mut out, c),
+            }
+        }
+        out.push('.');
+        rest = tail;
+    }
+    if out.is_empty() {
+        out.push('.');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// NOTIFY (RFC 1996)
+// ---------------------------------------------------------------------------------------------
+
+fn notify_question(pkt: &[u8]) -> Option<(Header, Question)> {
+    let (mut cur, h) = Cursor::new(pkt).ok()?;
+    if h.is_response() || h.opcode() != OPCODE_NOTIFY || h.qdcount != 1 {
+        return None;
+    }
+    let q = cur.question().ok()?;
+    (q.qtype == TYPE_SOA && q.qclass == CLASS_IN).then_some((h, q))
+}
+
+/// The ID and zone (lower-case, absolute) of a NOTIFY query for a zone's SOA; None for anything
+/// else. The caller checks the sender against `zones.notify_from`.
+pub fn parse_notify(pkt: &[u8]) -> Option<(u16, String)> {
+    notify_question(pkt).map(|(h, q)| (h.id, name_text(&q.name)))
+}
+
+/// Writes into `out` the acknowledgement of the NOTIFY `pkt` (same ID and question, QR=1, AA=1,
+/// opcode NOTIFY, NOERROR, no records); false, with `out` untouched, if `pkt` is not a NOTIFY.
+pub fn notify_ack(pkt: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some((h, q)) = notify_question(pkt) else {
+        return false;
+    };
+    out.clear();
+    out.extend_from_slice(&h.id.to_be_bytes());
+    let flags: u16 = 0x8000 | u16::from(OPCODE_NOTIFY) << 11 | 0x0400;
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&q.name);
+    out.extend_from_slice(&q.qtype.to_be_bytes());
+    out.extend_from_slice(&q.qclass.to_be_bytes());
+    true
+}
+
+pub fn push_decimal_escape(out: &mut String, b: u8) {
+    out.push('\\');
+    out.push(char::from(b'0' + b / 100));
+    out.push(char::from(b'0' + b / 10 % 10));
+    out.push(char::from(b'0' + b % 10));
+}

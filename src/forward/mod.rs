@@ -1,0 +1,3 @@
+//! Forwarding to the PowerDNS replicas: server pool and health, UDP pending tables, TCP pool.
+
+pub mod upstream;

@@ -1,0 +1,51 @@
+//! What the packet path reads: the immutable [`Snapshot`] (swapped whole by the control plane)
+//! and the data-plane handles every worker shares ([`Shared`]). Nothing here is control-plane
+//! bookkeeping: that lives in the control plane.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, RestartSettings};
+use crate::forward::upstream::UpstreamSet;
+use crate::ratelimit::RateLimiter;
+use crate::steer::geo::GeoDb;
+use crate::steer::records::{self, RecordTable, Zones};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::querylog::QueryLog;
+
+/// What the packet path reads for one query: swapped whole by reloads.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub records: RecordTable,
+    pub geo: Option<Arc<GeoDb>>,
+    /// Zone facts the records were linked with (reused when a refresh fails).
+    pub zones: Zones,
+    pub upstream: Arc<UpstreamSet>,
+    pub sample_threshold: u64,
+    /// Transferred LUA records left to PowerDNS because they do not compile here, and why.
+    pub rejected: Vec<records::Rejected>,
+    /// Owner names of the in-process records (their zones' facts are refreshed on SOA TTL).
+    pub record_names: Vec<String>,
+}
+
+/// The handles workers share: read per packet, written without locks.
+pub struct Shared {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub limiter: RateLimiter,
+    pub metrics: Metrics,
+    pub log: Arc<QueryLog>,
+    /// Settings fixed at start (listen addresses, workers, caps).
+    pub restart: RestartSettings,
+    pub tcp_counts: TcpCounts,
+    /// NOTIFYs from the packet path to the transfer loop (bounded; full = dropped).
+    pub notify_tx: tokio::sync::mpsc::Sender<String>,
+}
+
+/// Connection counts shared by all workers (touched on accept and close only).
+#[derive(Default)]
+pub struct TcpCounts {
+    pub total: AtomicUsize,
+    pub per_client: dashmap::DashMap<std::net::IpAddr, usize>,
+}
