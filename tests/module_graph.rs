@@ -66,15 +66,15 @@ fn non_test_code(text: &str) -> String {
     let mut depth = 0i32;
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
-        if !skipping && line.trim() == "#[cfg(test)]" {
-            if let Some(next) = lines.peek()
-                && next.trim_start().starts_with("mod ")
-                && next.trim_end().ends_with('{')
-            {
-                skipping = true;
-                depth = 0;
-                continue;
-            }
+        if !skipping
+            && line.trim() == "#[cfg(test)]"
+            && let Some(next) = lines.peek()
+            && next.trim_start().starts_with("mod ")
+            && next.trim_end().ends_with('{')
+        {
+            skipping = true;
+            depth = 0;
+            continue;
         }
         if skipping {
             depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
@@ -94,8 +94,6 @@ fn non_test_code(text: &str) -> String {
 fn referenced_paths(module: &str, text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let parent: Vec<&str> = module.split("::").collect();
-    let is_dir_module = false; // a file `x/mod.rs` has module `x`; its `super` is x's parent
-    let _ = is_dir_module;
     for (prefix, base) in [
         ("crate::", Vec::<&str>::new()),
         ("super::", parent[..parent.len().saturating_sub(1)].to_vec()),

@@ -156,12 +156,6 @@ pub fn is_subdomain(name: &str, apex: &str) -> bool {
     apex == "." || name == apex || name.ends_with(&format!(".{apex}"))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Transferred zones
-// ---------------------------------------------------------------------------------------------
-
-/// What dnsteer knows of one `[zones].transfer` zone.
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::zone_facts::{is_subdomain, learn_all};
 use crate::steer::records::Zones;
 
+/// What dnsteer knows of one `[zones].transfer` zone.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct TransferStatus {
     pub zone: String,

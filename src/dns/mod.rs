@@ -899,6 +899,17 @@ pub fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// Uncompressed, lower-case wire form of a name.
+pub fn name_wire(name: &hickory_proto::rr::Name) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1528,15 +1539,4 @@ mod tests {
         let q = parse_query(&query("example", &[opt(4096, 0, false, &[])])).unwrap();
         assert_eq!(q.max_udp_response(1232), 1232);
     }
-}
-
-/// Uncompressed, lower-case wire form of a name.
-pub fn name_wire(name: &hickory_proto::rr::Name) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    for label in name.iter() {
-        out.push(label.len() as u8);
-        out.extend(label.iter().map(u8::to_ascii_lowercase));
-    }
-    out.push(0);
-    out
 }
