@@ -94,6 +94,7 @@ pub struct Config {
     pub geoip: Option<GeoIpConfig>,
     pub probes: ProbeDefaults,
     pub zones: ZonesConfig,
+    pub dnssec: DnssecConfig,
     pub records: Vec<RecordSpec>,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
@@ -228,6 +229,23 @@ pub struct ZonesConfig {
     pub notify_from: Option<Vec<IpAddr>>,
 }
 
+/// Online signing of in-process answers for signed zones (`[dnssec]`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DnssecConfig {
+    /// Private keys to sign with, one per entry (`[[dnssec.keys]]`).
+    pub keys: Vec<DnssecKeyFile>,
+    /// Signatures cached in all (each packet thread holds its share); 0 = no cache.
+    pub signature_cache_entries: usize,
+}
+
+/// One key file: the BIND `Private-key-format: v1.2` text `pdnsutil export-zone-key` prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnssecKeyFile {
+    /// Lower-case, absolute zone apex the key signs for.
+    pub zone: String,
+    pub file: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
     A,
@@ -327,6 +345,8 @@ struct RawConfig {
     #[serde(default)]
     zones: RawZones,
     #[serde(default)]
+    dnssec: RawDnssec,
+    #[serde(default)]
     records: Vec<RawRecord>,
 }
 
@@ -422,6 +442,21 @@ struct RawZones {
     transfer: S<Vec<String>>,
     refresh: S<String>,
     notify_from: S<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnssec {
+    #[serde(default)]
+    keys: Vec<RawDnssecKey>,
+    signature_cache_entries: S<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnssecKey {
+    zone: Spanned<String>,
+    file: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -549,6 +584,7 @@ impl Config {
             logging: v.logging(&raw.logging)?,
             ratelimit: v.ratelimit(&raw.ratelimit)?,
             zones: v.zones(&raw.zones)?,
+            dnssec: v.dnssec(&raw.dnssec, base)?,
             upstream,
             geoip: raw.geoip.map(|g| GeoIpConfig {
                 database: resolve_path(base, g.database.get_ref()),
@@ -1074,6 +1110,36 @@ impl Validator<'_> {
                 Duration::from_millis(100),
             )?,
             notify_from,
+        })
+    }
+
+    fn dnssec(&self, d: &RawDnssec, base: &Path) -> Result<DnssecConfig, ConfigError> {
+        let mut keys = Vec::with_capacity(d.keys.len());
+        for (i, k) in d.keys.iter().enumerate() {
+            let zone = normalize_name(k.zone.get_ref())
+                .or_else(|m| self.err(k.zone.span(), &format!("dnssec.keys[{i}].zone"), m))?;
+            if k.file.get_ref().trim().is_empty() {
+                return self.err(k.file.span(), &format!("dnssec.keys[{i}].file"), "empty path");
+            }
+            let file = resolve_path(base, k.file.get_ref());
+            if keys.iter().any(|o: &DnssecKeyFile| o.file == file) {
+                return self.err(
+                    k.file.span(),
+                    &format!("dnssec.keys[{i}].file"),
+                    "the same key file is listed twice",
+                );
+            }
+            keys.push(DnssecKeyFile { zone, file });
+        }
+        Ok(DnssecConfig {
+            keys,
+            signature_cache_entries: self.int(
+                &d.signature_cache_entries,
+                "dnssec.signature_cache_entries",
+                131_072,
+                0,
+                1 << 24,
+            )? as usize,
         })
     }
 
