@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod dns;
+pub mod dnssec;
 pub mod geo;
 pub mod hash;
 pub mod listener;
