@@ -9,13 +9,15 @@
 //! - `ratelimit`: per-source limiter; `steer/`: compiled LUA records, probes, GeoIP, hashes;
 //!   `forward/`: the PowerDNS pool;
 //! - `telemetry/`: per-worker metrics and the sampled query log;
-//! - `dns/`: the wire layer; `config`: the validated configuration;
+//! - `dns/`: the wire layer; `dnssec/`: keys, RRSIGs and the signature cache (online signing);
+//!   `config`: the validated configuration;
 //! - `control/`: reload, zone transfer, admin HTTP, snapshot building; `app`: start and stop.
 
 pub mod app;
 pub mod config;
 pub mod control;
 pub mod dns;
+pub mod dnssec;
 pub mod forward;
 pub mod ratelimit;
 pub mod server;

@@ -1,0 +1,16 @@
+//! DNSSEC online signing: zone keys from BIND private-key files, RRSIGs made the way PowerDNS
+//! makes them, and a per-worker signature cache.
+//!
+//! Self-contained on purpose: nothing here imports from the rest of the crate, so the packet
+//! path can call in without the signing core depending on how that path is laid out.
+
+mod cache;
+mod keys;
+mod sign;
+
+pub use cache::{CacheStats, Outcome, SignatureCache};
+pub use keys::{Algorithm, FLAGS_KSK, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
+pub use sign::{
+    RrsetToSign, SignError, ValidityWindow, format_dnssec_time, label_count, lowercase_name_wire,
+    rrset_spread_hash, rrsig_rdata,
+};
