@@ -118,6 +118,7 @@ pub async fn learn(
             negative_ttl: ttl.min(soa.minimum),
             signed,
             soa_ttl: ttl,
+            ..ZoneInfo::default()
         },
     ))
 }

@@ -7,6 +7,7 @@
 mod cache;
 mod keys;
 mod sign;
+mod zone;
 
 pub use cache::{CacheStats, Outcome, SignatureCache};
 pub use keys::{Algorithm, FLAGS_KSK, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
@@ -14,3 +15,4 @@ pub use sign::{
     RrsetToSign, SignError, ValidityWindow, format_dnssec_time, label_count, lowercase_name_wire,
     rrset_spread_hash, rrsig_rdata,
 };
+pub use zone::{Published, SignerState, ZoneSigner, choose, self_check};

@@ -18,7 +18,7 @@ use crate::steer::lua::{self, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ZoneInfo {
     /// Zone apex, lower-case wire format.
     pub apex_wire: Vec<u8>,
@@ -30,6 +30,13 @@ pub struct ZoneInfo {
     pub signed: bool,
     /// TTL of the SOA record itself (refresh period of these facts).
     pub soa_ttl: u32,
+    /// DNSKEY RDATAs at the apex, as PowerDNS serves them (empty when unsigned).
+    pub dnskeys: Vec<Vec<u8>>,
+    pub dnskey_ttl: u32,
+    /// Key tags of the RRSIGs on the apex SOA: the keys PowerDNS signs answers with.
+    pub signing_tags: Vec<u16>,
+    /// Whether DO=1 answers are signed here, and with what (set when the snapshot is linked).
+    pub signer: crate::dnssec::SignerState,
 }
 
 /// Zone facts by zone apex (lower-case presentation, trailing dot).
@@ -1620,6 +1627,7 @@ mod tests {
             negative_ttl: 60,
             signed: false,
             soa_ttl: 300,
+            ..ZoneInfo::default()
         };
         [
             ("lua.test.".to_string(), info("lua.test.")),
