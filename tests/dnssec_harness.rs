@@ -203,6 +203,21 @@ fn signed_zone_validates_through_unbound_and_dnspython() {
         (exp - now) as f64 / 86400.0
     );
 
+    // The dnspython check is not vacuous: one changed rdata byte is rejected.
+    let opts = QueryOpts::tcp().dnssec_ok();
+    let mut www =
+        dns_query_wire(pdns.addr(), "www.signed.test.", RecordType::A, &opts).expect("www A");
+    let dnskey = dns_query_wire(pdns.addr(), ZONE, RecordType::DNSKEY, &opts).expect("DNSKEY");
+    validate_with_dnspython(&www, &dnskey, ZONE).expect("untouched answer validates");
+    let at = www
+        .windows(4)
+        .position(|w| w == [192, 0, 2, 80])
+        .expect("A rdata in the wire");
+    www[at + 3] = 81;
+    let err = validate_with_dnspython(&www, &dnskey, ZONE)
+        .expect_err("a changed A record must not validate");
+    assert!(err.contains("www.signed.test."), "{err}");
+
     // The same check through the harness's own RRSIG decoding (hickory lacks DNSSEC types).
     let lua = dns_query_wire(
         pdns.addr(),
@@ -252,6 +267,19 @@ fn wrong_trust_anchor_gives_servfail() {
     // The right anchor on the same PowerDNS is fine: the failure is the anchor's.
     let good = unbound_for(&pdns, &ds);
     assert_all_secure(&good, &pdns, "right anchor");
+
+    // Every process is gone once its handle is dropped.
+    let pids: Vec<u32> = [pdns.pdns().pid(), unbound.pid(), good.pid()]
+        .into_iter()
+        .map(|p| p.expect("running"))
+        .collect();
+    drop((pdns, unbound, good));
+    for pid in pids {
+        assert!(
+            !support::pid_alive(pid),
+            "process {pid} survived its handle"
+        );
+    }
 }
 
 /// Pre-publish ZSK rollover, step by step through the harness, with Unbound validating at

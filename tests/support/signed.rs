@@ -4,11 +4,15 @@
 //! ([`validate_with_dnspython`]). Like the rest of `support`, independent of the dnsteer
 //! library; every process is stopped by PID on drop.
 //!
-//! # What PowerDNS 4.7.3 (Debian 12 `pdns-server` 4.7.3-2) was seen to do
+//! Versions seen (Debian 12): pdns-server/pdns-backend-bind 4.7.3-2, unbound 1.17.1-2+deb12u4,
+//! python3-dnspython 2.3.0, python3-cryptography 38.0.4.
+//!
+//! # What PowerDNS 4.7.3 was seen to do
 //!
 //! * Key changes made by `pdnsutil` (a separate process writing the sqlite `bind-dnssec-db`)
 //!   or through the API are seen by the **running** pdns_server without a restart or reload,
-//!   on the next query, with `dnssec-key-cache-ttl=0` (set here; the default caches keys for
+//!   on the very next query (the rollover test asserts the first answer after an
+//!   activate/deactivate swap), with `dnssec-key-cache-ttl=0` (set here; the default caches keys for
 //!   30 s) and the packet/query caches off (as [`super::Pdns`] sets them). The signature cache
 //!   is keyed by the signing key too, so a newly active key signs at once; no `rectify` is
 //!   needed for the bind backend (it orders names itself), and [`SignedPdns::purge`] exists
