@@ -12,11 +12,13 @@
 //! * Key changes made by `pdnsutil` (a separate process writing the sqlite `bind-dnssec-db`)
 //!   or through the API are seen by the **running** pdns_server without a restart or reload,
 //!   on the very next query (the rollover test asserts the first answer after an
-//!   activate/deactivate swap), with `dnssec-key-cache-ttl=0` (set here; the default caches keys for
-//!   30 s) and the packet/query caches off (as [`super::Pdns`] sets them). The signature cache
-//!   is keyed by the signing key too, so a newly active key signs at once; no `rectify` is
-//!   needed for the bind backend (it orders names itself), and [`SignedPdns::purge`] exists
-//!   only for setups that turn the packet cache back on.
+//!   activate/deactivate swap), with `dnssec-key-cache-ttl=0` (set here; the default caches
+//!   keys for 30 s) and the packet/query caches off (as [`super::Pdns`] sets them). The
+//!   signature cache did not hide a key change: a newly active key signed the next answer.
+//!   (Once, in a manual session, the first answer after publish+activate of a key was still
+//!   signed by the old set only; never reproduced since, and the tests would catch it.) No
+//!   `rectify` is needed for the bind backend; [`SignedPdns::purge`] exists only for setups
+//!   that turn the packet cache back on.
 //! * `POST /api/v1/servers/localhost/zones/ZONE/cryptokeys` with
 //!   `{"keytype":"zsk","active":false,"published":true,"privatekey":"Private-key-format: v1.2\n
 //!   Algorithm: 13 (ECDSAP256SHA256)\nPrivateKey: ..."}` answers `201 Created` with the key
@@ -455,6 +457,10 @@ fn pdnsutil(config_dir: &Path, args: &[&str]) -> Result<String, String> {
 /// remote control on another free loopback port (no certificates) for cache flushes. Every
 /// other IPv4 destination is in `do-not-query-address` and IPv6 is off, so it never sends a
 /// query off this machine (e.g. to the root servers). Stopped by PID on drop.
+///
+/// Unbound sets AD only when the query has DO (or AD) set: [`Unbound::ask`] sends DO=1 when
+/// asked to. Stub zones under `test.` (and other RFC 6761 names) need `local-zone: ... nodefault`,
+/// which [`Unbound::start`] adds itself.
 pub struct Unbound {
     child: Option<ChildGuard>,
     dir: tempfile::TempDir,
