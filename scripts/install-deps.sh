@@ -13,8 +13,13 @@ PACKAGES=(
   dnsperf dnsdist gdnsd                                # load generator and comparison servers
   bind9-dnsutils curl                                  # dig, HTTP checks
   python3 python3-venv                                 # demo probe targets; venv for the manifest validator
+  # DNSSEC tests: a real validating resolver, and an independent signature check run with
+  # Debian's /usr/bin/python3 (not a pyenv shim). pdnsutil ships in pdns-server; the bind
+  # backend's bind-dnssec-db is built into pdns-backend-bind (it links libsqlite3 itself), so
+  # neither pdns-backend-sqlite3 nor the sqlite3 CLI is needed.
+  unbound python3-dnspython python3-cryptography
 )
-SERVICES=(pdns dnsdist gdnsd)
+SERVICES=(pdns dnsdist gdnsd unbound)
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
@@ -66,6 +71,7 @@ for s in "${SERVICES[@]}"; do
   fi
 done
 
-for b in pdns_server pdns_control dnsperf dnsdist gdnsd dig curl python3; do
+for b in pdns_server pdns_control pdnsutil dnsperf dnsdist gdnsd dig curl python3 unbound unbound-control; do
   command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || { echo "install-deps: $b still missing" >&2; exit 1; }
 done
+/usr/bin/python3 -c 'import dns.dnssec, cryptography' || { echo "install-deps: python3-dnspython/python3-cryptography not importable by /usr/bin/python3" >&2; exit 1; }

@@ -23,6 +23,9 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
 use ipnet::IpNet;
 
+/// DNSSEC peers: signed PowerDNS, validating Unbound, dnspython check.
+pub mod signed;
+
 /// The demo zone (`config/demo/demo.test.zone`), for tests that want realistic content.
 pub const DEMO_ZONE: &str = include_str!("../../config/demo/demo.test.zone");
 pub const DEMO_ZONE_NAME: &str = "demo.test.";
