@@ -156,6 +156,12 @@ pub struct SigningKey {
     rng: SystemRandom,
 }
 
+// One key is shared by all workers behind an `Arc`.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<SigningKey>()
+};
+
 impl SigningKey {
     /// Reads BIND `Private-key-format: v1.2` text (what `pdnsutil export-zone-key` prints).
     /// Timing lines (Created, Publish, Activate, ...) are accepted and ignored.
