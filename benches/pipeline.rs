@@ -14,6 +14,7 @@ use dnsteer::app::App;
 use dnsteer::config::{Config, LimitAction, RateLimitConfig};
 use dnsteer::ratelimit::{RateLimiter, Verdict};
 use dnsteer::server::pipeline::{self, Action, Ctx};
+use dnsteer::server::signing::SignState;
 use dnsteer::state::{Shared, Snapshot};
 use dnsteer::telemetry::metrics::{Transport, WorkerMetrics};
 use dnsteer::telemetry::querylog::Sampler;
@@ -56,6 +57,7 @@ fn ctx_for<'a>(
     metrics: &'a WorkerMetrics,
     limiter: &'a RateLimiter,
     sampler: &'a mut Sampler,
+    sign: &'a mut SignState,
 ) -> Ctx<'a> {
     Ctx {
         snap,
@@ -67,6 +69,7 @@ fn ctx_for<'a>(
         notify: &shared.notify_tx,
         worker: 0,
         latency: pipeline::Latency::Batch { answered: 0 },
+        sign,
     }
 }
 
@@ -109,6 +112,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
     let snap = shared.snapshot.load_full();
     let metrics = shared.metrics.register_worker();
     let mut sampler = Sampler::default();
+    let mut sign = SignState::new(1024);
     let mut out = Vec::with_capacity(1500);
 
     let off = limiter(false);
@@ -157,7 +161,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
     let mut g = c.benchmark_group("pipeline");
     for (label, pkt, rl, src) in &cases {
         // Sanity: each case takes the path its label names.
-        let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler);
+        let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler, &mut sign);
         let first = pipeline::handle(&mut ctx, pkt, *src, Transport::Udp, now, &mut out);
         let ok = match (*label, &first) {
             ("blocked_source_drop", Action::Drop) => true,
@@ -179,7 +183,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
                     now
                 };
                 out.clear();
-                let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler);
+                let mut ctx = ctx_for(&snap, &shared, &metrics, rl, &mut sampler, &mut sign);
                 let a =
                     pipeline::handle(&mut ctx, black_box(pkt), *src, Transport::Udp, t, &mut out);
                 black_box(matches!(a, Action::Reply))

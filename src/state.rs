@@ -28,6 +28,9 @@ pub struct Snapshot {
     pub rejected: Vec<records::Rejected>,
     /// Owner names of the in-process records (their zones' facts are refreshed on SOA TTL).
     pub record_names: Vec<String>,
+    /// When each (zone, DNSKEY RDATA) was first seen in the zone's DNSKEY RRset (Unix seconds):
+    /// a key PowerDNS publishes but does not sign with is used once its RRset outlived its TTL.
+    pub dnskey_first_seen: std::collections::HashMap<(String, Vec<u8>), u64>,
 }
 
 /// The handles workers share: read per packet, written without locks.

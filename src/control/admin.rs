@@ -329,6 +329,7 @@ fn status_json(ctl: &Control) -> String {
             })
         }).collect::<Vec<_>>(),
         "zones": ctl.transfers.status(),
+        "dnssec": dnssec_status(&snap),
         "left_to_powerdns": left_to_powerdns(ctl),
         "ratelimit": {
             "enabled": snap.config.ratelimit.enabled,
@@ -449,6 +450,41 @@ fn probe_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
 }
 
 /// Transferred LUA records dnsteer does not answer (PowerDNS does), with the reason.
+/// Per zone of in-process records: signed or not, and whether DO=1 answers are signed here
+/// (and if not, why). Key tags only: never key material.
+fn dnssec_status(snap: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+    use crate::dnssec::SignerState;
+    let mut zones: Vec<_> = snap.zones.iter().collect();
+    zones.sort_by(|a, b| a.0.cmp(b.0));
+    zones
+        .into_iter()
+        .map(|(apex, z)| {
+            let mut v = serde_json::json!({
+                "zone": apex,
+                "signed": z.signed,
+                "state": if z.signed { z.signer.label() } else { "unsigned" },
+                "dnskeys": z.dnskeys.len(),
+                "powerdns_signing_key_tags": z.signing_tags,
+            });
+            match &z.signer {
+                SignerState::Live(s) => v["key_tag"] = s.key_tag.into(),
+                SignerState::Waiting {
+                    key_tag,
+                    usable_at_unix,
+                } => {
+                    v["key_tag"] = (*key_tag).into();
+                    v["usable_at_unix"] = (*usable_at_unix).into();
+                }
+                SignerState::NotPublished { key_tags } => {
+                    v["configured_key_tags"] = key_tags.clone().into();
+                }
+                SignerState::NoKey => {}
+            }
+            v
+        })
+        .collect()
+}
+
 fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
     let snap = ctl.data.snapshot.load();
     let mut v: Vec<serde_json::Value> = snap

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, RecordSpec};
+use std::collections::HashMap;
+
+use crate::config::{Config, ConfigError, DnssecConfig, RecordSpec};
+use crate::dnssec::{KeyError, Published, SigningKey};
 use crate::forward::upstream::UpstreamSet;
 use crate::state::Snapshot;
 use crate::steer::geo::{GeoDb, GeoError};
@@ -18,6 +21,20 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     #[error("geoip: {0}")]
     Geo(#[from] GeoError),
+    #[error("dnssec.keys: cannot read {file}: {source}")]
+    KeyRead {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dnssec.keys: {file}: {source}")]
+    Key {
+        file: String,
+        #[source]
+        source: KeyError,
+    },
+    #[error("dnssec.keys: {file}: signatures made with this key do not verify")]
+    KeySelfCheck { file: String },
 }
 
 impl BuildError {
@@ -25,6 +42,9 @@ impl BuildError {
         match self {
             BuildError::Config(_) => "config",
             BuildError::Geo(_) => "geoip",
+            BuildError::Key { .. } | BuildError::KeyRead { .. } | BuildError::KeySelfCheck { .. } => {
+                "dnssec_key"
+            }
         }
     }
 }
@@ -86,13 +106,20 @@ pub async fn build_snapshot(
     let health = probes.sync(&compiled.probe_specs()).await;
     let previous_zones = previous.map(|p| p.zones.clone()).unwrap_or_default();
     let record_names = compiled.names();
-    let zones = super::zone_facts::learn_all(
+    let keys = load_keys(&config.dnssec)?;
+    let mut zones = super::zone_facts::learn_all(
         &config.upstream.servers,
         &record_names,
         config.upstream.timeout,
         &previous_zones,
     )
     .await;
+    let dnskey_first_seen = link_signers(
+        &mut zones,
+        &keys,
+        previous.map(|p| &p.dnskey_first_seen),
+        super::unix_now(),
+    );
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
     let mut records = RecordTable::link(&compiled, &health, locate, &zones);
     if let Some(prev) = previous {
@@ -112,5 +139,65 @@ pub async fn build_snapshot(
         upstream,
         rejected,
         record_names,
+        dnskey_first_seen,
     })
+}
+
+/// Reads and checks every `[[dnssec.keys]]` file, by zone. A key that does not load or whose
+/// signatures do not verify fails the whole build (the running config stays).
+pub fn load_keys(cfg: &DnssecConfig) -> Result<HashMap<String, Vec<Arc<SigningKey>>>, BuildError> {
+    let mut keys: HashMap<String, Vec<Arc<SigningKey>>> = HashMap::new();
+    for k in &cfg.keys {
+        let file = k.file.display().to_string();
+        let text = std::fs::read_to_string(&k.file).map_err(|source| BuildError::KeyRead {
+            file: file.clone(),
+            source,
+        })?;
+        let key = SigningKey::from_private_key_file(&text).map_err(|source| BuildError::Key {
+            file: file.clone(),
+            source,
+        })?;
+        if !crate::dnssec::self_check(&key) {
+            return Err(BuildError::KeySelfCheck { file });
+        }
+        keys.entry(k.zone.clone()).or_default().push(Arc::new(key));
+    }
+    Ok(keys)
+}
+
+/// Decides each zone's signer from its published DNSKEYs (see [`crate::dnssec::choose`]) and
+/// returns when each (zone, DNSKEY RDATA) was first seen, carried from snapshot to snapshot so
+/// a published key's wait is counted from when it appeared, not from the last rebuild.
+pub fn link_signers(
+    zones: &mut records::Zones,
+    keys: &HashMap<String, Vec<Arc<SigningKey>>>,
+    previous: Option<&HashMap<(String, Vec<u8>), u64>>,
+    now: u64,
+) -> HashMap<(String, Vec<u8>), u64> {
+    let mut seen = HashMap::new();
+    for (apex, z) in zones.iter_mut() {
+        for rdata in &z.dnskeys {
+            let k = (apex.clone(), rdata.clone());
+            let at = previous.and_then(|p| p.get(&k)).copied().unwrap_or(now);
+            seen.insert(k, at);
+        }
+        let zone_keys = keys.get(apex).map_or(&[][..], Vec::as_slice);
+        let published = Published {
+            dnskeys: &z.dnskeys,
+            dnskey_ttl: z.dnskey_ttl,
+            signing_tags: &z.signing_tags,
+        };
+        let state = crate::dnssec::choose(
+            &z.apex_wire,
+            zone_keys,
+            published,
+            |rdata| seen.get(&(apex.clone(), rdata.to_vec())).copied(),
+            now,
+        );
+        if z.signed && state != z.signer {
+            tracing::info!(target: "dnsteer::dnssec", zone = %apex, state = state.label(), "zone signing state");
+        }
+        z.signer = state;
+    }
+    seen
 }

@@ -39,7 +39,8 @@ async fn ask(
     let mut last = String::from("no servers");
     for &server in servers {
         let id = fastrand::u16(..);
-        let query = build_query(id, name, qtype);
+        let mut query = build_query(id, name, qtype);
+        with_do_bit(&mut query);
         let bind = if server.is_ipv4() {
             "0.0.0.0:0"
         } else {
@@ -65,6 +66,27 @@ async fn ask(
         }
     }
     Err(ZoneError::NoAnswer(last))
+}
+
+/// Adds an OPT record with DO=1 (and a 4096-byte buffer) to a query built without EDNS, so
+/// PowerDNS includes its RRSIGs.
+fn with_do_bit(query: &mut Vec<u8>) {
+    query[11] = 1; // ARCOUNT = 1
+    query.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 0]);
+}
+
+/// The key tag of `r` if it is an RRSIG covering `covered` (RFC 4034 §3.1: type covered at
+/// offset 0, key tag at offset 16).
+fn rrsig_over(r: &hickory_proto::rr::Record, covered: RecordType) -> Option<u16> {
+    if r.record_type() != RecordType::RRSIG {
+        return None;
+    }
+    let RData::Unknown { rdata, .. } = &r.data else {
+        return None;
+    };
+    let b = &rdata.anything;
+    (b.len() > 18 && u16::from_be_bytes([b[0], b[1]]) == u16::from(covered))
+        .then(|| u16::from_be_bytes([b[16], b[17]]))
 }
 
 /// Finds the zone holding `name` (presentation, absolute) and its SOA and signing status.
@@ -103,13 +125,31 @@ pub async fn learn(
     } else {
         format!("{apex_str}.")
     };
-    let signed = match ask(servers, &apex_str, 48, timeout).await {
-        Ok(k) => k
-            .answers
-            .iter()
-            .any(|r| r.record_type() == RecordType::DNSKEY),
-        Err(_) => false,
+    // Signed zones: which keys PowerDNS signs answers with (the SOA's RRSIGs), and the DNSKEY
+    // RRset (what resolvers can verify signatures with).
+    let signing_tags: Vec<u16> = m
+        .answers
+        .iter()
+        .chain(m.authorities.iter())
+        .filter_map(|r| rrsig_over(r, RecordType::SOA))
+        .collect();
+    let (dnskeys, dnskey_ttl) = match ask(servers, &apex_str, 48, timeout).await {
+        Ok(k) => {
+            let keys: Vec<(Vec<u8>, u32)> = k
+                .answers
+                .iter()
+                .filter(|r| r.record_type() == RecordType::DNSKEY)
+                .filter_map(|r| match &r.data {
+                    RData::Unknown { rdata, .. } => Some((rdata.anything.clone(), r.ttl)),
+                    _ => None,
+                })
+                .collect();
+            let ttl = keys.iter().map(|k| k.1).min().unwrap_or(0);
+            (keys.into_iter().map(|k| k.0).collect::<Vec<_>>(), ttl)
+        }
+        Err(_) => (Vec::new(), 0),
     };
+    let signed = !dnskeys.is_empty();
     Ok((
         apex_str,
         ZoneInfo {
@@ -118,6 +158,9 @@ pub async fn learn(
             negative_ttl: ttl.min(soa.minimum),
             signed,
             soa_ttl: ttl,
+            dnskeys,
+            dnskey_ttl,
+            signing_tags,
             ..ZoneInfo::default()
         },
     ))

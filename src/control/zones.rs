@@ -190,9 +190,11 @@ pub async fn run(
                 &snap.zones,
             )
             .await;
-            changed = fresh != snap.zones;
+            changed = facts_changed(&fresh, &snap.zones);
             facts_due = tokio::time::Instant::now() + facts_interval(&fresh, &snap.record_names);
         }
+        // A published key whose DNSKEY TTL has now passed goes live with a rebuild.
+        changed |= signer_due(&ctl.data.snapshot.load().zones, super::unix_now());
         if changed && let Err(e) = crate::control::reload::rebuild(&ctl).await {
             tracing::error!(target: "dnsteer::control::zones", error = %e, "cannot rebuild the record table after a zone change");
         }
@@ -214,4 +216,24 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Whether freshly learned facts differ from the linked ones (whose signer state is derived,
+/// not learned, so it does not count).
+fn facts_changed(fresh: &Zones, linked: &Zones) -> bool {
+    fresh.len() != linked.len()
+        || fresh.iter().any(|(apex, f)| {
+            linked.get(apex).is_none_or(|l| {
+                let mut l = l.clone();
+                l.signer = f.signer.clone();
+                l != *f
+            })
+        })
+}
+
+/// True when a zone waits for a published key's DNSKEY TTL and that time has come.
+fn signer_due(zones: &Zones, now: u64) -> bool {
+    zones.values().any(|z| {
+        matches!(z.signer, crate::dnssec::SignerState::Waiting { usable_at_unix, .. } if usable_at_unix <= now)
+    })
 }

@@ -180,7 +180,7 @@ mod tests {
             dnskey_ttl: 3600,
             signing_tags: &tags,
         };
-        let s = choose(APEX, &[k.clone()], p, |_| Some(1000), 1000);
+        let s = choose(APEX, std::slice::from_ref(&k), p, |_| Some(1000), 1000);
         let signer = s.signer().expect("live");
         assert_eq!(signer.key_tag, k.key_tag(FLAGS_ZSK));
         assert_eq!(signer.signer_wire, APEX);
@@ -195,7 +195,7 @@ mod tests {
             dnskey_ttl: 3600,
             signing_tags: &[],
         };
-        match choose(APEX, &[k.clone()], p, |_| Some(1000), 1000 + 3599) {
+        match choose(APEX, std::slice::from_ref(&k), p, |_| Some(1000), 1000 + 3599) {
             SignerState::Waiting { usable_at_unix, .. } => assert_eq!(usable_at_unix, 4600),
             other => panic!("{other:?}"),
         }

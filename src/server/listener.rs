@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::dns::{self, rcode};
 use crate::forward::upstream::{ForwardError, Pending, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
+use crate::server::signing::SignState;
 use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
 use crate::server::udp_front::{self, ForwardBatch, UdpFront};
 use crate::state::{Shared, Snapshot};
@@ -172,6 +173,7 @@ struct Worker {
     snap: RefCell<arc_swap::Cache<Arc<arc_swap::ArcSwap<Snapshot>>, Arc<Snapshot>>>,
     metrics: Arc<WorkerMetrics>,
     sampler: RefCell<Sampler>,
+    sign: RefCell<SignState>,
     /// Send handles on the front-end UDP sockets (their threads do the reading).
     udp: Vec<std::net::UdpSocket>,
     upstreams: RefCell<Rc<WorkerUpstreams>>,
@@ -195,6 +197,7 @@ impl Worker {
         out: &mut Vec<u8>,
     ) -> Action {
         let mut sampler = self.sampler.borrow_mut();
+        let mut sign = self.sign.borrow_mut();
         let mut ctx = Ctx {
             snap,
             limiter: &self.shared.limiter,
@@ -205,6 +208,7 @@ impl Worker {
             notify: &self.shared.notify_tx,
             worker: self.index,
             latency: pipeline::Latency::PerQuery,
+            sign: &mut sign,
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
@@ -288,6 +292,7 @@ pub fn run_worker(
             snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
             metrics: shared.metrics.register_worker(),
             sampler: RefCell::new(Sampler::default()),
+            sign: RefCell::new(SignState::for_thread(&shared)),
             udp: udp_socks,
             upstreams: RefCell::new(upstreams.clone()),
             tcp_open: Cell::new(0),

@@ -3,5 +3,6 @@
 
 pub mod listener;
 pub mod pipeline;
+pub mod signing;
 pub mod udp_batch;
 pub mod udp_front;

@@ -12,8 +12,12 @@ use crate::config::LimitAction;
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::state::Snapshot;
+use crate::dnssec::SignerState;
+use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
-use crate::telemetry::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
+use crate::telemetry::metrics::{
+    Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
+};
 use crate::telemetry::querylog::{Event, QueryEntry, QueryLog, Sampler};
 
 /// What the transport should do with the packet.
@@ -42,6 +46,8 @@ pub struct Ctx<'a> {
     pub worker: usize,
     /// How in-process answers reach the latency histogram.
     pub latency: Latency,
+    /// This thread's signature cache and scratch space.
+    pub sign: &'a mut SignState,
 }
 
 /// Latency accounting for in-process answers.
@@ -134,26 +140,61 @@ pub fn handle(
         })
     };
 
+    let dnssec_ok = q.edns.is_some_and(|e| e.dnssec_ok);
+    let forward_dnssec = |ctx: &mut Ctx<'_>, why: DnssecForward| {
+        ctx.metrics.dnssec_forwarded[why as usize].inc();
+        Action::Forward { query: *q, sampled }
+    };
     let (decision, rc, answers) = match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
+        Lookup::Miss if dnssec_ok => return forward_dnssec(ctx, DnssecForward::NotInProcess),
         Lookup::Miss => return Action::Forward { query: *q, sampled },
-        Lookup::Hit(_, Some(zone)) if zone.signed && q.edns.is_some_and(|e| e.dnssec_ok) => {
-            // A signed zone must never get an unsigned in-process answer to a DO=1 query.
-            ctx.metrics.dnssec_forwarded.inc();
-            return Action::Forward { query: *q, sampled };
+        // A signed zone never gets an unsigned in-process answer to a DO=1 query: it is signed
+        // here or, when that is not possible, sent to PowerDNS (which signs it and proves
+        // denials).
+        Lookup::NoData(z) if z.signed && dnssec_ok => {
+            return forward_dnssec(ctx, DnssecForward::NoData);
+        }
+        Lookup::Hit(_, Some(z)) if z.signed && dnssec_ok && z.signer.signer().is_none() => {
+            let why = match z.signer {
+                SignerState::NotPublished { .. } => DnssecForward::KeyNotPublished,
+                SignerState::Waiting { .. } => DnssecForward::WaitingForDnskeyTtl,
+                _ => DnssecForward::NoKey,
+            };
+            return forward_dnssec(ctx, why);
         }
         Lookup::Hit(set, zone) => {
+            let signer = zone
+                .filter(|z| z.signed && dnssec_ok)
+                .and_then(|z| z.signer.signer());
             let mut b = ResponseBuilder::new(out, pkt, q, rcode::NOERROR, true);
+            ctx.sign.start();
             let mut sink = Sink {
                 b: &mut b,
                 ttl: set.ttl,
                 n: 0,
+                keep: signer.is_some().then_some(&mut *ctx.sign),
             };
             match set.evaluate(&client, &mut sink) {
                 Ok(ev) => {
                     let n = sink.n;
-                    if (ev.outcome == Outcome::Empty || n == 0)
-                        && let Some(z) = zone
-                    {
+                    let empty = ev.outcome == Outcome::Empty || n == 0;
+                    if empty && signer.is_some() {
+                        return forward_dnssec(ctx, DnssecForward::Empty);
+                    }
+                    if let Some(s) = signer {
+                        let signed = ctx.sign.sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
+                            b.answer(TYPE_RRSIG, set.ttl, rrsig)
+                        });
+                        if !signed {
+                            let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
+                            b.finish(edns_reply(0), max_size);
+                            ctx.metrics.query(t, Decision::Error);
+                            ctx.metrics.response(t, rcode::SERVFAIL);
+                            return Action::Reply;
+                        }
+                        ctx.metrics.dnssec_signed.inc();
+                    }
+                    if empty && let Some(z) = zone {
                         b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
                     }
                     let len = b.finish(edns_reply(ev.scope), max_size);
@@ -298,11 +339,16 @@ struct Sink<'s, 'b> {
     b: &'s mut ResponseBuilder<'b>,
     ttl: u32,
     n: u16,
+    /// Where RDATAs are kept for signing (a DO=1 answer in a zone signed here).
+    keep: Option<&'s mut SignState>,
 }
 
 impl AnswerSink for Sink<'_, '_> {
     fn push(&mut self, rtype: u16, rdata: &[u8]) {
         self.b.answer(rtype, self.ttl, rdata);
+        if let Some(k) = self.keep.as_deref_mut() {
+            k.keep(rtype, rdata);
+        }
         self.n += 1;
     }
 }

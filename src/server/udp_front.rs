@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use crate::dns::Added;
 use crate::forward::upstream::{ForwardError, Pending, UdpClient};
 use crate::server::pipeline::{self, Action, Ctx, Latency};
+use crate::server::signing::SignState;
 use crate::server::udp_batch::{RecvBatch, SendBatch};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::metrics::{Decision, DropReason, Path, Transport, WorkerMetrics};
@@ -58,6 +59,7 @@ impl UdpFront {
         let metrics = self.shared.metrics.register_worker();
         let mut snap_cache = arc_swap::Cache::new(self.shared.snapshot.clone());
         let mut sampler = Sampler::default();
+        let mut sign = SignState::for_thread(&self.shared);
         let mut rx = Box::new(RecvBatch::default());
         let mut tx = Box::new(SendBatch::default());
         let mut forwards: ForwardBatch = Vec::new();
@@ -92,6 +94,7 @@ impl UdpFront {
                 notify: &self.shared.notify_tx,
                 worker: self.worker,
                 latency: Latency::Batch { answered: 0 },
+                sign: &mut sign,
             };
             for i in 0..n {
                 let Some((pkt, src)) = rx.get(i) else {

@@ -243,8 +243,52 @@ pub struct WorkerMetrics {
     pub tcp_accepted: Cnt,
     pub tcp_closed_idle: Cnt,
     pub tcp_closed_query_cap: Cnt,
-    pub dnssec_forwarded: Cnt,
+    pub dnssec_forwarded: [Cnt; DnssecForward::ALL.len()],
+    pub dnssec_signed: Cnt,
+    pub dnssec_sig_hits: Cnt,
+    pub dnssec_sig_misses: Cnt,
+    pub dnssec_sig_evictions: Cnt,
+    pub dnssec_sign_errors: Cnt,
     pub truncated: Cnt,
+}
+
+/// Why a DO=1 query was sent to PowerDNS instead of being answered and signed here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnssecForward {
+    /// The name (or type) is not answered in-process at all.
+    NotInProcess = 0,
+    /// A signed zone with no `[[dnssec.keys]]` entry.
+    NoKey = 1,
+    /// The zone's keys are not in its DNSKEY RRset.
+    KeyNotPublished = 2,
+    /// The key is published but its DNSKEY RRset has not been served for its TTL yet.
+    WaitingForDnskeyTtl = 3,
+    /// The rule gave no address: the denial needs PowerDNS's NSEC/NSEC3 proof.
+    Empty = 4,
+    /// The name is in-process but not with this type: PowerDNS proves the NODATA.
+    NoData = 5,
+}
+
+impl DnssecForward {
+    pub const ALL: [DnssecForward; 6] = [
+        DnssecForward::NotInProcess,
+        DnssecForward::NoKey,
+        DnssecForward::KeyNotPublished,
+        DnssecForward::WaitingForDnskeyTtl,
+        DnssecForward::Empty,
+        DnssecForward::NoData,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            DnssecForward::NotInProcess => "not_in_process",
+            DnssecForward::NoKey => "no_key",
+            DnssecForward::KeyNotPublished => "key_not_published",
+            DnssecForward::WaitingForDnskeyTtl => "waiting_for_dnskey_ttl",
+            DnssecForward::Empty => "empty",
+            DnssecForward::NoData => "nodata",
+        }
+    }
 }
 
 impl WorkerMetrics {
@@ -389,12 +433,49 @@ impl Metrics {
             MetricType::COUNTER,
             self.sum(|w| w.would_limit.get()) as f64,
         ));
-        out.push(scalar(
+        out.push(family(
             "dnsteer_dnssec_forwarded_total",
-            "DO=1 queries for in-process records of signed zones, sent to PowerDNS to be signed.",
+            "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
             MetricType::COUNTER,
-            self.sum(|w| w.dnssec_forwarded.get()) as f64,
+            DnssecForward::ALL
+                .iter()
+                .map(|&r| {
+                    (
+                        vec![("reason", r.label().to_string())],
+                        self.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
+                    )
+                })
+                .collect(),
         ));
+        for (name, help, get) in [
+            (
+                "dnsteer_dnssec_signed_answers_total",
+                "DO=1 answers of in-process records signed here.",
+                (|w: &WorkerMetrics| w.dnssec_signed.get()) as fn(&WorkerMetrics) -> u64,
+            ),
+            (
+                "dnsteer_dnssec_signature_cache_hits_total",
+                "RRSIGs served from a packet thread's signature cache.",
+                |w| w.dnssec_sig_hits.get(),
+            ),
+            (
+                "dnsteer_dnssec_signatures_made_total",
+                "RRSIGs made (signature cache misses).",
+                |w| w.dnssec_sig_misses.get(),
+            ),
+            (
+                "dnsteer_dnssec_signature_cache_evictions_total",
+                "Cached RRSIGs replaced to make room.",
+                |w| w.dnssec_sig_evictions.get(),
+            ),
+            (
+                "dnsteer_dnssec_sign_errors_total",
+                "Signing failures (answered SERVFAIL).",
+                |w| w.dnssec_sign_errors.get(),
+            ),
+        ] {
+            out.push(scalar(name, help, MetricType::COUNTER, self.sum(get) as f64));
+        }
         out.push(scalar(
             "dnsteer_truncated_total",
             "UDP responses sent with TC=1 because they exceeded the client's limit.",
