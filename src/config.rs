@@ -533,6 +533,24 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
     Ok(n)
 }
 
+impl UpstreamConfig {
+    /// Who PowerDNS would see as the client of a query without ECS from `source`: with
+    /// `add_ecs`, the source masked to the prefix dnsteer adds; else the source itself. The
+    /// in-process rules hash this same identity, so a client gets the same choice whether its
+    /// query is answered here or forwarded.
+    pub fn client_identity(&self, source: IpAddr) -> IpAddr {
+        if !self.add_ecs {
+            return source;
+        }
+        let prefix = if source.is_ipv4() {
+            self.ecs_ipv4_prefix
+        } else {
+            self.ecs_ipv6_prefix
+        };
+        ipnet::IpNet::new(source, prefix).map_or(source, |n| n.network())
+    }
+}
+
 impl Config {
     /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
     pub fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
@@ -1119,7 +1137,11 @@ impl Validator<'_> {
             let zone = normalize_name(k.zone.get_ref())
                 .or_else(|m| self.err(k.zone.span(), &format!("dnssec.keys[{i}].zone"), m))?;
             if k.file.get_ref().trim().is_empty() {
-                return self.err(k.file.span(), &format!("dnssec.keys[{i}].file"), "empty path");
+                return self.err(
+                    k.file.span(),
+                    &format!("dnssec.keys[{i}].file"),
+                    "empty path",
+                );
             }
             let file = resolve_path(base, k.file.get_ref());
             if keys.iter().any(|o: &DnssecKeyFile| o.file == file) {

@@ -205,13 +205,48 @@ fn answers_equal_powerdns_for_deterministic_records() {
 }
 
 #[test]
-fn without_ecs_the_packet_source_is_the_client() {
+fn without_ecs_the_client_is_what_powerdns_would_see_on_the_forward_path() {
     let pdns = Pdns::start(
         &[("lua.test.", &zone_text())],
         &["enable-lua-records=yes", "edns-subnet-processing=yes"],
     );
+    // With `add_ecs = false` nothing is added on the forward path: the packet source is the
+    // client. PowerDNS's recipe: no ECS, source 127.0.0.1 → hashed picks 192.0.2.1.
+    let (plain, _plain_dir) =
+        start_dnsteer(pdns.addr(), &format!("add_ecs = false\n{}", records_toml()));
+    let m = dns_query(
+        plain.dns_addrs[0],
+        "hashed.lua.test.",
+        RecordType::A,
+        &QueryOpts::udp(),
+    )
+    .unwrap();
+    assert_eq!(support::answer_rdata(&m), vec!["192.0.2.1".to_string()]);
+    drop(plain);
+    // With `add_ecs` on (the default), a forwarded query reaches PowerDNS with ECS
+    // 127.0.0.0/24, so the in-process rule must hash that same identity: a client gets the same
+    // choice on both paths (asked of PowerDNS itself with that ECS).
     let (app, _dir) = start_dnsteer(pdns.addr(), &records_toml());
-    // PowerDNS's recipe: no ECS, source 127.0.0.1 → hashed picks 192.0.2.1 (h mod 3 = 0).
+    for name in [
+        "hashed.lua.test.",
+        "whashed3.lua.test.",
+        "whashed5.lua.test.",
+    ] {
+        let ours = dns_query(app.dns_addrs[0], name, RecordType::A, &QueryOpts::udp()).unwrap();
+        let theirs = dns_query(
+            pdns.addr(),
+            name,
+            RecordType::A,
+            &QueryOpts::udp().ecs("127.0.0.0/24"),
+        )
+        .unwrap();
+        assert_eq!(support::answer_rdata(&ours).len(), 1, "{name}");
+        assert_eq!(
+            support::answer_rdata(&ours),
+            support::answer_rdata(&theirs),
+            "{name}"
+        );
+    }
     let m = dns_query(
         app.dns_addrs[0],
         "hashed.lua.test.",
@@ -219,7 +254,6 @@ fn without_ecs_the_packet_source_is_the_client() {
         &QueryOpts::udp(),
     )
     .unwrap();
-    assert_eq!(support::answer_rdata(&m), vec!["192.0.2.1".to_string()]);
     assert!(m.edns.is_none(), "no EDNS in, no OPT out");
     let m = dns_query(
         app.dns_addrs[0],

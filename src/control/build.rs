@@ -42,9 +42,9 @@ impl BuildError {
         match self {
             BuildError::Config(_) => "config",
             BuildError::Geo(_) => "geoip",
-            BuildError::Key { .. } | BuildError::KeyRead { .. } | BuildError::KeySelfCheck { .. } => {
-                "dnssec_key"
-            }
+            BuildError::Key { .. }
+            | BuildError::KeyRead { .. }
+            | BuildError::KeySelfCheck { .. } => "dnssec_key",
         }
     }
 }

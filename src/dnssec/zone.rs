@@ -44,10 +44,15 @@ pub enum SignerState {
     #[default]
     NoKey,
     /// None of the zone's keys is in its DNSKEY RRset.
-    NotPublished { key_tags: Vec<u16> },
+    NotPublished {
+        key_tags: Vec<u16>,
+    },
     /// A key is published but PowerDNS does not sign with it: usable once the DNSKEY RRset
     /// holding it has been served for its TTL (no resolver still caches a set without it).
-    Waiting { key_tag: u16, usable_at_unix: u64 },
+    Waiting {
+        key_tag: u16,
+        usable_at_unix: u64,
+    },
 }
 
 impl SignerState {
@@ -143,8 +148,13 @@ pub fn self_check(key: &SigningKey) -> bool {
         rdatas: &[rdata],
     };
     let window = ValidityWindow::at(1_700_000_000);
-    let Ok(rrsig) = rrsig_rdata(key, key.key_tag(FLAGS_ZSK), b"\x07dnsteer\x00", &rrset, window)
-    else {
+    let Ok(rrsig) = rrsig_rdata(
+        key,
+        key.key_tag(FLAGS_ZSK),
+        b"\x07dnsteer\x00",
+        &rrset,
+        window,
+    ) else {
         return false;
     };
     let sig_len = key.algorithm().signature_len();
@@ -195,11 +205,21 @@ mod tests {
             dnskey_ttl: 3600,
             signing_tags: &[],
         };
-        match choose(APEX, std::slice::from_ref(&k), p, |_| Some(1000), 1000 + 3599) {
+        match choose(
+            APEX,
+            std::slice::from_ref(&k),
+            p,
+            |_| Some(1000),
+            1000 + 3599,
+        ) {
             SignerState::Waiting { usable_at_unix, .. } => assert_eq!(usable_at_unix, 4600),
             other => panic!("{other:?}"),
         }
-        assert!(choose(APEX, &[k], p, |_| Some(1000), 4600).signer().is_some());
+        assert!(
+            choose(APEX, &[k], p, |_| Some(1000), 4600)
+                .signer()
+                .is_some()
+        );
     }
 
     #[test]

@@ -10,10 +10,10 @@ use tokio::time::Instant;
 
 use crate::config::LimitAction;
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
-use crate::ratelimit::{RateLimiter, Verdict};
-use crate::state::Snapshot;
 use crate::dnssec::SignerState;
+use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
+use crate::state::Snapshot;
 use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
 use crate::telemetry::metrics::{
     Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
@@ -124,7 +124,10 @@ pub fn handle(
 
     let sampled = ctx.sampler.sample(ctx.snap.sample_threshold);
     let client = Client {
-        bestwho: q.edns.and_then(|e| e.ecs).map_or(src_ip, |e| e.addr),
+        bestwho: q.edns.and_then(|e| e.ecs).map_or_else(
+            || ctx.snap.config.upstream.client_identity(src_ip),
+            |e| e.addr,
+        ),
         ecs_source_prefix: q.edns.and_then(|e| e.ecs).map(|e| e.source_prefix),
     };
     let max_size = match t {
@@ -182,9 +185,11 @@ pub fn handle(
                         return forward_dnssec(ctx, DnssecForward::Empty);
                     }
                     if let Some(s) = signer {
-                        let signed = ctx.sign.sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
-                            b.answer(TYPE_RRSIG, set.ttl, rrsig)
-                        });
+                        let signed =
+                            ctx.sign
+                                .sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
+                                    b.answer(TYPE_RRSIG, set.ttl, rrsig)
+                                });
                         if !signed {
                             let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
                             b.finish(edns_reply(0), max_size);

@@ -98,8 +98,13 @@ impl SignState {
                 rrset_spread_hash(owner_wire, rtype),
             );
             let evictions = cache.stats().evictions;
-            match cache.get_or_sign(&signer.key, signer.key_tag, &signer.signer_wire, &rrset, window)
-            {
+            match cache.get_or_sign(
+                &signer.key,
+                signer.key_tag,
+                &signer.signer_wire,
+                &rrset,
+                window,
+            ) {
                 Ok((rrsig, outcome)) => {
                     match outcome {
                         Outcome::Hit => metrics.dnssec_sig_hits.inc(),

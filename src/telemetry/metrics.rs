@@ -474,7 +474,12 @@ impl Metrics {
                 |w| w.dnssec_sign_errors.get(),
             ),
         ] {
-            out.push(scalar(name, help, MetricType::COUNTER, self.sum(get) as f64));
+            out.push(scalar(
+                name,
+                help,
+                MetricType::COUNTER,
+                self.sum(get) as f64,
+            ));
         }
         out.push(scalar(
             "dnsteer_truncated_total",
