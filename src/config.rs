@@ -178,6 +178,10 @@ pub enum UpstreamPolicy {
     FirstAvailable,
 }
 
+/// Most `[upstream].servers` accepted: a forwarded query remembers the servers it tried in a
+/// 64-bit mask.
+pub const MAX_UPSTREAM_SERVERS: usize = 64;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub servers: Vec<SocketAddr>,
@@ -908,6 +912,16 @@ impl Validator<'_> {
             Some(s) => {
                 if s.get_ref().is_empty() {
                     return self.err(s.span(), "upstream.servers", "needs at least one server");
+                }
+                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
+                    return self.err(
+                        s.span(),
+                        "upstream.servers",
+                        format!(
+                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
+                            s.get_ref().len()
+                        ),
+                    );
                 }
                 let mut out = Vec::new();
                 for a in s.get_ref() {

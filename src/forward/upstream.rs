@@ -338,7 +338,9 @@ impl WorkerUpstreams {
     /// PowerDNS, which is what recovers a lost UDP packet when there is one replica.
     /// Allocation-free: it runs once per forwarded query.
     pub fn pick(&self, tried: u64) -> Option<usize> {
-        let n = self.servers.len().min(64);
+        // The config rejects more servers than the mask has bits.
+        let n = self.servers.len();
+        debug_assert!(n <= crate::config::MAX_UPSTREAM_SERVERS);
         let all_tried = (0..n).all(|i| tried & (1 << i) != 0);
         let untried = |i: usize| all_tried || tried & (1 << i) == 0;
         let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
