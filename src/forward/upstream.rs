@@ -450,8 +450,9 @@ impl WorkerUpstreams {
         Some(p)
     }
 
-    /// Pops every attempt whose deadline passed and is still pending.
-    pub fn expired(&self, now: Instant, out: &mut Vec<Pending>) {
+    /// Pops every attempt whose deadline passed and is still pending, with the index of the
+    /// server that attempt went to (the one that timed out, not the first one tried).
+    pub fn expired(&self, now: Instant, out: &mut Vec<(usize, Pending)>) {
         let mut dl = self.deadlines.borrow_mut();
         while let Some(&(deadline, idx, id)) = dl.front() {
             if deadline > now {
@@ -469,7 +470,7 @@ impl WorkerUpstreams {
                 let p = pending.remove(&id).expect("present");
                 ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
                 ws.counters.timeouts.inc();
-                out.push(p);
+                out.push((idx, p));
             }
         }
     }

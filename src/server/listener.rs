@@ -512,8 +512,7 @@ async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>) {
         tokio::time::sleep(SWEEP_EVERY).await;
         ups.expired(Instant::now(), &mut expired);
         let snap = w.snapshot();
-        for p in expired.drain(..) {
-            let server = p.tried.trailing_zeros() as usize;
+        for (server, p) in expired.drain(..) {
             if let Some(ws) = ups.servers.get(server) {
                 w.shared.log.event(Event::UpstreamTimeout {
                     server: ws.server.addr,
