@@ -95,6 +95,9 @@ pub struct Config {
     pub probes: ProbeDefaults,
     pub zones: ZonesConfig,
     pub records: Vec<RecordSpec>,
+    /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
+    /// case a change event was missed.
+    pub reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
 }
@@ -332,6 +335,14 @@ struct RawConfig {
     zones: RawZones,
     #[serde(default)]
     records: Vec<RawRecord>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    poll_interval: S<String>,
 }
 
 type S<T> = Option<Spanned<T>>;
@@ -559,6 +570,12 @@ impl Config {
             }),
             probes: v.probes(&raw.probes)?,
             records: v.records(&raw.records)?,
+            reload_poll: v.dur(
+                &raw.reload.poll_interval,
+                "reload.poll_interval",
+                "5s",
+                Duration::from_millis(100),
+            )?,
             text: text.to_string(),
         };
         Ok(cfg)
