@@ -96,6 +96,9 @@ pub struct Config {
     pub zones: ZonesConfig,
     pub dnssec: DnssecConfig,
     pub records: Vec<RecordSpec>,
+    /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
+    /// case a change event was missed.
+    pub reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
 }
@@ -178,6 +181,10 @@ pub enum UpstreamPolicy {
     RoundRobin,
     FirstAvailable,
 }
+
+/// Most `[upstream].servers` accepted: a forwarded query remembers the servers it tried in a
+/// 64-bit mask.
+pub const MAX_UPSTREAM_SERVERS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
@@ -348,6 +355,14 @@ struct RawConfig {
     dnssec: RawDnssec,
     #[serde(default)]
     records: Vec<RawRecord>,
+    #[serde(default)]
+    reload: RawReload,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReload {
+    poll_interval: S<String>,
 }
 
 type S<T> = Option<Spanned<T>>;
@@ -609,6 +624,12 @@ impl Config {
             }),
             probes: v.probes(&raw.probes)?,
             records: v.records(&raw.records)?,
+            reload_poll: v.dur(
+                &raw.reload.poll_interval,
+                "reload.poll_interval",
+                "5s",
+                Duration::from_millis(100),
+            )?,
             text: text.to_string(),
         };
         Ok(cfg)
@@ -962,6 +983,16 @@ impl Validator<'_> {
             Some(s) => {
                 if s.get_ref().is_empty() {
                     return self.err(s.span(), "upstream.servers", "needs at least one server");
+                }
+                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
+                    return self.err(
+                        s.span(),
+                        "upstream.servers",
+                        format!(
+                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
+                            s.get_ref().len()
+                        ),
+                    );
                 }
                 let mut out = Vec::new();
                 for a in s.get_ref() {

@@ -24,6 +24,18 @@ const NXDOMAIN_NAME: &str = "nothing-here.demo.test";
 /// 100k queries saturating both cores, PowerDNS itself can take longer than 500 ms now and
 /// then, and a SERVFAIL for that is dnsteer working as configured, not what these tests check.
 fn start(upstream: SocketAddr, sample_rate: f64, timeout: &str, upstream_extra: &str) -> Dnsteer {
+    start_servers(&[upstream], sample_rate, timeout, upstream_extra)
+}
+
+/// [`start`] in front of several upstream servers.
+fn start_servers(
+    upstreams: &[SocketAddr],
+    sample_rate: f64,
+    timeout: &str,
+    upstream_extra: &str,
+) -> Dnsteer {
+    let servers: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    let servers = servers.join(", ");
     let config = format!(
         r#"
 [server]
@@ -42,7 +54,7 @@ query_sample_rate = {sample_rate:?}
 enabled = false
 
 [upstream]
-servers = ["{upstream}"]
+servers = [{servers}]
 timeout = "{timeout}"
 health_check_interval = "200ms"
 {upstream_extra}
@@ -304,6 +316,63 @@ fn formerr_and_upstream_timeouts_are_logged_at_sample_rate_zero() {
     assert_eq!(get(&m, "dnsteer_log_events_suppressed_total"), 0.0);
     assert_eq!(get(&m, "dnsteer_malformed_total{kind=\"formerr\"}"), 1.0);
     drop(hole);
+}
+
+#[test]
+fn an_upstream_timeout_names_the_server_that_timed_out() {
+    // Two black holes: the first attempt goes to one, the retry to the other, and each
+    // timeout event must name the server that attempt went to.
+    let holes = [
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    ];
+    let addrs: Vec<SocketAddr> = holes.iter().map(|h| h.local_addr().unwrap()).collect();
+    let d = start_servers(
+        &addrs,
+        0.0,
+        "300ms",
+        "attempts = 2\npolicy = \"first-available\"",
+    );
+    let resp = exchange(d.dns_addr(), &query_wire(9, FORWARDED, A)).expect("SERVFAIL answer");
+    assert_eq!(rcode_of(&resp), 2);
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let named: Vec<String> = log_lines(&d)
+            .iter()
+            .filter(|l| {
+                l["fields"]["message"] == "upstream did not answer in time"
+                    && l["fields"]["qname"] == "www.demo.test."
+            })
+            .filter_map(|l| l["fields"]["server"].as_str().map(str::to_string))
+            .collect();
+        if named.len() >= 2 {
+            let mut named = named;
+            named.sort();
+            let mut want: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            want.sort();
+            assert_eq!(named, want, "one timeout per server tried:\n{}", d.log());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeouts logged for {named:?}:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let m = scrape(&d);
+    for a in &addrs {
+        assert_eq!(
+            get(
+                &m,
+                &format!("dnsteer_upstream_errors_total{{server=\"{a}\",kind=\"timeout\"}}")
+            ),
+            1.0,
+            "{a}"
+        );
+    }
+    drop(holes);
 }
 
 #[test]

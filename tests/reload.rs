@@ -260,6 +260,13 @@ fn burst_from(server: SocketAddr, src: &str, n: usize) -> usize {
     refused
 }
 
+/// A fallback poll short enough for tests to see several of them.
+const POLL: Duration = Duration::from_millis(200);
+
+fn short_poll() -> String {
+    format!("[reload]\npoll_interval = \"{}ms\"\n\n", POLL.as_millis())
+}
+
 #[test]
 fn bad_files_are_ignored_reported_and_then_replaced() {
     let pdns = demo_pdns();
@@ -268,7 +275,7 @@ fn bad_files_are_ignored_reported_and_then_replaced() {
         1,
         "enabled = false",
         "query_sample_rate = 0.0",
-        &record("keep.demo.test.", &["192.0.2.55"]),
+        &(short_poll() + &record("keep.demo.test.", &["192.0.2.55"])),
     );
     let front = Front::start(&good);
     let good_lines = good.lines().count();
@@ -331,9 +338,9 @@ fn bad_files_are_ignored_reported_and_then_replaced() {
     let err = front.app.reload().expect_err("bad file rejected");
     assert!(err.contains("unsupported function 'pickfirst'"), "{err}");
 
-    // Past one 5 s poll: the same bad file is not retried and counted again and again.
+    // Past several polls: the same bad file is not retried and counted again and again.
     let failed = front.metric("dnsteer_config_reloads_total", &[("result", "failed")]);
-    thread::sleep(Duration::from_millis(5600));
+    thread::sleep(POLL * 4);
     assert_eq!(
         front.metric("dnsteer_config_reloads_total", &[("result", "failed")]),
         failed,
@@ -590,16 +597,6 @@ fn load_client(
     })
 }
 
-/// The 1-minute load average is above twice the number of cores.
-fn overloaded() -> bool {
-    let load = std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
-    load > 2.0 * cores as f64
-}
-
 /// A client socket with a 4 MiB receive buffer: a receiving thread descheduled for a while on
 /// a busy machine must not lose answers in its own socket (the default ~200 KB holds ~200).
 fn big_buffer_udp() -> UdpSocket {
@@ -688,23 +685,36 @@ fn swaps_under_load_lose_and_corrupt_nothing() {
             r.sent - r.answered,
             r.sent
         );
-        // A machine too busy for latency claims (a sending thread that overslept a 1 ms sleep
-        // by 250 ms, or a load average over twice the cores, as on a shared CI runner):
-        // lateness is reported, not judged. Lost and wrong answers are always judged.
-        if r.sender_stall < Duration::from_millis(250) && !overloaded() {
-            assert_eq!(
-                r.late, 0,
-                "client {i}: {} answers later than 1 s (slowest {:?})",
-                r.late, r.slowest
-            );
-        } else if r.late > 0 {
+        // What the client sees includes its own threads' scheduling on a busy machine; the
+        // time dnsteer takes is judged below, from its own histogram.
+        if r.late > 0 {
             eprintln!(
-                "client {i}: {} answers later than 1 s (slowest {:?}) on a busy machine \
-                 (client thread stalled {:?}); not judged",
+                "client {i}: {} answers later than 1 s (slowest {:?}; client thread stalled {:?})",
                 r.late, r.slowest, r.sender_stall
             );
         }
         versions.extend(r.versions.iter().cloned());
+    }
+    // Every answer, forwarded or in-process, left dnsteer within 1 s of its arrival (the
+    // upstream timeout is 800 ms), across every swap.
+    for path in ["forwarded", "in_process"] {
+        let count = metric_sum(
+            &m,
+            "dnsteer_query_duration_seconds_count",
+            &[("path", path)],
+        );
+        let within = metric_sum(
+            &m,
+            "dnsteer_query_duration_seconds_bucket",
+            &[("path", path), ("le", "1")],
+        );
+        assert!(count > 0.0, "{path}: no answers measured");
+        assert_eq!(
+            within,
+            count,
+            "{path}: {} answers took dnsteer over 1 s",
+            count - within
+        );
     }
     let applied = front.metric("dnsteer_config_reloads_total", &[("result", "ok")]) - ok_before;
     assert!(
@@ -787,7 +797,7 @@ fn geoip_file_garbage_is_ignored_and_a_valid_replacement_is_picked_up() {
     let pdns = demo_pdns();
     let dir = tempfile::tempdir().expect("temp dir");
     // Outside the watched config directory, as a separately mounted database would be: only
-    // the 5 s poll (or SIGHUP) notices it.
+    // the poll (or SIGHUP) notices it.
     std::fs::create_dir(dir.path().join("geo")).expect("geo dir");
     let mmdb = dir.path().join("geo/city.mmdb");
     std::fs::copy(TEST_MMDB, &mmdb).expect("copy test mmdb");
@@ -796,7 +806,10 @@ fn geoip_file_garbage_is_ignored_and_a_valid_replacement_is_picked_up() {
         1,
         "enabled = false",
         "query_sample_rate = 0.0",
-        &format!("[geoip]\ndatabase = \"geo/city.mmdb\"\n\n{CLOSEST}"),
+        &format!(
+            "{}[geoip]\ndatabase = \"geo/city.mmdb\"\n\n{CLOSEST}",
+            short_poll()
+        ),
     );
     let path = dir.path().join("dnsteer.toml");
     std::fs::write(&path, text).expect("write config");

@@ -193,6 +193,26 @@ fn notify_triggers_an_immediate_transfer() {
     sock.send_to(&other, front).unwrap();
     sock.recv(&mut buf).unwrap();
     assert_eq!(buf[3] & 0x0f, 5, "REFUSED");
+
+    // The acknowledged NOTIFY is counted as such, the refused one as an error; the lb.xfr.test
+    // queries above were answered in-process, so nothing else is an error.
+    let text = inproc::get(app.metrics_addr, "/metrics");
+    assert_eq!(
+        inproc::metric(
+            &text,
+            "dnsteer_queries_total{transport=\"udp\",decision=\"notify\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        inproc::metric(
+            &text,
+            "dnsteer_queries_total{transport=\"udp\",decision=\"error\"}"
+        ),
+        1.0,
+        "{text}"
+    );
 }
 
 #[test]

@@ -22,8 +22,6 @@ use crate::state::{Shared, Snapshot};
 
 /// Quiet time after the last file event before reloading (a ConfigMap swap is several events).
 const DEBOUNCE: Duration = Duration::from_millis(200);
-/// Fallback poll of the config file and the GeoIP file.
-const POLL: Duration = Duration::from_secs(5);
 /// Old snapshots are dropped here, not on a worker, after this delay.
 const RETIRE_AFTER: Duration = Duration::from_secs(2);
 
@@ -91,8 +89,10 @@ async fn triggers_loop(
     // database to be reopened.
     let mut seen_config: Option<Result<Vec<u8>, std::io::ErrorKind>> = None;
     let mut seen_geo = geo_stamp(&ctl.data.snapshot.load());
-    let mut poll = tokio::time::interval(POLL);
-    poll.tick().await;
+    // Fallback poll of the config file and the GeoIP file, every `[reload].poll_interval` of
+    // the running config.
+    let poll_every = || ctl.data.snapshot.load().config.reload_poll;
+    let mut next_poll = tokio::time::Instant::now() + poll_every();
     loop {
         let forced = tokio::select! {
             Some(trigger) = rx.recv() => {
@@ -113,7 +113,10 @@ async fn triggers_loop(
                 }
                 forced
             }
-            _ = poll.tick() => false,
+            _ = tokio::time::sleep_until(next_poll) => {
+                next_poll = tokio::time::Instant::now() + poll_every();
+                false
+            }
         };
         let config = std::fs::read(&path).map_err(|e| e.kind());
         let geo = geo_stamp(&ctl.data.snapshot.load());

@@ -338,7 +338,9 @@ impl WorkerUpstreams {
     /// PowerDNS, which is what recovers a lost UDP packet when there is one replica.
     /// Allocation-free: it runs once per forwarded query.
     pub fn pick(&self, tried: u64) -> Option<usize> {
-        let n = self.servers.len().min(64);
+        // The config rejects more servers than the mask has bits.
+        let n = self.servers.len();
+        debug_assert!(n <= crate::config::MAX_UPSTREAM_SERVERS);
         let all_tried = (0..n).all(|i| tried & (1 << i) != 0);
         let untried = |i: usize| all_tried || tried & (1 << i) == 0;
         let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
@@ -448,8 +450,9 @@ impl WorkerUpstreams {
         Some(p)
     }
 
-    /// Pops every attempt whose deadline passed and is still pending.
-    pub fn expired(&self, now: Instant, out: &mut Vec<Pending>) {
+    /// Pops every attempt whose deadline passed and is still pending, with the index of the
+    /// server that attempt went to (the one that timed out, not the first one tried).
+    pub fn expired(&self, now: Instant, out: &mut Vec<(usize, Pending)>) {
         let mut dl = self.deadlines.borrow_mut();
         while let Some(&(deadline, idx, id)) = dl.front() {
             if deadline > now {
@@ -467,7 +470,7 @@ impl WorkerUpstreams {
                 let p = pending.remove(&id).expect("present");
                 ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
                 ws.counters.timeouts.inc();
-                out.push(p);
+                out.push((idx, p));
             }
         }
     }
@@ -516,12 +519,32 @@ impl WorkerServer {
 // TCP pool (per worker, per server)
 // ---------------------------------------------------------------------------------------------
 
-type Reply = oneshot::Sender<Vec<u8>>;
+/// Where an answer goes, with the token of the query that registered it.
+type Reply = (u64, oneshot::Sender<Vec<u8>>);
+
+/// One pooled connection as its queries and its task share it (single thread).
+struct ConnState {
+    /// Callers waiting for an answer, by upstream ID. An ID is unique among them; the token
+    /// tells a waiter's own entry from a later one that reused the ID after it gave up.
+    waiting: RefCell<HashMap<u16, Reply>>,
+    next_token: Cell<u64>,
+    closed: Cell<bool>,
+    /// Queries written and not yet followed by as many answers (late answers included).
+    owed: Cell<usize>,
+    /// When the connection last made progress while answers were owed: the first query owed,
+    /// or the last answer read. No progress for `[upstream].timeout` closes it.
+    owed_since: Cell<Instant>,
+}
+
+impl ConnState {
+    fn in_flight(&self) -> usize {
+        self.waiting.borrow().len()
+    }
+}
 
 struct TcpConn {
-    tx: mpsc::Sender<(u16, Vec<u8>, Reply)>,
-    in_flight: Rc<Cell<usize>>,
-    closed: Rc<Cell<bool>>,
+    tx: mpsc::Sender<Vec<u8>>,
+    state: Rc<ConnState>,
 }
 
 /// Reused TCP connections to one server; queries are pipelined and matched by ID.
@@ -529,10 +552,56 @@ pub struct TcpPool {
     addr: SocketAddr,
     size: usize,
     conns: RefCell<Vec<TcpConn>>,
+    rng: RefCell<fastrand::Rng>,
 }
 
 /// Queries queued per pooled connection before a new connection is preferred.
 const TCP_CONN_QUEUE: usize = 64;
+
+/// A query sent on a pooled connection, waiting for its answer. Dropping it (answered, timed
+/// out or failed) frees its ID and its place in the connection's in-flight count.
+pub struct TcpWaiter {
+    id: u16,
+    token: u64,
+    rx: oneshot::Receiver<Vec<u8>>,
+    conn: Rc<ConnState>,
+}
+
+impl TcpWaiter {
+    /// The ID the query was sent with (the answer must carry it).
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// The raw answer; an error if the connection closed first.
+    pub async fn answer(&mut self) -> Result<Vec<u8>, oneshot::error::RecvError> {
+        (&mut self.rx).await
+    }
+}
+
+impl Drop for TcpWaiter {
+    fn drop(&mut self) {
+        let mut waiting = self.conn.waiting.borrow_mut();
+        if waiting.get(&self.id).is_some_and(|(t, _)| *t == self.token) {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+/// An ID `taken` does not hold: a few random draws (IDs stay unpredictable), then a scan from
+/// a random start, so a nearly full connection still finds the free one. None: all taken.
+fn free_id(mut draw: impl FnMut() -> u16, taken: impl Fn(u16) -> bool) -> Option<u16> {
+    for _ in 0..8 {
+        let id = draw();
+        if !taken(id) {
+            return Some(id);
+        }
+    }
+    let start = draw();
+    (0..=u16::MAX)
+        .map(|i| start.wrapping_add(i))
+        .find(|&id| !taken(id))
+}
 
 impl TcpPool {
     fn new(addr: SocketAddr, size: usize) -> TcpPool {
@@ -540,77 +609,100 @@ impl TcpPool {
             addr,
             size,
             conns: RefCell::new(Vec::new()),
+            rng: RefCell::new(fastrand::Rng::new()),
         }
     }
 
-    /// Sends `query` (ID already rewritten to `id`) and returns the receiver of the raw answer.
-    /// The receiver errors if the connection fails before answering.
-    pub fn send(
-        &self,
-        id: u16,
-        query: Vec<u8>,
-    ) -> Result<oneshot::Receiver<Vec<u8>>, ForwardError> {
+    /// Sends `query` with its ID replaced by one free on the chosen connection. A connection
+    /// opened here, or one that goes without any answer for `timeout` while answers are owed,
+    /// is given that long (a half-dead server cannot keep it, and its waiters, forever).
+    pub fn send(&self, mut query: Vec<u8>, timeout: Duration) -> Result<TcpWaiter, ForwardError> {
+        if query.len() < dns::HEADER_LEN {
+            return Err(ForwardError::Send(std::io::ErrorKind::InvalidInput));
+        }
         let mut conns = self.conns.borrow_mut();
-        conns.retain(|c| !c.closed.get());
+        conns.retain(|c| !c.state.closed.get());
         let least = conns
             .iter()
             .enumerate()
-            .min_by_key(|(_, c)| c.in_flight.get())
-            .map(|(i, c)| (i, c.in_flight.get()));
+            .min_by_key(|(_, c)| c.state.in_flight())
+            .map(|(i, c)| (i, c.state.in_flight()));
         let idx = match least {
             Some((i, n)) if n == 0 || conns.len() >= self.size => i,
             _ => {
-                conns.push(self.connect());
+                conns.push(self.connect(timeout));
                 conns.len() - 1
             }
         };
         let conn = &conns[idx];
-        let (tx, rx) = oneshot::channel();
+        let id = {
+            let waiting = conn.state.waiting.borrow();
+            let mut rng = self.rng.borrow_mut();
+            free_id(|| rng.u16(..), |id| waiting.contains_key(&id))
+                .ok_or(ForwardError::PendingFull)?
+        };
+        query[0..2].copy_from_slice(&id.to_be_bytes());
         conn.tx
-            .try_send((id, query, tx))
+            .try_send(query)
             .map_err(|_| ForwardError::PendingFull)?;
-        conn.in_flight.set(conn.in_flight.get() + 1);
-        Ok(rx)
+        let (tx, rx) = oneshot::channel();
+        let token = conn.state.next_token.get();
+        conn.state.next_token.set(token.wrapping_add(1));
+        conn.state.waiting.borrow_mut().insert(id, (token, tx));
+        Ok(TcpWaiter {
+            id,
+            token,
+            rx,
+            conn: conn.state.clone(),
+        })
     }
 
-    fn connect(&self) -> TcpConn {
+    /// Queries waiting for an answer on this pool's open connections.
+    pub fn in_flight(&self) -> usize {
+        self.conns
+            .borrow()
+            .iter()
+            .filter(|c| !c.state.closed.get())
+            .map(|c| c.state.in_flight())
+            .sum()
+    }
+
+    fn connect(&self, timeout: Duration) -> TcpConn {
         let (tx, rx) = mpsc::channel(TCP_CONN_QUEUE);
-        let in_flight = Rc::new(Cell::new(0));
-        let closed = Rc::new(Cell::new(false));
-        tokio::task::spawn_local(run_tcp_conn(
-            self.addr,
-            rx,
-            in_flight.clone(),
-            closed.clone(),
-        ));
-        TcpConn {
-            tx,
-            in_flight,
-            closed,
-        }
+        let state = Rc::new(ConnState {
+            waiting: RefCell::new(HashMap::new()),
+            next_token: Cell::new(0),
+            closed: Cell::new(false),
+            owed: Cell::new(0),
+            owed_since: Cell::new(Instant::now()),
+        });
+        tokio::task::spawn_local(run_tcp_conn(self.addr, rx, state.clone(), timeout));
+        TcpConn { tx, state }
     }
 }
 
 async fn run_tcp_conn(
     addr: SocketAddr,
-    mut rx: mpsc::Receiver<(u16, Vec<u8>, Reply)>,
-    in_flight: Rc<Cell<usize>>,
-    closed: Rc<Cell<bool>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    state: Rc<ConnState>,
+    timeout: Duration,
 ) {
-    let waiting: RefCell<HashMap<u16, Reply>> = RefCell::new(HashMap::new());
     let result = async {
-        let stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
         let writer = async {
             let mut frame = Vec::with_capacity(514);
-            while let Some((id, q, reply)) = rx.recv().await {
-                waiting.borrow_mut().insert(id, reply);
+            while let Some(q) = rx.recv().await {
                 frame.clear();
                 frame.extend_from_slice(&(q.len() as u16).to_be_bytes());
                 frame.extend_from_slice(&q);
+                if state.owed.get() == 0 {
+                    state.owed_since.set(Instant::now());
+                }
+                state.owed.set(state.owed.get() + 1);
                 wr.write_all(&frame).await?;
             }
             Ok::<(), std::io::Error>(())
@@ -620,10 +712,13 @@ async fn run_tcp_conn(
                 let len = rd.read_u16().await? as usize;
                 let mut msg = vec![0u8; len];
                 rd.read_exact(&mut msg).await?;
+                state.owed.set(state.owed.get().saturating_sub(1));
+                state.owed_since.set(Instant::now());
                 if msg.len() >= 2 {
                     let id = u16::from_be_bytes([msg[0], msg[1]]);
-                    if let Some(reply) = waiting.borrow_mut().remove(&id) {
-                        in_flight.set(in_flight.get().saturating_sub(1));
+                    // Removed before the send: the waiter's drop then finds nothing to free.
+                    let waiter = state.waiting.borrow_mut().remove(&id);
+                    if let Some((_, reply)) = waiter {
                         let _ = reply.send(msg);
                     }
                 }
@@ -631,9 +726,28 @@ async fn run_tcp_conn(
             #[allow(unreachable_code)]
             Ok::<(), std::io::Error>(())
         };
+        // A server that accepts and reads but answers nothing (a wedged PowerDNS) would keep
+        // this connection, and every query sent on it, forever.
+        let watchdog = async {
+            loop {
+                if state.owed.get() == 0 {
+                    tokio::time::sleep(timeout).await;
+                    continue;
+                }
+                let deadline = state.owed_since.get() + timeout;
+                if Instant::now() >= deadline {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no answer within the upstream timeout",
+                    ));
+                }
+                tokio::time::sleep_until(deadline).await;
+            }
+        };
         tokio::select! {
             r = writer => r,
             r = reader => r,
+            r = watchdog => r,
         }
     }
     .await;
@@ -641,8 +755,9 @@ async fn run_tcp_conn(
         tracing::debug!(target: "dnsteer::forward::upstream", server = %addr, error = %e, "upstream TCP connection closed");
     }
     // Dropping the waiting senders fails their receivers: the callers retry or SERVFAIL.
-    closed.set(true);
-    in_flight.set(0);
+    state.closed.set(true);
+    let waiting = std::mem::take(&mut *state.waiting.borrow_mut());
+    drop(waiting);
 }
 
 #[cfg(test)]
@@ -747,6 +862,63 @@ mod tests {
         w.servers[2].outstanding.set(1);
         assert_eq!(w.pick(0), Some(1));
         assert_eq!(w.pick(0b010), Some(2));
+    }
+
+    #[test]
+    fn tcp_ids_never_collide_on_one_connection() {
+        // A source that keeps drawing the same ID, as an unlucky RNG would.
+        let taken: std::collections::HashSet<u16> = [7].into();
+        let id = free_id(|| 7, |id| taken.contains(&id)).unwrap();
+        assert_ne!(id, 7, "a taken ID is never handed out again");
+        // Nearly full: the one free ID is found; full: None, never a duplicate.
+        let free = free_id(|| 1234, |id| id != 4321);
+        assert_eq!(free, Some(4321));
+        assert_eq!(free_id(|| 1234, |_| true), None);
+    }
+
+    #[test]
+    fn a_silent_tcp_server_frees_every_waiter_and_its_connection() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            // Accepts, reads, never answers.
+            let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = silent.local_addr().unwrap();
+            let held = Rc::new(RefCell::new(Vec::new()));
+            let keep = held.clone();
+            tokio::task::spawn_local(async move {
+                while let Ok((s, _)) = silent.accept().await {
+                    keep.borrow_mut().push(s);
+                }
+            });
+            let pool = TcpPool::new(addr, 1);
+            let timeout = Duration::from_millis(100);
+            let query = build_query(0, "a.test.", dns::TYPE_SOA);
+            let mut waiters: Vec<_> = (0..3)
+                .map(|_| pool.send(query.clone(), timeout).unwrap())
+                .collect();
+            let ids: std::collections::HashSet<u16> = waiters.iter().map(|w| w.id()).collect();
+            assert_eq!(ids.len(), 3, "one connection, three distinct IDs");
+            assert_eq!(pool.in_flight(), 3);
+            for w in &mut waiters {
+                let r = tokio::time::timeout(timeout * 5, w.answer()).await;
+                assert!(
+                    matches!(r, Ok(Err(_))),
+                    "the dead connection is closed and its waiters fail"
+                );
+            }
+            assert_eq!(pool.in_flight(), 0);
+            drop(waiters);
+            assert!(pool.conns.borrow().iter().all(|c| c.state.closed.get()));
+            // A waiter that gives up on its own frees its entry too.
+            let w = pool.send(query.clone(), Duration::from_secs(60)).unwrap();
+            assert_eq!(pool.in_flight(), 1);
+            drop(w);
+            assert_eq!(pool.in_flight(), 0);
+        });
     }
 
     #[test]

@@ -517,8 +517,7 @@ async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>) {
         tokio::time::sleep(SWEEP_EVERY).await;
         ups.expired(Instant::now(), &mut expired);
         let snap = w.snapshot();
-        for p in expired.drain(..) {
-            let server = p.tried.trailing_zeros() as usize;
+        for (server, p) in expired.drain(..) {
             if let Some(ws) = ups.servers.get(server) {
                 w.shared.log.event(Event::UpstreamTimeout {
                     server: ws.server.addr,
@@ -729,20 +728,22 @@ async fn forward_tcp(
         let Some(idx) = ups.pick(tried) else { break };
         tried |= 1 << idx;
         let ws = &ups.servers[idx];
-        let id = fastrand::u16(..);
+        // ID 0 here: the pool sets one that is free on the connection it picks.
         let added =
-            dns::rewrite_for_upstream(msg, q, id, ups.ecs_for(peer.ip().to_canonical()), &mut buf);
+            dns::rewrite_for_upstream(msg, q, 0, ups.ecs_for(peer.ip().to_canonical()), &mut buf);
         ws.counters.requests.inc();
         let sent = Instant::now();
-        let rx = match ws.tcp.send(id, buf.clone()) {
-            Ok(rx) => rx,
+        let timeout = ups.set.config.timeout;
+        // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
+        let mut waiter = match ws.tcp.send(buf.clone(), timeout) {
+            Ok(w) => w,
             Err(_) => {
                 ws.counters.errors.inc();
                 continue;
             }
         };
-        match tokio::time::timeout(ups.set.config.timeout, rx).await {
-            Ok(Ok(resp)) if dns::response_matches(&resp, id, q) => {
+        match tokio::time::timeout(timeout, waiter.answer()).await {
+            Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {
                 ws.counters.responses.inc();
                 ws.counters
                     .latency

@@ -367,11 +367,11 @@ fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {
 /// NOTIFY (RFC 1996) for a `[zones].transfer` zone from an allowed source: acknowledged and
 /// passed to the transfer loop. Anything else: REFUSED.
 fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Vec<u8>) -> Action {
-    ctx.metrics.query(t, Decision::Error);
     let cfg = &ctx.snap.config;
     let zone = dns::message::parse_notify(pkt).map(|(_, z)| z.to_ascii_lowercase());
     match zone {
         Some(zone) if cfg.zones.transfer.contains(&zone) && cfg.notify_allowed(src) => {
+            ctx.metrics.query(t, Decision::Notify);
             // A full queue means refreshes are already pending: dropping this one loses nothing.
             let _ = ctx.notify.try_send(zone);
             if dns::message::notify_ack(pkt, out) {
@@ -381,7 +381,10 @@ fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Ve
                 Action::Drop
             }
         }
-        _ => reply_error_counted(ctx, pkt, rcode::REFUSED, t, out),
+        _ => {
+            ctx.metrics.query(t, Decision::Error);
+            reply_error_counted(ctx, pkt, rcode::REFUSED, t, out)
+        }
     }
 }
 

@@ -70,10 +70,13 @@ pub enum Decision {
     Dropped = 5,
     /// Answered in-process with an error (FORMERR, NOTIMP, BADVERS, REFUSED, SERVFAIL).
     Error = 6,
+    /// A NOTIFY for a transferred zone from an allowed source, acknowledged (a refused one is
+    /// an `Error`).
+    Notify = 7,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 7] = [
+    pub const ALL: [Decision; 8] = [
         Decision::Rule,
         Decision::Backup,
         Decision::Empty,
@@ -81,6 +84,7 @@ impl Decision {
         Decision::Limited,
         Decision::Dropped,
         Decision::Error,
+        Decision::Notify,
     ];
 
     pub fn label(self) -> &'static str {
@@ -92,6 +96,7 @@ impl Decision {
             Decision::Limited => "limited",
             Decision::Dropped => "dropped",
             Decision::Error => "error",
+            Decision::Notify => "notify",
         }
     }
 }
@@ -233,7 +238,7 @@ pub enum Path {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct WorkerMetrics {
-    pub queries: [[Cnt; 7]; 2],
+    pub queries: [[Cnt; Decision::ALL.len()]; 2],
     pub responses: [[Cnt; 16]; 2],
     pub drops: [Cnt; 9],
     pub malformed: [Cnt; 5],
