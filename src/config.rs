@@ -510,26 +510,7 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
     if !n.ends_with('.') {
         n.push('.');
     }
-    if n == "." {
-        return Ok(n);
-    }
-    let labels: Vec<&str> = n[..n.len() - 1].split('.').collect();
-    let mut wire_len = 1;
-    for label in &labels {
-        if label.is_empty() {
-            return Err(format!("\"{name}\" has an empty label"));
-        }
-        if label.len() > 63 {
-            return Err(format!("\"{name}\" has a label longer than 63 bytes"));
-        }
-        if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
-            return Err(format!("\"{name}\" has characters outside printable ASCII"));
-        }
-        wire_len += label.len() + 1;
-    }
-    if wire_len > 255 {
-        return Err(format!("\"{name}\" is longer than 255 bytes on the wire"));
-    }
+    crate::dns::name_from_text(&n).map_err(|e| e.describe(name))?;
     Ok(n)
 }
 
@@ -1119,7 +1100,11 @@ impl Validator<'_> {
             let zone = normalize_name(k.zone.get_ref())
                 .or_else(|m| self.err(k.zone.span(), &format!("dnssec.keys[{i}].zone"), m))?;
             if k.file.get_ref().trim().is_empty() {
-                return self.err(k.file.span(), &format!("dnssec.keys[{i}].file"), "empty path");
+                return self.err(
+                    k.file.span(),
+                    &format!("dnssec.keys[{i}].file"),
+                    "empty path",
+                );
             }
             let file = resolve_path(base, k.file.get_ref());
             if keys.iter().any(|o: &DnssecKeyFile| o.file == file) {

@@ -5,16 +5,14 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
-use tokio::net::UdpSocket;
-
-use crate::dns::name_wire;
-use crate::forward::upstream::build_query;
+use crate::dns::message::{Message, Rr, Soa, WireError};
+use crate::dns::{TYPE_DNSKEY, TYPE_SOA, build_query, exchange_udp, name_from_text, name_text};
 use crate::steer::records::{ZoneInfo, Zones};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
+    #[error("{0:?} is not a name that can be asked")]
+    BadName(String),
     #[error("no upstream answered: {0}")]
     NoAnswer(String),
     #[error("no SOA found for {0}")]
@@ -24,97 +22,66 @@ pub enum ZoneError {
 impl ZoneError {
     pub fn kind(&self) -> &'static str {
         match self {
+            ZoneError::BadName(_) => "bad_name",
             ZoneError::NoAnswer(_) => "no_answer",
             ZoneError::NoSoa(_) => "no_soa",
         }
     }
 }
 
-async fn ask(
+/// Asks `servers` in turn for `name_wire`/`qtype` until one gives an answer that `read`
+/// accepts; an answer `read` cannot make sense of counts as no answer from that server.
+async fn ask<T>(
     servers: &[SocketAddr],
-    name: &str,
+    name_wire: &[u8],
     qtype: u16,
     timeout: Duration,
-) -> Result<Message, ZoneError> {
+    read: impl Fn(&Message<'_>) -> Result<T, WireError>,
+) -> Result<T, ZoneError> {
     let mut last = String::from("no servers");
     for &server in servers {
-        let id = fastrand::u16(..);
-        let query = build_query(id, name, qtype);
-        let bind = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let attempt = async {
-            let sock = UdpSocket::bind(bind).await?;
-            sock.connect(server).await?;
-            sock.send(&query).await?;
-            let mut buf = vec![0u8; 65_535];
-            loop {
-                let n = sock.recv(&mut buf).await?;
-                if n >= 2 && buf[..2] == id.to_be_bytes() {
-                    return Message::from_vec(&buf[..n])
-                        .map_err(|e| std::io::Error::other(e.to_string()));
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(m)) => return Ok(m),
-            Ok(Err(e)) => last = format!("{server}: {e}"),
-            Err(_) => last = format!("{server}: timed out"),
+        let query = build_query(fastrand::u16(..), name_wire, qtype, None);
+        match exchange_udp(server, &query, timeout).await {
+            Ok(answer) => match Message::parse(&answer).and_then(|m| read(&m)) {
+                Ok(t) => return Ok(t),
+                Err(e) => last = format!("{server}: {e}"),
+            },
+            Err(e) => last = format!("{server}: {e}"),
         }
     }
     Err(ZoneError::NoAnswer(last))
 }
 
+/// The first SOA record of the answer, then authority, section: owner, TTL and RDATA.
+fn first_soa(m: &Message<'_>) -> Result<Option<(Vec<u8>, u32, Soa)>, WireError> {
+    let is_soa = |r: &&Rr<'_>| r.rtype == TYPE_SOA;
+    match m.answers.iter().chain(&m.authorities).find(is_soa) {
+        Some(rr) => Ok(Some((rr.name.clone(), rr.ttl, m.soa(rr)?))),
+        None => Ok(None),
+    }
+}
+
 /// Finds the zone holding `name` (presentation, absolute) and its SOA and signing status.
+/// A zone is signed when PowerDNS answers its DNSKEY query with a DNSKEY record.
 pub async fn learn(
     servers: &[SocketAddr],
     name: &str,
     timeout: Duration,
 ) -> Result<(String, ZoneInfo), ZoneError> {
-    let m = ask(servers, name, 6, timeout).await?;
-    let soa = m
-        .answers
-        .iter()
-        .chain(m.authorities.iter())
-        .find_map(|r| match &r.data {
-            RData::SOA(soa) if r.record_type() == RecordType::SOA => {
-                Some((r.name.clone(), r.ttl, soa.clone()))
-            }
-            _ => None,
-        })
+    let wire = name_from_text(name).map_err(|_| ZoneError::BadName(name.to_string()))?;
+    let (mut apex_wire, ttl, soa) = ask(servers, &wire, TYPE_SOA, timeout, first_soa)
+        .await?
         .ok_or_else(|| ZoneError::NoSoa(name.to_string()))?;
-    let (apex, ttl, soa) = soa;
-    let mut rdata = name_wire(&soa.mname);
-    rdata.extend_from_slice(&name_wire(&soa.rname));
-    for v in [
-        soa.serial,
-        soa.refresh as u32,
-        soa.retry as u32,
-        soa.expire as u32,
-        soa.minimum,
-    ] {
-        rdata.extend_from_slice(&v.to_be_bytes());
-    }
-    let apex_str = apex.to_lowercase().to_ascii();
-    let apex_str = if apex_str.ends_with('.') {
-        apex_str
-    } else {
-        format!("{apex_str}.")
-    };
-    let signed = match ask(servers, &apex_str, 48, timeout).await {
-        Ok(k) => k
-            .answers
-            .iter()
-            .any(|r| r.record_type() == RecordType::DNSKEY),
-        Err(_) => false,
-    };
+    apex_wire.make_ascii_lowercase();
+    let has_dnskey = |m: &Message<'_>| Ok(m.answers.iter().any(|r| r.rtype == TYPE_DNSKEY));
+    let signed = ask(servers, &apex_wire, TYPE_DNSKEY, timeout, has_dnskey)
+        .await
+        .unwrap_or(false);
     Ok((
-        apex_str,
+        name_text(&apex_wire),
         ZoneInfo {
-            apex_wire: name_wire(&apex),
-            soa_rdata: rdata,
+            apex_wire,
+            soa_rdata: soa.to_rdata(),
             negative_ttl: ttl.min(soa.minimum),
             signed,
             soa_ttl: ttl,
@@ -166,12 +133,5 @@ mod tests {
         assert!(is_subdomain("example.test.", "example.test."));
         assert!(!is_subdomain("aexample.test.", "example.test."));
         assert!(is_subdomain("x.", "."));
-    }
-
-    #[test]
-    fn wire_names() {
-        let n = hickory_proto::rr::Name::from_ascii("Example.TEST.").unwrap();
-        assert_eq!(name_wire(&n), b"\x07example\x04test\x00");
-        assert_eq!(name_wire(&hickory_proto::rr::Name::root()), b"\x00");
     }
 }
