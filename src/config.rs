@@ -525,26 +525,7 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
     if !n.ends_with('.') {
         n.push('.');
     }
-    if n == "." {
-        return Ok(n);
-    }
-    let labels: Vec<&str> = n[..n.len() - 1].split('.').collect();
-    let mut wire_len = 1;
-    for label in &labels {
-        if label.is_empty() {
-            return Err(format!("\"{name}\" has an empty label"));
-        }
-        if label.len() > 63 {
-            return Err(format!("\"{name}\" has a label longer than 63 bytes"));
-        }
-        if !label.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
-            return Err(format!("\"{name}\" has characters outside printable ASCII"));
-        }
-        wire_len += label.len() + 1;
-    }
-    if wire_len > 255 {
-        return Err(format!("\"{name}\" is longer than 255 bytes on the wire"));
-    }
+    crate::dns::name_from_text(&n).map_err(|e| e.describe(name))?;
     Ok(n)
 }
 

@@ -81,7 +81,8 @@ fn start_pdns() -> Pdns {
 
 /// A plain query (RD=0, no EDNS): the library's own builder, used by its health checks.
 fn query_wire(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    dnsteer::forward::upstream::build_query(id, name, qtype)
+    let name = dnsteer::dns::name_from_text(name).unwrap();
+    dnsteer::dns::build_query(id, &name, qtype, None)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

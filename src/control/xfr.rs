@@ -40,21 +40,18 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_proto::rr::Name;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 
 use crate::config::{RecordBody, RecordOrigin, RecordSpec, RecordType};
-use crate::dns::message::{Cursor, Header, Rr, WireError, name_text, push_decimal_escape};
-use crate::dns::name_wire;
-use crate::dns::{CLASS_IN, HEADER_LEN, TYPE_SOA};
+use crate::dns::message::{Cursor, Header, Rr, WireError};
+use crate::dns::name::push_decimal_escape;
+use crate::dns::{
+    CLASS_IN, ExchangeError, MAX_FRAME, OPCODE_QUERY, TYPE_AXFR, TYPE_SOA, build_query,
+    exchange_udp, name_from_text, name_text, rcode, read_frame, write_frame,
+};
 
 /// Type code of PowerDNS LUA records.
 pub const TYPE_LUA: u16 = 65402;
-const TYPE_AXFR: u16 = 252;
-const OPCODE_QUERY: u8 = 0;
-const RCODE_REFUSED: u8 = 5;
-const RCODE_NOTAUTH: u8 = 9;
 
 /// Most bytes one transfer may carry (all messages, framing included) before it is abandoned:
 /// far above any zone of LUA records, low enough that a runaway server cannot exhaust memory.
@@ -387,19 +384,7 @@ fn in_zone(name: &[u8], zone: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 fn zone_wire(zone: &str) -> Result<Vec<u8>, XfrError> {
-    let name = Name::from_ascii(zone).map_err(|_| XfrError::BadZone(zone.to_string()))?;
-    Ok(name_wire(&name))
-}
-
-fn query(id: u16, name_wire: &[u8], qtype: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(HEADER_LEN + name_wire.len() + 4);
-    q.extend_from_slice(&id.to_be_bytes());
-    // RD=0: PowerDNS is authoritative; recursion is never wanted.
-    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    q.extend_from_slice(name_wire);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&CLASS_IN.to_be_bytes());
-    q
+    name_from_text(zone).map_err(|_| XfrError::BadZone(zone.to_string()))
 }
 
 /// The transfer as it is read, one message at a time; no I/O, so tests feed it directly.
@@ -440,12 +425,10 @@ impl Axfr {
         }
         match h.rcode() {
             0 => {}
-            RCODE_REFUSED | RCODE_NOTAUTH => return Err(Fault::Refused(h.rcode())),
+            rcode::REFUSED | rcode::NOTAUTH => return Err(Fault::Refused(h.rcode())),
             rcode => return Err(Fault::Rcode(rcode)),
         }
-        for _ in 0..h.qdcount {
-            cur.question()?;
-        }
+        cur.skip_questions(h.qdcount)?;
         if self.opened.is_none() && h.ancount == 0 {
             return Err(Fault::NoSoa);
         }
@@ -569,49 +552,37 @@ async fn axfr_from(server: SocketAddr, zone_wire: &[u8]) -> Result<ZoneData, Xfr
     let io = |source| XfrError::Io { server, source };
     let mut stream = TcpStream::connect(server).await.map_err(io)?;
     let id = fastrand::u16(..);
-    stream
-        .write_all(&framed(&query(id, zone_wire, TYPE_AXFR)))
+    let mut buf = Vec::with_capacity(MAX_FRAME);
+    let query = build_query(id, zone_wire, TYPE_AXFR, None);
+    write_frame(&mut stream, &query, &mut buf)
         .await
         .map_err(io)?;
     let mut axfr = Axfr::new(id, zone_wire.to_vec());
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
     let mut total = 0usize;
     loop {
-        let msg = read_framed(&mut stream, &mut buf, server).await?;
-        total += 2 + msg.len();
+        read_message(&mut stream, &mut buf, server).await?;
+        total += 2 + buf.len();
         if total > MAX_TRANSFER_BYTES {
             return Err(Fault::TooLarge("64 MiB").at(server));
         }
-        if axfr.message(msg).map_err(|f| f.at(server))? {
+        if axfr.message(&buf).map_err(|f| f.at(server))? {
             return Ok(axfr.data);
         }
     }
 }
 
-fn framed(msg: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(2 + msg.len());
-    // Queries are built here and always far below 64 KiB.
-    out.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-    out.extend_from_slice(msg);
-    out
-}
-
-/// Reads one length-prefixed message; EOF at any point is a cut transfer.
-async fn read_framed<'b>(
+/// Reads one length-prefixed message into `buf`; EOF at any point is a cut transfer.
+async fn read_message(
     stream: &mut TcpStream,
-    buf: &'b mut [u8],
+    buf: &mut Vec<u8>,
     server: SocketAddr,
-) -> Result<&'b [u8], XfrError> {
-    let eof_is_cut = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::UnexpectedEof => XfrError::Cut { server },
-        _ => XfrError::Io { server, source },
-    };
-    let mut len = [0u8; 2];
-    stream.read_exact(&mut len).await.map_err(eof_is_cut)?;
-    let len = usize::from(u16::from_be_bytes(len));
-    let msg = &mut buf[..len];
-    stream.read_exact(msg).await.map_err(eof_is_cut)?;
-    Ok(msg)
+) -> Result<(), XfrError> {
+    read_frame(stream, buf, MAX_FRAME)
+        .await
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::UnexpectedEof => XfrError::Cut { server },
+            _ => XfrError::Io { server, source },
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,14 +607,13 @@ pub async fn soa_serial(
     for _ in 0..SOA_ATTEMPTS {
         let mut timed_out = false;
         for &server in servers {
-            match tokio::time::timeout(timeout, soa_from(server, &zone_wire)).await {
+            // The UDP exchange inside has the same timeout and may be the one that fires.
+            match tokio::time::timeout(timeout, soa_from(server, &zone_wire, timeout)).await {
                 Ok(Ok(serial)) => return Ok(serial),
                 Ok(Err(e)) => last = e,
-                Err(_) => {
-                    last = XfrError::Timeout { server, timeout };
-                    timed_out = true;
-                }
+                Err(_) => last = XfrError::Timeout { server, timeout },
             }
+            timed_out |= matches!(last, XfrError::Timeout { .. });
             tracing::debug!(target: "dnsteer::control::xfr", %server, zone, error = %last, "SOA query failed");
         }
         if !timed_out {
@@ -653,37 +623,30 @@ pub async fn soa_serial(
     Err(last)
 }
 
-async fn soa_from(server: SocketAddr, zone_wire: &[u8]) -> Result<u32, XfrError> {
+async fn soa_from(
+    server: SocketAddr,
+    zone_wire: &[u8],
+    timeout: Duration,
+) -> Result<u32, XfrError> {
     let io = |source| XfrError::Io { server, source };
     let id = fastrand::u16(..);
-    let q = query(id, zone_wire, TYPE_SOA);
-    let bind: SocketAddr = if server.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let sock = UdpSocket::bind(bind).await.map_err(io)?;
-    sock.connect(server).await.map_err(io)?;
-    sock.send(&q).await.map_err(io)?;
-    let mut buf = vec![0u8; usize::from(u16::MAX)];
-    let n = loop {
-        let n = sock.recv(&mut buf).await.map_err(io)?;
-        // Anything but our ID is stale or spoofed: keep waiting for ours.
-        if let Ok(h) = Header::parse(&buf[..n])
-            && h.id == id
-            && h.is_response()
-        {
-            break n;
-        }
-    };
-    let h = Header::parse(&buf[..n]).map_err(|e| Fault::from(e).at(server))?;
+    let q = build_query(id, zone_wire, TYPE_SOA, None);
+    let answer = exchange_udp(server, &q, timeout)
+        .await
+        .map_err(|e| match e {
+            ExchangeError::Io(source) => io(source),
+            ExchangeError::Timeout(_) => XfrError::Timeout { server, timeout },
+            ExchangeError::BadQuery(_) => XfrError::BadZone(name_text(zone_wire)),
+        })?;
+    let h = Header::parse(&answer).map_err(|e| Fault::from(e).at(server))?;
     if !h.truncated() {
-        return soa_answer(&buf[..n], id, zone_wire).map_err(|f| f.at(server));
+        return soa_answer(&answer, id, zone_wire).map_err(|f| f.at(server));
     }
     let mut stream = TcpStream::connect(server).await.map_err(io)?;
-    stream.write_all(&framed(&q)).await.map_err(io)?;
-    let msg = read_framed(&mut stream, &mut buf, server).await?;
-    soa_answer(msg, id, zone_wire).map_err(|f| f.at(server))
+    let mut buf = Vec::with_capacity(MAX_FRAME);
+    write_frame(&mut stream, &q, &mut buf).await.map_err(io)?;
+    read_message(&mut stream, &mut buf, server).await?;
+    soa_answer(&buf, id, zone_wire).map_err(|f| f.at(server))
 }
 
 fn soa_answer(msg: &[u8], id: u16, zone_wire: &[u8]) -> Result<u32, Fault> {
@@ -693,15 +656,13 @@ fn soa_answer(msg: &[u8], id: u16, zone_wire: &[u8]) -> Result<u32, Fault> {
     }
     match h.rcode() {
         0 => {}
-        RCODE_REFUSED | RCODE_NOTAUTH => return Err(Fault::Refused(h.rcode())),
+        rcode::REFUSED | rcode::NOTAUTH => return Err(Fault::Refused(h.rcode())),
         rcode => return Err(Fault::Rcode(rcode)),
     }
     if !h.authoritative() {
         return Err(Fault::NotAuthoritative);
     }
-    for _ in 0..h.qdcount {
-        cur.question()?;
-    }
+    cur.skip_questions(h.qdcount)?;
     for _ in 0..h.ancount {
         let rr = cur.record()?;
         if rr.rtype == TYPE_SOA && rr.class == CLASS_IN && lower(rr.name.clone()) == zone_wire {
@@ -717,11 +678,11 @@ mod tests {
     use crate::dns::message::{notify_ack, parse_notify};
     use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
     use hickory_proto::rr::rdata::{NULL, SOA, TXT};
-    use hickory_proto::rr::{RData, Record, RecordType as HType};
+    use hickory_proto::rr::{Name, RData, Record, RecordType as HType};
     use proptest::prelude::*;
 
     fn wire(name: &str) -> Vec<u8> {
-        name_wire(&Name::from_ascii(name).unwrap())
+        name_from_text(name).unwrap()
     }
 
     fn lua_rdata(inner: u16, chunks: &[&[u8]]) -> Vec<u8> {
@@ -1024,13 +985,6 @@ mod tests {
             });
             assert!(ok.is_err(), "prefix of {cut} bytes parsed");
         }
-    }
-
-    #[test]
-    fn name_text_escapes_and_lowercases() {
-        assert_eq!(name_text(b"\x00"), ".");
-        assert_eq!(name_text(b"\x01*\x03WwW\x00"), "*.www.");
-        assert_eq!(name_text(b"\x03a.b\x02\\ \x00"), "a\\.b.\\\\\\032.");
     }
 
     #[test]

@@ -5,16 +5,16 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hickory_proto::op::Message;
-use hickory_proto::rr::{RData, RecordType};
-use tokio::net::UdpSocket;
-
-use crate::dns::name_wire;
-use crate::forward::upstream::build_query;
+use crate::dns::message::{Message, Rr, Soa, WireError};
+use crate::dns::{
+    QueryEdns, TYPE_DNSKEY, TYPE_SOA, build_query, exchange_udp, name_from_text, name_text,
+};
 use crate::steer::records::{ZoneInfo, Zones};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ZoneError {
+    #[error("{0:?} is not a name that can be asked")]
+    BadName(String),
     #[error("no upstream answered: {0}")]
     NoAnswer(String),
     #[error("no SOA found for {0}")]
@@ -24,137 +24,94 @@ pub enum ZoneError {
 impl ZoneError {
     pub fn kind(&self) -> &'static str {
         match self {
+            ZoneError::BadName(_) => "bad_name",
             ZoneError::NoAnswer(_) => "no_answer",
             ZoneError::NoSoa(_) => "no_soa",
         }
     }
 }
 
-async fn ask(
+/// Asks `servers` in turn for `name_wire`/`qtype` until one gives an answer that `read`
+/// accepts; an answer `read` cannot make sense of counts as no answer from that server.
+async fn ask<T>(
     servers: &[SocketAddr],
-    name: &str,
+    name_wire: &[u8],
     qtype: u16,
     timeout: Duration,
-) -> Result<Message, ZoneError> {
+    read: impl Fn(&Message<'_>) -> Result<T, WireError>,
+) -> Result<T, ZoneError> {
     let mut last = String::from("no servers");
+    // DO=1 so a signed zone's answer carries its RRSIGs (whose key tags tell which keys
+    // PowerDNS signs with).
+    let edns = Some(QueryEdns {
+        udp_size: 1232,
+        dnssec_ok: true,
+    });
     for &server in servers {
-        let id = fastrand::u16(..);
-        let mut query = build_query(id, name, qtype);
-        with_do_bit(&mut query);
-        let bind = if server.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        };
-        let attempt = async {
-            let sock = UdpSocket::bind(bind).await?;
-            sock.connect(server).await?;
-            sock.send(&query).await?;
-            let mut buf = vec![0u8; 65_535];
-            loop {
-                let n = sock.recv(&mut buf).await?;
-                if n >= 2 && buf[..2] == id.to_be_bytes() {
-                    return Message::from_vec(&buf[..n])
-                        .map_err(|e| std::io::Error::other(e.to_string()));
-                }
-            }
-        };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(Ok(m)) => return Ok(m),
-            Ok(Err(e)) => last = format!("{server}: {e}"),
-            Err(_) => last = format!("{server}: timed out"),
+        let query = build_query(fastrand::u16(..), name_wire, qtype, edns);
+        match exchange_udp(server, &query, timeout).await {
+            Ok(answer) => match Message::parse(&answer).and_then(|m| read(&m)) {
+                Ok(t) => return Ok(t),
+                Err(e) => last = format!("{server}: {e}"),
+            },
+            Err(e) => last = format!("{server}: {e}"),
         }
     }
     Err(ZoneError::NoAnswer(last))
 }
 
-/// Adds an OPT record with DO=1 (and a 4096-byte buffer) to a query built without EDNS, so
-/// PowerDNS includes its RRSIGs.
-fn with_do_bit(query: &mut Vec<u8>) {
-    query[11] = 1; // ARCOUNT = 1
-    query.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0x80, 0, 0, 0]);
+/// The first SOA record of the answer, then authority, section: owner, TTL and RDATA.
+fn first_soa(m: &Message<'_>) -> Result<Option<(Vec<u8>, u32, Soa)>, WireError> {
+    let is_soa = |r: &&Rr<'_>| r.rtype == TYPE_SOA;
+    match m.answers.iter().chain(&m.authorities).find(is_soa) {
+        Some(rr) => Ok(Some((rr.name.clone(), rr.ttl, m.soa(rr)?))),
+        None => Ok(None),
+    }
 }
 
-/// The key tag of `r` if it is an RRSIG covering `covered` (RFC 4034 §3.1: type covered at
-/// offset 0, key tag at offset 16).
-fn rrsig_over(r: &hickory_proto::rr::Record, covered: RecordType) -> Option<u16> {
-    if r.record_type() != RecordType::RRSIG {
-        return None;
-    }
-    let RData::Unknown { rdata, .. } = &r.data else {
-        return None;
-    };
-    let b = &rdata.anything;
-    (b.len() > 18 && u16::from_be_bytes([b[0], b[1]]) == u16::from(covered))
-        .then(|| u16::from_be_bytes([b[16], b[17]]))
+/// RRSIG, RFC 4034.
+const TYPE_RRSIG: u16 = 46;
+
+/// Key tags of the RRSIGs covering SOA in the answer and authority sections (RFC 4034 §3.1:
+/// type covered at offset 0, key tag at offset 16).
+fn soa_signing_tags(m: &Message<'_>) -> Vec<u16> {
+    m.answers
+        .iter()
+        .chain(&m.authorities)
+        .filter(|r| r.rtype == TYPE_RRSIG && r.rdata.len() > 18)
+        .filter(|r| u16::from_be_bytes([r.rdata[0], r.rdata[1]]) == TYPE_SOA)
+        .map(|r| u16::from_be_bytes([r.rdata[16], r.rdata[17]]))
+        .collect()
+}
+
+/// The DNSKEY RDATAs of the answer and their (smallest) TTL.
+fn dnskeys(m: &Message<'_>) -> Result<(Vec<Vec<u8>>, u32), WireError> {
+    let keys: Vec<&Rr<'_>> = m.answers.iter().filter(|r| r.rtype == TYPE_DNSKEY).collect();
+    let ttl = keys.iter().map(|r| r.ttl).min().unwrap_or(0);
+    Ok((keys.iter().map(|r| r.rdata.to_vec()).collect(), ttl))
 }
 
 /// Finds the zone holding `name` (presentation, absolute) and its SOA and signing status.
+/// A zone is signed when PowerDNS answers its DNSKEY query with a DNSKEY record.
 pub async fn learn(
     servers: &[SocketAddr],
     name: &str,
     timeout: Duration,
 ) -> Result<(String, ZoneInfo), ZoneError> {
-    let m = ask(servers, name, 6, timeout).await?;
-    let soa = m
-        .answers
-        .iter()
-        .chain(m.authorities.iter())
-        .find_map(|r| match &r.data {
-            RData::SOA(soa) if r.record_type() == RecordType::SOA => {
-                Some((r.name.clone(), r.ttl, soa.clone()))
-            }
-            _ => None,
-        })
-        .ok_or_else(|| ZoneError::NoSoa(name.to_string()))?;
-    let (apex, ttl, soa) = soa;
-    let mut rdata = name_wire(&soa.mname);
-    rdata.extend_from_slice(&name_wire(&soa.rname));
-    for v in [
-        soa.serial,
-        soa.refresh as u32,
-        soa.retry as u32,
-        soa.expire as u32,
-        soa.minimum,
-    ] {
-        rdata.extend_from_slice(&v.to_be_bytes());
-    }
-    let apex_str = apex.to_lowercase().to_ascii();
-    let apex_str = if apex_str.ends_with('.') {
-        apex_str
-    } else {
-        format!("{apex_str}.")
-    };
-    // Signed zones: which keys PowerDNS signs answers with (the SOA's RRSIGs), and the DNSKEY
-    // RRset (what resolvers can verify signatures with).
-    let signing_tags: Vec<u16> = m
-        .answers
-        .iter()
-        .chain(m.authorities.iter())
-        .filter_map(|r| rrsig_over(r, RecordType::SOA))
-        .collect();
-    let (dnskeys, dnskey_ttl) = match ask(servers, &apex_str, 48, timeout).await {
-        Ok(k) => {
-            let keys: Vec<(Vec<u8>, u32)> = k
-                .answers
-                .iter()
-                .filter(|r| r.record_type() == RecordType::DNSKEY)
-                .filter_map(|r| match &r.data {
-                    RData::Unknown { rdata, .. } => Some((rdata.anything.clone(), r.ttl)),
-                    _ => None,
-                })
-                .collect();
-            let ttl = keys.iter().map(|k| k.1).min().unwrap_or(0);
-            (keys.into_iter().map(|k| k.0).collect::<Vec<_>>(), ttl)
-        }
-        Err(_) => (Vec::new(), 0),
-    };
+    let wire = name_from_text(name).map_err(|_| ZoneError::BadName(name.to_string()))?;
+    let soa_and_tags = |m: &Message<'_>| Ok((first_soa(m)?, soa_signing_tags(m)));
+    let (soa, signing_tags) = ask(servers, &wire, TYPE_SOA, timeout, soa_and_tags).await?;
+    let (mut apex_wire, ttl, soa) = soa.ok_or_else(|| ZoneError::NoSoa(name.to_string()))?;
+    apex_wire.make_ascii_lowercase();
+    let (dnskeys, dnskey_ttl) = ask(servers, &apex_wire, TYPE_DNSKEY, timeout, dnskeys)
+        .await
+        .unwrap_or_default();
     let signed = !dnskeys.is_empty();
     Ok((
-        apex_str,
+        name_text(&apex_wire),
         ZoneInfo {
-            apex_wire: name_wire(&apex),
-            soa_rdata: rdata,
+            apex_wire,
+            soa_rdata: soa.to_rdata(),
             negative_ttl: ttl.min(soa.minimum),
             signed,
             soa_ttl: ttl,
@@ -210,12 +167,5 @@ mod tests {
         assert!(is_subdomain("example.test.", "example.test."));
         assert!(!is_subdomain("aexample.test.", "example.test."));
         assert!(is_subdomain("x.", "."));
-    }
-
-    #[test]
-    fn wire_names() {
-        let n = hickory_proto::rr::Name::from_ascii("Example.TEST.").unwrap();
-        assert_eq!(name_wire(&n), b"\x07example\x04test\x00");
-        assert_eq!(name_wire(&hickory_proto::rr::Name::root()), b"\x00");
     }
 }

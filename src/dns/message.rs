@@ -1,8 +1,10 @@
 //! A bounds-checked walker over whole DNS messages (header, questions, resource records with
 //! compressed names): used where the packet path's zero-copy query parser does not apply —
-//! zone transfers, SOA answers, NOTIFY.
+//! zone transfers, SOA and DNSKEY answers, NOTIFY. [`Cursor`] streams a message record by
+//! record; [`Message`] reads one whole answer at once.
 
-use super::{CLASS_IN, HEADER_LEN, OPCODE_NOTIFY, TYPE_SOA};
+use super::name::name_text;
+use super::{CLASS_IN, FLAG_AA, FLAG_QR, FLAG_TC, HEADER_LEN, OPCODE_NOTIFY, TYPE_SOA};
 
 /// Why the walker stopped: always a malformed or truncated message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +39,7 @@ impl Header {
     }
 
     pub fn is_response(&self) -> bool {
-        self.flags & 0x8000 != 0
+        self.flags & FLAG_QR != 0
     }
 
     pub fn opcode(&self) -> u8 {
@@ -45,11 +47,11 @@ impl Header {
     }
 
     pub fn authoritative(&self) -> bool {
-        self.flags & 0x0400 != 0
+        self.flags & FLAG_AA != 0
     }
 
     pub fn truncated(&self) -> bool {
-        self.flags & 0x0200 != 0
+        self.flags & FLAG_TC != 0
     }
 
     pub fn rcode(&self) -> u8 {
@@ -190,49 +192,123 @@ impl<'a> Cursor<'a> {
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    /// The serial of SOA RDATA found at `rr` (whose names may be compressed).
-    pub fn soa_serial(&self, rr: &Rr<'_>) -> Result<u32, WireError> {
-        let mut scratch = Vec::with_capacity(64);
-        let pos = self.name_at(rr.rdata_at, &mut scratch)?;
-        let pos = self.name_at(pos, &mut scratch)?;
+    /// Reads the next `count` questions and discards them.
+    pub fn skip_questions(&mut self, count: u16) -> Result<(), WireError> {
+        for _ in 0..count {
+            self.question()?;
+        }
+        Ok(())
+    }
+
+    /// The SOA RDATA of `rr` (whose names may be compressed), names lower-cased.
+    pub fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
+        let mut mname = Vec::with_capacity(64);
+        let pos = self.name_at(rr.rdata_at, &mut mname)?;
+        let mut rname = Vec::with_capacity(64);
+        let pos = self.name_at(pos, &mut rname)?;
         let end = rr.rdata_at + rr.rdata.len();
+        let Some(fixed) = self.msg.get(pos..end).and_then(|f| f.first_chunk::<20>()) else {
+            return Err(WireError("SOA RDATA has the wrong length"));
+        };
         if pos + 20 != end {
             return Err(WireError("SOA RDATA has the wrong length"));
         }
-        let s = &self.msg[pos..pos + 4];
-        Ok(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+        let word =
+            |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        mname.make_ascii_lowercase();
+        rname.make_ascii_lowercase();
+        Ok(Soa {
+            mname,
+            rname,
+            serial: word(0),
+            refresh: word(4),
+            retry: word(8),
+            expire: word(12),
+            minimum: word(16),
+        })
+    }
+
+    /// The serial of SOA RDATA found at `rr` (whose names may be compressed).
+    pub fn soa_serial(&self, rr: &Rr<'_>) -> Result<u32, WireError> {
+        self.soa(rr).map(|soa| soa.serial)
     }
 }
 
-/// Presentation form of an uncompressed wire name: lower-case, absolute, RFC 1035 escapes.
-pub fn name_text(wire: &[u8]) -> String {
-    let mut out = String::with_capacity(wire.len() + 1);
-    let mut rest = wire;
-    while let [len, tail @ ..] = rest {
-        let len = usize::from(*len);
-        let Some((label, tail)) = tail.split_at_checked(len) else {
-            break;
+/// SOA RDATA with its names uncompressed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Soa {
+    pub mname: Vec<u8>,
+    pub rname: Vec<u8>,
+    pub serial: u32,
+    pub refresh: u32,
+    pub retry: u32,
+    pub expire: u32,
+    pub minimum: u32,
+}
+
+impl Soa {
+    /// Uncompressed RDATA, as an authority SOA is written into answers.
+    pub fn to_rdata(&self) -> Vec<u8> {
+        let mut rdata = Vec::with_capacity(self.mname.len() + self.rname.len() + 20);
+        rdata.extend_from_slice(&self.mname);
+        rdata.extend_from_slice(&self.rname);
+        for v in [
+            self.serial,
+            self.refresh,
+            self.retry,
+            self.expire,
+            self.minimum,
+        ] {
+            rdata.extend_from_slice(&v.to_be_bytes());
+        }
+        rdata
+    }
+}
+
+/// A whole message read at once: every section must parse. For answers to one-shot queries
+/// ([`super::ask`]), e.g. a zone's SOA or its DNSKEY RRset.
+pub struct Message<'a> {
+    pub header: Header,
+    pub questions: Vec<Question>,
+    pub answers: Vec<Rr<'a>>,
+    pub authorities: Vec<Rr<'a>>,
+    pub additionals: Vec<Rr<'a>>,
+    cursor: Cursor<'a>,
+}
+
+impl<'a> Message<'a> {
+    pub fn parse(msg: &'a [u8]) -> Result<Message<'a>, WireError> {
+        let (mut cursor, header) = Cursor::new(msg)?;
+        let questions = (0..header.qdcount)
+            .map(|_| cursor.question())
+            .collect::<Result<_, _>>()?;
+        let mut section = |count: u16| {
+            (0..count)
+                .map(|_| cursor.record())
+                .collect::<Result<Vec<_>, _>>()
         };
-        if len == 0 {
-            break;
-        }
-        for &b in label {
-            match b.to_ascii_lowercase() {
-                b'.' | b'\\' => {
-                    out.push('\\');
-                    out.push(char::from(b));
-                }
-                c @ 0x21..=0x7e => out.push(char::from(c)),
-                c => push_decimal_escape(&mut out, c),
-            }
-        }
-        out.push('.');
-        rest = tail;
+        let answers = section(header.ancount)?;
+        let authorities = section(header.nscount)?;
+        let additionals = section(header.arcount)?;
+        Ok(Message {
+            header,
+            questions,
+            answers,
+            authorities,
+            additionals,
+            cursor,
+        })
     }
-    if out.is_empty() {
-        out.push('.');
+
+    /// The SOA RDATA of one of this message's records.
+    pub fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
+        self.cursor.soa(rr)
     }
-    out
+
+    /// Reads a (possibly compressed) name inside this message, e.g. in RDATA.
+    pub fn name_at(&self, pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+        self.cursor.name_at(pos, out)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,18 +338,11 @@ pub fn notify_ack(pkt: &[u8], out: &mut Vec<u8>) -> bool {
     };
     out.clear();
     out.extend_from_slice(&h.id.to_be_bytes());
-    let flags: u16 = 0x8000 | u16::from(OPCODE_NOTIFY) << 11 | 0x0400;
+    let flags: u16 = FLAG_QR | u16::from(OPCODE_NOTIFY) << 11 | FLAG_AA;
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
     out.extend_from_slice(&q.name);
     out.extend_from_slice(&q.qtype.to_be_bytes());
     out.extend_from_slice(&q.qclass.to_be_bytes());
     true
-}
-
-pub fn push_decimal_escape(out: &mut String, b: u8) {
-    out.push('\\');
-    out.push(char::from(b'0' + b / 100));
-    out.push(char::from(b'0' + b / 10 % 10));
-    out.push(char::from(b'0' + b % 10));
 }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -182,54 +181,17 @@ pub async fn health_check_loop(
 }
 
 async fn check_once(addr: SocketAddr, cfg: &UpstreamConfig, id: u16) -> bool {
-    let query = build_query(id, &cfg.health_check_name, dns::TYPE_SOA);
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0"
-    } else {
-        "[::]:0"
-    }
-    .parse()
-    .expect("literal");
-    let attempt = async {
-        let sock = UdpSocket::bind(bind).await.ok()?;
-        sock.connect(addr).await.ok()?;
-        sock.send(&query).await.ok()?;
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let n = sock.recv(&mut buf).await.ok()?;
-            let resp = &buf[..n];
-            if resp.len() >= dns::HEADER_LEN
-                && resp[0..2] == id.to_be_bytes()
-                && resp[2] & 0x80 != 0
-            {
-                let rcode = resp[3] & 0x0f;
-                return Some(!cfg.health_check_must_resolve || rcode == dns::rcode::NOERROR);
-            }
-        }
+    let Ok(name) = dns::name_from_text(&cfg.health_check_name) else {
+        return false;
     };
-    matches!(
-        tokio::time::timeout(cfg.timeout, attempt).await,
-        Ok(Some(true))
-    )
-}
-
-/// A minimal query packet for `name` (presentation, absolute) and `qtype`, RD=0.
-pub fn build_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
-    let mut q = Vec::with_capacity(32 + name.len());
-    q.extend_from_slice(&id.to_be_bytes());
-    q.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
+    let query = dns::build_query(id, &name, dns::TYPE_SOA, None);
+    match dns::exchange_udp(addr, &query, cfg.timeout).await {
+        Ok(answer) => {
+            let rcode = answer[3] & 0x0f;
+            !cfg.health_check_must_resolve || rcode == dns::rcode::NOERROR
+        }
+        Err(_) => false,
     }
-    q.push(0);
-    q.extend_from_slice(&qtype.to_be_bytes());
-    q.extend_from_slice(&1u16.to_be_bytes());
-    q
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -696,22 +658,18 @@ async fn run_tcp_conn(
         let writer = async {
             let mut frame = Vec::with_capacity(514);
             while let Some(q) = rx.recv().await {
-                frame.clear();
-                frame.extend_from_slice(&(q.len() as u16).to_be_bytes());
-                frame.extend_from_slice(&q);
                 if state.owed.get() == 0 {
                     state.owed_since.set(Instant::now());
                 }
                 state.owed.set(state.owed.get() + 1);
-                wr.write_all(&frame).await?;
+                dns::write_frame(&mut wr, &q, &mut frame).await?;
             }
             Ok::<(), std::io::Error>(())
         };
         let reader = async {
             loop {
-                let len = rd.read_u16().await? as usize;
-                let mut msg = vec![0u8; len];
-                rd.read_exact(&mut msg).await?;
+                let mut msg = Vec::new();
+                dns::read_frame(&mut rd, &mut msg, dns::MAX_FRAME).await?;
                 state.owed.set(state.owed.get().saturating_sub(1));
                 state.owed_since.set(Instant::now());
                 if msg.len() >= 2 {
@@ -792,7 +750,8 @@ mod tests {
             target.local_addr().unwrap()
         );
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
-        let packet = build_query(0x4242, "a.test.", dns::TYPE_SOA);
+        let name = dns::name_from_text("a.test.").unwrap();
+        let packet = dns::build_query(0x4242, &name, dns::TYPE_SOA, None);
         let query = dns::parse_query(&packet).unwrap();
         let client: SocketAddr = "127.0.0.1:53000".parse().unwrap();
         rt.block_on(async {
@@ -896,7 +855,7 @@ mod tests {
             });
             let pool = TcpPool::new(addr, 1);
             let timeout = Duration::from_millis(100);
-            let query = build_query(0, "a.test.", dns::TYPE_SOA);
+            let query = dns::build_query(0, b"\x01a\x04test\x00", dns::TYPE_SOA, None);
             let mut waiters: Vec<_> = (0..3)
                 .map(|_| pool.send(query.clone(), timeout).unwrap())
                 .collect();
@@ -919,13 +878,5 @@ mod tests {
             drop(w);
             assert_eq!(pool.in_flight(), 0);
         });
-    }
-
-    #[test]
-    fn health_query_is_well_formed() {
-        let q = build_query(7, ".", dns::TYPE_SOA);
-        assert_eq!(q, [0, 7, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 6, 0, 1]);
-        let q = build_query(1, "example.test.", 1);
-        assert_eq!(&q[12..26], b"\x07example\x04test\x00");
     }
 }

@@ -610,11 +610,9 @@ async fn tcp_connection(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
     let idle = limits.idle_timeout;
     let writer = tokio::task::spawn_local(async move {
+        let mut frame = Vec::with_capacity(514);
         while let Some(msg) = rx.recv().await {
-            let mut frame = Vec::with_capacity(msg.len() + 2);
-            frame.extend_from_slice(&(msg.len() as u16).to_be_bytes());
-            frame.extend_from_slice(&msg);
-            match tokio::time::timeout(idle, wr.write_all(&frame)).await {
+            match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
                 Ok(Ok(())) => {}
                 _ => return,
             }

@@ -1472,20 +1472,9 @@ fn encode_presentation(rtype: RecordType, s: &str) -> Result<Rdata, String> {
 }
 
 /// A domain name in wire format, taken as absolute (`'static'` → `static.`); case kept.
-pub fn name_wire(name: &str) -> Result<Vec<u8>, String> {
-    crate::config::normalize_name(name)
-        .map_err(|m| format!("'{name}' is not a valid CNAME target: {m}"))?;
-    let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name
-        .trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-    {
-        out.push(label.len() as u8);
-        out.extend_from_slice(label.as_bytes());
-    }
-    out.push(0);
-    Ok(out)
+fn name_wire(name: &str) -> Result<Vec<u8>, String> {
+    crate::dns::name_from_text_keep_case(name)
+        .map_err(|e| format!("'{name}' is not a valid CNAME target: {}", e.describe(name)))
 }
 
 /// Decodes zone-file escapes (`\DDD`, `\X`) inside a TXT string.

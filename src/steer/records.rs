@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
+use crate::dns;
 use crate::steer::geo::{GeoDb, Location};
 use crate::steer::hash;
 use crate::steer::lua::{self, Rdata, Rule, Selector};
@@ -459,7 +460,7 @@ impl RecordTable {
                 parts,
                 geo: if needs_geo { geo.clone() } else { None },
             };
-            let Ok(key) = lua::name_wire(&set.name) else {
+            let Ok(key) = dns::name_from_text(&set.name) else {
                 continue; // names were validated by config; cannot happen
             };
             let entry = table.names.entry(key.into()).or_insert_with(|| {
@@ -985,7 +986,7 @@ mod tests {
     }
 
     fn wire(name: &str) -> Vec<u8> {
-        lua::name_wire(name).unwrap()
+        dns::name_from_text_keep_case(name).unwrap()
     }
 
     fn client(who: &str, prefix: Option<u8>) -> Client {

@@ -181,25 +181,7 @@ pub fn threshold(rate: f64) -> u64 {
 /// Presentation form of a lower-case wire name, for logs.
 pub fn name_to_string(wire: &[u8]) -> String {
     let mut out = String::with_capacity(wire.len() + 1);
-    let mut i = 0;
-    while i < wire.len() {
-        let len = wire[i] as usize;
-        if len == 0 {
-            break;
-        }
-        for &b in wire.get(i + 1..i + 1 + len).unwrap_or(&[]) {
-            if b.is_ascii_graphic() && b != b'.' && b != b'\\' {
-                out.push(b as char);
-            } else {
-                out.push_str(&format!("\\{b:03}"));
-            }
-        }
-        out.push('.');
-        i += 1 + len;
-    }
-    if out.is_empty() {
-        out.push('.');
-    }
+    let _ = crate::dns::name::write_name(wire, &mut out);
     out
 }
 
