@@ -86,7 +86,11 @@ fn soa_signing_tags(m: &Message<'_>) -> Vec<u16> {
 
 /// The DNSKEY RDATAs of the answer and their (smallest) TTL.
 fn dnskeys(m: &Message<'_>) -> Result<(Vec<Vec<u8>>, u32), WireError> {
-    let keys: Vec<&Rr<'_>> = m.answers.iter().filter(|r| r.rtype == TYPE_DNSKEY).collect();
+    let keys: Vec<&Rr<'_>> = m
+        .answers
+        .iter()
+        .filter(|r| r.rtype == TYPE_DNSKEY)
+        .collect();
     let ttl = keys.iter().map(|r| r.ttl).min().unwrap_or(0);
     Ok((keys.iter().map(|r| r.rdata.to_vec()).collect(), ttl))
 }
