@@ -63,7 +63,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Everything a load does except probing and binding: parse, validate, compile, open GeoIP.
+/// Everything a load does except probing and binding: parse, validate, compile, open GeoIP,
+/// read and check the DNSSEC key files.
 fn check(path: &std::path::Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     dnsteer::steer::records::compile(&config).map_err(|e| e.to_string())?;
@@ -71,6 +72,9 @@ fn check(path: &std::path::Path) -> Result<String, String> {
         dnsteer::steer::geo::GeoDb::open(&g.database)
             .map_err(|e| format!("{}: geoip.database: {e}", path.display()))?;
     }
+    // Key files are read and self-checked as at load (never printed).
+    dnsteer::control::build::load_keys(&config.dnssec)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(format!(
         "{} records, {} upstream servers, listen {:?}",
         config.records.len(),
