@@ -5,7 +5,8 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::dnssec::{
-    Outcome, RrsetToSign, SignatureCache, ValidityWindow, ZoneSigner, rrset_spread_hash,
+    Outcome, RrsetToSign, SignError, SignatureCache, ValidityWindow, ZoneSigner, rrset_spread_hash,
+    rrsig_rdata,
 };
 use crate::state::Shared;
 use crate::telemetry::metrics::WorkerMetrics;
@@ -72,7 +73,9 @@ impl SignState {
         mut push: impl FnMut(&[u8]),
     ) -> bool {
         let share = self.share;
-        let cache = self.cache.get_or_insert_with(|| SignatureCache::new(share));
+        // A share of 0 means no cache: every answer is signed (`signature_cache_entries = 0`).
+        let mut cache =
+            (share > 0).then(|| self.cache.get_or_insert_with(|| SignatureCache::new(share)));
         let now = unix_now();
         for i in 0..self.spans.len() {
             let rtype = self.spans[i].0;
@@ -97,6 +100,22 @@ impl SignState {
                 WINDOW_SPREAD_SECS,
                 rrset_spread_hash(owner_wire, rtype),
             );
+            let Some(cache) = cache.as_deref_mut() else {
+                match rrsig_rdata(
+                    &signer.key,
+                    signer.key_tag,
+                    &signer.signer_wire,
+                    &rrset,
+                    window,
+                ) {
+                    Ok(rrsig) => {
+                        metrics.dnssec_sig_misses.inc();
+                        push(&rrsig);
+                        continue;
+                    }
+                    Err(e) => return sign_failed(&e, metrics),
+                }
+            };
             let evictions = cache.stats().evictions;
             match cache.get_or_sign(
                 &signer.key,
@@ -112,11 +131,7 @@ impl SignState {
                     }
                     push(rrsig);
                 }
-                Err(e) => {
-                    tracing::error!(target: "dnsteer::dnssec", error = %e, kind = e.kind(), "signing failed");
-                    metrics.dnssec_sign_errors.inc();
-                    return false;
-                }
+                Err(e) => return sign_failed(&e, metrics),
             }
             let evicted = cache.stats().evictions - evictions;
             if evicted > 0 {
@@ -127,8 +142,61 @@ impl SignState {
     }
 }
 
+fn sign_failed(e: &SignError, metrics: &WorkerMetrics) -> bool {
+    tracing::error!(target: "dnsteer::dnssec", error = %e, kind = e.kind(), "signing failed");
+    metrics.dnssec_sign_errors.inc();
+    false
+}
+
 fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::dnssec::{Algorithm, FLAGS_ZSK, SigningKey};
+
+    fn signer() -> ZoneSigner {
+        let key = Arc::new(SigningKey::generate(Algorithm::EcdsaP256Sha256).unwrap());
+        ZoneSigner {
+            key_tag: key.key_tag(FLAGS_ZSK),
+            key,
+            flags: FLAGS_ZSK,
+            signer_wire: b"\x04test\x00".to_vec(),
+        }
+    }
+
+    fn answer(state: &mut SignState, signer: &ZoneSigner, m: &WorkerMetrics) -> usize {
+        state.start();
+        state.keep(1, &[192, 0, 2, 1]);
+        state.keep(1, &[192, 0, 2, 2]);
+        let mut rrsigs = 0;
+        assert!(state.sign(signer, b"\x01a\x04test\x00", 60, m, |_| rrsigs += 1));
+        rrsigs
+    }
+
+    #[test]
+    fn one_rrsig_per_rrset_and_repeats_come_from_the_cache() {
+        let (s, m) = (signer(), WorkerMetrics::default());
+        let mut state = SignState::new(64);
+        assert_eq!(answer(&mut state, &s, &m), 1, "two A records, one RRset");
+        assert_eq!(answer(&mut state, &s, &m), 1);
+        assert_eq!((m.dnssec_sig_misses.get(), m.dnssec_sig_hits.get()), (1, 1));
+    }
+
+    #[test]
+    fn a_share_of_zero_signs_every_answer() {
+        let (s, m) = (signer(), WorkerMetrics::default());
+        let mut state = SignState::new(0);
+        for _ in 0..3 {
+            assert_eq!(answer(&mut state, &s, &m), 1);
+        }
+        assert_eq!((m.dnssec_sig_misses.get(), m.dnssec_sig_hits.get()), (3, 0));
+        assert!(state.cache.is_none(), "no cache is made");
+    }
 }
