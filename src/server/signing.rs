@@ -16,6 +16,8 @@ pub const TYPE_RRSIG: u16 = 46;
 /// Each RRset moves to the next week's validity window at a point spread over this last part
 /// of the week (the next window is already valid: its inception is this week's start).
 const WINDOW_SPREAD_SECS: u32 = 86_400;
+/// RRs of one RRset kept on the stack while signing; larger sets spill to the heap.
+const INLINE_RRS: usize = 16;
 
 /// One packet thread's signing state.
 pub struct SignState {
@@ -83,17 +85,32 @@ impl SignState {
             if self.spans[..i].iter().any(|s| s.0 == rtype) {
                 continue;
             }
-            let rdatas: Vec<&[u8]> = self.spans[i..]
-                .iter()
-                .filter(|s| s.0 == rtype)
-                .map(|&(_, a, b)| &self.bytes[a..b])
-                .collect();
+            // The RRset's RDATAs, on the stack for the usual few records (no allocation).
+            let mut inline: [&[u8]; INLINE_RRS] = [&[]; INLINE_RRS];
+            let mut spilled: Vec<&[u8]> = Vec::new();
+            let mut n = 0;
+            for &(_, a, b) in self.spans[i..].iter().filter(|s| s.0 == rtype) {
+                if n < INLINE_RRS {
+                    inline[n] = &self.bytes[a..b];
+                } else {
+                    if spilled.is_empty() {
+                        spilled.extend_from_slice(&inline);
+                    }
+                    spilled.push(&self.bytes[a..b]);
+                }
+                n += 1;
+            }
+            let rdatas = if n <= INLINE_RRS {
+                &inline[..n]
+            } else {
+                &spilled[..]
+            };
             let rrset = RrsetToSign {
                 owner_wire,
                 rtype,
                 class: 1,
                 ttl,
-                rdatas: &rdatas,
+                rdatas,
             };
             let window = ValidityWindow::for_rrset(
                 now,
@@ -187,6 +204,26 @@ mod tests {
         assert_eq!(answer(&mut state, &s, &m), 1, "two A records, one RRset");
         assert_eq!(answer(&mut state, &s, &m), 1);
         assert_eq!((m.dnssec_sig_misses.get(), m.dnssec_sig_hits.get()), (1, 1));
+    }
+
+    #[test]
+    fn large_rrsets_spill_to_the_heap_and_sign_the_same() {
+        let (s, m) = (signer(), WorkerMetrics::default());
+        let mut state = SignState::new(64);
+        state.start();
+        for i in 0..40u8 {
+            state.keep(1, &[192, 0, 2, i]);
+        }
+        let mut made = Vec::new();
+        assert!(state.sign(&s, b"\x01a\x04test\x00", 60, &m, |r| made.push(r.to_vec())));
+        assert_eq!(made.len(), 1);
+        // The same 40 RRs in another order hit the cache: the signed RRset was the same.
+        state.start();
+        for i in (0..40u8).rev() {
+            state.keep(1, &[192, 0, 2, i]);
+        }
+        assert!(state.sign(&s, b"\x01a\x04test\x00", 60, &m, |_| {}));
+        assert_eq!(m.dnssec_sig_hits.get(), 1);
     }
 
     #[test]
