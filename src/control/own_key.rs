@@ -379,9 +379,10 @@ pub async fn run(ctl: Arc<Control>) {
         let mut rebuild = false;
         let mut failed = false;
         for zone in &cfg.zones {
-            match reconcile(&ctl, &cfg, zone).await {
-                Ok(changed) => {
-                    rebuild |= changed;
+            // A key made or dropped in counts even when the API then fails: the zone's state
+            // should say "key not published", not "no key".
+            match reconcile(&ctl, &cfg, zone, &mut rebuild).await {
+                Ok(()) => {
                     ctl.own_keys.update(zone, |s| {
                         s.last_ok_unix = Some(unix_now());
                         s.last_error = None;
@@ -411,9 +412,13 @@ pub async fn run(ctl: Arc<Control>) {
 }
 
 /// One zone: make a key if there is none, publish the newest, retire older ones once the
-/// newest has signed long enough. Ok(true) when the snapshot should be rebuilt.
-async fn reconcile(ctl: &Control, cfg: &OwnKeyConfig, zone: &str) -> Result<bool, OwnKeyError> {
-    let mut changed = false;
+/// newest has signed long enough. Sets `changed` when the snapshot should be rebuilt.
+async fn reconcile(
+    ctl: &Control,
+    cfg: &OwnKeyConfig,
+    zone: &str,
+    changed: &mut bool,
+) -> Result<(), OwnKeyError> {
     let mut keys = read_zone_keys(&cfg.key_dir, zone)?;
     if keys.is_empty() {
         let key = generate(&cfg.key_dir, zone)?;
@@ -424,7 +429,7 @@ async fn reconcile(ctl: &Control, cfg: &OwnKeyConfig, zone: &str) -> Result<bool
     ctl.own_keys.update(zone, |s| {
         if s.key_tags != tags {
             // A key appeared or went: the snapshot must read key_dir again.
-            changed = true;
+            *changed = true;
             s.key_tags = tags.clone();
         }
     });
@@ -436,11 +441,11 @@ async fn reconcile(ctl: &Control, cfg: &OwnKeyConfig, zone: &str) -> Result<bool
         let text = Zeroizing::new(newest.key.to_private_key_file());
         api.add_published_inactive_zsk(zone, &text).await?;
         tracing::info!(target: "dnsteer::dnssec", zone, key_tag = newest.tag, "own key published in PowerDNS (inactive: PowerDNS does not sign with it)");
-        changed = true;
+        *changed = true;
     }
     ctl.own_keys.update(zone, |s| s.published = true);
-    changed |= retire_older(ctl, cfg, zone, &keys, &api, &listed).await?;
-    Ok(changed)
+    *changed |= retire_older(ctl, cfg, zone, &keys, &api, &listed).await?;
+    Ok(())
 }
 
 /// Once the newest key signs, older keys stay published for the retire wait (counted from when
