@@ -122,9 +122,11 @@ fn generate_key(zone: &str, out: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     use base64::Engine as _;
     let public = base64::engine::general_purpose::STANDARD.encode(key.public_key());
+    // key_dir only reads files named ZONE-<tag>.private (e.g. the Secret's key name).
     Ok(format!(
-        "{}\nkey tag {tag}\n{zone} IN DNSKEY 256 3 13 {public}",
-        path.display()
+        "{}\nkey tag {tag}\nname in key_dir: {}\n{zone} IN DNSKEY 256 3 13 {public}",
+        path.display(),
+        own_key::file_name(&zone, tag)
     ))
 }
 

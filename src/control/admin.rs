@@ -522,15 +522,18 @@ fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
 }
 
 /// Failed own-key rounds per `[dnssec.own_key]` zone and error kind (zeros from the start, so
-/// an alert on `increase()` sees the first failure).
+/// an alert on `increase()` sees the first failure; declared even without own-key zones).
 fn own_key_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
     let snap = ctl.data.snapshot.load();
-    let Some(cfg) = &snap.config.dnssec.own_key else {
-        return;
-    };
+    let zones = snap
+        .config
+        .dnssec
+        .own_key
+        .as_ref()
+        .map_or(&[][..], |c| &c.zones[..]);
     let failures = ctl.own_keys.failures();
     let mut series = Vec::new();
-    for zone in &cfg.zones {
+    for zone in zones {
         for kind in crate::control::own_key::OwnKeyError::KINDS {
             let n = failures.get(&(zone.clone(), kind)).copied().unwrap_or(0);
             series.push((
