@@ -122,7 +122,12 @@ fi
 # ---- 4. the example PowerDNS config serves its zone ---------------------------------------
 P="$RUN_DIR/pdns"
 port=$(free_port)
-sed -i -e "s#/etc/pdns-example#$P#g" "$P/pdns.conf" "$P/named.conf"
+sed -i -e "s#/etc/pdns-example#$P#g" -e "s#/etc/pdns-api#$P/api#g" "$P/pdns.conf" "$P/named.conf"
+# The API key comes from a Secret in the cluster (include-dir); a stand-in here, and the
+# webserver on a free loopback port.
+mkdir -p "$P/api"
+printf 'api-key=check-deploy\n' >"$P/api/api-key.conf"
+printf 'webserver-address=127.0.0.1\nwebserver-port=%s\n' "$(free_port)" >>"$P/pdns.conf"
 # Loopback and a scratch socket dir instead of the pod's addresses and emptyDir.
 printf 'local-address=127.0.0.1\nlocal-port=%s\nsocket-dir=%s\n' "$port" "$P" >>"$P/pdns.conf"
 zone=$(sed -n 's/^zone "\([^"]*\)".*/\1/p' "$P/named.conf" | head -n1)

@@ -120,6 +120,7 @@ impl App {
             started_unix: unix_now(),
             listen_addrs: Mutex::new(Vec::new()),
             transfers,
+            own_keys: crate::control::own_key::OwnKeys::default(),
         });
 
         let metrics_listener = control
@@ -176,6 +177,7 @@ impl App {
         };
         control.spawn(reloads);
         control.spawn(zones::run(ctl.clone(), notify_rx));
+        control.spawn(crate::control::own_key::run(ctl.clone()));
         control.spawn(crate::control::log_block_ends(shared.clone()));
         ctl.ready.store(true, Ordering::Relaxed);
         tracing::info!(

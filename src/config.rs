@@ -243,6 +243,38 @@ pub struct DnssecConfig {
     pub keys: Vec<DnssecKeyFile>,
     /// Signatures cached in all (each packet thread holds its share); 0 = no cache.
     pub signature_cache_entries: usize,
+    /// A ZSK of dnsteer's own, published through the PowerDNS API (`[dnssec.own_key]`).
+    pub own_key: Option<OwnKeyConfig>,
+}
+
+/// `[dnssec.own_key]`: dnsteer keeps its own ZSK per zone in `key_dir` and has PowerDNS
+/// publish it (inactive: PowerDNS never signs with it), so PowerDNS's private keys never leave
+/// PowerDNS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OwnKeyConfig {
+    /// Lower-case, absolute zone apexes.
+    pub zones: Vec<String>,
+    /// Key files `ZONE-<tag>.private` (ZONE without its trailing dot); may be read-only.
+    pub key_dir: PathBuf,
+    /// Where first-seen times are kept across restarts; `key_dir` when not set.
+    pub state_dir: PathBuf,
+    pub api: ApiEndpoint,
+    /// File holding the PowerDNS API key (read on every use, so a rotated Secret is picked up).
+    pub api_key_file: PathBuf,
+    pub server_id: String,
+    /// How often the keys are checked against PowerDNS when all is well.
+    pub check_interval: Duration,
+    /// Lower bound of how long a replaced key stays published after its successor signs.
+    pub retire_after: Duration,
+}
+
+/// `http://HOST[:PORT]` of the PowerDNS webserver (plain HTTP only).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiEndpoint {
+    /// `HOST:PORT`, resolved at each connection.
+    pub authority: String,
+    /// The URL as configured, for logs and `/status`.
+    pub url: String,
 }
 
 /// One key file: the BIND `Private-key-format: v1.2` text `pdnsutil export-zone-key` prints.
@@ -465,6 +497,20 @@ struct RawDnssec {
     #[serde(default)]
     keys: Vec<RawDnssecKey>,
     signature_cache_entries: S<i64>,
+    own_key: Option<RawOwnKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwnKey {
+    zones: Spanned<Vec<String>>,
+    key_dir: Spanned<String>,
+    state_dir: Option<Spanned<String>>,
+    api_url: Spanned<String>,
+    api_key_file: Spanned<String>,
+    server_id: S<String>,
+    check_interval: S<String>,
+    retire_after: S<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -641,6 +687,38 @@ impl Config {
             },
         }
     }
+}
+
+/// `http://HOST[:PORT][/]`: the PowerDNS webserver speaks plain HTTP, and the API paths are
+/// fixed (`/api/v1/...`), so anything else is a mistake worth naming.
+fn parse_api_url(url: &str) -> Result<ApiEndpoint, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("must start with http:// (the PowerDNS webserver serves plain HTTP)")?;
+    let host = rest.strip_suffix('/').unwrap_or(rest);
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err("must be http://HOST[:PORT] with no path (the API is under /api/v1)".into());
+    }
+    let has_port = match host.rsplit_once(':') {
+        // `[::1]:8081` or `host:8081`; a bare `[::1]` has no port.
+        Some((h, p)) if !h.is_empty() && !p.contains(']') => {
+            p.parse::<u16>()
+                .ok()
+                .filter(|&n| n != 0)
+                .ok_or_else(|| format!("bad port \"{p}\""))?;
+            true
+        }
+        _ => false,
+    };
+    let authority = if has_port {
+        host.to_string()
+    } else {
+        format!("{host}:80")
+    };
+    Ok(ApiEndpoint {
+        authority,
+        url: url.to_string(),
+    })
 }
 
 fn resolve_path(base: &Path, p: &str) -> PathBuf {
@@ -1165,7 +1243,12 @@ impl Validator<'_> {
             }
             keys.push(DnssecKeyFile { zone, file });
         }
+        let own_key = match &d.own_key {
+            None => None,
+            Some(o) => Some(self.own_key(o, base)?),
+        };
         Ok(DnssecConfig {
+            own_key,
             keys,
             signature_cache_entries: self.int(
                 &d.signature_cache_entries,
@@ -1174,6 +1257,80 @@ impl Validator<'_> {
                 0,
                 1 << 24,
             )? as usize,
+        })
+    }
+
+    fn own_key(&self, o: &RawOwnKey, base: &Path) -> Result<OwnKeyConfig, ConfigError> {
+        let mut zones: Vec<String> = Vec::new();
+        for z in o.zones.get_ref() {
+            let zone = normalize_name(z)
+                .or_else(|m| self.err(o.zones.span(), "dnssec.own_key.zones", m))?;
+            if zones.contains(&zone) {
+                return self.err(
+                    o.zones.span(),
+                    "dnssec.own_key.zones",
+                    format!("{zone} is listed twice"),
+                );
+            }
+            zones.push(zone);
+        }
+        if zones.is_empty() {
+            return self.err(
+                o.zones.span(),
+                "dnssec.own_key.zones",
+                "list at least one zone",
+            );
+        }
+        let path = |v: &Spanned<String>, key: &str| {
+            if v.get_ref().trim().is_empty() {
+                self.err(v.span(), key, "empty path")
+            } else {
+                Ok(resolve_path(base, v.get_ref()))
+            }
+        };
+        let key_dir = path(&o.key_dir, "dnssec.own_key.key_dir")?;
+        let state_dir = match &o.state_dir {
+            Some(s) => path(s, "dnssec.own_key.state_dir")?,
+            None => key_dir.clone(),
+        };
+        let api = parse_api_url(o.api_url.get_ref())
+            .or_else(|m| self.err(o.api_url.span(), "dnssec.own_key.api_url", m))?;
+        let server_id = match &o.server_id {
+            None => "localhost".to_string(),
+            Some(s)
+                if s.get_ref().is_empty()
+                    || !s
+                        .get_ref()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+            {
+                return self.err(
+                    s.span(),
+                    "dnssec.own_key.server_id",
+                    "letters, digits, '-', '_' and '.' only",
+                );
+            }
+            Some(s) => s.get_ref().clone(),
+        };
+        Ok(OwnKeyConfig {
+            zones,
+            key_dir,
+            state_dir,
+            api,
+            api_key_file: path(&o.api_key_file, "dnssec.own_key.api_key_file")?,
+            server_id,
+            check_interval: self.dur(
+                &o.check_interval,
+                "dnssec.own_key.check_interval",
+                "60s",
+                Duration::from_millis(100),
+            )?,
+            retire_after: self.dur(
+                &o.retire_after,
+                "dnssec.own_key.retire_after",
+                "0s",
+                Duration::ZERO,
+            )?,
         })
     }
 

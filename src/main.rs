@@ -1,4 +1,5 @@
-//! `dnsteer --config FILE` serves; `dnsteer check-config FILE` validates and exits 0 or 1.
+//! `dnsteer --config FILE` serves; `dnsteer check-config FILE` validates and exits 0 or 1;
+//! `dnsteer generate-key` makes a key for `[dnssec.own_key]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,11 +11,15 @@ use dnsteer::config::{Config, LogFormat};
 const USAGE: &str = "usage:
   dnsteer --config FILE          serve DNS as configured in FILE
   dnsteer check-config FILE      validate FILE (records compiled too); exit 0 if valid, 1 if not
+  dnsteer generate-key --zone ZONE --out PATH
+                                 write a new ECDSAP256SHA256 ZSK for [dnssec.own_key] (mode 0600);
+                                 PATH is a file, or a directory to get ZONE-<tag>.private in it
   dnsteer --version";
 
 enum Command {
     Serve(PathBuf),
     Check(PathBuf),
+    GenerateKey { zone: String, out: PathBuf },
     Version,
 }
 
@@ -28,6 +33,12 @@ fn parse_args() -> Result<Command, String> {
     {
         ["--config", f] | ["-c", f] => Ok(Command::Serve(PathBuf::from(f))),
         ["check-config", f] => Ok(Command::Check(PathBuf::from(f))),
+        ["generate-key", "--zone", z, "--out", o] | ["generate-key", "--out", o, "--zone", z] => {
+            Ok(Command::GenerateKey {
+                zone: z.to_string(),
+                out: PathBuf::from(o),
+            })
+        }
         ["--version"] | ["-V"] => Ok(Command::Version),
         _ => Err(USAGE.to_string()),
     }
@@ -43,6 +54,16 @@ fn main() -> ExitCode {
             println!("dnsteer {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Ok(Command::GenerateKey { zone, out }) => match generate_key(&zone, &out) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dnsteer generate-key: {e}");
+                ExitCode::from(1)
+            }
+        },
         Ok(Command::Check(path)) => match check(&path) {
             Ok(summary) => {
                 println!("{}: ok ({summary})", path.display());
@@ -80,6 +101,32 @@ fn check(path: &std::path::Path) -> Result<String, String> {
         config.records.len(),
         config.upstream.servers.len(),
         config.restart.listen
+    ))
+}
+
+/// A key made once and shared by every replica (e.g. stored in a Kubernetes Secret). Prints the
+/// file, key tag and DNSKEY (public half only).
+fn generate_key(zone: &str, out: &std::path::Path) -> Result<String, String> {
+    use dnsteer::control::own_key;
+    use dnsteer::dnssec::{Algorithm, FLAGS_ZSK, SigningKey};
+    let zone = dnsteer::config::normalize_name(zone).map_err(|e| format!("--zone: {e}"))?;
+    let key = SigningKey::generate(Algorithm::EcdsaP256Sha256).map_err(|e| e.to_string())?;
+    let tag = key.key_tag(FLAGS_ZSK);
+    let path = if out.is_dir() {
+        out.join(own_key::file_name(&zone, tag))
+    } else {
+        out.to_path_buf()
+    };
+    let created = own_key::created_stamp(dnsteer::control::unix_now());
+    own_key::write_key_file(&path, &key, &created)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    use base64::Engine as _;
+    let public = base64::engine::general_purpose::STANDARD.encode(key.public_key());
+    // key_dir only reads files named ZONE-<tag>.private (e.g. the Secret's key name).
+    Ok(format!(
+        "{}\nkey tag {tag}\nname in key_dir: {}\n{zone} IN DNSKEY 256 3 13 {public}",
+        path.display(),
+        own_key::file_name(&zone, tag)
     ))
 }
 

@@ -31,6 +31,9 @@ pub struct Snapshot {
     /// When each (zone, DNSKEY RDATA) was first seen in the zone's DNSKEY RRset (Unix seconds):
     /// a key PowerDNS publishes but does not sign with is used once its RRset outlived its TTL.
     pub dnskey_first_seen: std::collections::HashMap<(String, Vec<u8>), u64>,
+    /// When the signer choice of some zone may next change by itself (a published key, preferred
+    /// over the one signing, outlives its DNSKEY TTL): the zone loop rebuilds then.
+    pub signer_review_unix: Option<u64>,
 }
 
 /// The handles workers share: read per packet, written without locks.

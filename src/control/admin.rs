@@ -173,6 +173,7 @@ pub fn gather(ctl: &Control) -> Vec<MetricFamily> {
     probe_metrics(ctl, &mut out);
 
     zone_metrics(ctl, &mut out);
+    own_key_metrics(ctl, &mut out);
     let mut answers: Vec<_> = snap
         .records
         .sets()
@@ -329,7 +330,7 @@ fn status_json(ctl: &Control) -> String {
             })
         }).collect::<Vec<_>>(),
         "zones": ctl.transfers.status(),
-        "dnssec": dnssec_status(&snap),
+        "dnssec": dnssec_status(&snap, &ctl.own_keys),
         "left_to_powerdns": left_to_powerdns(ctl),
         "ratelimit": {
             "enabled": snap.config.ratelimit.enabled,
@@ -452,11 +453,16 @@ fn probe_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
 /// Transferred LUA records dnsteer does not answer (PowerDNS does), with the reason.
 /// Per zone of in-process records: signed or not, and whether DO=1 answers are signed here
 /// (and if not, why). Key tags only: never key material.
-fn dnssec_status(snap: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+/// `[dnssec.own_key]` zones also show their own key's state (and API errors, never the API key).
+fn dnssec_status(
+    snap: &crate::state::Snapshot,
+    own_keys: &crate::control::own_key::OwnKeys,
+) -> Vec<serde_json::Value> {
     use crate::dnssec::SignerState;
+    let mut own = own_keys.status();
     let mut zones: Vec<_> = snap.zones.iter().collect();
     zones.sort_by(|a, b| a.0.cmp(b.0));
-    zones
+    let mut out: Vec<serde_json::Value> = zones
         .into_iter()
         .map(|(apex, z)| {
             let mut v = serde_json::json!({
@@ -480,9 +486,18 @@ fn dnssec_status(snap: &crate::state::Snapshot) -> Vec<serde_json::Value> {
                 }
                 SignerState::NoKey => {}
             }
+            if let Some(o) = own.remove(apex.as_str()) {
+                v["own_key"] = serde_json::json!(o);
+            }
             v
         })
-        .collect()
+        .collect();
+    // Own-key zones without in-process records (no signing facts learned for them).
+    out.extend(
+        own.into_iter()
+            .map(|(zone, o)| serde_json::json!({"zone": zone, "own_key": o})),
+    );
+    out
 }
 
 fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
@@ -504,6 +519,35 @@ fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
         }
     }
     v
+}
+
+/// Failed own-key rounds per `[dnssec.own_key]` zone and error kind (zeros from the start, so
+/// an alert on `increase()` sees the first failure; declared even without own-key zones).
+fn own_key_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
+    let snap = ctl.data.snapshot.load();
+    let zones = snap
+        .config
+        .dnssec
+        .own_key
+        .as_ref()
+        .map_or(&[][..], |c| &c.zones[..]);
+    let failures = ctl.own_keys.failures();
+    let mut series = Vec::new();
+    for zone in zones {
+        for kind in crate::control::own_key::OwnKeyError::KINDS {
+            let n = failures.get(&(zone.clone(), kind)).copied().unwrap_or(0);
+            series.push((
+                vec![("zone", zone.clone()), ("kind", kind.to_string())],
+                n as f64,
+            ));
+        }
+    }
+    out.push(family(
+        "dnsteer_dnssec_own_key_errors_total",
+        "Failed rounds keeping dnsteer's own ZSK in key_dir and published in PowerDNS, by zone and error kind.",
+        MetricType::COUNTER,
+        series,
+    ));
 }
 
 /// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.

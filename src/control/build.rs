@@ -106,7 +106,7 @@ pub async fn build_snapshot(
     let health = probes.sync(&compiled.probe_specs()).await;
     let previous_zones = previous.map(|p| p.zones.clone()).unwrap_or_default();
     let record_names = compiled.names();
-    let keys = load_keys(&config.dnssec)?;
+    let keys = signing_keys(&config.dnssec)?;
     let mut zones = super::zone_facts::learn_all(
         &config.upstream.servers,
         &record_names,
@@ -114,12 +114,25 @@ pub async fn build_snapshot(
         &previous_zones,
     )
     .await;
-    let dnskey_first_seen = link_signers(
-        &mut zones,
-        &keys,
-        previous.map(|p| &p.dnskey_first_seen),
-        super::unix_now(),
-    );
+    // First-seen times: this process's own (in memory), else those persisted by an earlier
+    // one (so a restart does not restart a key's wait), else now.
+    let state_dir = config.dnssec.own_key.as_ref().map(|o| o.state_dir.clone());
+    let persisted = state_dir
+        .as_deref()
+        .map(super::own_key::read_first_seen)
+        .unwrap_or_default();
+    let mut known = persisted.clone();
+    if let Some(p) = previous {
+        known.extend(p.dnskey_first_seen.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    let now = super::unix_now();
+    let dnskey_first_seen = link_signers(&mut zones, &keys, Some(&known), now);
+    if let Some(dir) = &state_dir
+        && dnskey_first_seen != persisted
+    {
+        super::own_key::write_first_seen(dir, &dnskey_first_seen);
+    }
+    let signer_review_unix = signer_review(&zones, &keys, &dnskey_first_seen, now);
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
     let mut records = RecordTable::link(&compiled, &health, locate, &zones);
     if let Some(prev) = previous {
@@ -140,7 +153,44 @@ pub async fn build_snapshot(
         rejected,
         record_names,
         dnskey_first_seen,
+        signer_review_unix,
     })
+}
+
+/// Every key a zone may sign with, most preferred first: dnsteer's own keys (newest first),
+/// then the `[[dnssec.keys]]` files in config order.
+fn signing_keys(cfg: &DnssecConfig) -> Result<HashMap<String, Vec<Arc<SigningKey>>>, BuildError> {
+    let mut keys = super::own_key::load_for_build(cfg.own_key.as_ref());
+    for (zone, files) in load_keys(cfg)? {
+        keys.entry(zone).or_default().extend(files);
+    }
+    Ok(keys)
+}
+
+/// The earliest time any zone's signer choice changes by itself (see
+/// [`crate::dnssec::next_change`]).
+fn signer_review(
+    zones: &records::Zones,
+    keys: &HashMap<String, Vec<Arc<SigningKey>>>,
+    seen: &HashMap<(String, Vec<u8>), u64>,
+    now: u64,
+) -> Option<u64> {
+    zones
+        .iter()
+        .filter_map(|(apex, z)| {
+            let published = Published {
+                dnskeys: &z.dnskeys,
+                dnskey_ttl: z.dnskey_ttl,
+                signing_tags: &z.signing_tags,
+            };
+            crate::dnssec::next_change(
+                keys.get(apex).map_or(&[][..], Vec::as_slice),
+                published,
+                |rdata| seen.get(&(apex.clone(), rdata.to_vec())).copied(),
+                now,
+            )
+        })
+        .min()
 }
 
 /// Reads and checks every `[[dnssec.keys]]` file, by zone. A key that does not load or whose

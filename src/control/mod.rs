@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod build;
+pub mod own_key;
+pub mod pdns_api;
 pub mod reload;
 pub mod xfr;
 pub mod zone_facts;
@@ -44,6 +46,8 @@ pub struct Control {
     pub listen_addrs: Mutex<Vec<std::net::SocketAddr>>,
     /// `[zones].transfer` data.
     pub transfers: Arc<zones::Transfers>,
+    /// `[dnssec.own_key]` state per zone.
+    pub own_keys: own_key::OwnKeys,
 }
 
 pub fn unix_now() -> u64 {

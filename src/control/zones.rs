@@ -194,7 +194,12 @@ pub async fn run(
             facts_due = tokio::time::Instant::now() + facts_interval(&fresh, &snap.record_names);
         }
         // A published key whose DNSKEY TTL has now passed goes live with a rebuild.
-        changed |= signer_due(&ctl.data.snapshot.load().zones, super::unix_now());
+        let snap = ctl.data.snapshot.load();
+        changed |= signer_due(&snap.zones, super::unix_now())
+            || snap
+                .signer_review_unix
+                .is_some_and(|at| at <= super::unix_now());
+        drop(snap);
         if changed && let Err(e) = crate::control::reload::rebuild(&ctl).await {
             tracing::error!(target: "dnsteer::control::zones", error = %e, "cannot rebuild the record table after a zone change");
         }
@@ -203,8 +208,14 @@ pub async fn run(
         } else {
             refresh
         };
+        // Wake when a waiting key becomes usable too, so signing starts on time.
+        let review = ctl.data.snapshot.load().signer_review_unix.map(|at| {
+            Duration::from_secs(at.saturating_sub(super::unix_now()))
+                .max(Duration::from_millis(100))
+        });
         let wait = tokio::time::sleep(
-            poll.min(facts_due.saturating_duration_since(tokio::time::Instant::now())),
+            poll.min(facts_due.saturating_duration_since(tokio::time::Instant::now()))
+                .min(review.unwrap_or(poll)),
         );
         tokio::pin!(wait);
         tokio::select! {

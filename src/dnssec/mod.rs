@@ -10,9 +10,10 @@ mod sign;
 mod zone;
 
 pub use cache::{CacheStats, Outcome, SignatureCache};
+pub(crate) use keys::key_tag;
 pub use keys::{Algorithm, FLAGS_KSK, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
 pub use sign::{
     RrsetToSign, SignError, ValidityWindow, format_dnssec_time, label_count, lowercase_name_wire,
     rrset_spread_hash, rrsig_rdata,
 };
-pub use zone::{Published, SignerState, ZoneSigner, choose, self_check};
+pub use zone::{Published, SignerState, ZoneSigner, choose, next_change, self_check};

@@ -73,10 +73,12 @@ impl SignerState {
     }
 }
 
-/// Picks the signer for a zone among `keys` (those configured for it):
+/// Picks the signer for a zone among `keys` (those configured for it, most preferred first:
+/// dnsteer's own keys newest first, then the key files in config order):
 /// 1. a key PowerDNS itself signs with (its tag is on the SOA's RRSIGs): usable at once;
-/// 2. else a published key seen in the DNSKEY RRset since at least its TTL
-///    (`first_seen(rdata)` is when the control plane first saw that DNSKEY RDATA);
+/// 2. else the most preferred published key seen in the DNSKEY RRset since at least its TTL
+///    (`first_seen(rdata)` is when the control plane first saw that DNSKEY RDATA), so a newer
+///    own key takes over from an older one as soon as resolvers can verify it;
 /// 3. else nothing: DO=1 queries for the zone go to PowerDNS.
 ///
 /// A key missing from the DNSKEY RRset is never used, whatever it signed before.
@@ -123,6 +125,39 @@ pub fn choose(
             key_tags: keys.iter().map(|k| k.key_tag(FLAGS_ZSK)).collect(),
         },
     }
+}
+
+/// When the choice of [`choose`] (same arguments) may next change on its own: the earliest
+/// future time a published key preferred over the current choice outlives its DNSKEY TTL. A
+/// key waiting behind a live, less preferred one is not visible in the [`SignerState`], so the
+/// control plane asks this to know when to decide again.
+pub fn next_change(
+    keys: &[Arc<SigningKey>],
+    published: Published<'_>,
+    first_seen: impl Fn(&[u8]) -> Option<u64>,
+    now_unix: u64,
+) -> Option<u64> {
+    let mut next: Option<u64> = None;
+    for key in keys {
+        for flags in [FLAGS_ZSK, FLAGS_KSK] {
+            let rdata = key.dnskey_rdata(flags);
+            if !published.dnskeys.contains(&rdata) {
+                continue;
+            }
+            if published.signing_tags.contains(&key.key_tag(flags)) {
+                // Live at once, and preferred over everything after it.
+                return next;
+            }
+            let usable_at =
+                first_seen(&rdata).unwrap_or(now_unix) + u64::from(published.dnskey_ttl);
+            if usable_at <= now_unix {
+                // The choice, or as good as it: nothing after it can displace it.
+                return next;
+            }
+            next = Some(next.map_or(usable_at, |n| n.min(usable_at)));
+        }
+    }
+    next
 }
 
 fn live(key: &Arc<SigningKey>, flags: u16, key_tag: u16, apex_wire: &[u8]) -> SignerState {
@@ -257,6 +292,63 @@ mod tests {
         };
         let s = choose(APEX, &[old, new.clone()], p, |_| Some(0), 10_000);
         assert_eq!(s.signer().unwrap().key_tag, new.key_tag(FLAGS_ZSK));
+    }
+
+    #[test]
+    fn the_preferred_usable_key_wins_over_an_older_usable_one() {
+        let old = key();
+        let new = key();
+        let dnskeys = vec![old.dnskey_rdata(FLAGS_ZSK), new.dnskey_rdata(FLAGS_ZSK)];
+        let p = Published {
+            dnskeys: &dnskeys,
+            dnskey_ttl: 60,
+            signing_tags: &[],
+        };
+        let s = choose(APEX, &[new.clone(), old.clone()], p, |_| Some(0), 10_000);
+        assert_eq!(s.signer().unwrap().key_tag, new.key_tag(FLAGS_ZSK));
+        let s = choose(APEX, &[old.clone(), new], p, |_| Some(0), 10_000);
+        assert_eq!(s.signer().unwrap().key_tag, old.key_tag(FLAGS_ZSK));
+    }
+
+    #[test]
+    fn the_older_key_signs_until_the_preferred_one_outlived_its_ttl() {
+        let old = key();
+        let new = key();
+        let old_rdata = old.dnskey_rdata(FLAGS_ZSK);
+        let dnskeys = vec![old_rdata.clone(), new.dnskey_rdata(FLAGS_ZSK)];
+        let p = Published {
+            dnskeys: &dnskeys,
+            dnskey_ttl: 60,
+            signing_tags: &[],
+        };
+        // Old seen at 0, new at 1000: until 1060 the old one signs.
+        let seen = |r: &[u8]| Some(if r == old_rdata.as_slice() { 0 } else { 1000 });
+        let keys = [new.clone(), old.clone()];
+        let s = choose(APEX, &keys, p, seen, 1059);
+        assert_eq!(s.signer().unwrap().key_tag, old.key_tag(FLAGS_ZSK));
+        assert_eq!(next_change(&keys, p, seen, 1059), Some(1060));
+        let s = choose(APEX, &keys, p, seen, 1060);
+        assert_eq!(s.signer().unwrap().key_tag, new.key_tag(FLAGS_ZSK));
+        assert_eq!(next_change(&keys, p, seen, 1060), None);
+    }
+
+    #[test]
+    fn next_change_ignores_keys_less_preferred_than_the_choice() {
+        let old = key();
+        let new = key();
+        let new_rdata = new.dnskey_rdata(FLAGS_ZSK);
+        let dnskeys = vec![old.dnskey_rdata(FLAGS_ZSK), new_rdata.clone()];
+        let p = Published {
+            dnskeys: &dnskeys,
+            dnskey_ttl: 60,
+            signing_tags: &[],
+        };
+        // The preferred key is usable; the other one still waits: nothing will change.
+        let seen = |r: &[u8]| Some(if r == new_rdata.as_slice() { 0 } else { 1000 });
+        assert_eq!(next_change(&[new, old], p, seen, 1010), None);
+        // Unpublished keys never count.
+        let lone = key();
+        assert_eq!(next_change(&[lone], p, |_| Some(0), 0), None);
     }
 
     #[test]
