@@ -56,6 +56,8 @@ const NAMES: &[(&str, RecordType, u32)] = &[
     ("static.signed.test.", RecordType::A, 120),
     ("cn.signed.test.", RecordType::CNAME, 60),
     ("txt.signed.test.", RecordType::TXT, 60),
+    ("url.signed.test.", RecordType::A, 60),
+    ("geo.signed.test.", RecordType::A, 60),
 ];
 
 /// `ifportup` with address groups: dnsteer evaluates it, PowerDNS 4.7.3 does not (its
@@ -71,6 +73,7 @@ const FIXED: &[(&str, &[&str])] = &[
     ("static.signed.test.", &["192.0.2.10", "192.0.2.11"]),
     ("cn.signed.test.", &["www.signed.test."]),
     ("txt.signed.test.", &["hello from lua"]),
+    ("url.signed.test.", &["127.0.0.1"]),
 ];
 
 /// Four TXT strings of 90 bytes: about 460 bytes unsigned, about 570 with its RRSIG.
@@ -100,6 +103,8 @@ up       30 IN LUA A \"ifportup({port}, {{{{'127.0.0.1'}},{{'127.0.0.2'}}}}, {{t
 static  120 IN LUA A \"{{'192.0.2.10','192.0.2.11'}}\"
 cn       60 IN LUA CNAME \"'www.signed.test.'\"
 txt      60 IN LUA TXT \"'hello from lua'\"
+url      60 IN LUA A \"ifurlup('http://127.0.0.1:{port}/', {{{{'127.0.0.1'}},{{'127.0.0.2'}}}}, {{timeout='1', interval='1'}})\"
+geo      60 IN LUA A \"pickclosest({{'193.0.6.139','210.140.92.1'}})\"
 big      60 IN LUA TXT \"{{{}, {},\" \" {}, {}}}\"
 ",
         big[0], big[1], big[2], big[3]
@@ -118,8 +123,8 @@ struct Setup {
     pdns: SignedPdns,
     /// The key files dnsteer reads (kept until dnsteer is gone).
     _keydir: tempfile::TempDir,
-    /// The TCP listener `up.signed.test.`'s primary group is probed on.
-    _listener: TcpListener,
+    /// The probe target of `up` (TCP) and `url` (HTTP) primary groups.
+    _listener: HttpOk,
 }
 
 /// What dnsteer is started with.
@@ -150,7 +155,7 @@ impl Setup {
         Setup::start_on(pdns, opts)
     }
 
-    fn start_on((pdns, listener): (SignedPdns, TcpListener), opts: Options) -> Setup {
+    fn start_on((pdns, listener): (SignedPdns, HttpOk), opts: Options) -> Setup {
         let keydir = tempfile::Builder::new()
             .prefix("dnsteer-dnssec-keys-")
             .tempdir()
@@ -289,9 +294,9 @@ impl Setup {
 }
 
 /// A signed PowerDNS for the zone, with the query log on, and the probe listener.
-fn start_pdns_with_listener() -> (SignedPdns, TcpListener) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the probe listener");
-    let port = listener.local_addr().expect("listener address").port();
+fn start_pdns_with_listener() -> (SignedPdns, HttpOk) {
+    let listener = HttpOk::start();
+    let port = listener.port;
     let pdns = SignedPdns::start(&[(ZONE, &zone_text(port))], &["log-dns-queries=yes"]);
     (pdns, listener)
 }
@@ -311,7 +316,9 @@ fn dnsteer_config(
          [ratelimit]\nenabled = false\n\
          [upstream]\nservers = [\"{upstream}\"]\ntimeout = \"500ms\"\nhealth_check_interval = \"200ms\"\n\
          [probes]\ninterval = \"1s\"\ntimeout = \"1s\"\n\
-         [zones]\ntransfer = [\"{ZONE}\"]\nrefresh = \"1s\"\n"
+         [zones]\ntransfer = [\"{ZONE}\"]\nrefresh = \"1s\"\n\
+         [geoip]\ndatabase = \"{}\"\n",
+        mmdb().display()
     );
     for f in key_files {
         c.push_str(&format!(
@@ -320,6 +327,59 @@ fn dnsteer_config(
         ));
     }
     c
+}
+
+fn mmdb() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geoip/test-city.mmdb")
+}
+
+/// A probe target on 127.0.0.1: answers `HTTP/1.1 200` to every connection (so it serves
+/// both the `ifportup` and the `ifurlup` checks); 127.0.0.2 on the same port has no listener
+/// (the backup group is down). Stopped on drop.
+struct HttpOk {
+    port: u16,
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HttpOk {
+    fn start() -> HttpOk {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the probe listener");
+        let port = listener.local_addr().expect("listener address").port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            use std::io::{Read, Write};
+            for conn in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(mut s) = conn else { continue };
+                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+                let mut buf = [0u8; 2048];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                );
+            }
+        });
+        HttpOk {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for HttpOk {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept so the thread sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn active_zsk(pdns: &SignedPdns) -> KeyInfo {
@@ -595,6 +655,24 @@ fn in_process_answers_are_signed_and_validate() {
         want.sort();
         assert_eq!(rdata_of(&m, qtype), want, "{name} {qtype}");
     }
+    // pickclosest with the client's subnet (ECS): signed per client, valid, with the ECS scope.
+    for (ecs, want) in [
+        ("210.140.92.0/24", "210.140.92.1"),
+        ("193.0.6.0/24", "193.0.6.139"),
+    ] {
+        let (wire, m) = s.ask_do("geo.signed.test.", RecordType::A, &udp_do().ecs(ecs));
+        assert_eq!(rdata_of(&m, RecordType::A), [want], "geo for {ecs}: {m:?}");
+        assert_signed_answer(
+            &s,
+            "geo.signed.test.",
+            RecordType::A,
+            60,
+            zsk.tag,
+            &wire,
+            &m,
+        );
+    }
+
     // A LUA CNAME asked as A: Unbound follows it (the target is PowerDNS's) and validates both.
     let cn = assert_secure(&s, "cn.signed.test.", RecordType::A, ResponseCode::NoError);
     assert_eq!(rdata_of(&cn, RecordType::A), ["192.0.2.80"], "{cn:?}");
@@ -632,6 +710,44 @@ fn in_process_answers_are_signed_and_validate() {
 
 /// NODATA (a type an in-process name does not have) and NXDOMAIN through dnsteer: forwarded to
 /// PowerDNS, which proves the denial (NSEC), and secure through Unbound.
+/// Negative control on the validity window: an Unbound judging signatures at a date after the
+/// expiration, or before the inception, of dnsteer's window gives SERVFAIL for the same answer
+/// an Unbound at the real date accepts (so AD in the other tests means the window is right).
+#[test]
+fn signatures_outside_their_window_are_bogus_for_a_validator() {
+    let s = Setup::start(Options::default());
+    let zsk = active_zsk(&s.pdns);
+    s.wait_signing_with(zsk.tag, SIGNING_WAIT);
+    assert_secure(&s, "pw.signed.test.", RecordType::A, ResponseCode::NoError);
+    let (_, m) = s.ask_do("pw.signed.test.", RecordType::A, &udp_do());
+    let sig = rrsigs(&m)
+        .into_iter()
+        .find(|r| r.type_covered == RecordType::A)
+        .expect("an RRSIG over A");
+    let date = |unix: u64| {
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{unix}"), "+%Y%m%d%H%M%S"])
+            .output()
+            .expect("date");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Unbound forgives up to `val-sig-skew-max` (1 day) of clock skew: go 3 days past.
+    for (what, at) in [
+        ("after the expiration", u64::from(sig.expiration) + 3 * DAY),
+        ("before the inception", u64::from(sig.inception) - 3 * DAY),
+    ] {
+        let line = format!("val-override-date: \"{}\"", date(at));
+        let unbound = Unbound::start_with(&s.pdns.ds(ZONE), &[(ZONE, s.front())], &[&line]);
+        let m = unbound.ask("pw.signed.test.", RecordType::A, true);
+        assert_eq!(
+            m.metadata.response_code,
+            ResponseCode::ServFail,
+            "{what} ({line}): {m:?}\n{}",
+            unbound.log()
+        );
+    }
+}
+
 #[test]
 fn nodata_and_nxdomain_are_forwarded_and_validate() {
     let s = Setup::start(Options::default());

@@ -477,6 +477,16 @@ impl Unbound {
     /// `trust_anchors`: DS lines (`zone. IN DS tag alg digtype hex`); `stubs`: `(zone, server)`.
     /// Waits until it answers a query for the first stub zone (any rcode).
     pub fn start(trust_anchors: &[String], stubs: &[(&str, SocketAddr)]) -> Unbound {
+        Unbound::start_with(trust_anchors, stubs, &[])
+    }
+
+    /// [`start`](Self::start) with extra `server:` lines (e.g. `val-override-date: "…"`, which
+    /// makes Unbound judge signature validity at that date: a negative control for windows).
+    pub fn start_with(
+        trust_anchors: &[String],
+        stubs: &[(&str, SocketAddr)],
+        extra_server_lines: &[&str],
+    ) -> Unbound {
         let bin =
             find_binary("unbound").expect("unbound not installed: run scripts/install-deps.sh");
         let probe = stubs
@@ -496,7 +506,14 @@ impl Unbound {
                     break c;
                 }
             };
-            let conf = unbound_conf(dir.path(), addr, control, trust_anchors, stubs);
+            let conf = unbound_conf(
+                dir.path(),
+                addr,
+                control,
+                trust_anchors,
+                stubs,
+                extra_server_lines,
+            );
             fs::write(dir.path().join("unbound.conf"), &conf).expect("write unbound.conf");
             let mut cmd = Command::new(&bin);
             cmd.arg("-d")
@@ -612,6 +629,7 @@ fn unbound_conf(
     control: SocketAddr,
     trust_anchors: &[String],
     stubs: &[(&str, SocketAddr)],
+    extra_server_lines: &[&str],
 ) -> String {
     let d = dir.display();
     let mut c = format!(
@@ -669,6 +687,9 @@ fn unbound_conf(
     }
     for ta in trust_anchors {
         c.push_str(&format!("  trust-anchor: \"{ta}\"\n"));
+    }
+    for line in extra_server_lines {
+        c.push_str(&format!("  {line}\n"));
     }
     for (zone, server) in stubs {
         c.push_str(&format!(
