@@ -169,6 +169,11 @@ pub async fn run(
                 .await
             {
                 Ok(c) => {
+                    if c && let Some(cache) = &ctl.data.cache {
+                        // New data (serial change, or a NOTIFY's forced transfer): answers
+                        // cached before it are dropped again, as the NOTIFY already did.
+                        cache.invalidate_zone(zone);
+                    }
                     changed |= c;
                     backoff.remove(zone);
                 }

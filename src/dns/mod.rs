@@ -7,10 +7,12 @@
 //! panic, and the packet-path ones allocate nothing beyond growing the caller's output buffer.
 
 pub mod ask;
+pub mod cached;
 pub mod ecs;
 pub mod framing;
 pub mod message;
 pub mod name;
+pub mod proxy;
 pub mod query;
 pub mod response;
 pub mod rewrite;

@@ -337,7 +337,7 @@ impl WorkerUpstreams {
     /// ECS to add for a client, per config (None when switched off).
     pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
         let c = &self.set.config;
-        if !c.add_ecs {
+        if !c.add_ecs() {
             return None;
         }
         let prefix = if client.is_ipv4() {

@@ -209,6 +209,7 @@ impl Worker {
             worker: self.index,
             latency: pipeline::Latency::PerQuery,
             sign: &mut sign,
+            cache: self.shared.cache.as_ref(),
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
@@ -381,7 +382,8 @@ fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
 
 /// A forwarded UDP query that cannot be (re)sent or ran out of attempts: SERVFAIL.
 fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut Vec<u8>) {
-    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, &p, &e, out) {
+    let cache = w.shared.cache.as_ref();
+    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, cache, &p, &e, out) {
         send_udp(w, p.client.listener, out, p.client.addr);
     }
 }
@@ -425,6 +427,7 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                 }
             };
             let snap = w.snapshot();
+            let now = Instant::now();
             for i in 0..n {
                 let Some((resp, too_big)) = rx.get_prefix(i) else {
                     continue;
@@ -459,6 +462,9 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                     retry_or_fail(&w, &snap, &ups, p, &mut out);
                     continue;
                 }
+                if !too_big {
+                    cache_answer(&w, &snap, &p.query, p.client.addr.ip(), resp, p.added, now);
+                }
                 if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
                     w.metrics.truncated.inc();
                 }
@@ -487,6 +493,23 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
             // A full batch: let this worker's other tasks run too.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Offers PowerDNS's answer `resp` to the packet cache, if there is one.
+fn cache_answer(
+    w: &Worker,
+    snap: &Snapshot,
+    q: &dns::Query,
+    client: std::net::IpAddr,
+    resp: &[u8],
+    added: dns::Added,
+    now: Instant,
+) {
+    if let Some(cache) = &w.shared.cache
+        && let Some(req) = cache.request(q, client, &snap.config.upstream)
+    {
+        cache.insert(&req, q, resp, added, now, &w.metrics);
     }
 }
 
@@ -747,6 +770,8 @@ async fn forward_tcp(
                     .latency
                     .observe_ns(sent.elapsed().as_nanos() as u64);
                 if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
+                    let snap = w.snapshot();
+                    cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
                     return (out, Some(ws.server.addr));
                 }
                 w.metrics.malformed(Malformed::BadUpstreamResponse);
@@ -766,6 +791,19 @@ async fn forward_tcp(
                 });
             }
         }
+    }
+    let snap = w.snapshot();
+    let cache = w.shared.cache.as_ref();
+    if pipeline::stale_answer(
+        cache,
+        &snap,
+        &w.metrics,
+        (q, peer.ip()),
+        msg,
+        None,
+        &mut out,
+    ) {
+        return (out, None);
     }
     w.metrics.dropped(DropReason::UpstreamUnavailable);
     w.shared.log.event(Event::ServFail {

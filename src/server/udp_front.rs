@@ -95,6 +95,7 @@ impl UdpFront {
                 worker: self.worker,
                 latency: Latency::Batch { answered: 0 },
                 sign: &mut sign,
+                cache: self.shared.cache.as_ref(),
             };
             for i in 0..n {
                 let Some((pkt, src)) = rx.get(i) else {
@@ -163,7 +164,8 @@ impl UdpFront {
         for p in rejected {
             let Some(out) = tx.next_buf() else { break };
             let e = ForwardError::PendingFull;
-            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, &p, &e, out) {
+            let cache = self.shared.cache.as_ref();
+            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, cache, &p, &e, out) {
                 tx.commit(p.client.addr);
             }
         }
