@@ -81,7 +81,12 @@ impl App {
         control.block_on(async {
             for zone in &config.zones.transfer {
                 let _ = transfers
-                    .refresh(&config.upstream.servers, zone, true)
+                    .refresh(
+                        &config.upstream.servers,
+                        config.upstream.own_query_preamble(),
+                        zone,
+                        true,
+                    )
                     .await;
             }
         });

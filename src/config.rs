@@ -583,6 +583,16 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
 }
 
 impl UpstreamConfig {
+    /// What dnsteer's own queries to PowerDNS (health checks, SOA polls, zone transfers) start
+    /// with: with "proxy" PowerDNS requires a PROXY header from dnsteer's addresses, and a
+    /// LOCAL one says the query is dnsteer's own.
+    pub fn own_query_preamble(&self) -> &'static [u8] {
+        match self.client_address {
+            ClientAddress::Proxy => &crate::dns::proxy::LOCAL,
+            _ => &[],
+        }
+    }
+
     /// Whether forwarded queries without ECS get the client's subnet added.
     pub fn add_ecs(&self) -> bool {
         self.client_address == ClientAddress::Ecs

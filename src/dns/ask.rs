@@ -78,6 +78,17 @@ pub async fn exchange_udp(
     query: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, ExchangeError> {
+    exchange_udp_with(server, &[], query, timeout).await
+}
+
+/// [`exchange_udp`] with `preamble` sent in front of the query in the same datagram (a PROXY
+/// protocol header, [`super::proxy::LOCAL`], for a PowerDNS that requires one).
+pub async fn exchange_udp_with(
+    server: SocketAddr,
+    preamble: &[u8],
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ExchangeError> {
     let q = parse_query(query).map_err(ExchangeError::BadQuery)?;
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -87,7 +98,11 @@ pub async fn exchange_udp(
     let attempt = async {
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(server).await?;
-        sock.send(query).await?;
+        if preamble.is_empty() {
+            sock.send(query).await?;
+        } else {
+            sock.send(&[preamble, query].concat()).await?;
+        }
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
             let n = sock.recv(&mut buf).await?;

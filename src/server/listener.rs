@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::config::ClientAddress;
 use crate::dns::{self, rcode};
-use crate::forward::upstream::{ForwardError, Pending, WorkerUpstreams};
+use crate::forward::upstream::{ForwardError, Pending, TcpPool, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
 use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
@@ -627,6 +628,12 @@ async fn tcp_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = w.shared.restart.tcp.clone();
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // With `client_address = "proxy"`: this client's own upstream connections, made on its
+    // first forwarded query and closed with it.
+    let own = Rc::new(ClientPools::new(peer, local));
     let (mut rd, mut wr) = stream.into_split();
     // Responses are written by one task; the queue is bounded by the in-flight limit, and a
     // client that does not read stalls only itself: its permits stay taken, we stop reading.
@@ -694,8 +701,9 @@ async fn tcp_connection(
                 let ups = w.upstreams(&snap);
                 let tx = tx.clone();
                 let w2 = w.clone();
+                let own = own.clone();
                 tokio::task::spawn_local(async move {
-                    let resp = forward_tcp(&w2, &ups, &msg, &query, peer).await;
+                    let resp = forward_tcp(&w2, &ups, &own, &msg, &query, peer).await;
                     let snap = w2.snapshot();
                     pipeline::forwarded_done(
                         &snap,
@@ -733,11 +741,41 @@ async fn tcp_connection(
     .await;
 }
 
+/// One TCP client's own connections to PowerDNS (one per server, pipelined), each opened with
+/// a PROXY header naming the client: a header speaks for a whole connection, so connections
+/// shared by many clients cannot carry one. Dropped, and closed, with the client connection.
+struct ClientPools {
+    header: Vec<u8>,
+    pools: RefCell<Vec<(SocketAddr, Rc<TcpPool>)>>,
+}
+
+impl ClientPools {
+    fn new(peer: SocketAddr, local: SocketAddr) -> ClientPools {
+        let mut header = Vec::with_capacity(dns::proxy::MAX_LEN);
+        dns::proxy::header(peer, local, false, &mut header);
+        ClientPools {
+            header,
+            pools: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn pool(&self, server: SocketAddr) -> Rc<TcpPool> {
+        let mut pools = self.pools.borrow_mut();
+        if let Some((_, p)) = pools.iter().find(|(a, _)| *a == server) {
+            return p.clone();
+        }
+        let p = Rc::new(TcpPool::with_preamble(server, 1, self.header.clone()));
+        pools.push((server, p.clone()));
+        p
+    }
+}
+
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
 /// servers; returns the client's response (SERVFAIL if every attempt failed) and the server.
 async fn forward_tcp(
     w: &Worker,
     ups: &WorkerUpstreams,
+    own: &ClientPools,
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
@@ -756,7 +794,12 @@ async fn forward_tcp(
         let sent = Instant::now();
         let timeout = ups.set.config.timeout;
         // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
-        let mut waiter = match ws.tcp.send(buf.clone(), timeout) {
+        let proxied = match ups.set.config.client_address {
+            ClientAddress::Proxy => Some(own.pool(ws.server.addr)),
+            _ => None,
+        };
+        let pool = proxied.as_deref().unwrap_or(&ws.tcp);
+        let mut waiter = match pool.send(buf.clone(), timeout) {
             Ok(w) => w,
             Err(_) => {
                 ws.counters.errors.inc();

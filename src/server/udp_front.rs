@@ -56,6 +56,10 @@ impl UdpFront {
             return;
         }
         let fd = self.sock.as_raw_fd();
+        let local = self
+            .sock
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let metrics = self.shared.metrics.register_worker();
         let mut snap_cache = arc_swap::Cache::new(self.shared.snapshot.clone());
         let mut sampler = Sampler::default();
@@ -112,6 +116,7 @@ impl UdpFront {
                             client: UdpClient {
                                 addr: src,
                                 listener: self.listener,
+                                local,
                             },
                             orig_id: query.id,
                             added: Added::Nothing,
