@@ -83,7 +83,7 @@ impl App {
                 let _ = transfers
                     .refresh(
                         &config.upstream.servers,
-                        config.upstream.own_query_preamble(),
+                        config.upstream.proxies_own_queries(),
                         zone,
                         true,
                     )

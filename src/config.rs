@@ -583,14 +583,12 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
 }
 
 impl UpstreamConfig {
-    /// What dnsteer's own queries to PowerDNS (health checks, SOA polls, zone transfers) start
-    /// with: with "proxy" PowerDNS requires a PROXY header from dnsteer's addresses, and a
-    /// LOCAL one says the query is dnsteer's own.
-    pub fn own_query_preamble(&self) -> &'static [u8] {
-        match self.client_address {
-            ClientAddress::Proxy => &crate::dns::proxy::LOCAL,
-            _ => &[],
-        }
+    /// Whether dnsteer's own queries to PowerDNS (health checks, SOA polls, zone transfers)
+    /// need a PROXY header: with "proxy" PowerDNS requires one from dnsteer's addresses. It
+    /// names dnsteer's own socket (a LOCAL header would make PowerDNS 4.7 check
+    /// `allow-axfr-ips` against 0.0.0.0 and refuse the transfer).
+    pub fn proxies_own_queries(&self) -> bool {
+        self.client_address == ClientAddress::Proxy
     }
 
     /// Whether forwarded queries without ECS get the client's subnet added.

@@ -62,8 +62,22 @@ fn start(pdns: &Pdns, mode: &str) -> (App, tempfile::TempDir) {
 #[test]
 fn proxy_mode_passes_the_real_client_address_over_udp_and_tcp() {
     let pdns = Pdns::start(&[("pp.test.", ZONE)], &["proxy-protocol-from=127.0.0.0/8"]);
-    let (app, _dir) = start(&pdns, "proxy");
+    // With a zone transfer too: dnsteer's own queries (SOA polls, AXFR, health checks) carry a
+    // header naming dnsteer's socket, which allow-axfr-ips=127.0.0.0/8 admits.
+    let (app, _dir) = inproc::start_with(
+        &[pdns.addr()],
+        "client_address = \"proxy\"\n[zones]\ntransfer = [\"pp.test.\"]\n",
+    );
     let front = app.dns_addrs[0];
+    let text = inproc::scrape(&app);
+    assert_eq!(
+        inproc::metric(
+            &text,
+            "dnsteer_zone_transfers_total{zone=\"pp.test.\",result=\"ok\"}"
+        ),
+        1.0,
+        "{text}"
+    );
     for (source, tcp) in [
         ("127.0.0.2", false),
         ("127.0.0.3", true),
@@ -80,7 +94,7 @@ fn proxy_mode_passes_the_real_client_address_over_udp_and_tcp() {
             "who from {source} (tcp: {tcp})"
         );
     }
-    // dnsteer's own queries (health checks) carry a LOCAL header: PowerDNS answers them.
+    // Health checks get answers.
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let text = inproc::scrape(&app);

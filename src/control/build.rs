@@ -109,7 +109,7 @@ pub async fn build_snapshot(
     let keys = load_keys(&config.dnssec)?;
     let mut zones = super::zone_facts::learn_all(
         &config.upstream.servers,
-        config.upstream.own_query_preamble(),
+        config.upstream.proxies_own_queries(),
         &record_names,
         config.upstream.timeout,
         &previous_zones,

@@ -535,20 +535,20 @@ pub async fn transfer(
     zone: &str,
     timeout: Duration,
 ) -> Result<ZoneData, XfrError> {
-    transfer_with(servers, &[], zone, timeout).await
+    transfer_with(servers, false, zone, timeout).await
 }
 
-/// [`transfer`] with `preamble` (a PROXY protocol header) written first on each connection.
+/// [`transfer`]; with `proxied`, each connection starts with a PROXY header naming itself.
 pub async fn transfer_with(
     servers: &[SocketAddr],
-    preamble: &[u8],
+    proxied: bool,
     zone: &str,
     timeout: Duration,
 ) -> Result<ZoneData, XfrError> {
     let zone_wire = zone_wire(zone)?;
     let mut last = XfrError::NoServers;
     for &server in servers {
-        match tokio::time::timeout(timeout, axfr_from(server, preamble, &zone_wire)).await {
+        match tokio::time::timeout(timeout, axfr_from(server, proxied, &zone_wire)).await {
             Ok(Ok(data)) => return Ok(data),
             Ok(Err(e)) => last = e,
             Err(_) => last = XfrError::Timeout { server, timeout },
@@ -560,11 +560,11 @@ pub async fn transfer_with(
 
 async fn axfr_from(
     server: SocketAddr,
-    preamble: &[u8],
+    proxied: bool,
     zone_wire: &[u8],
 ) -> Result<ZoneData, XfrError> {
     let io = |source| XfrError::Io { server, source };
-    let mut stream = connect(server, preamble).await.map_err(io)?;
+    let mut stream = connect(server, proxied).await.map_err(io)?;
     let id = fastrand::u16(..);
     let mut buf = Vec::with_capacity(MAX_FRAME);
     let query = build_query(id, zone_wire, TYPE_AXFR, None);
@@ -616,13 +616,13 @@ pub async fn soa_serial(
     zone: &str,
     timeout: Duration,
 ) -> Result<u32, XfrError> {
-    soa_serial_with(servers, &[], zone, timeout).await
+    soa_serial_with(servers, false, zone, timeout).await
 }
 
-/// [`soa_serial`] with `preamble` (a PROXY protocol header) in front of each query.
+/// [`soa_serial`]; with `proxied`, each query comes behind a PROXY header naming its socket.
 pub async fn soa_serial_with(
     servers: &[SocketAddr],
-    preamble: &[u8],
+    proxied: bool,
     zone: &str,
     timeout: Duration,
 ) -> Result<u32, XfrError> {
@@ -632,7 +632,7 @@ pub async fn soa_serial_with(
         let mut timed_out = false;
         for &server in servers {
             // The UDP exchange inside has the same timeout and may be the one that fires.
-            match tokio::time::timeout(timeout, soa_from(server, preamble, &zone_wire, timeout))
+            match tokio::time::timeout(timeout, soa_from(server, proxied, &zone_wire, timeout))
                 .await
             {
                 Ok(Ok(serial)) => return Ok(serial),
@@ -651,14 +651,14 @@ pub async fn soa_serial_with(
 
 async fn soa_from(
     server: SocketAddr,
-    preamble: &[u8],
+    proxied: bool,
     zone_wire: &[u8],
     timeout: Duration,
 ) -> Result<u32, XfrError> {
     let io = |source| XfrError::Io { server, source };
     let id = fastrand::u16(..);
     let q = build_query(id, zone_wire, TYPE_SOA, None);
-    let answer = exchange_udp_with(server, preamble, &q, timeout)
+    let answer = exchange_udp_with(server, proxied, &q, timeout)
         .await
         .map_err(|e| match e {
             ExchangeError::Io(source) => io(source),
@@ -669,18 +669,20 @@ async fn soa_from(
     if !h.truncated() {
         return soa_answer(&answer, id, zone_wire).map_err(|f| f.at(server));
     }
-    let mut stream = connect(server, preamble).await.map_err(io)?;
+    let mut stream = connect(server, proxied).await.map_err(io)?;
     let mut buf = Vec::with_capacity(MAX_FRAME);
     write_frame(&mut stream, &q, &mut buf).await.map_err(io)?;
     read_message(&mut stream, &mut buf, server).await?;
     soa_answer(&buf, id, zone_wire).map_err(|f| f.at(server))
 }
 
-/// A TCP connection to `server` with `preamble` written first.
-async fn connect(server: SocketAddr, preamble: &[u8]) -> std::io::Result<TcpStream> {
+/// A TCP connection to `server`, opened with a PROXY header naming itself when `proxied`.
+async fn connect(server: SocketAddr, proxied: bool) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(server).await?;
-    if !preamble.is_empty() {
-        tokio::io::AsyncWriteExt::write_all(&mut stream, preamble).await?;
+    if proxied {
+        let mut header = Vec::with_capacity(crate::dns::proxy::MAX_LEN);
+        crate::dns::proxy::header(stream.local_addr()?, server, false, &mut header);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &header).await?;
     }
     Ok(stream)
 }

@@ -78,14 +78,14 @@ pub async fn exchange_udp(
     query: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, ExchangeError> {
-    exchange_udp_with(server, &[], query, timeout).await
+    exchange_udp_with(server, false, query, timeout).await
 }
 
-/// [`exchange_udp`] with `preamble` sent in front of the query in the same datagram (a PROXY
-/// protocol header, [`super::proxy::LOCAL`], for a PowerDNS that requires one).
+/// [`exchange_udp`]; with `proxied`, a PROXY v2 header naming this socket goes in front of the
+/// query (for a PowerDNS with `proxy-protocol-from`).
 pub async fn exchange_udp_with(
     server: SocketAddr,
-    preamble: &[u8],
+    proxied: bool,
     query: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, ExchangeError> {
@@ -98,10 +98,13 @@ pub async fn exchange_udp_with(
     let attempt = async {
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(server).await?;
-        if preamble.is_empty() {
-            sock.send(query).await?;
+        if proxied {
+            let mut datagram = Vec::with_capacity(super::proxy::MAX_LEN + query.len());
+            super::proxy::header(sock.local_addr()?, server, true, &mut datagram);
+            datagram.extend_from_slice(query);
+            sock.send(&datagram).await?;
         } else {
-            sock.send(&[preamble, query].concat()).await?;
+            sock.send(query).await?;
         }
         let mut buf = vec![0u8; MAX_FRAME];
         loop {

@@ -9,11 +9,6 @@ const SIGNATURE: [u8; 12] = *b"\r\n\r\n\x00\r\nQUIT\n";
 /// Version 2, command PROXY.
 const V2_PROXY: u8 = 0x21;
 
-/// A header for dnsteer's own queries (health checks, SOA polls, zone transfers): version 2,
-/// command LOCAL, no addresses. PowerDNS requires a header from every `proxy-protocol-from`
-/// source, and LOCAL tells it the connection speaks for itself.
-pub const LOCAL: [u8; 16] = *b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00";
-
 /// Largest header written here (IPv6).
 pub const MAX_LEN: usize = 16 + 36;
 
@@ -78,6 +73,5 @@ mod tests {
         assert_eq!(out.len(), MAX_LEN);
         assert_eq!(&out[12..16], &[0x21, 0x21, 0, 36]);
         assert_eq!(&out[48..], &[0, 1, 0, 53]);
-        assert_eq!(&LOCAL[..12], &SIGNATURE);
     }
 }

@@ -185,7 +185,7 @@ async fn check_once(addr: SocketAddr, cfg: &UpstreamConfig, id: u16) -> bool {
         return false;
     };
     let query = dns::build_query(id, &name, dns::TYPE_SOA, None);
-    match dns::exchange_udp_with(addr, cfg.own_query_preamble(), &query, cfg.timeout).await {
+    match dns::exchange_udp_with(addr, cfg.proxies_own_queries(), &query, cfg.timeout).await {
         Ok(answer) => {
             let rcode = answer[3] & 0x0f;
             !cfg.health_check_must_resolve || rcode == dns::rcode::NOERROR
