@@ -22,6 +22,9 @@
 #                  unlimited dnsdist/dnsteer (cost of the limiter; pick N far above the achieved
 #                  QPS so nothing is dropped)
 #      ECS=1       both proxies add ECS to forwarded queries (default off, as in dnsdist)
+#      CACHE=1     forward mode: both proxies cache answers (dnsteer [cache] enabled = true,
+#                  max_ttl 60 s; dnsdist newPacketCache(100000, {maxTTL=60}) on its default pool,
+#                  TTLs not aged in either: dontAge / age_ttls = false)
 #      LOG_SAMPLE=0.01  dnsteer logging.query_sample_rate (the default; the log goes to a file)
 #      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
 #      SETS="..."  lua mode: which query sets (default "static health lua")
@@ -40,7 +43,7 @@ cd "$ROOT"
 MODE="${MODE:-forward}"
 RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
-MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
+MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
 SETS="${SETS:-static health lua}"
 case $MODE in forward | lua) ;; *) die "MODE must be forward or lua" ;; esac
@@ -108,7 +111,11 @@ start_dnsdist() {  # start_dnsdist NAME MAXQPS(or empty): forwards to pdns
   mkdir -p "$dir"
   port=$(free_port)
   {
-    echo "-- no packet cache: every query goes to PowerDNS, as with dnsteer"
+    if [[ $CACHE == 1 ]]; then
+      echo "-- packet cache, as dnsteer's [cache] in this run"
+    else
+      echo "-- no packet cache: every query goes to PowerDNS, as with dnsteer"
+    fi
     echo "setSecurityPollSuffix('')"
     echo "setLocal('127.0.0.1:$port', {reusePort=true})"
     echo "addLocal('127.0.0.1:$port', {reusePort=true})   -- 2 listener threads for 2 cores"
@@ -116,6 +123,7 @@ start_dnsdist() {  # start_dnsdist NAME MAXQPS(or empty): forwards to pdns
     echo "newServer({address='127.0.0.1:${PORT[pdns]}', sockets=2, checkName='demo.test.', useClientSubnet=$([[ $ECS == 1 ]] && echo true || echo false)})"
     echo "setServerPolicy(firstAvailable)"
     [[ -n $maxqps ]] && echo "addAction(MaxQPSIPRule($maxqps), DropAction())"
+    [[ $CACHE == 1 ]] && echo "getPool(''):setCache(newPacketCache(100000, {maxTTL=60, dontAge=true}))"
     true
   } >"$dir/dnsdist.conf"
   start_bg "$name" "$dir/dnsdist.log" dnsdist --supervised --disable-syslog -C "$dir/dnsdist.conf"
@@ -138,8 +146,11 @@ start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINA
     else
       printf '[ratelimit]\nenabled = false\n\n'
     fi
-    printf '[upstream]\nservers = ["127.0.0.1:%s"]\nadd_ecs = %s\n\n' "${PORT[pdns]}" \
-      "$([[ $ECS == 1 ]] && echo true || echo false)"
+    printf '[upstream]\nservers = ["127.0.0.1:%s"]\nclient_address = "%s"\n\n' "${PORT[pdns]}" \
+      "$([[ $ECS == 1 ]] && echo ecs || echo none)"
+    if [[ $CACHE == 1 ]]; then
+      printf '[cache]\nenabled = true\nmax_entries = 100000\nmax_ttl = "60s"\n\n'
+    fi
     printf '[probes]\ninterval = "2s"\ntimeout = "1s"\n'
     if [[ $records == 1 ]]; then
       # The same bodies as the PowerDNS zone (config/demo/demo.test.zone).

@@ -70,6 +70,7 @@ fn ctx_for<'a>(
         worker: 0,
         latency: pipeline::Latency::Batch { answered: 0 },
         sign,
+        cache: None,
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::control::build::{self, BuildError};
 use crate::control::{Control, ControlStatus, admin, reload, unix_now, zones};
+use crate::forward::cache::PacketCache;
 use crate::forward::upstream;
 use crate::ratelimit::RateLimiter;
 use crate::server::listener;
@@ -80,7 +81,12 @@ impl App {
         control.block_on(async {
             for zone in &config.zones.transfer {
                 let _ = transfers
-                    .refresh(&config.upstream.servers, zone, true)
+                    .refresh(
+                        &config.upstream.servers,
+                        config.upstream.proxies_own_queries(),
+                        zone,
+                        true,
+                    )
                     .await;
             }
         });
@@ -92,6 +98,7 @@ impl App {
             &transfers.specs(),
         ))?;
         let (notify_tx, notify_rx) = tokio::sync::mpsc::channel(zones::NOTIFY_QUEUE);
+        let snap_zones = snap.config.zones.transfer.clone();
         let status = ControlStatus {
             config_file: config_path.display().to_string(),
             config_hash: snap.config.hash.clone(),
@@ -107,6 +114,10 @@ impl App {
             restart: restart.clone(),
             tcp_counts: TcpCounts::default(),
             notify_tx,
+            cache: restart
+                .cache
+                .enabled
+                .then(|| PacketCache::new(&restart.cache, &snap_zones)),
         });
         let ctl = Arc::new(Control {
             data: shared.clone(),

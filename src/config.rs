@@ -116,6 +116,43 @@ pub struct RestartSettings {
     pub socket_buffer: usize,
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
+    /// `[cache]`: the packet cache is sized once, at start.
+    pub cache: CacheConfig,
+}
+
+/// `[cache]`: the packet cache for answers from PowerDNS (see `forward::cache`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Entries kept at most (answers and per-name scope markers), across all shards.
+    pub max_entries: usize,
+    /// Bytes kept at most: stored answers plus a fixed overhead per entry.
+    pub max_bytes: usize,
+    /// Longest time a positive answer is kept (its smallest answer TTL is used when shorter).
+    pub max_ttl: Duration,
+    /// Answers whose lifetime would be shorter than this are not cached.
+    pub min_ttl: Duration,
+    /// Longest time a negative answer (NXDOMAIN / NODATA) is kept; its own lifetime is
+    /// min(SOA TTL, SOA minimum) from the authority section.
+    pub negative_ttl_cap: Duration,
+    /// Serve TTLs decremented by the time spent in the cache (a resolver cache's way) instead
+    /// of as PowerDNS gave them (an authoritative server's way, dnsdist `dontAge`).
+    pub age_ttls: bool,
+    /// How long past its expiry an entry may still answer (TTL 30) when PowerDNS cannot
+    /// (RFC 8767 serve-stale); 0 turns it off.
+    pub stale_ttl: Duration,
+}
+
+/// `[upstream].client_address`: how PowerDNS learns who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAddress {
+    /// An ECS option with the client's subnet is added to queries that carry none.
+    Ecs,
+    /// A PROXY protocol v2 header with the client's address and port precedes each datagram
+    /// (and each client's own upstream TCP connection).
+    Proxy,
+    /// Nothing: PowerDNS sees dnsteer.
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -200,7 +237,7 @@ pub struct UpstreamConfig {
     pub health_check_fall: u32,
     /// Consecutive good checks before it comes back.
     pub health_check_rise: u32,
-    pub add_ecs: bool,
+    pub client_address: ClientAddress,
     pub ecs_ipv4_prefix: u8,
     pub ecs_ipv6_prefix: u8,
     /// Pooled TCP connections per worker per server for TCP clients.
@@ -389,6 +426,21 @@ struct RawConfig {
     records: Vec<RawRecord>,
     #[serde(default)]
     reload: RawReload,
+    #[serde(default)]
+    cache: RawCache,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    enabled: Option<bool>,
+    max_entries: S<i64>,
+    max_bytes: S<i64>,
+    max_ttl: S<String>,
+    min_ttl: S<String>,
+    negative_ttl_cap: S<String>,
+    age_ttls: Option<bool>,
+    stale_ttl: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -457,7 +509,8 @@ struct RawUpstream {
     health_check_must_resolve: Option<bool>,
     health_check_fall: S<i64>,
     health_check_rise: S<i64>,
-    add_ecs: Option<bool>,
+    add_ecs: S<bool>,
+    client_address: S<String>,
     ecs_ipv4_prefix: S<i64>,
     ecs_ipv6_prefix: S<i64>,
     tcp_pool_size: S<i64>,
@@ -576,12 +629,25 @@ pub fn normalize_name(name: &str) -> Result<String, String> {
 }
 
 impl UpstreamConfig {
+    /// Whether dnsteer's own queries to PowerDNS (health checks, SOA polls, zone transfers)
+    /// need a PROXY header: with "proxy" PowerDNS requires one from dnsteer's addresses. It
+    /// names dnsteer's own socket (a LOCAL header would make PowerDNS 4.7 check
+    /// `allow-axfr-ips` against 0.0.0.0 and refuse the transfer).
+    pub fn proxies_own_queries(&self) -> bool {
+        self.client_address == ClientAddress::Proxy
+    }
+
+    /// Whether forwarded queries without ECS get the client's subnet added.
+    pub fn add_ecs(&self) -> bool {
+        self.client_address == ClientAddress::Ecs
+    }
+
     /// Who PowerDNS would see as the client of a query without ECS from `source`: with
     /// `add_ecs`, the source masked to the prefix dnsteer adds; else the source itself. The
     /// in-process rules hash this same identity, so a client gets the same choice whether its
     /// query is answered here or forwarded.
     pub fn client_identity(&self, source: IpAddr) -> IpAddr {
-        if !self.add_ecs {
+        if !self.add_ecs() {
             return source;
         }
         let prefix = if source.is_ipv4() {
@@ -635,7 +701,8 @@ impl Config {
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let v = Validator { map: &map };
-        let restart = v.restart(&raw.server, &raw.metrics)?;
+        let mut restart = v.restart(&raw.server, &raw.metrics)?;
+        restart.cache = v.cache(&raw.cache)?;
         let upstream = v.upstream(&raw.upstream)?;
         let cfg = Config {
             path: path.to_path_buf(),
@@ -918,7 +985,74 @@ impl Validator<'_> {
                 "25s",
                 Duration::ZERO,
             )?,
+            cache: self.cache(&RawCache::default())?,
         })
+    }
+
+    fn cache(&self, c: &RawCache) -> Result<CacheConfig, ConfigError> {
+        let cfg = CacheConfig {
+            enabled: c.enabled.unwrap_or(false),
+            max_entries: self.int(&c.max_entries, "cache.max_entries", 100_000, 1, 1 << 28)?
+                as usize,
+            max_bytes: self.int(&c.max_bytes, "cache.max_bytes", 64 << 20, 1 << 16, 1 << 40)?
+                as usize,
+            max_ttl: self.dur(&c.max_ttl, "cache.max_ttl", "60s", Duration::from_secs(1))?,
+            min_ttl: self.dur(&c.min_ttl, "cache.min_ttl", "0s", Duration::ZERO)?,
+            negative_ttl_cap: self.dur(
+                &c.negative_ttl_cap,
+                "cache.negative_ttl_cap",
+                "30s",
+                Duration::ZERO,
+            )?,
+            age_ttls: c.age_ttls.unwrap_or(false),
+            stale_ttl: self.dur(&c.stale_ttl, "cache.stale_ttl", "1h", Duration::ZERO)?,
+        };
+        if cfg.min_ttl > cfg.max_ttl
+            && let Some(m) = &c.min_ttl
+        {
+            return self.err(
+                m.span(),
+                "cache.min_ttl",
+                format!(
+                    "{:?} is above cache.max_ttl ({:?}): nothing could be cached",
+                    cfg.min_ttl, cfg.max_ttl
+                ),
+            );
+        }
+        Ok(cfg)
+    }
+
+    fn client_address(&self, u: &RawUpstream) -> Result<ClientAddress, ConfigError> {
+        let from_alias = u.add_ecs.as_ref().map(|a| {
+            if *a.get_ref() {
+                ClientAddress::Ecs
+            } else {
+                ClientAddress::None
+            }
+        });
+        let Some(c) = &u.client_address else {
+            return Ok(from_alias.unwrap_or(ClientAddress::Ecs));
+        };
+        let mode = match c.get_ref().as_str() {
+            "ecs" => ClientAddress::Ecs,
+            "proxy" => ClientAddress::Proxy,
+            "none" => ClientAddress::None,
+            other => {
+                return self.err(
+                    c.span(),
+                    "upstream.client_address",
+                    format!("\"{other}\" is not \"ecs\", \"proxy\" or \"none\""),
+                );
+            }
+        };
+        match (&u.add_ecs, from_alias) {
+            (Some(a), Some(alias)) if alias != mode => self.err(
+                a.span(),
+                "upstream.add_ecs",
+                "contradicts upstream.client_address (add_ecs is its old spelling: drop it)",
+            ),
+            _ => Ok(mode),
+        }
     }
 
     fn logging(&self, l: &RawLogging) -> Result<LoggingConfig, ConfigError> {
@@ -1130,7 +1264,7 @@ impl Validator<'_> {
                 1,
                 100,
             )? as u32,
-            add_ecs: u.add_ecs.unwrap_or(true),
+            client_address: self.client_address(u)?,
             ecs_ipv4_prefix: self.int(&u.ecs_ipv4_prefix, "upstream.ecs_ipv4_prefix", 24, 0, 32)?
                 as u8,
             ecs_ipv6_prefix: self.int(&u.ecs_ipv6_prefix, "upstream.ecs_ipv6_prefix", 56, 0, 128)?
@@ -1415,7 +1549,9 @@ mod tests {
             (c.upstream.ecs_ipv4_prefix, c.upstream.ecs_ipv6_prefix),
             (24, 56)
         );
-        assert!(c.upstream.add_ecs);
+        assert_eq!(c.upstream.client_address, ClientAddress::Ecs);
+        assert!(!c.restart.cache.enabled);
+        assert!(!c.restart.cache.age_ttls);
         assert_eq!(c.logging.query_sample_rate, 0.01);
         assert_eq!(c.logging.format, LogFormat::Json);
         assert_eq!(c.probes.interval, Duration::from_secs(5));
@@ -1439,6 +1575,24 @@ mod tests {
             e.to_string(),
             "/etc/dnsteer/dnsteer.toml:2:10: ratelimit.action: \"block\" is not \"drop\", \"refused\" or \"truncate\""
         );
+    }
+
+    #[test]
+    fn client_address_and_its_add_ecs_alias() {
+        let mode = |t: &str| parse(&format!("[upstream]\n{t}")).map(|c| c.upstream.client_address);
+        assert_eq!(mode("").unwrap(), ClientAddress::Ecs);
+        assert_eq!(mode("add_ecs = false\n").unwrap(), ClientAddress::None);
+        assert_eq!(mode("add_ecs = true\n").unwrap(), ClientAddress::Ecs);
+        assert_eq!(
+            mode("client_address = \"proxy\"\n").unwrap(),
+            ClientAddress::Proxy
+        );
+        assert_eq!(
+            mode("client_address = \"none\"\nadd_ecs = false\n").unwrap(),
+            ClientAddress::None
+        );
+        let e = mode("client_address = \"proxy\"\nadd_ecs = true\n").unwrap_err();
+        assert!(e.to_string().contains("upstream.add_ecs"), "{e}");
     }
 
     #[test]

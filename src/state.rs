@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, RestartSettings};
+use crate::forward::cache::PacketCache;
 use crate::forward::upstream::UpstreamSet;
 use crate::ratelimit::RateLimiter;
 use crate::steer::geo::GeoDb;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub tcp_counts: TcpCounts,
     /// NOTIFYs from the packet path to the transfer loop (bounded; full = dropped).
     pub notify_tx: tokio::sync::mpsc::Sender<String>,
+    /// The packet cache for answers from PowerDNS (`[cache].enabled`).
+    pub cache: Option<PacketCache>,
 }
 
 /// Connection counts shared by all workers (touched on accept and close only).

@@ -75,6 +75,25 @@ pub fn gather(ctl: &Control) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     ctl.data.metrics.gather(&mut out);
     let snap = ctl.data.snapshot.load();
+    let (entries, bytes, evictions) = ctl.data.cache.as_ref().map_or((0, 0, 0), |c| c.stats());
+    out.push(scalar(
+        "dnsteer_cache_entries",
+        "Entries in the packet cache (answers and scope markers).",
+        MetricType::GAUGE,
+        entries as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_cache_bytes",
+        "Bytes the packet cache holds (answers plus per-entry overhead).",
+        MetricType::GAUGE,
+        bytes as f64,
+    ));
+    out.push(scalar(
+        "dnsteer_cache_evictions_total",
+        "Packet cache entries removed to make room.",
+        MetricType::COUNTER,
+        evictions as f64,
+    ));
 
     let servers = &snap.upstream.servers;
     let lbl = |s: &crate::forward::upstream::UpstreamServer| vec![("server", s.addr.to_string())];

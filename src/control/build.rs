@@ -109,6 +109,7 @@ pub async fn build_snapshot(
     let keys = signing_keys(&config.dnssec)?;
     let mut zones = super::zone_facts::learn_all(
         &config.upstream.servers,
+        config.upstream.proxies_own_queries(),
         &record_names,
         config.upstream.timeout,
         &previous_zones,

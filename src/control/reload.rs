@@ -288,5 +288,6 @@ pub fn restart_diff(running: &RestartSettings, file: &RestartSettings) -> Vec<St
         running.shutdown_drain != file.shutdown_drain
             || running.shutdown_grace != file.shutdown_grace,
     );
+    check("cache.*", running.cache != file.cache);
     out
 }

@@ -47,7 +47,7 @@ use crate::dns::message::{Cursor, Header, Rr, WireError};
 use crate::dns::name::push_decimal_escape;
 use crate::dns::{
     CLASS_IN, ExchangeError, MAX_FRAME, OPCODE_QUERY, TYPE_AXFR, TYPE_SOA, build_query,
-    exchange_udp, name_from_text, name_text, rcode, read_frame, write_frame,
+    exchange_udp_with, name_from_text, name_text, rcode, read_frame, write_frame,
 };
 
 /// Type code of PowerDNS LUA records.
@@ -535,10 +535,20 @@ pub async fn transfer(
     zone: &str,
     timeout: Duration,
 ) -> Result<ZoneData, XfrError> {
+    transfer_with(servers, false, zone, timeout).await
+}
+
+/// [`transfer`]; with `proxied`, each connection starts with a PROXY header naming itself.
+pub async fn transfer_with(
+    servers: &[SocketAddr],
+    proxied: bool,
+    zone: &str,
+    timeout: Duration,
+) -> Result<ZoneData, XfrError> {
     let zone_wire = zone_wire(zone)?;
     let mut last = XfrError::NoServers;
     for &server in servers {
-        match tokio::time::timeout(timeout, axfr_from(server, &zone_wire)).await {
+        match tokio::time::timeout(timeout, axfr_from(server, proxied, &zone_wire)).await {
             Ok(Ok(data)) => return Ok(data),
             Ok(Err(e)) => last = e,
             Err(_) => last = XfrError::Timeout { server, timeout },
@@ -548,9 +558,13 @@ pub async fn transfer(
     Err(last)
 }
 
-async fn axfr_from(server: SocketAddr, zone_wire: &[u8]) -> Result<ZoneData, XfrError> {
+async fn axfr_from(
+    server: SocketAddr,
+    proxied: bool,
+    zone_wire: &[u8],
+) -> Result<ZoneData, XfrError> {
     let io = |source| XfrError::Io { server, source };
-    let mut stream = TcpStream::connect(server).await.map_err(io)?;
+    let mut stream = connect(server, proxied).await.map_err(io)?;
     let id = fastrand::u16(..);
     let mut buf = Vec::with_capacity(MAX_FRAME);
     let query = build_query(id, zone_wire, TYPE_AXFR, None);
@@ -602,13 +616,25 @@ pub async fn soa_serial(
     zone: &str,
     timeout: Duration,
 ) -> Result<u32, XfrError> {
+    soa_serial_with(servers, false, zone, timeout).await
+}
+
+/// [`soa_serial`]; with `proxied`, each query comes behind a PROXY header naming its socket.
+pub async fn soa_serial_with(
+    servers: &[SocketAddr],
+    proxied: bool,
+    zone: &str,
+    timeout: Duration,
+) -> Result<u32, XfrError> {
     let zone_wire = zone_wire(zone)?;
     let mut last = XfrError::NoServers;
     for _ in 0..SOA_ATTEMPTS {
         let mut timed_out = false;
         for &server in servers {
             // The UDP exchange inside has the same timeout and may be the one that fires.
-            match tokio::time::timeout(timeout, soa_from(server, &zone_wire, timeout)).await {
+            match tokio::time::timeout(timeout, soa_from(server, proxied, &zone_wire, timeout))
+                .await
+            {
                 Ok(Ok(serial)) => return Ok(serial),
                 Ok(Err(e)) => last = e,
                 Err(_) => last = XfrError::Timeout { server, timeout },
@@ -625,13 +651,14 @@ pub async fn soa_serial(
 
 async fn soa_from(
     server: SocketAddr,
+    proxied: bool,
     zone_wire: &[u8],
     timeout: Duration,
 ) -> Result<u32, XfrError> {
     let io = |source| XfrError::Io { server, source };
     let id = fastrand::u16(..);
     let q = build_query(id, zone_wire, TYPE_SOA, None);
-    let answer = exchange_udp(server, &q, timeout)
+    let answer = exchange_udp_with(server, proxied, &q, timeout)
         .await
         .map_err(|e| match e {
             ExchangeError::Io(source) => io(source),
@@ -642,11 +669,22 @@ async fn soa_from(
     if !h.truncated() {
         return soa_answer(&answer, id, zone_wire).map_err(|f| f.at(server));
     }
-    let mut stream = TcpStream::connect(server).await.map_err(io)?;
+    let mut stream = connect(server, proxied).await.map_err(io)?;
     let mut buf = Vec::with_capacity(MAX_FRAME);
     write_frame(&mut stream, &q, &mut buf).await.map_err(io)?;
     read_message(&mut stream, &mut buf, server).await?;
     soa_answer(&buf, id, zone_wire).map_err(|f| f.at(server))
+}
+
+/// A TCP connection to `server`, opened with a PROXY header naming itself when `proxied`.
+async fn connect(server: SocketAddr, proxied: bool) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(server).await?;
+    if proxied {
+        let mut header = Vec::with_capacity(crate::dns::proxy::MAX_LEN);
+        crate::dns::proxy::header(stream.local_addr()?, server, false, &mut header);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &header).await?;
+    }
+    Ok(stream)
 }
 
 fn soa_answer(msg: &[u8], id: u16, zone_wire: &[u8]) -> Result<u32, Fault> {

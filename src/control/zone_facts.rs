@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::dns::message::{Message, Rr, Soa, WireError};
 use crate::dns::{
-    QueryEdns, TYPE_DNSKEY, TYPE_SOA, build_query, exchange_udp, name_from_text, name_text,
+    QueryEdns, TYPE_DNSKEY, TYPE_SOA, build_query, exchange_udp_with, name_from_text, name_text,
 };
 use crate::steer::records::{ZoneInfo, Zones};
 
@@ -35,6 +35,7 @@ impl ZoneError {
 /// accepts; an answer `read` cannot make sense of counts as no answer from that server.
 async fn ask<T>(
     servers: &[SocketAddr],
+    proxied: bool,
     name_wire: &[u8],
     qtype: u16,
     timeout: Duration,
@@ -49,7 +50,7 @@ async fn ask<T>(
     });
     for &server in servers {
         let query = build_query(fastrand::u16(..), name_wire, qtype, edns);
-        match exchange_udp(server, &query, timeout).await {
+        match exchange_udp_with(server, proxied, &query, timeout).await {
             Ok(answer) => match Message::parse(&answer).and_then(|m| read(&m)) {
                 Ok(t) => return Ok(t),
                 Err(e) => last = format!("{server}: {e}"),
@@ -99,15 +100,16 @@ fn dnskeys(m: &Message<'_>) -> Result<(Vec<Vec<u8>>, u32), WireError> {
 /// A zone is signed when PowerDNS answers its DNSKEY query with a DNSKEY record.
 pub async fn learn(
     servers: &[SocketAddr],
+    proxied: bool,
     name: &str,
     timeout: Duration,
 ) -> Result<(String, ZoneInfo), ZoneError> {
     let wire = name_from_text(name).map_err(|_| ZoneError::BadName(name.to_string()))?;
     let soa_and_tags = |m: &Message<'_>| Ok((first_soa(m)?, soa_signing_tags(m)));
-    let (soa, signing_tags) = ask(servers, &wire, TYPE_SOA, timeout, soa_and_tags).await?;
+    let (soa, signing_tags) = ask(servers, proxied, &wire, TYPE_SOA, timeout, soa_and_tags).await?;
     let (mut apex_wire, ttl, soa) = soa.ok_or_else(|| ZoneError::NoSoa(name.to_string()))?;
     apex_wire.make_ascii_lowercase();
-    let (dnskeys, dnskey_ttl) = ask(servers, &apex_wire, TYPE_DNSKEY, timeout, dnskeys)
+    let (dnskeys, dnskey_ttl) = ask(servers, proxied, &apex_wire, TYPE_DNSKEY, timeout, dnskeys)
         .await
         .unwrap_or_default();
     let signed = !dnskeys.is_empty();
@@ -130,6 +132,7 @@ pub async fn learn(
 /// Learns the zones of every name; names whose zone cannot be learned keep `previous` facts.
 pub async fn learn_all(
     servers: &[SocketAddr],
+    proxied: bool,
     names: &[String],
     timeout: Duration,
     previous: &Zones,
@@ -139,7 +142,7 @@ pub async fn learn_all(
         if zones.keys().any(|apex| is_subdomain(name, apex)) {
             continue;
         }
-        match learn(servers, name, timeout).await {
+        match learn(servers, proxied, name, timeout).await {
             Ok((apex, info)) => {
                 zones.insert(apex, info);
             }

@@ -78,12 +78,13 @@ impl Transfers {
     pub async fn refresh(
         &self,
         servers: &[SocketAddr],
+        proxied: bool,
         zone: &str,
         force: bool,
     ) -> Result<bool, String> {
         let known = self.serial(zone);
         if !force && let Some(known) = known {
-            let serial = crate::control::xfr::soa_serial(servers, zone, SOA_TIMEOUT)
+            let serial = crate::control::xfr::soa_serial_with(servers, proxied, zone, SOA_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string());
             match serial {
@@ -92,7 +93,7 @@ impl Transfers {
                 Err(e) => return Err(self.failed(zone, e)),
             }
         }
-        match crate::control::xfr::transfer(servers, zone, TRANSFER_TIMEOUT).await {
+        match crate::control::xfr::transfer_with(servers, proxied, zone, TRANSFER_TIMEOUT).await {
             Ok(data) => {
                 for u in &data.unsupported {
                     tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
@@ -165,10 +166,20 @@ pub async fn run(
             let force = forced.remove(zone);
             match ctl
                 .transfers
-                .refresh(&config.upstream.servers, zone, force)
+                .refresh(
+                    &config.upstream.servers,
+                    config.upstream.proxies_own_queries(),
+                    zone,
+                    force,
+                )
                 .await
             {
                 Ok(c) => {
+                    if c && let Some(cache) = &ctl.data.cache {
+                        // New data (serial change, or a NOTIFY's forced transfer): answers
+                        // cached before it are dropped again, as the NOTIFY already did.
+                        cache.invalidate_zone(zone);
+                    }
                     changed |= c;
                     backoff.remove(zone);
                 }
@@ -185,6 +196,7 @@ pub async fn run(
             let snap = ctl.data.snapshot.load_full();
             let fresh = learn_all(
                 &config.upstream.servers,
+                config.upstream.proxies_own_queries(),
                 &snap.record_names,
                 config.upstream.timeout,
                 &snap.zones,

@@ -78,6 +78,17 @@ pub async fn exchange_udp(
     query: &[u8],
     timeout: Duration,
 ) -> Result<Vec<u8>, ExchangeError> {
+    exchange_udp_with(server, false, query, timeout).await
+}
+
+/// [`exchange_udp`]; with `proxied`, a PROXY v2 header naming this socket goes in front of the
+/// query (for a PowerDNS with `proxy-protocol-from`).
+pub async fn exchange_udp_with(
+    server: SocketAddr,
+    proxied: bool,
+    query: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ExchangeError> {
     let q = parse_query(query).map_err(ExchangeError::BadQuery)?;
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -87,7 +98,14 @@ pub async fn exchange_udp(
     let attempt = async {
         let sock = UdpSocket::bind(bind).await?;
         sock.connect(server).await?;
-        sock.send(query).await?;
+        if proxied {
+            let mut datagram = Vec::with_capacity(super::proxy::MAX_LEN + query.len());
+            super::proxy::header(sock.local_addr()?, server, true, &mut datagram);
+            datagram.extend_from_slice(query);
+            sock.send(&datagram).await?;
+        } else {
+            sock.send(query).await?;
+        }
         let mut buf = vec![0u8; MAX_FRAME];
         loop {
             let n = sock.recv(&mut buf).await?;

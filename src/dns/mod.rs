@@ -7,10 +7,12 @@
 //! panic, and the packet-path ones allocate nothing beyond growing the caller's output buffer.
 
 pub mod ask;
+pub mod cached;
 pub mod ecs;
 pub mod framing;
 pub mod message;
 pub mod name;
+pub mod proxy;
 pub mod query;
 pub mod response;
 pub mod rewrite;
@@ -18,7 +20,7 @@ pub mod rewrite;
 mod test_packets;
 mod wire;
 
-pub use ask::{ExchangeError, QueryEdns, build_query, exchange_udp};
+pub use ask::{ExchangeError, QueryEdns, build_query, exchange_udp, exchange_udp_with};
 pub use ecs::Ecs;
 pub use framing::{MAX_FRAME, read_frame, write_frame};
 pub use name::{NameError, WireName, name_from_text, name_from_text_keep_case, name_text};

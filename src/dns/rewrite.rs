@@ -154,39 +154,46 @@ pub fn restore_response(
     if let Some(limit) = max_udp
         && out.len() > limit
     {
-        let opt = scan_records(out, question_end)?.opt;
-        let mut end = question_end;
-        let mut arcount = 0;
-        if let Some(opt) = opt {
-            out.copy_within(opt.start..opt.end, question_end);
-            end += opt.end - opt.start;
-            arcount = 1;
-        }
-        out.truncate(end);
-        set16(out, OFF_ANCOUNT, 0);
-        set16(out, OFF_NSCOUNT, 0);
-        set16(out, OFF_ARCOUNT, arcount);
-        set_flag(out, FLAG_TC);
+        truncate_udp(out, question_end)?;
     }
     Ok(())
 }
 
+/// Cuts a response down to its header, question and OPT (if any) and sets TC=1: the client
+/// asks again over TCP.
+pub(super) fn truncate_udp(out: &mut Vec<u8>, question_end: usize) -> Result<(), ParseError> {
+    let opt = scan_records(out, question_end)?.opt;
+    let mut end = question_end;
+    let mut arcount = 0;
+    if let Some(opt) = opt {
+        out.copy_within(opt.start..opt.end, question_end);
+        end += opt.end - opt.start;
+        arcount = 1;
+    }
+    out.truncate(end);
+    set16(out, OFF_ANCOUNT, 0);
+    set16(out, OFF_NSCOUNT, 0);
+    set16(out, OFF_ARCOUNT, arcount);
+    set_flag(out, FLAG_TC);
+    Ok(())
+}
+
 /// Where the counted records end and where the (first) OPT record sits.
-struct Layout {
-    records_end: usize,
-    opt: Option<OptPos>,
+pub(super) struct Layout {
+    pub(super) records_end: usize,
+    pub(super) opt: Option<OptPos>,
 }
 
 #[derive(Clone, Copy)]
-struct OptPos {
-    start: usize,
-    rdata: usize,
-    rdlen: usize,
-    end: usize,
+pub(super) struct OptPos {
+    pub(super) start: usize,
+    pub(super) rdata: usize,
+    pub(super) rdlen: usize,
+    pub(super) end: usize,
 }
 
 /// Walks AN, NS and AR (counts from the header) starting at `off`.
-fn scan_records(pkt: &[u8], mut off: usize) -> Result<Layout, ParseError> {
+pub(super) fn scan_records(pkt: &[u8], mut off: usize) -> Result<Layout, ParseError> {
     let an = be16(pkt, OFF_ANCOUNT).unwrap_or(0);
     let ns = be16(pkt, OFF_NSCOUNT).unwrap_or(0);
     let ar = be16(pkt, OFF_ARCOUNT).unwrap_or(0);
@@ -210,7 +217,7 @@ fn scan_records(pkt: &[u8], mut off: usize) -> Result<Layout, ParseError> {
 }
 
 /// Skips the question section of a response (names may be compressed there).
-fn skip_questions(pkt: &[u8]) -> Result<usize, ParseError> {
+pub(super) fn skip_questions(pkt: &[u8]) -> Result<usize, ParseError> {
     let mut off = HEADER_LEN;
     for _ in 0..be16(pkt, OFF_QDCOUNT).unwrap_or(0) {
         off = skip_name(pkt, off)? + 4;

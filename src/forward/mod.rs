@@ -1,3 +1,5 @@
-//! Forwarding to the PowerDNS replicas: server pool and health, UDP pending tables, TCP pool.
+//! Forwarding to the PowerDNS replicas: server pool and health, UDP pending tables, TCP pool,
+//! packet cache.
 
+pub mod cache;
 pub mod upstream;

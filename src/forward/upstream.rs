@@ -18,7 +18,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{UpstreamConfig, UpstreamPolicy};
+use crate::config::{ClientAddress, UpstreamConfig, UpstreamPolicy};
 use crate::dns::{self, Added, Query};
 use crate::telemetry::metrics::{Cnt, Hist};
 
@@ -185,7 +185,7 @@ async fn check_once(addr: SocketAddr, cfg: &UpstreamConfig, id: u16) -> bool {
         return false;
     };
     let query = dns::build_query(id, &name, dns::TYPE_SOA, None);
-    match dns::exchange_udp(addr, &query, cfg.timeout).await {
+    match dns::exchange_udp_with(addr, cfg.proxies_own_queries(), &query, cfg.timeout).await {
         Ok(answer) => {
             let rcode = answer[3] & 0x0f;
             !cfg.health_check_must_resolve || rcode == dns::rcode::NOERROR
@@ -204,6 +204,8 @@ pub struct UdpClient {
     pub addr: SocketAddr,
     /// Index of the listen socket the query arrived on (replies leave from it).
     pub listener: usize,
+    /// That socket's address (the destination in a PROXY header).
+    pub local: SocketAddr,
 }
 
 /// A forwarded UDP query waiting for its answer.
@@ -337,7 +339,7 @@ impl WorkerUpstreams {
     /// ECS to add for a client, per config (None when switched off).
     pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
         let c = &self.set.config;
-        if !c.add_ecs {
+        if !c.add_ecs() {
             return None;
         }
         let prefix = if client.is_ipv4() {
@@ -371,6 +373,13 @@ impl WorkerUpstreams {
         };
         let ecs = self.ecs_for(p.client.addr.ip().to_canonical());
         p.added = dns::rewrite_for_upstream(&p.packet, &p.query, id, ecs, buf);
+        if self.set.config.client_address == ClientAddress::Proxy {
+            // PowerDNS reads the client from the header and answers without one.
+            let mut header = Vec::with_capacity(dns::proxy::MAX_LEN + buf.len());
+            dns::proxy::header(p.client.addr, p.client.local, true, &mut header);
+            header.extend_from_slice(buf);
+            *buf = header;
+        }
         // The syscall directly, not tokio's `try_send`: that one answers WouldBlock from its
         // cached readiness, which a socket made in this tick (start-up, a reload adding a
         // server) does not have yet, and a SERVFAIL would follow for a send that cannot block.
@@ -512,6 +521,8 @@ struct TcpConn {
 /// Reused TCP connections to one server; queries are pipelined and matched by ID.
 pub struct TcpPool {
     addr: SocketAddr,
+    /// Written first on each new connection (a PROXY header), or empty.
+    preamble: Vec<u8>,
     size: usize,
     conns: RefCell<Vec<TcpConn>>,
     rng: RefCell<fastrand::Rng>,
@@ -567,8 +578,15 @@ fn free_id(mut draw: impl FnMut() -> u16, taken: impl Fn(u16) -> bool) -> Option
 
 impl TcpPool {
     fn new(addr: SocketAddr, size: usize) -> TcpPool {
+        Self::with_preamble(addr, size, Vec::new())
+    }
+
+    /// A pool whose connections start with `preamble`: with a PROXY header, one TCP client's
+    /// own connection(s) to PowerDNS (a header speaks for the whole connection).
+    pub fn with_preamble(addr: SocketAddr, size: usize, preamble: Vec<u8>) -> TcpPool {
         TcpPool {
             addr,
+            preamble,
             size,
             conns: RefCell::new(Vec::new()),
             rng: RefCell::new(fastrand::Rng::new()),
@@ -638,13 +656,20 @@ impl TcpPool {
             owed: Cell::new(0),
             owed_since: Cell::new(Instant::now()),
         });
-        tokio::task::spawn_local(run_tcp_conn(self.addr, rx, state.clone(), timeout));
+        tokio::task::spawn_local(run_tcp_conn(
+            self.addr,
+            self.preamble.clone(),
+            rx,
+            state.clone(),
+            timeout,
+        ));
         TcpConn { tx, state }
     }
 }
 
 async fn run_tcp_conn(
     addr: SocketAddr,
+    preamble: Vec<u8>,
     mut rx: mpsc::Receiver<Vec<u8>>,
     state: Rc<ConnState>,
     timeout: Duration,
@@ -655,6 +680,9 @@ async fn run_tcp_conn(
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         stream.set_nodelay(true)?;
         let (mut rd, mut wr) = stream.into_split();
+        if !preamble.is_empty() {
+            tokio::io::AsyncWriteExt::write_all(&mut wr, &preamble).await?;
+        }
         let writer = async {
             let mut frame = Vec::with_capacity(514);
             while let Some(q) = rx.recv().await {
@@ -760,6 +788,7 @@ mod tests {
                 client: UdpClient {
                     addr: client,
                     listener: 0,
+                    local: "127.0.0.1:53".parse().unwrap(),
                 },
                 orig_id: query.id,
                 added: Added::Nothing,

@@ -15,8 +15,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::config::ClientAddress;
 use crate::dns::{self, rcode};
-use crate::forward::upstream::{ForwardError, Pending, WorkerUpstreams};
+use crate::forward::upstream::{ForwardError, Pending, TcpPool, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
 use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
@@ -209,6 +210,7 @@ impl Worker {
             worker: self.index,
             latency: pipeline::Latency::PerQuery,
             sign: &mut sign,
+            cache: self.shared.cache.as_ref(),
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
@@ -381,7 +383,8 @@ fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
 
 /// A forwarded UDP query that cannot be (re)sent or ran out of attempts: SERVFAIL.
 fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut Vec<u8>) {
-    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, &p, &e, out) {
+    let cache = w.shared.cache.as_ref();
+    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, cache, &p, &e, out) {
         send_udp(w, p.client.listener, out, p.client.addr);
     }
 }
@@ -425,6 +428,7 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                 }
             };
             let snap = w.snapshot();
+            let now = Instant::now();
             for i in 0..n {
                 let Some((resp, too_big)) = rx.get_prefix(i) else {
                     continue;
@@ -459,6 +463,9 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
                     retry_or_fail(&w, &snap, &ups, p, &mut out);
                     continue;
                 }
+                if !too_big {
+                    cache_answer(&w, &snap, &p.query, p.client.addr.ip(), resp, p.added, now);
+                }
                 if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
                     w.metrics.truncated.inc();
                 }
@@ -487,6 +494,23 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
             // A full batch: let this worker's other tasks run too.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Offers PowerDNS's answer `resp` to the packet cache, if there is one.
+fn cache_answer(
+    w: &Worker,
+    snap: &Snapshot,
+    q: &dns::Query,
+    client: std::net::IpAddr,
+    resp: &[u8],
+    added: dns::Added,
+    now: Instant,
+) {
+    if let Some(cache) = &w.shared.cache
+        && let Some(req) = cache.request(q, client, &snap.config.upstream)
+    {
+        cache.insert(&req, q, resp, added, now, &w.metrics);
     }
 }
 
@@ -604,6 +628,12 @@ async fn tcp_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = w.shared.restart.tcp.clone();
+    let local = stream
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // With `client_address = "proxy"`: this client's own upstream connections, made on its
+    // first forwarded query and closed with it.
+    let own = Rc::new(ClientPools::new(peer, local));
     let (mut rd, mut wr) = stream.into_split();
     // Responses are written by one task; the queue is bounded by the in-flight limit, and a
     // client that does not read stalls only itself: its permits stay taken, we stop reading.
@@ -671,8 +701,9 @@ async fn tcp_connection(
                 let ups = w.upstreams(&snap);
                 let tx = tx.clone();
                 let w2 = w.clone();
+                let own = own.clone();
                 tokio::task::spawn_local(async move {
-                    let resp = forward_tcp(&w2, &ups, &msg, &query, peer).await;
+                    let resp = forward_tcp(&w2, &ups, &own, &msg, &query, peer).await;
                     let snap = w2.snapshot();
                     pipeline::forwarded_done(
                         &snap,
@@ -710,11 +741,41 @@ async fn tcp_connection(
     .await;
 }
 
+/// One TCP client's own connections to PowerDNS (one per server, pipelined), each opened with
+/// a PROXY header naming the client: a header speaks for a whole connection, so connections
+/// shared by many clients cannot carry one. Dropped, and closed, with the client connection.
+struct ClientPools {
+    header: Vec<u8>,
+    pools: RefCell<Vec<(SocketAddr, Rc<TcpPool>)>>,
+}
+
+impl ClientPools {
+    fn new(peer: SocketAddr, local: SocketAddr) -> ClientPools {
+        let mut header = Vec::with_capacity(dns::proxy::MAX_LEN);
+        dns::proxy::header(peer, local, false, &mut header);
+        ClientPools {
+            header,
+            pools: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn pool(&self, server: SocketAddr) -> Rc<TcpPool> {
+        let mut pools = self.pools.borrow_mut();
+        if let Some((_, p)) = pools.iter().find(|(a, _)| *a == server) {
+            return p.clone();
+        }
+        let p = Rc::new(TcpPool::with_preamble(server, 1, self.header.clone()));
+        pools.push((server, p.clone()));
+        p
+    }
+}
+
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
 /// servers; returns the client's response (SERVFAIL if every attempt failed) and the server.
 async fn forward_tcp(
     w: &Worker,
     ups: &WorkerUpstreams,
+    own: &ClientPools,
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
@@ -733,7 +794,12 @@ async fn forward_tcp(
         let sent = Instant::now();
         let timeout = ups.set.config.timeout;
         // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
-        let mut waiter = match ws.tcp.send(buf.clone(), timeout) {
+        let proxied = match ups.set.config.client_address {
+            ClientAddress::Proxy => Some(own.pool(ws.server.addr)),
+            _ => None,
+        };
+        let pool = proxied.as_deref().unwrap_or(&ws.tcp);
+        let mut waiter = match pool.send(buf.clone(), timeout) {
             Ok(w) => w,
             Err(_) => {
                 ws.counters.errors.inc();
@@ -747,6 +813,8 @@ async fn forward_tcp(
                     .latency
                     .observe_ns(sent.elapsed().as_nanos() as u64);
                 if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
+                    let snap = w.snapshot();
+                    cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
                     return (out, Some(ws.server.addr));
                 }
                 w.metrics.malformed(Malformed::BadUpstreamResponse);
@@ -766,6 +834,19 @@ async fn forward_tcp(
                 });
             }
         }
+    }
+    let snap = w.snapshot();
+    let cache = w.shared.cache.as_ref();
+    if pipeline::stale_answer(
+        cache,
+        &snap,
+        &w.metrics,
+        (q, peer.ip()),
+        msg,
+        None,
+        &mut out,
+    ) {
+        return (out, None);
     }
     w.metrics.dropped(DropReason::UpstreamUnavailable);
     w.shared.log.event(Event::ServFail {

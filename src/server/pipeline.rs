@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use crate::config::LimitAction;
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::dnssec::SignerState;
+use crate::forward::cache::{PacketCache, Served};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Snapshot;
@@ -48,6 +49,8 @@ pub struct Ctx<'a> {
     pub latency: Latency,
     /// This thread's signature cache and scratch space.
     pub sign: &'a mut SignState,
+    /// The packet cache for forwarded answers (None: `[cache]` off).
+    pub cache: Option<&'a PacketCache>,
 }
 
 /// Latency accounting for in-process answers.
@@ -149,6 +152,14 @@ pub fn handle(
         Action::Forward { query: *q, sampled }
     };
     let (decision, rc, answers) = match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
+        Lookup::Miss if from_cache(ctx, pkt, q, src_ip, received, max_size, out) => {
+            note_truncation(ctx, out, 0);
+            let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
+            let answers = out
+                .get(6..8)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            (Decision::Cache, rc, answers)
+        }
         Lookup::Miss if dnssec_ok => return forward_dnssec(ctx, DnssecForward::NotInProcess),
         Lookup::Miss => return Action::Forward { query: *q, sampled },
         // A signed zone never gets an unsigned in-process answer to a DO=1 query: it is signed
@@ -252,6 +263,60 @@ pub fn handle(
     Action::Reply
 }
 
+/// Answers `q` from the packet cache into `out` if it holds a fresh entry (or a stale one
+/// while no PowerDNS server is healthy: forwarding could only time out). Never used for
+/// in-process records: they follow probe state.
+fn from_cache(
+    ctx: &Ctx<'_>,
+    pkt: &[u8],
+    q: &Query,
+    src: IpAddr,
+    now: Instant,
+    max_size: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(cache) = ctx.cache else {
+        return false;
+    };
+    let Some(req) = cache.request(q, src, &ctx.snap.config.upstream) else {
+        return false;
+    };
+    let all_down = ctx.snap.upstream.servers.iter().all(|s| !s.is_healthy());
+    match cache.lookup(&req, q, pkt, now, all_down, Some(max_size), out) {
+        Some(Served::Fresh) => ctx.metrics.cache_hits.inc(),
+        Some(Served::Stale) => ctx.metrics.cache_stale.inc(),
+        None => {
+            ctx.metrics.cache_misses.inc();
+            return false;
+        }
+    }
+    true
+}
+
+/// A forwarded query that could not be answered by PowerDNS: its stale cache entry, if the
+/// cache has one within `stale_ttl` (RFC 8767), written into `out`.
+pub fn stale_answer(
+    cache: Option<&PacketCache>,
+    snap: &Snapshot,
+    metrics: &WorkerMetrics,
+    (q, client): (&Query, IpAddr),
+    pkt: &[u8],
+    max_udp: Option<usize>,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(cache) = cache else { return false };
+    let Some(req) = cache.request(q, client, &snap.config.upstream) else {
+        return false;
+    };
+    let served = cache.lookup(&req, q, pkt, Instant::now(), true, max_udp, out);
+    match served {
+        Some(Served::Stale) => metrics.cache_stale.inc(),
+        Some(Served::Fresh) => metrics.cache_hits.inc(),
+        None => return false,
+    }
+    true
+}
+
 /// A forwarded query, as its accounting needs it.
 pub struct Forwarded<'q> {
     pub transport: Transport,
@@ -306,10 +371,26 @@ pub fn servfail_forwarded(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,
+    cache: Option<&PacketCache>,
     p: &crate::forward::upstream::Pending,
     e: &crate::forward::upstream::ForwardError,
     out: &mut Vec<u8>,
 ) -> bool {
+    let f = Forwarded {
+        transport: Transport::Udp,
+        client: p.client.addr.ip(),
+        query: &p.query,
+        received: p.received_at,
+        sampled: p.sampled,
+    };
+    let max = p
+        .query
+        .max_udp_response(snap.config.restart.max_udp_payload);
+    let asked = (&p.query, p.client.addr.ip());
+    if stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
+        forwarded_done(snap, metrics, log, &f, out, None);
+        return true;
+    }
     metrics.dropped(match e {
         crate::forward::upstream::ForwardError::PendingFull => DropReason::PendingFull,
         _ => DropReason::UpstreamUnavailable,
@@ -323,20 +404,7 @@ pub fn servfail_forwarded(
     if !dns::write_error(&p.packet, rcode::SERVFAIL, out) {
         return false;
     }
-    forwarded_done(
-        snap,
-        metrics,
-        log,
-        &Forwarded {
-            transport: Transport::Udp,
-            client: p.client.addr.ip(),
-            query: &p.query,
-            received: p.received_at,
-            sampled: p.sampled,
-        },
-        out,
-        None,
-    );
+    forwarded_done(snap, metrics, log, &f, out, None);
     true
 }
 
@@ -372,6 +440,10 @@ fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Ve
     match zone {
         Some(zone) if cfg.zones.transfer.contains(&zone) && cfg.notify_allowed(src) => {
             ctx.metrics.query(t, Decision::Notify);
+            // The zone changed in PowerDNS: its cached answers go now, not after the transfer.
+            if let Some(cache) = ctx.cache {
+                cache.invalidate_zone(&zone);
+            }
             // A full queue means refreshes are already pending: dropping this one loses nothing.
             let _ = ctx.notify.try_send(zone);
             if dns::message::notify_ack(pkt, out) {

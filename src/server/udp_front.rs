@@ -56,6 +56,10 @@ impl UdpFront {
             return;
         }
         let fd = self.sock.as_raw_fd();
+        let local = self
+            .sock
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let metrics = self.shared.metrics.register_worker();
         let mut snap_cache = arc_swap::Cache::new(self.shared.snapshot.clone());
         let mut sampler = Sampler::default();
@@ -95,6 +99,7 @@ impl UdpFront {
                 worker: self.worker,
                 latency: Latency::Batch { answered: 0 },
                 sign: &mut sign,
+                cache: self.shared.cache.as_ref(),
             };
             for i in 0..n {
                 let Some((pkt, src)) = rx.get(i) else {
@@ -111,6 +116,7 @@ impl UdpFront {
                             client: UdpClient {
                                 addr: src,
                                 listener: self.listener,
+                                local,
                             },
                             orig_id: query.id,
                             added: Added::Nothing,
@@ -163,7 +169,8 @@ impl UdpFront {
         for p in rejected {
             let Some(out) = tx.next_buf() else { break };
             let e = ForwardError::PendingFull;
-            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, &p, &e, out) {
+            let cache = self.shared.cache.as_ref();
+            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, cache, &p, &e, out) {
                 tx.commit(p.client.addr);
             }
         }

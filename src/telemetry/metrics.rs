@@ -73,10 +73,12 @@ pub enum Decision {
     /// A NOTIFY for a transferred zone from an allowed source, acknowledged (a refused one is
     /// an `Error`).
     Notify = 7,
+    /// Answered from the packet cache (fresh or stale) instead of being forwarded.
+    Cache = 8,
 }
 
 impl Decision {
-    pub const ALL: [Decision; 8] = [
+    pub const ALL: [Decision; 9] = [
         Decision::Rule,
         Decision::Backup,
         Decision::Empty,
@@ -85,6 +87,7 @@ impl Decision {
         Decision::Dropped,
         Decision::Error,
         Decision::Notify,
+        Decision::Cache,
     ];
 
     pub fn label(self) -> &'static str {
@@ -97,6 +100,7 @@ impl Decision {
             Decision::Dropped => "dropped",
             Decision::Error => "error",
             Decision::Notify => "notify",
+            Decision::Cache => "cache",
         }
     }
 }
@@ -255,6 +259,53 @@ pub struct WorkerMetrics {
     pub dnssec_sig_evictions: Cnt,
     pub dnssec_sign_errors: Cnt,
     pub truncated: Cnt,
+    pub cache_hits: Cnt,
+    pub cache_misses: Cnt,
+    pub cache_stale: Cnt,
+    pub cache_skipped: [Cnt; CacheSkip::ALL.len()],
+}
+
+/// Why an answer from PowerDNS was not put in the packet cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheSkip {
+    ServFail = 0,
+    Truncated = 1,
+    Malformed = 2,
+    /// An rcode other than NOERROR and NXDOMAIN.
+    Rcode = 3,
+    /// A negative answer without a SOA in its authority section.
+    NoSoa = 4,
+    /// Lifetime 0 or under `min_ttl`.
+    Ttl = 5,
+    TooBig = 6,
+    /// Its shard was locked by another thread at that instant.
+    Busy = 7,
+}
+
+impl CacheSkip {
+    pub const ALL: [CacheSkip; 8] = [
+        CacheSkip::ServFail,
+        CacheSkip::Truncated,
+        CacheSkip::Malformed,
+        CacheSkip::Rcode,
+        CacheSkip::NoSoa,
+        CacheSkip::Ttl,
+        CacheSkip::TooBig,
+        CacheSkip::Busy,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CacheSkip::ServFail => "servfail",
+            CacheSkip::Truncated => "truncated",
+            CacheSkip::Malformed => "malformed",
+            CacheSkip::Rcode => "rcode",
+            CacheSkip::NoSoa => "no_soa",
+            CacheSkip::Ttl => "ttl",
+            CacheSkip::TooBig => "too_big",
+            CacheSkip::Busy => "busy",
+        }
+    }
 }
 
 /// Why a DO=1 query was sent to PowerDNS instead of being answered and signed here.
@@ -486,6 +537,44 @@ impl Metrics {
                 self.sum(get) as f64,
             ));
         }
+        for (name, help, get) in [
+            (
+                "dnsteer_cache_hits_total",
+                "Queries answered from the packet cache with a fresh entry.",
+                (|w: &WorkerMetrics| w.cache_hits.get()) as fn(&WorkerMetrics) -> u64,
+            ),
+            (
+                "dnsteer_cache_misses_total",
+                "Packet cache lookups that found no usable entry (the query was forwarded).",
+                |w| w.cache_misses.get(),
+            ),
+            (
+                "dnsteer_cache_stale_served_total",
+                "Expired packet cache entries served (TTL 30) because PowerDNS could not answer.",
+                |w| w.cache_stale.get(),
+            ),
+        ] {
+            out.push(scalar(
+                name,
+                help,
+                MetricType::COUNTER,
+                self.sum(get) as f64,
+            ));
+        }
+        out.push(family(
+            "dnsteer_cache_insert_skipped_total",
+            "Answers from PowerDNS not put in the packet cache, by reason.",
+            MetricType::COUNTER,
+            CacheSkip::ALL
+                .iter()
+                .map(|&r| {
+                    (
+                        vec![("reason", r.label().to_string())],
+                        self.sum(|w| w.cache_skipped[r as usize].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
         out.push(scalar(
             "dnsteer_truncated_total",
             "UDP responses sent with TC=1 because they exceeded the client's limit.",

@@ -287,7 +287,14 @@ pub struct Pdns {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     zones: Vec<String>,
+    /// Started with `proxy-protocol-from`: it drops queries from 127.0.0.1 that lack a PROXY
+    /// header, so the readiness checks send one (v2 LOCAL).
+    proxied: bool,
 }
+
+/// A PROXY protocol v2 header with command LOCAL (no addresses): PowerDNS answers the query
+/// that follows as from the connection's own source.
+pub const PROXY_V2_LOCAL: [u8; 16] = *b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00";
 
 impl Pdns {
     /// Starts PowerDNS serving `zones` (`(zone name, zone file text)`; the zone file may use
@@ -322,6 +329,9 @@ impl Pdns {
             dir,
             addr: free_addr(),
             zones: zone_names,
+            proxied: extra_conf
+                .iter()
+                .any(|l| l.starts_with("proxy-protocol-from")),
         };
         let mut last_log = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -473,7 +483,7 @@ impl Pdns {
         }
         // Tests rely on both transports: check TCP once too.
         let tcp = QueryOpts::tcp().timeout(Duration::from_secs(2));
-        if let Err(e) = dns_query(self.addr, &first, RecordType::SOA, &tcp) {
+        if let Err(e) = self.query(&first, &tcp) {
             self.stop();
             return Err(format!(
                 "pdns_server TCP on {} not answering: {e}\n{}",
@@ -488,11 +498,49 @@ impl Pdns {
     /// (an authoritative-only server REFUSEs ".").
     fn answers_soa(&self, zone: &str) -> bool {
         let quick = QueryOpts::udp().timeout(Duration::from_millis(200));
-        match dns_query(self.addr, zone, RecordType::SOA, &quick) {
+        match self.query(zone, &quick) {
             Ok(m) if zone == "." => m.metadata.response_code != ResponseCode::ServFail,
             Ok(m) => m.metadata.response_code == ResponseCode::NoError && !m.answers.is_empty(),
             Err(_) => false,
         }
+    }
+}
+
+impl Pdns {
+    /// A SOA query for `zone`, behind a LOCAL PROXY header when the server requires one.
+    fn query(&self, zone: &str, opts: &QueryOpts) -> io::Result<Message> {
+        if !self.proxied {
+            return dns_query(self.addr, zone, RecordType::SOA, opts);
+        }
+        let (id, wire) = build_query(zone, RecordType::SOA, opts);
+        let reply = if opts.tcp {
+            let mut stream = TcpStream::connect_timeout(&self.addr, opts.timeout)?;
+            stream.set_read_timeout(Some(opts.timeout))?;
+            let mut frame = PROXY_V2_LOCAL.to_vec();
+            frame.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&wire);
+            stream.write_all(&frame)?;
+            read_tcp_frame(&mut stream)?
+        } else {
+            let mut datagram = PROXY_V2_LOCAL.to_vec();
+            datagram.extend_from_slice(&wire);
+            let sock = UdpSocket::bind("127.0.0.1:0")?;
+            sock.set_read_timeout(Some(opts.timeout))?;
+            sock.send_to(&datagram, self.addr)?;
+            let mut buf = vec![0u8; 65535];
+            let n = sock.recv(&mut buf)?;
+            buf.truncate(n);
+            buf
+        };
+        let msg = Message::from_vec(&reply)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad reply: {e}")))?;
+        if msg.metadata.id != id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "reply ID mismatch",
+            ));
+        }
+        Ok(msg)
     }
 }
 
