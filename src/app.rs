@@ -188,7 +188,7 @@ impl App {
         };
         control.spawn(reloads);
         control.spawn(zones::run(ctl.clone(), notify_rx));
-        control.spawn(crate::control::own_key::run(ctl.clone()));
+        control.spawn(crate::control::own_key_loop::run(ctl.clone()));
         control.spawn(crate::control::log_block_ends(shared.clone()));
         ctl.ready.store(true, Ordering::Relaxed);
         tracing::info!(

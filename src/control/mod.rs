@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod build;
 pub mod own_key;
+pub mod own_key_loop;
 pub mod pdns_api;
 pub mod reload;
 pub mod xfr;
