@@ -25,6 +25,10 @@
 #      CACHE=1     forward mode: both proxies cache answers (dnsteer [cache] enabled = true,
 #                  max_ttl 60 s; dnsdist newPacketCache(100000, {maxTTL=60}) on its default pool,
 #                  TTLs not aged in either: dontAge / age_ttls = false)
+#      RATE=N      fixed offered load: every dnsperf run is limited to N queries/s (`-Q N`) and
+#                  verbose (`-v`, one line per answer with its latency), and the tables gain
+#                  p50/p99/p99.9 latency per run (medians over rounds); pick N below every
+#                  server's saturation so the percentiles show service time, not queueing
 #      LOG_SAMPLE=0.01  dnsteer logging.query_sample_rate (the default; the log goes to a file)
 #      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
 #      SETS="..."  lua mode: which query sets (default "static health lua")
@@ -43,7 +47,7 @@ cd "$ROOT"
 MODE="${MODE:-forward}"
 RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
-MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
+MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" RATE="${RATE:-}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
 SETS="${SETS:-static health lua}"
 case $MODE in forward | lua) ;; *) die "MODE must be forward or lua" ;; esac
@@ -70,7 +74,7 @@ make_run_dir dnsteer-bench
 install_cleanup
 TCK=$(getconf CLK_TCK)
 RESULTS="$RUN_DIR/results.tsv"
-printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_us_per_q\n' >"$RESULTS"
+printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_us_per_q\tp50_ms\tp99_ms\tp999_ms\n' >"$RESULTS"
 
 declare -A PORT PID BACKEND
 SERVERS=()
@@ -263,15 +267,31 @@ run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
   out="$RUN_DIR/dnsperf-$set-$s-$run.txt"
   t0=$(cpu_ticks "$pid")
   [[ -n $backend ]] && b0=$(cpu_ticks "$backend")
+  local rate=()
+  [[ -n $RATE ]] && rate=(-Q "$RATE" -v)
   timeout $((secs + 30)) dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$RUN_DIR/queries/$set" \
-    -l "$secs" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -t 2 >"$out" 2>&1 ||
+    -l "$secs" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -t 2 "${rate[@]}" >"$out" 2>&1 ||
     { tail_log "$out"; die "dnsperf failed against $s"; }
   t1=$(cpu_ticks "$pid")
   [[ -n $backend ]] && b1=$(cpu_ticks "$backend")
   alive "$pid" || die "$s died during the run"
   ((record)) || return 0
+  local pct="-\t-\t-"
+  if [[ -n $RATE ]]; then
+    # `-v` prints "> RCODE NAME TYPE SECONDS" per answer: percentiles of the last field.
+    pct=$(awk '/^> / { print $NF * 1000 }' "$out" | sort -n | awk '
+      { v[NR] = $1 }
+      END {
+        if (NR == 0) { printf "-\t-\t-"; exit }
+        split("0.5 0.99 0.999", q, " ")
+        for (i = 1; i <= 3; i++) {
+          k = int(q[i] * NR + 0.999999); if (k < 1) k = 1; if (k > NR) k = NR
+          printf "%s%.3f", (i > 1 ? "\t" : ""), v[k]
+        }
+      }')
+  fi
   awk -v set="$set" -v s="$s" -v run="$run" -v d="$((t1 - t0))" -v bd="$((b1 - b0))" \
-    -v tck="$TCK" -v has_backend="${backend:+1}" '
+    -v tck="$TCK" -v has_backend="${backend:+1}" -v pct="$pct" '
     /Queries completed:/ { done = $3 }
     /Queries lost:/      { lost = $4; gsub(/[()%]/, "", lost) }
     /Queries per second:/ { qps = $4 }
@@ -280,9 +300,9 @@ run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
       if (done == 0) { print "no queries completed for " s > "/dev/stderr"; exit 1 }
       cpu = d / tck * 1e6 / done
       bcpu = has_backend ? sprintf("%.3f", bd / tck * 1e6 / done) : "-"
-      printf "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%.3f\t%s\n", set, s, run, qps, lat, lost, cpu, bcpu
+      printf "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%.3f\t%s\t%s\n", set, s, run, qps, lat, lost, cpu, bcpu, pct
     }' "$out" >>"$RESULTS"
-  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  %-8s %-12s run %s: %8s qps  %7s ms  lost %5s%%  cpu %7s us/q  backend %s us/q\n", $1, $2, $3, $4, $5, $6, $7, $8 }' >&2
+  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  %-8s %-12s run %s: %8s qps  %7s ms  lost %5s%%  cpu %7s us/q  backend %s us/q", $1, $2, $3, $4, $5, $6, $7, $8; if ($9 != "-") printf "  p50/p99/p99.9 %s/%s/%s ms", $9, $10, $11; printf "\n" }' >&2
 }
 
 # ---- main ---------------------------------------------------------------------------------
@@ -346,11 +366,12 @@ print(f"Medians ({mode} mode; CPU = server process time per completed query)")
 print(f"{'set':<8} {'server':<12} {'qps':>10} {'lat ms':>8} {'lost %':>7} {'cpu us/q':>9} {'+pdns us/q':>11}")
 stats = {}
 for (st, sv), rs in table.items():
-    m = {k: med([r[k] for r in rs]) for k in ("qps", "latency_ms", "lost_pct", "cpu_us_per_q", "backend_cpu_us_per_q")}
+    m = {k: med([r[k] for r in rs]) for k in ("qps", "latency_ms", "lost_pct", "cpu_us_per_q", "backend_cpu_us_per_q", "p50_ms", "p99_ms", "p999_ms")}
     stats[(st, sv)] = m
     b = m["backend_cpu_us_per_q"]
+    pct = "" if m["p50_ms"] is None else f"   p50/p99/p99.9 ms {m['p50_ms']:.3f}/{m['p99_ms']:.3f}/{m['p999_ms']:.3f}"
     print(f"{st:<8} {sv:<12} {m['qps']:>10.0f} {m['latency_ms']:>8.3f} {m['lost_pct']:>7.2f} "
-          f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11}")
+          f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11}{pct}")
 print()
 print("Ratios A/B: median over rounds of the ratio within one round (A and B measured back to")
 print("back in the same round); qps higher is better for A, cpu/query lower is better for A")
