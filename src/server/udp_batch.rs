@@ -4,11 +4,15 @@
 //!
 //! The buffers are allocated once per socket; the pointer tables the kernel reads are rebuilt
 //! right before each call, so nothing here is self-referential.
+//!
+//! `poll(2)` is here too: the UDP front thread's event loop waits on its client socket and its
+//! upstream sockets with it, then reads each ready one in batches.
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::Duration;
 
 use socket2::SockAddr;
 
@@ -276,6 +280,164 @@ impl SendBatch {
     }
 }
 
+/// Send side for a connected socket (an upstream server's): queries queued during an
+/// iteration of the event loop, sent with one `sendmmsg` and no addresses. Each message carries
+/// a tag (the query's upstream ID) so the caller can settle the ones the socket refused.
+pub struct ConnectedSendBatch {
+    bufs: Vec<Vec<u8>>,
+    tags: Vec<u16>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    count: usize,
+}
+
+impl Default for ConnectedSendBatch {
+    fn default() -> Self {
+        let (iovs, hdrs) = empty_tables();
+        ConnectedSendBatch {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            tags: vec![0; BATCH],
+            iovs,
+            hdrs,
+            count: 0,
+        }
+    }
+}
+
+impl ConnectedSendBatch {
+    /// The buffer for the next message (cleared); `commit` queues it. None when full.
+    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+        let b = self.bufs.get_mut(self.count)?;
+        b.clear();
+        Some(b)
+    }
+
+    /// Queues the buffer last returned by `next_buf`, tagged `tag`.
+    pub fn commit(&mut self, tag: u16) {
+        if self.count < BATCH {
+            self.tags[self.count] = tag;
+            self.count += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+
+    /// Sends the queued messages without blocking; `unsent` gets the tag of each one the
+    /// socket did not take (buffer full, or an error for that message) and why. Returns how
+    /// many left; the batch is empty afterwards.
+    ///
+    /// On a connected UDP socket an ICMP error from an earlier datagram (ECONNREFUSED) is
+    /// reported by the next send, which then did not go out: that message is tried once more.
+    pub fn flush(&mut self, fd: RawFd, mut unsent: impl FnMut(u16, io::ErrorKind)) -> usize {
+        let total = self.count;
+        // Messages before `at` are settled (sent or reported unsent).
+        let mut at = 0;
+        let mut sent = 0;
+        let mut retry_refused = true;
+        while at < total {
+            let n = total - at;
+            for i in 0..n {
+                let k = at + i;
+                self.iovs[i] = libc::iovec {
+                    iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
+                    iov_len: self.bufs[k].len(),
+                };
+                fill(
+                    &mut self.hdrs[i],
+                    &mut self.iovs[i],
+                    std::ptr::null_mut(),
+                    0,
+                );
+            }
+            // SAFETY: headers point into `self`'s buffers, valid for the call; no addresses
+            // (the socket is connected).
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs.as_mut_ptr(),
+                    n as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r >= 0 {
+                at += r as usize;
+                sent += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => {}
+                io::ErrorKind::ConnectionRefused if retry_refused => retry_refused = false,
+                // The socket buffer is full: nothing more goes out in this batch.
+                io::ErrorKind::WouldBlock => {
+                    for k in at..total {
+                        unsent(self.tags[k], e.kind());
+                    }
+                    at = total;
+                }
+                // Fails only this message: skip it and go on.
+                _ => {
+                    unsent(self.tags[at], e.kind());
+                    at += 1;
+                }
+            }
+        }
+        self.count = 0;
+        sent
+    }
+}
+
+/// The descriptors one `poll(2)` waits on, for readability, and what it reported.
+#[derive(Default)]
+pub struct PollSet {
+    fds: Vec<libc::pollfd>,
+}
+
+impl PollSet {
+    /// Forgets the descriptors of the previous wait.
+    pub fn clear(&mut self) {
+        self.fds.clear();
+    }
+
+    /// Adds `fd`; its position is the index `ready` takes.
+    pub fn add(&mut self, fd: RawFd) {
+        self.fds.push(libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+    }
+
+    /// Waits until one descriptor is readable or has an error pending, at most `timeout`
+    /// (rounded up to whole milliseconds, so a deadline is not woken for early). Returns how
+    /// many are ready; `Interrupted` on a signal.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: the pointer and length describe `self.fds`, which the kernel writes
+        // `revents` into and which outlives the call.
+        let n = unsafe { libc::poll(self.fds.as_mut_ptr(), self.fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            for f in &mut self.fds {
+                f.revents = 0;
+            }
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
+    /// Whether descriptor `i` of the last `wait` is worth reading: data, or an error the read
+    /// reports (and clears).
+    pub fn ready(&self, i: usize) -> bool {
+        self.fds.get(i).is_some_and(|f| f.revents != 0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +494,62 @@ mod tests {
             "a datagram longer than SLOT is not handed out"
         );
         assert!(rb.get(9).is_none());
+    }
+
+    #[test]
+    fn connected_batch_and_poll() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(server.local_addr().unwrap()).unwrap();
+        let mut ps = PollSet::default();
+        ps.add(server.as_raw_fd());
+        let t0 = std::time::Instant::now();
+        assert_eq!(ps.wait(Duration::from_millis(30)).unwrap(), 0);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(25),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(!ps.ready(0));
+        let mut sb = ConnectedSendBatch::default();
+        for i in 0..BATCH as u16 {
+            sb.next_buf().unwrap().extend_from_slice(&i.to_be_bytes());
+            sb.commit(i);
+        }
+        assert!(sb.is_full() && sb.next_buf().is_none());
+        let mut refused = Vec::new();
+        assert_eq!(sb.flush(client.as_raw_fd(), |t, _| refused.push(t)), BATCH);
+        assert!(refused.is_empty() && sb.is_empty());
+        assert_eq!(ps.wait(Duration::from_secs(2)).unwrap(), 1);
+        assert!(ps.ready(0));
+        let mut rb = RecvBatch::default();
+        let n = rb.recv(server.as_raw_fd()).unwrap();
+        assert_eq!(n, BATCH);
+        for i in 0..n {
+            let (pkt, from) = rb.get(i).unwrap();
+            assert_eq!(pkt, (i as u16).to_be_bytes());
+            assert_eq!(from, client.local_addr().unwrap());
+        }
+
+        // ICMP port unreachable from a closed peer: poll reports it, the read clears it, and
+        // a send after it still goes out (tried again once).
+        let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = gone.local_addr().unwrap();
+        drop(gone);
+        let lonely = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        lonely.connect(peer).unwrap();
+        lonely.send(b"x").unwrap();
+        ps.clear();
+        ps.add(lonely.as_raw_fd());
+        assert_eq!(ps.wait(Duration::from_secs(2)).unwrap(), 1);
+        assert!(ps.ready(0), "the error wakes the poll");
+        lonely.send(b"y").ok();
+        std::thread::sleep(Duration::from_millis(20));
+        sb.next_buf().unwrap().push(1);
+        sb.commit(77);
+        let mut unsent = Vec::new();
+        let sent = sb.flush(lonely.as_raw_fd(), |t, _| unsent.push(t));
+        assert_eq!((sent, unsent.len()), (1, 0), "{unsent:?}");
     }
 }
