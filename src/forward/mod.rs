@@ -1,5 +1,6 @@
-//! Forwarding to the PowerDNS replicas: server pool and health, UDP pending tables, TCP pool,
-//! packet cache.
+//! Forwarding to the PowerDNS replicas: server pool and health, the UDP front threads' pending
+//! tables, TCP pool, packet cache.
 
 pub mod cache;
+pub mod udp;
 pub mod upstream;

@@ -74,7 +74,8 @@ impl UpstreamServer {
         self.retired.load(Ordering::Relaxed)
     }
 
-    fn register(&self) -> Arc<ServerCounters> {
+    /// Counters for one more thread (a worker, a UDP front thread).
+    pub(crate) fn register(&self) -> Arc<ServerCounters> {
         let c = Arc::new(ServerCounters::default());
         self.counters
             .lock()
@@ -131,6 +132,20 @@ impl UpstreamSet {
             servers,
             config: config.clone(),
         })
+    }
+
+    /// ECS to add for a client, per config (None when switched off).
+    pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
+        let c = &self.config;
+        if !c.add_ecs() {
+            return None;
+        }
+        let prefix = if client.is_ipv4() {
+            c.ecs_ipv4_prefix
+        } else {
+            c.ecs_ipv6_prefix
+        };
+        Some((client, prefix))
     }
 
     /// Marks servers not in `next` as retired so their checkers stop.
@@ -246,6 +261,50 @@ pub struct WorkerUpstreams {
     rng: RefCell<fastrand::Rng>,
 }
 
+/// Picks one of `n` servers for an attempt, not yet tried (`tried` bitmask), healthy ones
+/// first, by policy (`outstanding`: queries in flight on a server, for least-outstanding).
+/// Once every server was tried, any may be picked again: a retry then resends to the same
+/// PowerDNS, which is what recovers a lost UDP packet when there is one replica.
+/// Allocation-free: it runs once per forwarded query.
+pub(crate) fn pick_server(
+    policy: UpstreamPolicy,
+    rr: &mut usize,
+    n: usize,
+    tried: u64,
+    healthy: impl Fn(usize) -> bool,
+    outstanding: impl Fn(usize) -> usize,
+) -> Option<usize> {
+    // The config rejects more servers than the mask has bits.
+    debug_assert!(n <= crate::config::MAX_UPSTREAM_SERVERS);
+    let all_tried = (0..n).all(|i| tried & (1 << i) != 0);
+    let untried = |i: usize| all_tried || tried & (1 << i) == 0;
+    let any_healthy = (0..n).any(|i| untried(i) && healthy(i));
+    // With every untried server marked down, still try one: a false "down" must not turn
+    // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
+    let eligible = |i: usize| untried(i) && (!any_healthy || healthy(i));
+    let count = (0..n).filter(|&i| eligible(i)).count();
+    if count == 0 {
+        return None;
+    }
+    let nth = |k: usize, pred: &dyn Fn(usize) -> bool| (0..n).filter(|&i| pred(i)).nth(k);
+    match policy {
+        UpstreamPolicy::FirstAvailable => nth(0, &eligible),
+        UpstreamPolicy::RoundRobin => {
+            let i = *rr;
+            *rr = i.wrapping_add(1);
+            nth(i % count, &eligible)
+        }
+        UpstreamPolicy::LeastOutstanding => {
+            let min = (0..n).filter(|&i| eligible(i)).map(&outstanding).min()?;
+            let least = |i: usize| eligible(i) && outstanding(i) == min;
+            let ties = (0..n).filter(|&i| least(i)).count();
+            let i = *rr;
+            *rr = i.wrapping_add(1);
+            nth(i % ties, &least)
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("no upstream server left to try")]
@@ -297,57 +356,24 @@ impl WorkerUpstreams {
         })
     }
 
-    /// Picks a server not yet tried (`tried` bitmask), healthy ones first, by policy. Once
-    /// every server was tried, any may be picked again: a retry then resends to the same
-    /// PowerDNS, which is what recovers a lost UDP packet when there is one replica.
-    /// Allocation-free: it runs once per forwarded query.
+    /// Picks a server for an attempt (see [`pick_server`]).
     pub fn pick(&self, tried: u64) -> Option<usize> {
-        // The config rejects more servers than the mask has bits.
-        let n = self.servers.len();
-        debug_assert!(n <= crate::config::MAX_UPSTREAM_SERVERS);
-        let all_tried = (0..n).all(|i| tried & (1 << i) != 0);
-        let untried = |i: usize| all_tried || tried & (1 << i) == 0;
-        let any_healthy = (0..n).any(|i| untried(i) && self.servers[i].server.is_healthy());
-        // With every untried server marked down, still try one: a false "down" must not turn
-        // into SERVFAIL for everyone, and a real outage fails within the timeout anyway.
-        let eligible =
-            |i: usize| untried(i) && (!any_healthy || self.servers[i].server.is_healthy());
-        let count = (0..n).filter(|&i| eligible(i)).count();
-        if count == 0 {
-            return None;
-        }
-        let nth = |k: usize, pred: &dyn Fn(usize) -> bool| (0..n).filter(|&i| pred(i)).nth(k);
-        match self.set.config.policy {
-            UpstreamPolicy::FirstAvailable => nth(0, &eligible),
-            UpstreamPolicy::RoundRobin => {
-                let i = self.rr.get();
-                self.rr.set(i.wrapping_add(1));
-                nth(i % count, &eligible)
-            }
-            UpstreamPolicy::LeastOutstanding => {
-                let outstanding = |i: usize| self.servers[i].outstanding.get();
-                let min = (0..n).filter(|&i| eligible(i)).map(outstanding).min()?;
-                let least = |i: usize| eligible(i) && outstanding(i) == min;
-                let ties = (0..n).filter(|&i| least(i)).count();
-                let i = self.rr.get();
-                self.rr.set(i.wrapping_add(1));
-                nth(i % ties, &least)
-            }
-        }
+        let mut rr = self.rr.get();
+        let picked = pick_server(
+            self.set.config.policy,
+            &mut rr,
+            self.servers.len(),
+            tried,
+            |i| self.servers[i].server.is_healthy(),
+            |i| self.servers[i].outstanding.get() as usize,
+        );
+        self.rr.set(rr);
+        picked
     }
 
     /// ECS to add for a client, per config (None when switched off).
     pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
-        let c = &self.set.config;
-        if !c.add_ecs() {
-            return None;
-        }
-        let prefix = if client.is_ipv4() {
-            c.ecs_ipv4_prefix
-        } else {
-            c.ecs_ipv6_prefix
-        };
-        Some((client, prefix))
+        self.set.ecs_for(client)
     }
 
     /// Sends a UDP query (new or retried) to the next server and records it as pending.
