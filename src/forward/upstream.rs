@@ -1,5 +1,6 @@
-//! The PowerDNS pool: server health shared by all workers, and each worker's own forwarding
-//! state (connected UDP sockets with their pending tables, pooled TCP connections).
+//! The PowerDNS pool: server health shared by all workers, the choice of server, and each
+//! worker's pooled TCP connections. UDP forwarding state lives on the UDP front threads
+//! (`forward::udp`).
 //!
 //! Forwarding sends the client's bytes with only the ID rewritten (and ECS added when
 //! configured); a response is accepted only from the socket connected to the server asked,
@@ -7,25 +8,22 @@
 //! gets at most `attempts` servers, then SERVFAIL, so the total time is bounded.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{ClientAddress, UpstreamConfig, UpstreamPolicy};
+use crate::config::{UpstreamConfig, UpstreamPolicy};
 use crate::dns::{self, Added, Query};
 use crate::telemetry::metrics::{Cnt, Hist};
 
-/// Per-worker in-flight UDP queries per server; beyond this new queries are dropped (counted).
-const MAX_PENDING_PER_SERVER: usize = 16_384;
-
-/// Counters one worker keeps for one server (single writer), summed at scrape.
+/// Counters one thread keeps for one server (single writer), summed at scrape.
 #[derive(Default)]
 pub struct ServerCounters {
     pub requests: Cnt,
@@ -69,12 +67,7 @@ impl UpstreamServer {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// A reload removed this server: workers drop their sockets for it once drained.
-    pub fn is_retired(&self) -> bool {
-        self.retired.load(Ordering::Relaxed)
-    }
-
-    /// Counters for one more thread (a worker, a UDP front thread).
+    /// Counters for one more thread (a worker's TCP forwarding, a UDP front thread).
     pub(crate) fn register(&self) -> Arc<ServerCounters> {
         let c = Arc::new(ServerCounters::default());
         self.counters
@@ -239,26 +232,19 @@ pub struct Pending {
     pub sampled: bool,
 }
 
-/// One server as one worker sees it.
+/// One server as one worker's TCP forwarding sees it.
 pub struct WorkerServer {
     pub server: Arc<UpstreamServer>,
     pub counters: Arc<ServerCounters>,
-    pub udp: Rc<UdpSocket>,
-    pub pending: RefCell<HashMap<u16, Pending, foldhash::fast::RandomState>>,
-    pub outstanding: Cell<u32>,
     pub tcp: TcpPool,
 }
 
-/// A worker's view of the pool. Rebuilt (keeping sockets of unchanged servers) when the
-/// shared `UpstreamSet` changes.
+/// A worker's view of the pool for TCP. Rebuilt (keeping the connections of unchanged
+/// servers) when the shared `UpstreamSet` changes.
 pub struct WorkerUpstreams {
     pub set: Arc<UpstreamSet>,
     pub servers: Vec<Rc<WorkerServer>>,
     rr: Cell<usize>,
-    /// (deadline, server index, id) of UDP attempts, in send order (deadlines are monotonic
-    /// because every attempt has the same timeout).
-    pub deadlines: RefCell<VecDeque<(Instant, usize, u16)>>,
-    rng: RefCell<fastrand::Rng>,
 }
 
 /// Picks one of `n` servers for an attempt, not yet tried (`tried` bitmask), healthy ones
@@ -326,37 +312,33 @@ impl ForwardError {
 }
 
 impl WorkerUpstreams {
-    /// Creates sockets for `set`, reusing those of `previous` for servers that stay.
-    /// `buffer`: SO_RCVBUF/SO_SNDBUF for new sockets (`[server].socket_buffer`).
-    pub fn build(
-        set: Arc<UpstreamSet>,
-        previous: Option<&WorkerUpstreams>,
-        buffer: usize,
-    ) -> std::io::Result<WorkerUpstreams> {
-        let mut servers = Vec::with_capacity(set.servers.len());
-        for s in &set.servers {
-            if let Some(ws) =
-                previous.and_then(|p| p.servers.iter().find(|w| Arc::ptr_eq(&w.server, s)))
-            {
-                servers.push(ws.clone());
-                continue;
-            }
-            servers.push(Rc::new(WorkerServer::new(
-                s.clone(),
-                set.config.tcp_pool_size,
-                buffer,
-            )?));
-        }
-        Ok(WorkerUpstreams {
+    /// The worker's view of `set`, reusing the TCP pools of `previous` for servers that stay.
+    pub fn build(set: Arc<UpstreamSet>, previous: Option<&WorkerUpstreams>) -> WorkerUpstreams {
+        let servers = set
+            .servers
+            .iter()
+            .map(|s| {
+                previous
+                    .and_then(|p| p.servers.iter().find(|w| Arc::ptr_eq(&w.server, s)))
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Rc::new(WorkerServer {
+                            counters: s.register(),
+                            tcp: TcpPool::new(s.addr, set.config.tcp_pool_size),
+                            server: s.clone(),
+                        })
+                    })
+            })
+            .collect();
+        WorkerUpstreams {
             set,
             servers,
             rr: Cell::new(0),
-            deadlines: RefCell::new(VecDeque::new()),
-            rng: RefCell::new(fastrand::Rng::new()),
-        })
+        }
     }
 
-    /// Picks a server for an attempt (see [`pick_server`]).
+    /// Picks a server for a TCP attempt (see [`pick_server`]); least-outstanding counts the
+    /// queries in flight on this worker's connections to each.
     pub fn pick(&self, tried: u64) -> Option<usize> {
         let mut rr = self.rr.get();
         let picked = pick_server(
@@ -365,7 +347,7 @@ impl WorkerUpstreams {
             self.servers.len(),
             tried,
             |i| self.servers[i].server.is_healthy(),
-            |i| self.servers[i].outstanding.get() as usize,
+            |i| self.servers[i].tcp.in_flight(),
         );
         self.rr.set(rr);
         picked
@@ -374,141 +356,6 @@ impl WorkerUpstreams {
     /// ECS to add for a client, per config (None when switched off).
     pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
         self.set.ecs_for(client)
-    }
-
-    /// Sends a UDP query (new or retried) to the next server and records it as pending.
-    pub fn send_udp(
-        &self,
-        mut p: Pending,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), Box<(ForwardError, Pending)>> {
-        let Some(idx) = self.pick(p.tried) else {
-            return Err(Box::new((ForwardError::NoServer, p)));
-        };
-        let ws = &self.servers[idx];
-        let mut pending = ws.pending.borrow_mut();
-        if pending.len() >= MAX_PENDING_PER_SERVER {
-            return Err(Box::new((ForwardError::PendingFull, p)));
-        }
-        let mut rng = self.rng.borrow_mut();
-        let id = loop {
-            let id = rng.u16(..);
-            if !pending.contains_key(&id) {
-                break id;
-            }
-        };
-        let ecs = self.ecs_for(p.client.addr.ip().to_canonical());
-        p.added = dns::rewrite_for_upstream(&p.packet, &p.query, id, ecs, buf);
-        if self.set.config.client_address == ClientAddress::Proxy {
-            // PowerDNS reads the client from the header and answers without one.
-            let mut header = Vec::with_capacity(dns::proxy::MAX_LEN + buf.len());
-            dns::proxy::header(p.client.addr, p.client.local, true, &mut header);
-            header.extend_from_slice(buf);
-            *buf = header;
-        }
-        // The syscall directly, not tokio's `try_send`: that one answers WouldBlock from its
-        // cached readiness, which a socket made in this tick (start-up, a reload adding a
-        // server) does not have yet, and a SERVFAIL would follow for a send that cannot block.
-        if let Err(e) = socket2::SockRef::from(&*ws.udp).send(buf) {
-            ws.counters.errors.inc();
-            return Err(Box::new((ForwardError::Send(e.kind()), p)));
-        }
-        ws.counters.requests.inc();
-        ws.outstanding.set(ws.outstanding.get() + 1);
-        p.tried |= 1 << idx;
-        p.attempt += 1;
-        p.sent_at = Instant::now();
-        self.deadlines
-            .borrow_mut()
-            .push_back((p.sent_at + self.set.config.timeout, idx, id));
-        pending.insert(id, p);
-        Ok(())
-    }
-
-    /// Removes and returns the pending query `id` of server `idx` if `resp` answers it.
-    /// A response that does not match (wrong ID or question) is left alone (None).
-    pub fn take_matching(&self, idx: usize, resp: &[u8]) -> Option<Pending> {
-        if resp.len() < dns::HEADER_LEN {
-            return None;
-        }
-        let id = u16::from_be_bytes([resp[0], resp[1]]);
-        let ws = &self.servers[idx];
-        let mut pending = ws.pending.borrow_mut();
-        match pending.get(&id) {
-            Some(p) if dns::response_matches(resp, id, &p.query) => {}
-            _ => return None,
-        }
-        let p = pending.remove(&id)?;
-        ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
-        ws.counters.responses.inc();
-        ws.counters
-            .latency
-            .observe_ns(p.sent_at.elapsed().as_nanos() as u64);
-        Some(p)
-    }
-
-    /// Pops every attempt whose deadline passed and is still pending, with the index of the
-    /// server that attempt went to (the one that timed out, not the first one tried).
-    pub fn expired(&self, now: Instant, out: &mut Vec<(usize, Pending)>) {
-        let mut dl = self.deadlines.borrow_mut();
-        while let Some(&(deadline, idx, id)) = dl.front() {
-            if deadline > now {
-                break;
-            }
-            dl.pop_front();
-            let Some(ws) = self.servers.get(idx) else {
-                continue;
-            };
-            let mut pending = ws.pending.borrow_mut();
-            // The slot may hold a newer query that reused the ID: only expire a stale one.
-            if let Some(p) = pending.get(&id)
-                && p.sent_at + self.set.config.timeout <= now
-            {
-                let p = pending.remove(&id).expect("present");
-                ws.outstanding.set(ws.outstanding.get().saturating_sub(1));
-                ws.counters.timeouts.inc();
-                out.push((idx, p));
-            }
-        }
-    }
-}
-
-impl WorkerServer {
-    fn new(
-        server: Arc<UpstreamServer>,
-        pool_size: usize,
-        buffer: usize,
-    ) -> std::io::Result<WorkerServer> {
-        let bind: SocketAddr = if server.addr.is_ipv4() {
-            "0.0.0.0:0"
-        } else {
-            "[::]:0"
-        }
-        .parse()
-        .expect("literal");
-        let sock = socket2::Socket::new(
-            socket2::Domain::for_address(bind),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        if buffer > 0 {
-            // Answers from PowerDNS queue here while the worker is busy: the kernel default
-            // (~208 KiB) overflows within a short pause at high rates. Capped by rmem_max.
-            let _ = sock.set_recv_buffer_size(buffer);
-            let _ = sock.set_send_buffer_size(buffer);
-        }
-        sock.set_nonblocking(true)?;
-        sock.bind(&bind.into())?;
-        sock.connect(&server.addr.into())?;
-        let udp = Rc::new(UdpSocket::from_std(sock.into())?);
-        Ok(WorkerServer {
-            counters: server.register(),
-            tcp: TcpPool::new(server.addr, pool_size),
-            server,
-            udp,
-            pending: RefCell::new(HashMap::default()),
-            outstanding: Cell::new(0),
-        })
     }
 }
 
@@ -776,78 +623,17 @@ async fn run_tcp_conn(
 mod tests {
     use super::*;
 
-    fn pool(policy: &str) -> (tokio::runtime::Runtime, WorkerUpstreams) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+    fn pool(policy: &str) -> WorkerUpstreams {
         let text = format!(
             "[upstream]\nservers = [\"127.0.0.1:1\", \"127.0.0.1:2\", \"127.0.0.1:3\"]\npolicy = \"{policy}\"\n"
         );
         let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
-        let set = UpstreamSet::new(&cfg.upstream, None);
-        let w = rt.block_on(async { WorkerUpstreams::build(set, None, 0).unwrap() });
-        (rt, w)
-    }
-
-    #[test]
-    fn a_query_can_be_sent_on_a_socket_made_in_this_very_tick() {
-        // At start-up (the first handed-over batch) and after a reload adding a server, the
-        // first send happens before the runtime ever polled the new socket for readiness.
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let target = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let text = format!(
-            "[upstream]\nservers = [\"{}\"]\n",
-            target.local_addr().unwrap()
-        );
-        let cfg = crate::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap();
-        let name = dns::name_from_text("a.test.").unwrap();
-        let packet = dns::build_query(0x4242, &name, dns::TYPE_SOA, None);
-        let query = dns::parse_query(&packet).unwrap();
-        let client: SocketAddr = "127.0.0.1:53000".parse().unwrap();
-        rt.block_on(async {
-            let w = WorkerUpstreams::build(UpstreamSet::new(&cfg.upstream, None), None, 0).unwrap();
-            let p = Pending {
-                client: UdpClient {
-                    addr: client,
-                    listener: 0,
-                    local: "127.0.0.1:53".parse().unwrap(),
-                },
-                orig_id: query.id,
-                added: Added::Nothing,
-                query,
-                packet: packet.clone(),
-                attempt: 0,
-                tried: 0,
-                sent_at: Instant::now(),
-                received_at: Instant::now(),
-                sampled: false,
-            };
-            let mut buf = Vec::new();
-            assert!(
-                w.send_udp(p, &mut buf).is_ok(),
-                "sent without waiting for readiness"
-            );
-        });
-        target
-            .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-            .unwrap();
-        let mut got = [0u8; 512];
-        let n = target.recv(&mut got).unwrap();
-        assert!(n > packet.len());
-        assert_eq!(
-            &got[12..packet.len()],
-            &packet[12..],
-            "the question, forwarded (with a new ID and ECS added)"
-        );
+        WorkerUpstreams::build(UpstreamSet::new(&cfg.upstream, None), None)
     }
 
     #[test]
     fn pick_follows_policy_and_health() {
-        let (_rt, w) = pool("first-available");
+        let w = pool("first-available");
         assert_eq!(w.pick(0), Some(0));
         assert_eq!(w.pick(0b001), Some(1));
         w.servers[1].server.healthy.store(false, Ordering::Relaxed);
@@ -867,15 +653,24 @@ mod tests {
             "all tried: a retry goes to a healthy one again"
         );
 
-        let (_rt, w) = pool("round-robin");
+        let w = pool("round-robin");
         let picks: Vec<_> = (0..6).map(|_| w.pick(0).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
 
-        let (_rt, w) = pool("least-outstanding");
-        w.servers[0].outstanding.set(5);
-        w.servers[2].outstanding.set(1);
-        assert_eq!(w.pick(0), Some(1));
-        assert_eq!(w.pick(0b010), Some(2));
+        let outstanding = [5, 0, 1];
+        let mut rr = 0;
+        let mut pick = |tried| {
+            pick_server(
+                UpstreamPolicy::LeastOutstanding,
+                &mut rr,
+                3,
+                tried,
+                |_| true,
+                |i| outstanding[i],
+            )
+        };
+        assert_eq!(pick(0), Some(1));
+        assert_eq!(pick(0b010), Some(2));
     }
 
     #[test]

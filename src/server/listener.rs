@@ -1,6 +1,8 @@
-//! Sockets and workers: one thread per worker, each with its own single-threaded runtime,
-//! its own `SO_REUSEPORT` UDP socket and TCP listener per listen address, its own upstream
-//! sockets and pending tables. Nothing on the per-packet path takes a lock.
+//! Sockets and workers: one thread per worker, each with its own single-threaded runtime for
+//! TCP (clients and pooled upstream connections), and per listen address its own
+//! `SO_REUSEPORT` TCP listener and UDP socket; each UDP socket gets its own front thread
+//! (`udp_front`), which also forwards its queries over UDP. Nothing on the per-packet path
+//! takes a lock.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -17,21 +19,16 @@ use tokio::time::Instant;
 
 use crate::config::ClientAddress;
 use crate::dns::{self, rcode};
-use crate::forward::upstream::{ForwardError, Pending, TcpPool, WorkerUpstreams};
+use crate::forward::upstream::{TcpPool, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
-use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
-use crate::server::udp_front::{self, ForwardBatch, UdpFront};
+use crate::server::udp_front::UdpFront;
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
-/// Largest UDP datagram we read (EDNS clients may send up to this).
-const UDP_BUF: usize = 4096;
 /// How long a closing TCP connection waits for the client to close its side.
 const LINGER: Duration = Duration::from_secs(1);
-/// How often a worker looks for forwarded queries past their deadline.
-const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
 /// Sockets bound before the workers start, so bind errors surface at start-up.
 pub struct BoundSockets {
@@ -175,8 +172,6 @@ struct Worker {
     metrics: Arc<WorkerMetrics>,
     sampler: RefCell<Sampler>,
     sign: RefCell<SignState>,
-    /// Send handles on the front-end UDP sockets (their threads do the reading).
-    udp: Vec<std::net::UdpSocket>,
     upstreams: RefCell<Rc<WorkerUpstreams>>,
     /// This worker's open TCP client connections (waited for at shutdown).
     tcp_open: Cell<usize>,
@@ -215,35 +210,18 @@ impl Worker {
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
 
-    /// The worker's upstream state, rebuilt when a reload replaced the pool.
-    fn upstreams(self: &Rc<Self>, snap: &Snapshot) -> Rc<WorkerUpstreams> {
+    /// The worker's TCP view of the pool, rebuilt when a reload replaced it.
+    fn upstreams(&self, snap: &Snapshot) -> Rc<WorkerUpstreams> {
         let current = self.upstreams.borrow().clone();
         if Arc::ptr_eq(&current.set, &snap.upstream) {
             return current;
         }
-        match WorkerUpstreams::build(
+        let next = Rc::new(WorkerUpstreams::build(
             snap.upstream.clone(),
             Some(&current),
-            self.shared.restart.socket_buffer,
-        ) {
-            Ok(next) => {
-                let next = Rc::new(next);
-                for (i, ws) in next.servers.iter().enumerate() {
-                    if !current.servers.iter().any(|c| Rc::ptr_eq(c, ws)) {
-                        tokio::task::spawn_local(upstream_udp_loop(self.clone(), next.clone(), i));
-                    }
-                }
-                // The new set needs its own sweeper (timeouts, retries); the old set's sweeper
-                // keeps going until its pending queries are done, then ends.
-                tokio::task::spawn_local(sweep_loop(self.clone(), next.clone()));
-                *self.upstreams.borrow_mut() = next.clone();
-                next
-            }
-            Err(e) => {
-                tracing::error!(target: "dnsteer::forward::upstream", error = %e, "cannot open upstream sockets; keeping the previous pool");
-                current
-            }
-        }
+        ));
+        *self.upstreams.borrow_mut() = next.clone();
+        next
     }
 }
 
@@ -261,53 +239,30 @@ pub fn run_worker(
     let local = tokio::task::LocalSet::new();
     let mut fronts = Vec::new();
     let result = local.block_on(&rt, async {
-        let snap0 = shared.snapshot.load_full();
-        let upstreams = Rc::new(WorkerUpstreams::build(
-            snap0.upstream.clone(),
-            None,
-            shared.restart.socket_buffer,
-        )?);
-        // Each front-end UDP socket gets its own blocking thread (`udp_front`); this runtime
-        // keeps a send handle for the answers to forwarded queries.
-        let mut udp_socks = Vec::new();
-        let mut handoffs = Vec::new();
+        // Each UDP socket gets its own thread (`udp_front`), which forwards its queries too.
         for (listener, sock) in udp.into_iter().enumerate() {
-            udp_socks.push(sock.try_clone()?);
-            let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
-            let front = UdpFront {
-                worker: index,
-                listener,
-                shared: shared.clone(),
-                sock,
-                forward: tx,
-                stop: stop.clone(),
-            };
+            let front = UdpFront::new(index, listener, shared.clone(), sock, stop.clone())?;
             fronts.push(
                 std::thread::Builder::new()
                     .name(format!("dnsteer-udp-{index}"))
                     .spawn(move || front.run())?,
             );
-            handoffs.push(rx);
         }
+        let snap0 = shared.snapshot.load_full();
         let worker = Rc::new(Worker {
             index,
             snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
             metrics: shared.metrics.register_worker(),
             sampler: RefCell::new(Sampler::default()),
             sign: RefCell::new(SignState::for_thread(&shared)),
-            udp: udp_socks,
-            upstreams: RefCell::new(upstreams.clone()),
+            upstreams: RefCell::new(Rc::new(WorkerUpstreams::build(
+                snap0.upstream.clone(),
+                None,
+            ))),
             tcp_open: Cell::new(0),
             shared,
         });
-        for i in 0..upstreams.servers.len() {
-            tokio::task::spawn_local(upstream_udp_loop(worker.clone(), upstreams.clone(), i));
-        }
-        tokio::task::spawn_local(sweep_loop(worker.clone(), upstreams.clone()));
         let mut tasks = Vec::new();
-        for rx in handoffs {
-            tasks.push(tokio::task::spawn_local(forward_loop(worker.clone(), rx)));
-        }
         for l in tcp {
             let l = TcpListener::from_std(l)?;
             tasks.push(tokio::task::spawn_local(tcp_accept_loop(
@@ -319,28 +274,23 @@ pub fn run_worker(
         for t in tasks {
             let _ = t.await;
         }
-        // Let forwarded queries finish: wait until no pending UDP query is left and every TCP
-        // connection has written its in-flight answers and closed (bounded). Returning drops
-        // the LocalSet, which would cancel those tasks mid-query.
+        // Let every TCP connection write its in-flight answers and close (bounded). Returning
+        // drops the LocalSet, which would cancel those tasks mid-query.
         let snap = worker.snapshot();
         let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
             + Duration::from_millis(100);
         let until = Instant::now() + bound;
-        while Instant::now() < until
-            && (worker.tcp_open.get() > 0
-                || worker
-                    .upstreams
-                    .borrow()
-                    .servers
-                    .iter()
-                    .any(|s| !s.pending.borrow().is_empty()))
-        {
+        while Instant::now() < until && worker.tcp_open.get() > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Ok::<(), std::io::Error>(())
     });
-    // The front-end threads have stopped (their queues closed) unless start-up failed half
-    // way; then they notice the closed queue within their receive timeout.
+    // The front threads see the stop flag too and finish their forwarded queries (bounded the
+    // same way). If start-up failed half way, those already started serve UDP until the app
+    // stops.
+    if let Err(e) = &result {
+        tracing::error!(worker = index, error = %e, "worker start-up failed; its TCP is not served");
+    }
     drop(local);
     for f in fronts {
         if f.join().is_err() {
@@ -349,152 +299,6 @@ pub fn run_worker(
     }
     tracing::debug!(worker = index, "worker stopped");
     result
-}
-
-/// Sends the upstream pool the forwarded queries one front-end thread hands over; ends when
-/// that thread has stopped and the queue is empty.
-async fn forward_loop(w: Rc<Worker>, mut rx: mpsc::Receiver<ForwardBatch>) {
-    let mut fwd = Vec::with_capacity(UDP_BUF);
-    let mut out = Vec::with_capacity(UDP_BUF);
-    while let Some(batch) = rx.recv().await {
-        let snap = w.snapshot();
-        let ups = w.upstreams(&snap);
-        for p in batch {
-            if let Err(err) = ups.send_udp(p, &mut fwd) {
-                let (e, p) = *err;
-                fail_udp(&w, &snap, p, e, &mut out);
-            }
-        }
-    }
-}
-
-/// One answer on a front-end socket. That socket is in blocking mode for its reading thread,
-/// so the send says `MSG_DONTWAIT` itself: a full buffer drops the answer, never stalls the
-/// worker.
-fn send_udp(w: &Worker, listener: usize, out: &[u8], to: SocketAddr) {
-    let sock = socket2::SockRef::from(&w.udp[listener]);
-    if sock
-        .send_to_with_flags(out, &to.into(), libc::MSG_DONTWAIT)
-        .is_err()
-    {
-        w.metrics.dropped(DropReason::SendFailed);
-    }
-}
-
-/// A forwarded UDP query that cannot be (re)sent or ran out of attempts: SERVFAIL.
-fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut Vec<u8>) {
-    let cache = w.shared.cache.as_ref();
-    if pipeline::servfail_forwarded(snap, &w.metrics, &w.shared.log, cache, &p, &e, out) {
-        send_udp(w, p.client.listener, out, p.client.addr);
-    }
-}
-
-/// Receives answers from one server's socket, a batch per `recvmmsg`, and passes them back to
-/// the clients with one `sendmmsg` per front-end socket and batch.
-async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) {
-    use std::os::fd::AsRawFd;
-    let sock = ups.servers[idx].udp.clone();
-    let fd = sock.as_raw_fd();
-    let addr = ups.servers[idx].server.addr;
-    // Answers up to what a client may be sent, with room for the ECS option we added.
-    let slot = (usize::from(w.shared.restart.max_udp_payload) + 512).max(UDP_BUF);
-    let mut rx = Box::new(RecvBatch::with_slot(slot));
-    let mut tx: Vec<SendBatch> = w.udp.iter().map(|_| SendBatch::default()).collect();
-    let mut out = Vec::with_capacity(UDP_BUF);
-    let server = ups.servers[idx].server.clone();
-    let mut check = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            r = sock.readable() => if r.is_err() { return },
-            _ = check.tick() => {
-                // A server removed by a reload: stop once its answers can no longer arrive,
-                // which frees this task and its socket.
-                if server.is_retired() && ups.servers[idx].pending.borrow().is_empty() {
-                    return;
-                }
-                continue;
-            }
-        }
-        // Drain what is queued, a batch per system call; answers leave after each batch.
-        loop {
-            let n = match sock.try_io(tokio::io::Interest::READABLE, || rx.recv(fd)) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // ECONNREFUSED from an ICMP port unreachable: the queries time out and are
-                // retried; do not spin on the error.
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    break;
-                }
-            };
-            let snap = w.snapshot();
-            let now = Instant::now();
-            for i in 0..n {
-                let Some((resp, too_big)) = rx.get_prefix(i) else {
-                    continue;
-                };
-                let Some(p) = ups.take_matching(idx, resp) else {
-                    w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
-                    continue;
-                };
-                let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
-                let batch = &mut tx[p.client.listener];
-                let Some(reply) = batch.next_buf() else {
-                    // Cannot happen (one slot per received answer); never lose the query.
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
-                };
-                // An answer larger than any client may get over UDP (PowerDNS allowed more than
-                // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
-                // again over TCP, as it would for a truncated answer.
-                let restored = if too_big {
-                    // The client's own query parsed, so its error answer can be written.
-                    let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
-                    if ok {
-                        reply[2] |= 0x02;
-                    }
-                    ok
-                } else {
-                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
-                };
-                if !restored {
-                    w.metrics.malformed(Malformed::BadUpstreamResponse);
-                    ups.servers[idx].counters.errors.inc();
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
-                }
-                if !too_big {
-                    cache_answer(&w, &snap, &p.query, p.client.addr.ip(), resp, p.added, now);
-                }
-                if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
-                    w.metrics.truncated.inc();
-                }
-                pipeline::forwarded_done(
-                    &snap,
-                    &w.metrics,
-                    &w.shared.log,
-                    &pipeline::Forwarded {
-                        transport: Transport::Udp,
-                        client: p.client.addr.ip(),
-                        query: &p.query,
-                        received: p.received_at,
-                        sampled: p.sampled,
-                    },
-                    reply,
-                    Some(addr),
-                );
-                batch.commit(p.client.addr);
-            }
-            for (listener, batch) in tx.iter_mut().enumerate() {
-                udp_front::flush_counted(batch, w.udp[listener].as_raw_fd(), &w.metrics);
-            }
-            if n < BATCH {
-                break;
-            }
-            // A full batch: let this worker's other tasks run too.
-            tokio::task::yield_now().await;
-        }
-    }
 }
 
 /// Offers PowerDNS's answer `resp` to the packet cache, if there is one.
@@ -511,50 +315,6 @@ fn cache_answer(
         && let Some(req) = cache.request(q, client, &snap.config.upstream)
     {
         cache.insert(&req, q, resp, added, now, &w.metrics);
-    }
-}
-
-fn retry_or_fail(
-    w: &Worker,
-    snap: &Snapshot,
-    ups: &WorkerUpstreams,
-    p: Pending,
-    out: &mut Vec<u8>,
-) {
-    if p.attempt >= ups.set.config.attempts {
-        fail_udp(w, snap, p, ForwardError::NoServer, out);
-        return;
-    }
-    let mut fwd = Vec::with_capacity(p.packet.len() + 32);
-    if let Err(err) = ups.send_udp(p, &mut fwd) {
-        let (e, p) = *err;
-        fail_udp(w, snap, p, e, out);
-    }
-}
-
-/// Retries or SERVFAILs UDP attempts past their deadline, for one pool; ends once a reload
-/// replaced the pool and its last attempt is settled.
-async fn sweep_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>) {
-    let mut expired = Vec::new();
-    let mut out = Vec::with_capacity(UDP_BUF);
-    loop {
-        tokio::time::sleep(SWEEP_EVERY).await;
-        ups.expired(Instant::now(), &mut expired);
-        let snap = w.snapshot();
-        for (server, p) in expired.drain(..) {
-            if let Some(ws) = ups.servers.get(server) {
-                w.shared.log.event(Event::UpstreamTimeout {
-                    server: ws.server.addr,
-                    qname: p.query.qname,
-                    qtype: p.query.qtype,
-                });
-            }
-            retry_or_fail(&w, &snap, &ups, p, &mut out);
-        }
-        let idle = ups.deadlines.borrow().is_empty();
-        if idle && !Rc::ptr_eq(&w.upstreams.borrow(), &ups) {
-            return;
-        }
     }
 }
 

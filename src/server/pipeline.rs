@@ -364,8 +364,8 @@ pub fn forwarded_done(
     }
 }
 
-/// A forwarded UDP query that gets SERVFAIL instead (no server left, handoff queue or pending
-/// table full, out of attempts): counted, logged, and the answer written into `out`. False if
+/// A forwarded UDP query that gets SERVFAIL instead (no server left, pending table full, send
+/// refused, out of attempts): counted, logged, and the answer written into `out`. False if
 /// the packet cannot carry an error answer (then nothing is sent).
 pub fn servfail_forwarded(
     snap: &Snapshot,

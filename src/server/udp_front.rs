@@ -1,180 +1,459 @@
-//! The UDP front end: one dedicated OS thread per worker and listen socket that blocks in
-//! `recvmmsg(MSG_WAITFORONE)`, runs the pipeline on the batch and answers it with one
-//! `sendmmsg`. Two system calls per batch and no event loop on the packet path: epoll and the
-//! async runtime cost as much per batch as the answers themselves (BENCHMARKS.md §0), so the
-//! hot path stays out of them.
+//! The UDP front end: one OS thread per worker and listen socket, a single-threaded event loop
+//! over its client socket and its own connected socket per PowerDNS server. One turn:
 //!
-//! Queries for PowerDNS are handed, a batch at a time, to the worker's async runtime, which
-//! owns the upstream sockets and pending tables and sends the answers back from its own
-//! handle on the same socket (with `MSG_DONTWAIT`: the socket itself blocks). The handoff queue is bounded: when the worker is
-//! that far behind, the query gets SERVFAIL at once, counted as `pending_full`.
+//! 1. `poll(2)` until a socket is readable or the next forwarded query runs out of time;
+//! 2. answers from PowerDNS, a batch per `recvmmsg`, matched to their pending query and
+//!    restored for the client (`finish_upstream_answer`);
+//! 3. client queries, a batch per `recvmmsg`, through the pipeline: answers made here go to
+//!    the client batch, forwards to a batch per server;
+//! 4. attempts past their deadline: retried on the next server, or SERVFAIL;
+//! 5. one `sendmmsg` per server with queries, one `sendmmsg` to the clients.
+//!
+//! No runtime, channel or cross-thread wake-up on the UDP path: epoll, the async runtime and
+//! a handoff between threads cost as much per batch as the answers themselves
+//! (BENCHMARKS.md §0). TCP stays on the worker's runtime (`listener`).
 
+use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::dns::Added;
-use crate::forward::upstream::{ForwardError, Pending, UdpClient};
+use crate::dns::{self, Added, rcode};
+use crate::forward::udp::{MAX_PENDING_PER_SERVER, UdpUpstreams};
+use crate::forward::upstream::{ForwardError, Pending, UdpClient, UpstreamSet};
 use crate::server::pipeline::{self, Action, Ctx, Latency};
 use crate::server::signing::SignState;
-use crate::server::udp_batch::{RecvBatch, SendBatch};
+use crate::server::udp_batch::{BATCH, ConnectedSendBatch, PollSet, RecvBatch, SLOT, SendBatch};
 use crate::state::{Shared, Snapshot};
-use crate::telemetry::metrics::{Decision, DropReason, Path, Transport, WorkerMetrics};
-use crate::telemetry::querylog::Sampler;
+use crate::telemetry::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
+use crate::telemetry::querylog::{Event, Sampler};
 
-/// How long a blocked receive waits before the thread looks at the stop flag again.
+/// Longest wait in `poll`: how soon the thread sees the stop flag (and a reload) when idle.
 const STOP_POLL: Duration = Duration::from_millis(100);
-/// Batches of forwarded queries a worker may have queued from one socket (≤ 32 queries each).
-pub const FORWARD_QUEUE: usize = 256;
-
-/// A batch of queries for the worker's upstream pool.
-pub type ForwardBatch = Vec<Pending>;
+/// Batches read from one server's socket per turn, so one busy server cannot starve the rest.
+const UPSTREAM_BATCHES_PER_TURN: usize = 4;
 
 /// What one front-end thread owns.
 pub struct UdpFront {
-    pub worker: usize,
-    pub listener: usize,
-    pub shared: Arc<Shared>,
-    pub sock: std::net::UdpSocket,
-    pub forward: mpsc::Sender<ForwardBatch>,
-    pub stop: watch::Receiver<bool>,
+    worker: usize,
+    listener: usize,
+    shared: Arc<Shared>,
+    sock: std::net::UdpSocket,
+    stop: watch::Receiver<bool>,
+    ups: UdpUpstreams,
 }
 
 impl UdpFront {
-    /// Serves the socket until `stop` turns true (or its sender is gone). The socket is put in
-    /// blocking mode with a receive timeout; other handles on it send with `MSG_DONTWAIT`.
-    pub fn run(mut self) {
-        if let Err(e) = self
-            .sock
-            .set_nonblocking(false)
-            .and_then(|()| self.sock.set_read_timeout(Some(STOP_POLL)))
-        {
-            tracing::error!(worker = self.worker, error = %e, "cannot make the UDP socket blocking; this listener stops");
-            return;
-        }
-        let fd = self.sock.as_raw_fd();
-        let local = self
-            .sock
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let metrics = self.shared.metrics.register_worker();
-        let mut snap_cache = arc_swap::Cache::new(self.shared.snapshot.clone());
-        let mut sampler = Sampler::default();
-        let mut sign = SignState::for_thread(&self.shared);
-        let mut rx = Box::new(RecvBatch::default());
-        let mut tx = Box::new(SendBatch::default());
-        let mut forwards: ForwardBatch = Vec::new();
-        // A closed queue means the worker is gone (start-up failed or it stopped).
-        while !stopped(&mut self.stop) && !self.forward.is_closed() {
-            let n = match rx.recv_wait(fd) {
-                Ok(n) => n,
-                Err(e) => {
-                    match e.kind() {
-                        // Timeout (look at the stop flag) or a signal.
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
-                        // Nothing else is expected on an unconnected socket; do not spin.
-                        _ => {
-                            tracing::warn!(worker = self.worker, error = %e, "UDP receive failed");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
-                    continue;
-                }
-            };
-            // One clock read and one snapshot load per batch.
-            let received = Instant::now();
-            // Borrowed from the per-thread cache: no shared refcount touched per batch.
-            let snap = snap_cache.load();
-            let mut ctx = Ctx {
-                snap,
-                limiter: &self.shared.limiter,
-                metrics: &metrics,
-                log: &self.shared.log,
-                sampler: &mut sampler,
-                max_udp_payload: self.shared.restart.max_udp_payload,
-                notify: &self.shared.notify_tx,
-                worker: self.worker,
-                latency: Latency::Batch { answered: 0 },
-                sign: &mut sign,
-                cache: self.shared.cache.as_ref(),
-            };
-            for i in 0..n {
-                let Some((pkt, src)) = rx.get(i) else {
-                    metrics.dropped(DropReason::TooShort);
-                    continue;
-                };
-                let Some(reply) = tx.next_buf() else { break };
-                match pipeline::handle(&mut ctx, pkt, src, Transport::Udp, received, reply) {
-                    Action::Reply => tx.commit(src),
-                    Action::Drop => {}
-                    Action::Forward { query, sampled } => {
-                        metrics.query(Transport::Udp, Decision::Forwarded);
-                        forwards.push(Pending {
-                            client: UdpClient {
-                                addr: src,
-                                listener: self.listener,
-                                local,
-                            },
-                            orig_id: query.id,
-                            added: Added::Nothing,
-                            query,
-                            packet: pkt.to_vec(),
-                            attempt: 0,
-                            tried: 0,
-                            sent_at: received,
-                            received_at: received,
-                            sampled,
-                        });
-                    }
-                }
-            }
-            if !forwards.is_empty() {
-                self.hand_over(snap, &metrics, &mut forwards, &mut tx);
-            }
-            flush_counted(&mut tx, fd, &metrics);
-            if let Latency::Batch { answered } = ctx.latency
-                && answered > 0
-            {
-                let ns = received.elapsed().as_nanos() as u64;
-                metrics.latency[Path::InProcess as usize].observe_many_ns(ns, answered);
-            }
-        }
-        tracing::debug!(
-            worker = self.worker,
-            listener = self.listener,
-            "UDP front end stopped"
-        );
+    /// The thread's state for client socket `sock`, with a socket per server of the current
+    /// pool (opened here, so an error shows at start-up).
+    pub fn new(
+        worker: usize,
+        listener: usize,
+        shared: Arc<Shared>,
+        sock: std::net::UdpSocket,
+        stop: watch::Receiver<bool>,
+    ) -> io::Result<UdpFront> {
+        sock.set_nonblocking(true)?;
+        let ups = UdpUpstreams::build(
+            shared.snapshot.load().upstream.clone(),
+            MAX_PENDING_PER_SERVER,
+            shared.restart.socket_buffer,
+        )?;
+        Ok(UdpFront {
+            worker,
+            listener,
+            shared,
+            sock,
+            stop,
+            ups,
+        })
     }
 
-    /// Queues this batch's forwards for the worker; if it cannot take them, each gets SERVFAIL
-    /// in the outgoing batch.
-    fn hand_over(
-        &self,
-        snap: &Snapshot,
-        metrics: &WorkerMetrics,
-        forwards: &mut ForwardBatch,
-        tx: &mut SendBatch,
-    ) {
-        // The next batch's vector is sized like this one's: one allocation per batch that has
-        // forwards, no regrowth while it fills.
-        let next = Vec::with_capacity(forwards.len());
-        let batch = std::mem::replace(forwards, next);
-        let rejected = match self.forward.try_send(batch) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => b,
+    /// Caps the queries in flight per server on this thread (default
+    /// [`MAX_PENDING_PER_SERVER`]; tests make it small).
+    pub fn with_max_pending(mut self, max: usize) -> UdpFront {
+        self.ups.set_max_pending(max);
+        self
+    }
+
+    /// Serves the socket until `stop` turns true (or its sender is gone), then answers what
+    /// is still in flight upstream, for at most `timeout × attempts`.
+    pub fn run(self) {
+        let UdpFront {
+            worker,
+            listener,
+            shared,
+            sock,
+            mut stop,
+            ups,
+        } = self;
+        let fd = sock.as_raw_fd();
+        let local = sock
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let metrics = shared.metrics.register_worker();
+        let mut snap_cache = arc_swap::Cache::new(shared.snapshot.clone());
+        let mut sampler = Sampler::default();
+        let mut sign = SignState::for_thread(&shared);
+        let mut queries = Box::new(RecvBatch::default());
+        // Answers up to what a client may be sent, with room for the ECS option we added.
+        let slot = (usize::from(shared.restart.max_udp_payload) + 512).max(SLOT);
+        let mut answers = Box::new(RecvBatch::with_slot(slot));
+        let mut fw = Forwarder {
+            sends: ups.servers().iter().map(|_| Default::default()).collect(),
+            ups,
+            client_fd: fd,
+            listener,
+            local,
+            tx: Box::default(),
+            expired: Vec::new(),
+            unsent: Vec::new(),
+            max_udp_payload: shared.restart.max_udp_payload,
+            metrics: metrics.clone(),
+            shared: shared.clone(),
+            rejected: None,
         };
-        for p in rejected {
-            let Some(out) = tx.next_buf() else { break };
-            let e = ForwardError::PendingFull;
-            let cache = self.shared.cache.as_ref();
-            if pipeline::servfail_forwarded(snap, metrics, &self.shared.log, cache, &p, &e, out) {
-                tx.commit(p.client.addr);
+        let mut poll = PollSet::default();
+        // Set once stopping: until when queries in flight are waited for.
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if stopping.is_none() && stopped(&mut stop) {
+                stopping = Some(Instant::now() + settle_bound(fw.ups.set()));
+            }
+            if let Some(until) = stopping
+                && (fw.ups.in_flight() == 0 || Instant::now() >= until)
+            {
+                break;
+            }
+            let reading = stopping.is_none();
+            poll.clear();
+            if reading {
+                poll.add(fd);
+            }
+            for s in fw.ups.servers() {
+                poll.add(s.fd());
+            }
+            let wait = fw.ups.next_deadline().map_or(STOP_POLL, |d| {
+                d.saturating_duration_since(Instant::now()).min(STOP_POLL)
+            });
+            if let Err(e) = poll.wait(wait) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::warn!(worker, error = %e, "poll failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            // One clock read and one snapshot load per turn.
+            let now = Instant::now();
+            // Borrowed from the per-thread cache: no shared refcount touched per turn.
+            let snap = snap_cache.load();
+            let first_upstream = usize::from(reading);
+            for idx in 0..fw.ups.servers().len() {
+                if poll.ready(first_upstream + idx) {
+                    fw.upstream_answers(snap, idx, &mut answers, now);
+                }
+            }
+            let mut answered = 0;
+            if reading && poll.ready(0) {
+                let mut ctx = Ctx {
+                    snap,
+                    limiter: &shared.limiter,
+                    metrics: &metrics,
+                    log: &shared.log,
+                    sampler: &mut sampler,
+                    max_udp_payload: shared.restart.max_udp_payload,
+                    notify: &shared.notify_tx,
+                    worker,
+                    latency: Latency::Batch { answered: 0 },
+                    sign: &mut sign,
+                    cache: shared.cache.as_ref(),
+                };
+                fw.client_queries(&mut ctx, &mut queries, now);
+                if let Latency::Batch { answered: n } = ctx.latency {
+                    answered = n;
+                }
+            }
+            fw.expire(snap, now);
+            fw.flush_upstreams(snap);
+            flush_counted(&mut fw.tx, fd, &metrics);
+            if answered > 0 {
+                let ns = now.elapsed().as_nanos() as u64;
+                metrics.latency[Path::InProcess as usize].observe_many_ns(ns, answered);
+            }
+            fw.follow_reload(&snap.upstream);
+        }
+        tracing::debug!(worker, listener, "UDP front end stopped");
+    }
+}
+
+/// How long forwarded queries may still take: every attempt, plus a margin.
+fn settle_bound(set: &UpstreamSet) -> Duration {
+    set.config.timeout * set.config.attempts as u32 + STOP_POLL
+}
+
+/// The thread's forwarding half: the pool's sockets and pending tables, the batches leaving
+/// this turn.
+struct Forwarder {
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    client_fd: RawFd,
+    listener: usize,
+    /// The client socket's address (the destination in a PROXY header).
+    local: std::net::SocketAddr,
+    ups: UdpUpstreams,
+    /// Queries for each server this turn, indexed like `ups.servers()`.
+    sends: Vec<ConnectedSendBatch>,
+    /// Answers for the clients this turn.
+    tx: Box<SendBatch>,
+    expired: Vec<(usize, Pending)>,
+    unsent: Vec<(u16, io::ErrorKind)>,
+    max_udp_payload: u16,
+    /// A pool whose sockets could not be opened: not tried again until the next reload.
+    rejected: Option<Arc<UpstreamSet>>,
+}
+
+impl Forwarder {
+    /// One batch of client queries through the pipeline.
+    fn client_queries(&mut self, ctx: &mut Ctx<'_>, rx: &mut RecvBatch, received: Instant) {
+        let n = match rx.recv(self.client_fd) {
+            Ok(n) => n,
+            Err(e) => {
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
+                    // Nothing else is expected on an unconnected socket; do not spin.
+                    _ => {
+                        tracing::warn!(worker = ctx.worker, error = %e, "UDP receive failed");
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                return;
+            }
+        };
+        for i in 0..n {
+            let Some((pkt, src)) = rx.get(i) else {
+                self.metrics.dropped(DropReason::TooShort);
+                continue;
+            };
+            let reply = reply_slot(&mut self.tx, self.client_fd, &self.metrics);
+            match pipeline::handle(ctx, pkt, src, Transport::Udp, received, reply) {
+                Action::Reply => self.tx.commit(src),
+                Action::Drop => {}
+                Action::Forward { query, sampled } => {
+                    self.metrics.query(Transport::Udp, Decision::Forwarded);
+                    let p = Pending {
+                        client: UdpClient {
+                            addr: src,
+                            listener: self.listener,
+                            local: self.local,
+                        },
+                        orig_id: query.id,
+                        added: Added::Nothing,
+                        query,
+                        packet: pkt.to_vec(),
+                        attempt: 0,
+                        tried: 0,
+                        sent_at: received,
+                        received_at: received,
+                        sampled,
+                    };
+                    self.forward(ctx.snap, p);
+                }
             }
         }
     }
+
+    /// Queues `p` (new, or a retry) for the next server, or answers it SERVFAIL.
+    fn forward(&mut self, snap: &Snapshot, p: Pending) {
+        let Some(idx) = self.ups.pick(p.tried) else {
+            return self.fail(snap, p, ForwardError::NoServer);
+        };
+        if self.sends[idx].is_full() {
+            self.flush_upstream(snap, idx);
+        }
+        let out = self.sends[idx].next_buf().expect("room after a flush");
+        match self.ups.start_attempt(idx, p, out) {
+            Ok(id) => self.sends[idx].commit(id),
+            Err(err) => {
+                let (e, p) = *err;
+                self.fail(snap, p, e);
+            }
+        }
+    }
+
+    /// A forwarded query that gets no further: its stale cache entry if there is one, else
+    /// SERVFAIL to its client.
+    fn fail(&mut self, snap: &Snapshot, p: Pending, e: ForwardError) {
+        let out = reply_slot(&mut self.tx, self.client_fd, &self.metrics);
+        let (log, cache) = (&self.shared.log, self.shared.cache.as_ref());
+        if pipeline::servfail_forwarded(snap, &self.metrics, log, cache, &p, &e, out) {
+            self.tx.commit(p.client.addr);
+        }
+    }
+
+    fn retry_or_fail(&mut self, snap: &Snapshot, p: Pending) {
+        if p.attempt >= self.ups.set().config.attempts {
+            self.fail(snap, p, ForwardError::NoServer);
+        } else {
+            self.forward(snap, p);
+        }
+    }
+
+    /// Sends server `idx`'s queued queries; those its socket refused are answered SERVFAIL.
+    fn flush_upstream(&mut self, snap: &Snapshot, idx: usize) {
+        let fd = self.ups.servers()[idx].fd();
+        let unsent = &mut self.unsent;
+        self.sends[idx].flush(fd, |id, kind| unsent.push((id, kind)));
+        let mut unsent = std::mem::take(&mut self.unsent);
+        for (id, kind) in unsent.drain(..) {
+            if let Some(p) = self.ups.send_failed(idx, id) {
+                self.fail(snap, p, ForwardError::Send(kind));
+            }
+        }
+        self.unsent = unsent;
+    }
+
+    fn flush_upstreams(&mut self, snap: &Snapshot) {
+        for idx in 0..self.sends.len() {
+            if !self.sends[idx].is_empty() {
+                self.flush_upstream(snap, idx);
+            }
+        }
+    }
+
+    /// Reads what server `idx` sent, a batch per system call, up to a few batches.
+    fn upstream_answers(&mut self, snap: &Snapshot, idx: usize, rx: &mut RecvBatch, now: Instant) {
+        let fd = self.ups.servers()[idx].fd();
+        for _ in 0..UPSTREAM_BATCHES_PER_TURN {
+            let n = match rx.recv(fd) {
+                Ok(n) => n,
+                // WouldBlock: drained. ECONNREFUSED from an ICMP port unreachable (the read
+                // clears it): the queries time out and are retried.
+                Err(_) => return,
+            };
+            for i in 0..n {
+                let Some((resp, too_big)) = rx.get_prefix(i) else {
+                    continue;
+                };
+                let Some(p) = self.ups.take_matching(idx, resp) else {
+                    self.metrics
+                        .malformed(Malformed::MismatchedUpstreamResponse);
+                    continue;
+                };
+                self.finish_upstream_answer(snap, idx, p, (resp, too_big), now);
+            }
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// The one place an answer from server `idx` becomes its client's: ID restored, the ECS
+    /// we added taken out, truncated with TC=1 when too big for the client, offered to the
+    /// packet cache, accounted and queued in the client batch. A malformed answer: the query
+    /// is retried or fails.
+    fn finish_upstream_answer(
+        &mut self,
+        snap: &Snapshot,
+        idx: usize,
+        p: Pending,
+        (resp, too_big): (&[u8], bool),
+        now: Instant,
+    ) {
+        let max = p.query.max_udp_response(self.max_udp_payload);
+        let reply = reply_slot(&mut self.tx, self.client_fd, &self.metrics);
+        // An answer larger than any client may get over UDP (PowerDNS allowed more than
+        // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks again
+        // over TCP, as it would for a truncated answer.
+        let restored = if too_big {
+            // The client's own query parsed, so its error answer can be written.
+            let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
+            if ok {
+                reply[2] |= 0x02;
+            }
+            ok
+        } else {
+            dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
+        };
+        let server = &self.ups.servers()[idx];
+        if !restored {
+            self.metrics.malformed(Malformed::BadUpstreamResponse);
+            server.counters.errors.inc();
+            return self.retry_or_fail(snap, p);
+        }
+        if !too_big
+            && let Some(cache) = &self.shared.cache
+            && let Some(req) = cache.request(&p.query, p.client.addr.ip(), &snap.config.upstream)
+        {
+            cache.insert(&req, &p.query, resp, p.added, now, &self.metrics);
+        }
+        if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
+            self.metrics.truncated.inc();
+        }
+        pipeline::forwarded_done(
+            snap,
+            &self.metrics,
+            &self.shared.log,
+            &pipeline::Forwarded {
+                transport: Transport::Udp,
+                client: p.client.addr.ip(),
+                query: &p.query,
+                received: p.received_at,
+                sampled: p.sampled,
+            },
+            reply,
+            Some(server.server.addr),
+        );
+        self.tx.commit(p.client.addr);
+    }
+
+    /// Attempts past their deadline: logged against the server that did not answer, then
+    /// retried on the next one (sent this turn) or answered SERVFAIL.
+    fn expire(&mut self, snap: &Snapshot, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.ups.expired(now, &mut expired);
+        for (idx, p) in expired.drain(..) {
+            if let Some(s) = self.ups.servers().get(idx) {
+                self.shared.log.event(Event::UpstreamTimeout {
+                    server: s.server.addr,
+                    qname: p.query.qname,
+                    qtype: p.query.qtype,
+                });
+            }
+            self.retry_or_fail(snap, p);
+        }
+        self.expired = expired;
+    }
+
+    /// Takes up a pool a reload published (and closes removed servers once drained). Runs
+    /// between turns, when every server batch is empty.
+    fn follow_reload(&mut self, set: &Arc<UpstreamSet>) {
+        if self.rejected.as_ref().is_some_and(|r| Arc::ptr_eq(r, set)) {
+            return;
+        }
+        match self.ups.update(set) {
+            Ok(false) => {}
+            Ok(true) => {
+                debug_assert!(self.sends.iter().all(|s| s.is_empty()));
+                self.sends
+                    .resize_with(self.ups.servers().len(), Default::default);
+            }
+            Err(e) => {
+                tracing::error!(target: "dnsteer::forward::upstream", error = %e, "cannot open upstream sockets; keeping the previous pool");
+                self.rejected = Some(set.clone());
+            }
+        }
+    }
+}
+
+/// The client batch's next buffer, sending the batch first when it is full.
+fn reply_slot<'t>(tx: &'t mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) -> &'t mut Vec<u8> {
+    if tx.len() >= BATCH {
+        flush_counted(tx, fd, metrics);
+    }
+    tx.next_buf().expect("room after a flush")
 }
 
 /// Sends a batch's queued answers, if any; those the socket would not take are counted.
