@@ -49,7 +49,7 @@ impl StartError {
 /// A running proxy.
 pub struct App {
     /// The control plane (and, through `control.data`, the handles the workers share).
-    pub control_plane: Arc<Control>,
+    pub(crate) control_plane: Arc<Control>,
     /// Bound DNS addresses (UDP and TCP on the same port), in `[server].listen` order.
     pub dns_addrs: Vec<SocketAddr>,
     pub metrics_addr: SocketAddr,
@@ -231,11 +231,6 @@ impl App {
     /// The handles the workers share (snapshot, limiter, metrics, query log).
     pub fn shared(&self) -> &Arc<Shared> {
         &self.control_plane.data
-    }
-
-    /// The config file this app reloads from.
-    pub fn config_path(&self) -> &std::path::Path {
-        &self.config_path
     }
 }
 

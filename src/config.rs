@@ -50,13 +50,13 @@ impl ConfigError {
 }
 
 /// Turns byte spans into `line:col` for error messages.
-pub struct SourceMap<'a> {
+pub(crate) struct SourceMap<'a> {
     pub path: &'a str,
     pub text: &'a str,
 }
 
 impl SourceMap<'_> {
-    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -64,7 +64,12 @@ impl SourceMap<'_> {
         (line, col)
     }
 
-    pub fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, col) = self.line_col(span.start);
         ConfigError::Invalid {
             path: self.path.to_string(),
@@ -86,19 +91,19 @@ pub struct Config {
     /// Absolute or as-given path of the file, and the directory relative paths resolve against.
     pub path: PathBuf,
     /// SHA-256 of the file content (hex), shown in `/status` and used to skip no-op reloads.
-    pub hash: String,
+    pub(crate) hash: String,
     pub restart: RestartSettings,
     pub logging: LoggingConfig,
     pub ratelimit: RateLimitConfig,
     pub upstream: UpstreamConfig,
     pub geoip: Option<GeoIpConfig>,
     pub probes: ProbeDefaults,
-    pub zones: ZonesConfig,
+    pub(crate) zones: ZonesConfig,
     pub dnssec: DnssecConfig,
     pub records: Vec<RecordSpec>,
     /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
     /// case a change event was missed.
-    pub reload_poll: Duration,
+    pub(crate) reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
 }
@@ -109,24 +114,24 @@ pub struct RestartSettings {
     pub listen: Vec<SocketAddr>,
     /// Resolved worker count (never 0).
     pub workers: usize,
-    pub metrics_listen: SocketAddr,
-    pub tcp: TcpLimits,
+    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) tcp: TcpLimits,
     pub max_udp_payload: u16,
     /// SO_RCVBUF/SO_SNDBUF asked for on each UDP socket (the kernel caps it at rmem_max).
-    pub socket_buffer: usize,
+    pub(crate) socket_buffer: usize,
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct TcpLimits {
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_client: usize,
+pub(crate) struct TcpLimits {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
     /// 0 = unlimited.
-    pub max_queries_per_connection: u64,
+    pub(crate) max_queries_per_connection: u64,
     /// Queries of one connection being answered at once (RFC 7766 pipelining bound).
-    pub max_in_flight_per_connection: usize,
+    pub(crate) max_in_flight_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +146,7 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     pub query_sample_rate: f64,
     /// Always-logged events (blocks, FORMERR, SERVFAIL, upstream timeouts) per second at most.
-    pub event_rate_limit: u32,
+    pub(crate) event_rate_limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,7 +181,7 @@ pub struct RateLimitConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamPolicy {
+pub(crate) enum UpstreamPolicy {
     LeastOutstanding,
     RoundRobin,
     FirstAvailable,
@@ -184,27 +189,27 @@ pub enum UpstreamPolicy {
 
 /// Most `[upstream].servers` accepted: a forwarded query remembers the servers it tried in a
 /// 64-bit mask.
-pub const MAX_UPSTREAM_SERVERS: usize = 64;
+pub(crate) const MAX_UPSTREAM_SERVERS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub servers: Vec<SocketAddr>,
-    pub policy: UpstreamPolicy,
+    pub(crate) policy: UpstreamPolicy,
     pub timeout: Duration,
     /// Servers tried per query (each gets `timeout`) before SERVFAIL.
-    pub attempts: usize,
-    pub health_check_interval: Duration,
-    pub health_check_name: String,
-    pub health_check_must_resolve: bool,
+    pub(crate) attempts: usize,
+    pub(crate) health_check_interval: Duration,
+    pub(crate) health_check_name: String,
+    pub(crate) health_check_must_resolve: bool,
     /// Consecutive failed checks before a server is taken out.
-    pub health_check_fall: u32,
+    pub(crate) health_check_fall: u32,
     /// Consecutive good checks before it comes back.
-    pub health_check_rise: u32,
-    pub add_ecs: bool,
-    pub ecs_ipv4_prefix: u8,
-    pub ecs_ipv6_prefix: u8,
+    pub(crate) health_check_rise: u32,
+    pub(crate) add_ecs: bool,
+    pub(crate) ecs_ipv4_prefix: u8,
+    pub(crate) ecs_ipv6_prefix: u8,
     /// Pooled TCP connections per worker per server for TCP clients.
-    pub tcp_pool_size: usize,
+    pub(crate) tcp_pool_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -228,26 +233,26 @@ pub struct ProbeDefaults {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ZonesConfig {
+pub(crate) struct ZonesConfig {
     /// Lower-case, absolute (trailing dot) zone names.
     pub transfer: Vec<String>,
     pub refresh: Duration,
     /// None: the upstream servers' addresses.
-    pub notify_from: Option<Vec<IpAddr>>,
+    pub(crate) notify_from: Option<Vec<IpAddr>>,
 }
 
 /// Online signing of in-process answers for signed zones (`[dnssec]`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DnssecConfig {
     /// Private keys to sign with, one per entry (`[[dnssec.keys]]`).
-    pub keys: Vec<DnssecKeyFile>,
+    pub(crate) keys: Vec<DnssecKeyFile>,
     /// Signatures cached in all (each packet thread holds its share); 0 = no cache.
-    pub signature_cache_entries: usize,
+    pub(crate) signature_cache_entries: usize,
 }
 
 /// One key file: the BIND `Private-key-format: v1.2` text `pdnsutil export-zone-key` prints.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DnssecKeyFile {
+pub(crate) struct DnssecKeyFile {
     /// Lower-case, absolute zone apex the key signs for.
     pub zone: String,
     pub file: PathBuf,
@@ -271,7 +276,7 @@ impl RecordType {
         }
     }
 
-    pub fn from_code(code: u16) -> Option<Self> {
+    pub(crate) fn from_code(code: u16) -> Option<Self> {
         Some(match code {
             1 => RecordType::A,
             28 => RecordType::Aaaa,
@@ -490,7 +495,7 @@ struct RawRecord {
 // ---------------------------------------------------------------------------------------------
 
 /// Parses a duration such as `"500ms"`, `"5s"`, `"2m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -517,7 +522,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Normalises a domain name for matching: lower case, absolute (trailing dot), checked syntax.
-pub fn normalize_name(name: &str) -> Result<String, String> {
+pub(crate) fn normalize_name(name: &str) -> Result<String, String> {
     let mut n = name.trim().to_ascii_lowercase();
     if n.is_empty() {
         return Err("empty name".into());
@@ -534,7 +539,7 @@ impl UpstreamConfig {
     /// `add_ecs`, the source masked to the prefix dnsteer adds; else the source itself. The
     /// in-process rules hash this same identity, so a client gets the same choice whether its
     /// query is answered here or forwarded.
-    pub fn client_identity(&self, source: IpAddr) -> IpAddr {
+    pub(crate) fn client_identity(&self, source: IpAddr) -> IpAddr {
         if !self.add_ecs {
             return source;
         }
@@ -549,7 +554,7 @@ impl UpstreamConfig {
 
 impl Config {
     /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
-    pub fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
+    pub(crate) fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
         match &self.zones.notify_from {
             Some(list) => list.contains(&src),
             None => self
@@ -616,13 +621,12 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Source map for locating errors in this config's text.
-    pub fn source_map(&self) -> (String, &str) {
-        (self.path.display().to_string(), &self.text)
-    }
-
     /// Error at a record's body, for record compilers.
-    pub fn record_error(&self, spec: &RecordSpec, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn record_error(
+        &self,
+        spec: &RecordSpec,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let path = self.path.display().to_string();
         match &spec.origin {
             RecordOrigin::Config { index, span } => SourceMap {
@@ -652,7 +656,7 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-pub fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -18,7 +18,7 @@ use super::Control;
 use crate::telemetry::metrics::{LATENCY_BUCKETS, encode, family, histogram_metric, scalar};
 
 /// Serves until the runtime stops.
-pub async fn serve(listener: TcpListener, ctl: Arc<Control>) {
+pub(crate) async fn serve(listener: TcpListener, ctl: Arc<Control>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -71,7 +71,7 @@ fn reply(code: StatusCode, ctype: &str, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Every metric family: hot-path counters plus control-plane state read at scrape time.
-pub fn gather(ctl: &Control) -> Vec<MetricFamily> {
+pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
     let mut out = Vec::new();
     ctl.data.metrics.gather(&mut out);
     let snap = ctl.data.snapshot.load();

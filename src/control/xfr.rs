@@ -55,9 +55,9 @@ pub const TYPE_LUA: u16 = 65402;
 
 /// Most bytes one transfer may carry (all messages, framing included) before it is abandoned:
 /// far above any zone of LUA records, low enough that a runaway server cannot exhaust memory.
-pub const MAX_TRANSFER_BYTES: usize = 64 << 20;
+pub(crate) const MAX_TRANSFER_BYTES: usize = 64 << 20;
 /// Most records one transfer may carry.
-pub const MAX_TRANSFER_RECORDS: usize = 1_000_000;
+pub(crate) const MAX_TRANSFER_RECORDS: usize = 1_000_000;
 
 /// The LUA records of one zone, as of one serial.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +183,7 @@ impl From<WireError> for Fault {
 /// 32..=126 as `\DDD`), splits that text on every `"`, drops empty pieces and appends each piece
 /// followed by one space. Done literally here, so a chunk boundary becomes three spaces and a
 /// quote inside the code breaks it the same way it breaks in PowerDNS.
-pub fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
+pub(crate) fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
     let [hi, lo, rest @ ..] = rdata else {
         return Err(XfrError::BadRdata("shorter than the inner type"));
     };
@@ -230,7 +230,7 @@ pub fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
 /// PowerDNS 4.7.3: a 300-byte `all({...})` answers all addresses from the primary, although the
 /// joined form breaks an address literal). Chunks shorter than 255 bytes are the operator's own
 /// split and join the same way on both.
-pub fn rechunk_hazard(rdata: &[u8]) -> bool {
+pub(crate) fn rechunk_hazard(rdata: &[u8]) -> bool {
     let mut glued = Vec::with_capacity(rdata.len());
     let mut joints = Vec::new();
     let mut chunks = rdata.get(2..).unwrap_or_default();

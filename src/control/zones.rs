@@ -11,22 +11,22 @@ use crate::steer::records::Zones;
 
 /// What dnsteer knows of one `[zones].transfer` zone.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TransferStatus {
+pub(crate) struct TransferStatus {
     pub zone: String,
     /// Serial of the data in use (None: no transfer succeeded yet).
     pub serial: Option<u32>,
     pub records: usize,
     /// LUA records left to PowerDNS (not A/AAAA/CNAME/TXT, or cut by re-chunking).
     pub unsupported: Vec<crate::control::xfr::Unsupported>,
-    pub last_transfer_unix: Option<u64>,
+    pub(crate) last_transfer_unix: Option<u64>,
     pub last_error: Option<String>,
-    pub transfers_ok: u64,
-    pub transfers_failed: u64,
+    pub(crate) transfers_ok: u64,
+    pub(crate) transfers_failed: u64,
 }
 
 /// Transferred zone data ctl by the transfer loop, reloads and `/status`.
 #[derive(Default)]
-pub struct Transfers {
+pub(crate) struct Transfers {
     zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
 }
 
@@ -36,11 +36,11 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// times): a lost packet costs a second, not the whole transfer timeout.
 const SOA_TIMEOUT: Duration = Duration::from_secs(1);
 /// NOTIFYs queued for the transfer loop; more are dropped (a refresh is pending anyway).
-pub const NOTIFY_QUEUE: usize = 64;
+pub(crate) const NOTIFY_QUEUE: usize = 64;
 
 impl Transfers {
     /// Every transferred record spec, for compiling (zones in name order).
-    pub fn specs(&self) -> Vec<crate::config::RecordSpec> {
+    pub(crate) fn specs(&self) -> Vec<crate::config::RecordSpec> {
         let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<&String> = zones.keys().collect();
         names.sort();
@@ -50,7 +50,7 @@ impl Transfers {
             .collect()
     }
 
-    pub fn status(&self) -> Vec<TransferStatus> {
+    pub(crate) fn status(&self) -> Vec<TransferStatus> {
         let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
         let mut v: Vec<TransferStatus> = zones.values().map(|(s, _)| s.clone()).collect();
         v.sort_by(|a, b| a.zone.cmp(&b.zone));
@@ -75,7 +75,7 @@ impl Transfers {
 
     /// Transfers `zone` if its serial changed (or always with `force`). Ok(true) when new data
     /// was stored; a failed transfer keeps the previous data.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         servers: &[SocketAddr],
         zone: &str,
@@ -141,7 +141,7 @@ fn facts_interval(zones: &Zones, names: &[String]) -> Duration {
 /// Keeps the transferred zones current: polls SOA serials every `refresh`, transfers on a
 /// change or a NOTIFY, retries failures with backoff, and rebuilds the record table when a
 /// zone's records changed.
-pub async fn run(
+pub(crate) async fn run(
     ctl: std::sync::Arc<super::Control>,
     mut notify: tokio::sync::mpsc::Receiver<String>,
 ) {

@@ -49,7 +49,7 @@ pub fn build_query(id: u16, name_wire: &[u8], qtype: u16, edns: Option<QueryEdns
 
 /// Why a one-shot exchange got no answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("timed out")]
@@ -60,7 +60,8 @@ pub enum ExchangeError {
 
 impl ExchangeError {
     /// Static label for metrics.
-    pub fn kind(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ExchangeError::Io(_) => "io",
             ExchangeError::Timeout(_) => "timeout",
@@ -73,7 +74,7 @@ impl ExchangeError {
 /// that answers it (QR=1, the query's ID and question); anything else is stale or spoofed and
 /// ignored. `timeout` bounds the whole exchange. The answer may be truncated (TC=1): the caller
 /// decides whether to retry over TCP.
-pub async fn exchange_udp(
+pub(crate) async fn exchange_udp(
     server: SocketAddr,
     query: &[u8],
     timeout: Duration,

@@ -33,7 +33,7 @@ const LINGER: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
 /// Sockets bound before the workers start, so bind errors surface at start-up.
-pub struct BoundSockets {
+pub(crate) struct BoundSockets {
     /// Per listen address: one UDP socket and one TCP listener per worker.
     pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<Vec<std::net::TcpListener>>,
@@ -65,7 +65,7 @@ fn reuseport_socket(
 
 /// Largest UDP payload for which IPv4 answers leave with DF set (RFC 9715's recommended
 /// maximum DNS/UDP payload): above it the operator chose fragmentable answers.
-pub const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
+pub(crate) const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
 
 /// IPv4 UDP answers with the Don't Fragment bit and no path-MTU state (RFC 9715 R4:
 /// fragmented DNS answers are dropped or spoofed on the way, and forged ICMP "fragmentation
@@ -96,7 +96,7 @@ fn set_dont_fragment(s: &Socket, addr: SocketAddr) {
 /// Binds `workers` UDP sockets and TCP listeners on every address. For port 0, one port free
 /// for both UDP and TCP is found first, then every worker binds it. `dont_fragment`: see
 /// [`DONT_FRAGMENT_MAX_PAYLOAD`].
-pub fn bind_all(
+pub(crate) fn bind_all(
     listen: &[SocketAddr],
     workers: usize,
     buffer: usize,
@@ -246,7 +246,7 @@ impl Worker {
 }
 
 /// Runs one worker until `stop` turns true and its in-flight work is done.
-pub fn run_worker(
+pub(crate) fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     udp: Vec<std::net::UdpSocket>,

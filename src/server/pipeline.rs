@@ -253,16 +253,16 @@ pub fn handle(
 }
 
 /// A forwarded query, as its accounting needs it.
-pub struct Forwarded<'q> {
-    pub transport: Transport,
+pub(crate) struct Forwarded<'q> {
+    pub(crate) transport: Transport,
     pub client: IpAddr,
     pub query: &'q Query,
-    pub received: Instant,
+    pub(crate) received: Instant,
     pub sampled: bool,
 }
 
 /// Accounting for a forwarded query's answer (or its SERVFAIL) on its way to the client.
-pub fn forwarded_done(
+pub(crate) fn forwarded_done(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,
@@ -302,7 +302,7 @@ pub fn forwarded_done(
 /// A forwarded UDP query that gets SERVFAIL instead (no server left, handoff queue or pending
 /// table full, out of attempts): counted, logged, and the answer written into `out`. False if
 /// the packet cannot carry an error answer (then nothing is sent).
-pub fn servfail_forwarded(
+pub(crate) fn servfail_forwarded(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,

@@ -12,7 +12,7 @@ use crate::state::Shared;
 use crate::telemetry::metrics::WorkerMetrics;
 
 /// RRSIG, RFC 4034.
-pub const TYPE_RRSIG: u16 = 46;
+pub(crate) const TYPE_RRSIG: u16 = 46;
 /// Each RRset moves to the next week's validity window at a point spread over this last part
 /// of the week (the next window is already valid: its inception is this week's start).
 const WINDOW_SPREAD_SECS: u32 = 86_400;
@@ -34,7 +34,7 @@ impl SignState {
     /// The state for one of the packet threads sharing `shared`'s settings: its part of
     /// `[dnssec].signature_cache_entries` (read at start) among the UDP front-end threads (one
     /// per worker and listen address) and the workers' TCP runtimes.
-    pub fn for_thread(shared: &Shared) -> Self {
+    pub(crate) fn for_thread(shared: &Shared) -> Self {
         let total = shared.snapshot.load().config.dnssec.signature_cache_entries;
         let threads = shared.restart.workers.max(1) * (shared.restart.listen.len() + 1);
         Self::new(total / threads)
@@ -57,7 +57,7 @@ impl SignState {
     }
 
     /// Keeps one answer RR's RDATA for signing.
-    pub fn keep(&mut self, rtype: u16, rdata: &[u8]) {
+    pub(crate) fn keep(&mut self, rtype: u16, rdata: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(rdata);
         self.spans.push((rtype, start, self.bytes.len()));
@@ -66,7 +66,7 @@ impl SignState {
     /// Appends to `push` one RRSIG per RRset kept since [`start`](Self::start), each covering
     /// the RRs of one type at `owner_wire` with `ttl`. Returns false (and pushes nothing more)
     /// if signing failed, which the caller answers as SERVFAIL.
-    pub fn sign(
+    pub(crate) fn sign(
         &mut self,
         signer: &ZoneSigner,
         owner_wire: &[u8],

@@ -13,9 +13,9 @@ use std::os::fd::RawFd;
 use socket2::SockAddr;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
-pub const SLOT: usize = 4096;
+pub(crate) const SLOT: usize = 4096;
 
 /// Points message header `h` at one buffer (`iov`) and one address.
 fn fill(
@@ -46,7 +46,7 @@ fn empty_tables() -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
 }
 
 /// Receive side: `BATCH` buffers and their source addresses.
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     /// Bytes per datagram buffer.
     slot: usize,
     bufs: Vec<u8>,
@@ -65,7 +65,7 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// `BATCH` buffers of `slot` bytes each (a datagram longer than `slot` is flagged and
     /// not handed out).
-    pub fn with_slot(slot: usize) -> Self {
+    pub(crate) fn with_slot(slot: usize) -> Self {
         // SAFETY: all-zero is a valid value for this plain C struct.
         let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         let (iovs, hdrs) = empty_tables();
@@ -82,13 +82,13 @@ impl RecvBatch {
 
 impl RecvBatch {
     /// Reads up to `BATCH` datagrams without blocking; `WouldBlock` when none is waiting.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_DONTWAIT)
     }
 
     /// On a blocking socket: waits for one datagram (up to the socket's receive timeout, then
     /// `WouldBlock`), then takes whatever else is queued, up to `BATCH`, without waiting.
-    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_WAITFORONE)
     }
 
@@ -126,7 +126,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv`: the bytes that fit the slot and whether the datagram
     /// was longer (then only its start is here). None past the batch.
-    pub fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
+    pub(crate) fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
         if i >= self.count {
             return None;
         }
@@ -140,7 +140,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
     /// the slot) or its address is not IP.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         match self.get_prefix(i)? {
             (_, true) => None,
             (pkt, false) => Some((pkt, to_socket_addr(&self.addrs[i])?)),
@@ -178,7 +178,7 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Send side: answers queued during a batch, sent with one `sendmmsg`.
-pub struct SendBatch {
+pub(crate) struct SendBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
@@ -202,31 +202,31 @@ impl Default for SendBatch {
 
 impl SendBatch {
     /// The buffer for the next answer (cleared); `commit` queues it. None when full.
-    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+    pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
         let b = self.bufs.get_mut(self.count)?;
         b.clear();
         Some(b)
     }
 
     /// Queues the buffer last returned by `next_buf` for `to`.
-    pub fn commit(&mut self, to: SocketAddr) {
+    pub(crate) fn commit(&mut self, to: SocketAddr) {
         if self.count < BATCH {
             self.addrs[self.count] = SockAddr::from(to);
             self.count += 1;
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
     /// Sends the queued answers without blocking. Returns how many left the socket; the rest
     /// (socket buffer full) are discarded, and the batch is empty afterwards.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
         let total = self.count;
         let mut sent = 0;
         let mut result = Ok(());

@@ -28,7 +28,7 @@ use crate::telemetry::querylog::Sampler;
 /// How long a blocked receive waits before the thread looks at the stop flag again.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// Batches of forwarded queries a worker may have queued from one socket (≤ 32 queries each).
-pub const FORWARD_QUEUE: usize = 256;
+pub(crate) const FORWARD_QUEUE: usize = 256;
 
 /// A batch of queries for the worker's upstream pool.
 pub type ForwardBatch = Vec<Pending>;
@@ -171,7 +171,7 @@ impl UdpFront {
 }
 
 /// Sends a batch's queued answers, if any; those the socket would not take are counted.
-pub fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
+pub(crate) fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
     if tx.is_empty() {
         return;
     }

@@ -16,10 +16,10 @@ use crate::steer::hash;
 use crate::steer::probes::{Check, CheckOptions, ProbeSpec};
 
 /// An answer value in RDATA wire format.
-pub type Rdata = Box<[u8]>;
+pub(crate) type Rdata = Box<[u8]>;
 
 /// PowerDNS's default probe User-Agent, kept so targets' allow-lists keep working.
-pub const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
+pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view";
@@ -30,7 +30,7 @@ const MAX_DEPTH: usize = 16;
 const MAX_CHASHED_POINTS: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum LuaError {
+pub(crate) enum LuaError {
     /// The text is not Lua we can read; `col` is 1-based, in characters of the body.
     #[error("syntax error at column {col} of the lua body: {message}")]
     Syntax { col: usize, message: String },
@@ -43,7 +43,8 @@ pub enum LuaError {
 }
 
 impl LuaError {
-    pub fn kind(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             LuaError::Syntax { .. } => "syntax",
             LuaError::Unsupported(_) => "unsupported",
@@ -66,7 +67,7 @@ fn unsupported<T>(message: impl Into<String>) -> Result<T, LuaError> {
 
 /// How `ifurlup`/`ifportup`/`ifurlextup` choose among candidates (`selector`, `backupSelector`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selector {
+pub(crate) enum Selector {
     Random,
     Hashed,
     PickClosest,
@@ -89,61 +90,56 @@ impl Selector {
             _ => return None,
         })
     }
-
-    /// Whether the choice depends on who asks (then the ECS scope is not 0).
-    pub fn client_dependent(self) -> bool {
-        matches!(self, Selector::Hashed | Selector::PickClosest)
-    }
 }
 
 /// One health-checked address.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub addr: IpAddr,
     pub probe: ProbeSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct IfUp {
+pub(crate) struct IfUp {
     /// Candidates in written order, group after group.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// Start index in `candidates` of each group, ascending; the first is 0.
-    pub group_starts: Vec<usize>,
-    pub selector: Selector,
-    pub backup: Selector,
+    pub(crate) group_starts: Vec<usize>,
+    pub(crate) selector: Selector,
+    pub(crate) backup: Selector,
     /// SERVFAIL while no candidate has completed a probe.
-    pub fail_on_incomplete: bool,
+    pub(crate) fail_on_incomplete: bool,
 }
 
 /// Weighted values in the order PowerDNS walks them, with running weight sums.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Weighted {
+pub(crate) struct Weighted {
     /// (running sum including this entry, value); the last sum is the total (> 0).
-    pub entries: Vec<(u64, Rdata)>,
+    pub(crate) entries: Vec<(u64, Rdata)>,
 }
 
 impl Weighted {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.entries.last().map_or(0, |e| e.0)
     }
 }
 
 /// `pickchashed` ring: points sorted by hash, each naming a value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Ring {
-    pub points: Vec<(u32, u32)>,
-    pub values: Vec<Rdata>,
+pub(crate) struct Ring {
+    pub(crate) points: Vec<(u32, u32)>,
+    pub(crate) values: Vec<Rdata>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ViewRule {
+pub(crate) struct ViewRule {
     pub nets: Vec<IpNet>,
-    pub values: Vec<Rdata>,
+    pub(crate) values: Vec<Rdata>,
 }
 
 /// A compiled record body.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// A literal (or `content`): the same values for everyone; empty means NODATA.
     Static(Vec<Rdata>),
     All(Vec<Rdata>),
@@ -164,7 +160,7 @@ pub enum Rule {
 
 impl Rule {
     /// Probes this rule needs, with duplicates.
-    pub fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
+    pub(crate) fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
         let cands: &[Candidate] = match self {
             Rule::IfUp(u) => &u.candidates,
             _ => &[],
@@ -686,7 +682,11 @@ fn describe(t: &Tok) -> String {
 
 /// Compiles a LUA record body (the text inside `LUA <TYPE> "..."`, verbatim) for `rtype`.
 /// `defaults` give probe settings the body does not set.
-pub fn compile(body: &str, rtype: RecordType, defaults: &ProbeDefaults) -> Result<Rule, LuaError> {
+pub(crate) fn compile(
+    body: &str,
+    rtype: RecordType,
+    defaults: &ProbeDefaults,
+) -> Result<Rule, LuaError> {
     // PowerDNS splits record text on every `"`: such a body never reaches Lua intact.
     if let Some(i) = body.find('"') {
         return unsupported(format!(
@@ -1409,7 +1409,7 @@ struct Options {
 
 /// A value returned by a LUA body, as PowerDNS converts it: the presentation format of the
 /// type, with TXT values read as if in double quotes and CNAME targets taken as absolute.
-pub fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String> {
+pub(crate) fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String> {
     match rtype {
         RecordType::Txt => {
             let bytes = unescape_txt(text)?;
@@ -1425,7 +1425,7 @@ pub fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String>
 
 /// A `content = [...]` value in presentation format. TXT: one or more `"quoted"` strings, or
 /// bare text taken as one string.
-pub fn encode_content(rtype: RecordType, value: &str) -> Result<Rdata, String> {
+pub(crate) fn encode_content(rtype: RecordType, value: &str) -> Result<Rdata, String> {
     if rtype != RecordType::Txt {
         return encode_presentation(rtype, value);
     }

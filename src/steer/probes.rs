@@ -127,11 +127,11 @@ impl Health {
     }
 
     /// Unknown counts as UP: dnsteer never answers from an unknown state on purpose, see README.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.state() != HealthState::Down
     }
 
-    pub fn set(&self, s: HealthState) {
+    pub(crate) fn set(&self, s: HealthState) {
         self.0.store(s as u8, Ordering::Relaxed);
     }
 }
@@ -145,7 +145,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Why one probe failed. Every variant maps to a static label for metrics.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connection refused")]
@@ -169,7 +169,7 @@ pub enum ProbeError {
 }
 
 /// Every label [`ProbeError::kind`] can return, in the order of [`ProbeCounters::failures`].
-pub const ERROR_KINDS: [&str; 10] = [
+pub(crate) const ERROR_KINDS: [&str; 10] = [
     "timeout",
     "refused",
     "connect",
@@ -183,7 +183,7 @@ pub const ERROR_KINDS: [&str; 10] = [
 ];
 
 impl ProbeError {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         ERROR_KINDS[self.kind_index()]
     }
 
@@ -240,10 +240,10 @@ pub struct ProbeStatus {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub state: HealthState,
-    pub consecutive_failures: u32,
-    pub consecutive_successes: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) consecutive_successes: u32,
     /// Duration of the most recent probe (connect to verdict).
-    pub last_latency_ms: Option<f64>,
+    pub(crate) last_latency_ms: Option<f64>,
     /// Error kind of the most recent probe; None when it succeeded or none ran yet.
     pub last_error: Option<&'static str>,
     /// Unix time (seconds) of the last state change.
@@ -254,7 +254,7 @@ pub struct ProbeStatus {
 
 /// Per-target fall/rise state machine, fed one probe result at a time.
 #[derive(Debug, Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     state: HealthState,
     fall: u32,
     rise: u32,
@@ -264,7 +264,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// `fall` and `rise` below 1 are taken as 1.
-    pub fn new(fall: u32, rise: u32) -> Self {
+    pub(crate) fn new(fall: u32, rise: u32) -> Self {
         Tracker {
             state: HealthState::Unknown,
             fall: fall.max(1),
@@ -274,12 +274,12 @@ impl Tracker {
         }
     }
 
-    pub fn state(&self) -> HealthState {
+    pub(crate) fn state(&self) -> HealthState {
         self.state
     }
 
     /// Records one result; returns the new state when it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<HealthState> {
+    pub(crate) fn observe(&mut self, ok: bool) -> Option<HealthState> {
         let next = if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);

@@ -14,16 +14,16 @@ use prometheus::proto::{
 
 /// A counter written by exactly one thread and read by the scraper.
 #[derive(Default)]
-pub struct Cnt(AtomicU64);
+pub(crate) struct Cnt(AtomicU64);
 
 impl Cnt {
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         // Single writer: load+store is enough and avoids a locked read-modify-write.
         self.0.store(
             self.0.load(Ordering::Relaxed).wrapping_add(n),
@@ -31,7 +31,7 @@ impl Cnt {
         );
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -43,7 +43,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+    pub(crate) const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -55,7 +55,7 @@ impl Transport {
 
 /// What happened to a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Answered in-process from a rule's first choice.
     Rule = 0,
     /// Answered in-process by a backup selector (nothing was up).
@@ -76,7 +76,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub const ALL: [Decision; 8] = [
+    pub(crate) const ALL: [Decision; 8] = [
         Decision::Rule,
         Decision::Backup,
         Decision::Empty,
@@ -87,7 +87,7 @@ impl Decision {
         Decision::Notify,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Decision::Rule => "rule",
             Decision::Backup => "backup",
@@ -103,7 +103,7 @@ impl Decision {
 
 /// Why a packet or query was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     TooShort = 0,
     IsResponse = 1,
     RateLimited = 2,
@@ -116,7 +116,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub(crate) const ALL: [DropReason; 9] = [
         DropReason::TooShort,
         DropReason::IsResponse,
         DropReason::RateLimited,
@@ -128,7 +128,7 @@ impl DropReason {
         DropReason::Draining,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DropReason::TooShort => "too_short",
             DropReason::IsResponse => "is_response",
@@ -145,7 +145,7 @@ impl DropReason {
 
 /// Malformed-input outcomes answered by us (each also counts as `Decision::Error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     FormErr = 0,
     NotImp = 1,
     BadVers = 2,
@@ -154,7 +154,7 @@ pub enum Malformed {
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 5] = [
+    pub(crate) const ALL: [Malformed; 5] = [
         Malformed::FormErr,
         Malformed::NotImp,
         Malformed::BadVers,
@@ -162,7 +162,7 @@ impl Malformed {
         Malformed::MismatchedUpstreamResponse,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Malformed::FormErr => "formerr",
             Malformed::NotImp => "notimp",
@@ -173,13 +173,13 @@ impl Malformed {
     }
 }
 
-pub const RCODE_LABELS: [&str; 16] = [
+pub(crate) const RCODE_LABELS: [&str; 16] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
     "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
 ];
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.5, 1.0,
 ];
@@ -197,20 +197,20 @@ const LATENCY_BUCKETS_NS: [u64; 14] = {
 
 /// A histogram with fixed buckets, written by one thread.
 #[derive(Default)]
-pub struct Hist {
+pub(crate) struct Hist {
     buckets: [Cnt; LATENCY_BUCKETS.len() + 1],
     sum_ns: Cnt,
 }
 
 impl Hist {
     #[inline]
-    pub fn observe_ns(&self, ns: u64) {
+    pub(crate) fn observe_ns(&self, ns: u64) {
         self.observe_many_ns(ns, 1);
     }
 
     /// `n` observations of the same latency (a batch answered together).
     #[inline]
-    pub fn observe_many_ns(&self, ns: u64, n: u64) {
+    pub(crate) fn observe_many_ns(&self, ns: u64, n: u64) {
         let i = LATENCY_BUCKETS_NS
             .iter()
             .position(|b| ns <= *b)
@@ -219,7 +219,7 @@ impl Hist {
         self.sum_ns.add(ns.wrapping_mul(n));
     }
 
-    pub fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
+    pub(crate) fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
         for (c, b) in counts.iter_mut().zip(&self.buckets) {
             *c += b.get();
         }
@@ -238,28 +238,28 @@ pub enum Path {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct WorkerMetrics {
-    pub queries: [[Cnt; Decision::ALL.len()]; 2],
-    pub responses: [[Cnt; 16]; 2],
-    pub drops: [Cnt; 9],
-    pub malformed: [Cnt; 5],
-    pub limited_by_action: [Cnt; 3],
-    pub would_limit: Cnt,
-    pub latency: [Hist; 2],
-    pub tcp_accepted: Cnt,
-    pub tcp_closed_idle: Cnt,
-    pub tcp_closed_query_cap: Cnt,
-    pub dnssec_forwarded: [Cnt; DnssecForward::ALL.len()],
-    pub dnssec_signed: Cnt,
-    pub dnssec_sig_hits: Cnt,
-    pub dnssec_sig_misses: Cnt,
-    pub dnssec_sig_evictions: Cnt,
-    pub dnssec_sign_errors: Cnt,
-    pub truncated: Cnt,
+    pub(crate) queries: [[Cnt; Decision::ALL.len()]; 2],
+    pub(crate) responses: [[Cnt; 16]; 2],
+    pub(crate) drops: [Cnt; 9],
+    pub(crate) malformed: [Cnt; 5],
+    pub(crate) limited_by_action: [Cnt; 3],
+    pub(crate) would_limit: Cnt,
+    pub(crate) latency: [Hist; 2],
+    pub(crate) tcp_accepted: Cnt,
+    pub(crate) tcp_closed_idle: Cnt,
+    pub(crate) tcp_closed_query_cap: Cnt,
+    pub(crate) dnssec_forwarded: [Cnt; DnssecForward::ALL.len()],
+    pub(crate) dnssec_signed: Cnt,
+    pub(crate) dnssec_sig_hits: Cnt,
+    pub(crate) dnssec_sig_misses: Cnt,
+    pub(crate) dnssec_sig_evictions: Cnt,
+    pub(crate) dnssec_sign_errors: Cnt,
+    pub(crate) truncated: Cnt,
 }
 
 /// Why a DO=1 query was sent to PowerDNS instead of being answered and signed here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DnssecForward {
+pub(crate) enum DnssecForward {
     /// The name (or type) is not answered in-process at all.
     NotInProcess = 0,
     /// A signed zone with no `[[dnssec.keys]]` entry.
@@ -275,7 +275,7 @@ pub enum DnssecForward {
 }
 
 impl DnssecForward {
-    pub const ALL: [DnssecForward; 6] = [
+    pub(crate) const ALL: [DnssecForward; 6] = [
         DnssecForward::NotInProcess,
         DnssecForward::NoKey,
         DnssecForward::KeyNotPublished,
@@ -284,7 +284,7 @@ impl DnssecForward {
         DnssecForward::NoData,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DnssecForward::NotInProcess => "not_in_process",
             DnssecForward::NoKey => "no_key",
@@ -298,22 +298,22 @@ impl DnssecForward {
 
 impl WorkerMetrics {
     #[inline]
-    pub fn query(&self, t: Transport, d: Decision) {
+    pub(crate) fn query(&self, t: Transport, d: Decision) {
         self.queries[t as usize][d as usize].inc();
     }
 
     #[inline]
-    pub fn response(&self, t: Transport, rcode: u8) {
+    pub(crate) fn response(&self, t: Transport, rcode: u8) {
         self.responses[t as usize][(rcode & 0xf) as usize].inc();
     }
 
     #[inline]
-    pub fn dropped(&self, r: DropReason) {
+    pub(crate) fn dropped(&self, r: DropReason) {
         self.drops[r as usize].inc();
     }
 
     #[inline]
-    pub fn malformed(&self, m: Malformed) {
+    pub(crate) fn malformed(&self, m: Malformed) {
         self.malformed[m as usize].inc();
     }
 }
@@ -345,17 +345,12 @@ impl Metrics {
     }
 
     /// Total queries seen (all transports and decisions); used by tests and `/status`.
-    pub fn total_queries(&self) -> u64 {
+    pub(crate) fn total_queries(&self) -> u64 {
         self.sum(|w| w.queries.iter().flatten().map(Cnt::get).sum())
     }
 
-    /// Queries with one decision, summed over transports.
-    pub fn decision_total(&self, d: Decision) -> u64 {
-        self.sum(|w| w.queries.iter().map(|t| t[d as usize].get()).sum())
-    }
-
     /// Hot-path families, summed across workers.
-    pub fn gather(&self, out: &mut Vec<MetricFamily>) {
+    pub(crate) fn gather(&self, out: &mut Vec<MetricFamily>) {
         let mut queries = Vec::new();
         let mut responses = Vec::new();
         for t in Transport::ALL {
@@ -544,7 +539,7 @@ impl Metrics {
 }
 
 /// Builds a labelled family of counters or gauges.
-pub fn family(
+pub(crate) fn family(
     name: &str,
     help: &str,
     kind: MetricType,
@@ -579,7 +574,7 @@ pub fn family(
 }
 
 /// Builds an unlabelled counter or gauge.
-pub fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
+pub(crate) fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
     family(name, help, kind, vec![(Vec::new(), v)])
 }
 
@@ -590,7 +585,7 @@ fn label(k: &str, v: String) -> LabelPair {
     l
 }
 
-pub fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
+pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
     let mut h = Histogram::default();
     let mut cumulative = 0;
     let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());

@@ -19,24 +19,24 @@ const QUEUE_LEN: usize = 65_536;
 
 /// One sampled query, complete when its answer was sent.
 #[derive(Clone, Copy)]
-pub struct QueryEntry {
-    pub transport: Transport,
+pub(crate) struct QueryEntry {
+    pub(crate) transport: Transport,
     /// Client address masked to the ECS prefix lengths (privacy: a prefix, not a host).
     pub client: IpAddr,
-    pub client_prefix: u8,
+    pub(crate) client_prefix: u8,
     pub ecs: Option<(IpAddr, u8)>,
     pub qname: WireName,
     pub qtype: u16,
-    pub decision: Decision,
+    pub(crate) decision: Decision,
     pub rcode: u8,
     pub answers: u16,
-    pub latency_ns: u64,
+    pub(crate) latency_ns: u64,
     pub upstream: Option<SocketAddr>,
 }
 
 /// Always-logged events.
 #[derive(Clone, Copy)]
-pub enum Event {
+pub(crate) enum Event {
     BlockStarted {
         source: IpAddr,
         prefix: u8,
@@ -97,11 +97,11 @@ impl QueryLog {
         self.event_limit.store(limit as u64, Ordering::Relaxed);
     }
 
-    pub fn query(&self, e: QueryEntry) {
+    pub(crate) fn query(&self, e: QueryEntry) {
         self.send(Line::Query(Box::new(e)));
     }
 
-    pub fn event(&self, e: Event) {
+    pub(crate) fn event(&self, e: Event) {
         if self.event_allowed() {
             self.send(Line::Event(Box::new(e)));
         } else {
@@ -142,12 +142,12 @@ impl QueryLog {
     }
 
     /// Lines dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Events not logged because of the per-second cap.
-    pub fn suppressed(&self) -> u64 {
+    pub(crate) fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
     }
 }
@@ -179,7 +179,7 @@ pub fn threshold(rate: f64) -> u64 {
 }
 
 /// Presentation form of a lower-case wire name, for logs.
-pub fn name_to_string(wire: &[u8]) -> String {
+pub(crate) fn name_to_string(wire: &[u8]) -> String {
     let mut out = String::with_capacity(wire.len() + 1);
     let _ = crate::dns::name::write_name(wire, &mut out);
     out
