@@ -19,7 +19,7 @@ use crate::dns::{self, rcode};
 use crate::forward::upstream::{ForwardError, Pending, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
-use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
+use crate::server::udp_batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::server::udp_front::{self, ForwardBatch, UdpFront};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
@@ -77,19 +77,8 @@ fn set_dont_fragment(s: &Socket, addr: SocketAddr) {
         // IPv6 routers never fragment; the source only does for answers over the path MTU.
         return;
     }
-    let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: plain integer option on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_MTU_DISCOVER not set");
+    if let Err(e) = udp_batch::set_ip_mtu_discover(s.as_raw_fd(), libc::IP_PMTUDISC_PROBE) {
+        tracing::debug!(error = %e, "IP_MTU_DISCOVER not set");
     }
 }
 
@@ -785,20 +774,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn mtu_discover(s: &std::net::UdpSocket) -> libc::c_int {
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: reads one integer option into a local of the right size.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        v
+        udp_batch::ip_mtu_discover(s.as_raw_fd()).unwrap()
     }
 
     #[test]

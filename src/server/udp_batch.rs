@@ -4,6 +4,10 @@
 //!
 //! The buffers are allocated once per socket; the pointer tables the kernel reads are rebuilt
 //! right before each call, so nothing here is self-referential.
+//!
+//! The crate's one place for `unsafe` (the lint denies it everywhere else): these system calls
+//! and the raw socket option the listener sets.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
@@ -16,6 +20,47 @@ use socket2::SockAddr;
 pub(crate) const BATCH: usize = 32;
 /// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
 pub(crate) const SLOT: usize = 4096;
+
+/// Sets the `IP_MTU_DISCOVER` option (`libc::IP_PMTUDISC_*`) of an IPv4 socket.
+pub(crate) fn set_ip_mtu_discover(fd: RawFd, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer option, read from a local of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const mode).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `IP_MTU_DISCOVER` option of an IPv4 socket.
+#[cfg(test)]
+pub(crate) fn ip_mtu_discover(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads one integer option into a local of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Points message header `h` at one buffer (`iov`) and one address.
 fn fill(
