@@ -140,7 +140,9 @@ impl App {
             source,
         })?;
 
-        *ctl.listen_addrs.lock().unwrap_or_else(|e| e.into_inner()) = bound.addrs.clone();
+        *ctl.listen_addrs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = bound.addrs.clone();
 
         let (stop, stop_rx) = watch::channel(false);
         let mut workers = Vec::with_capacity(restart.workers);

@@ -763,7 +763,7 @@ impl Validator<'_> {
         };
         let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
         let workers = if workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         } else {
             workers
         };
@@ -1197,7 +1197,7 @@ impl Validator<'_> {
                 },
                 Ok,
             )?;
-            let ttl = self.int(&r.ttl, &key("ttl"), 300, 0, i32::MAX as i64)? as u32;
+            let ttl = self.int(&r.ttl, &key("ttl"), 300, 0, i64::from(i32::MAX))? as u32;
             let (body, span) = match (&r.lua, &r.content) {
                 (Some(l), None) => (RecordBody::Lua(l.get_ref().clone()), l.span()),
                 (None, Some(c)) => {

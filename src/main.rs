@@ -26,9 +26,9 @@ fn parse_args() -> Result<Command, String> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["--config", f] | ["-c", f] => Ok(Command::Serve(PathBuf::from(f))),
+        ["--config" | "-c", f] => Ok(Command::Serve(PathBuf::from(f))),
         ["check-config", f] => Ok(Command::Check(PathBuf::from(f))),
-        ["--version"] | ["-V"] => Ok(Command::Version),
+        ["--version" | "-V"] => Ok(Command::Version),
         _ => Err(USAGE.to_string()),
     }
 }

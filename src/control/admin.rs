@@ -84,7 +84,7 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
         MetricType::GAUGE,
         servers
             .iter()
-            .map(|s| (lbl(s), s.is_healthy() as u8 as f64))
+            .map(|s| (lbl(s), f64::from(u8::from(s.is_healthy()))))
             .collect(),
     ));
     let mut req = Vec::new();
@@ -213,7 +213,11 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
             ),
         ],
     ));
-    let st = ctl.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     out.push(scalar(
         "dnsteer_config_last_reload_timestamp_seconds",
         "Unix time of the last successful (re)load.",
@@ -224,7 +228,7 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
         "dnsteer_config_restart_required",
         "1 if the file changes settings that only apply after a restart.",
         MetricType::GAUGE,
-        (!st.restart_required.is_empty()) as u8 as f64,
+        f64::from(u8::from(!st.restart_required.is_empty())),
     ));
     out.push(scalar(
         "dnsteer_geoip_build_timestamp_seconds",
@@ -254,7 +258,9 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
         "dnsteer_ready",
         "1 when /readyz reports ready.",
         MetricType::GAUGE,
-        (ctl.ready.load(Ordering::Relaxed) && !ctl.draining.load(Ordering::Relaxed)) as u8 as f64,
+        f64::from(u8::from(
+            ctl.ready.load(Ordering::Relaxed) && !ctl.draining.load(Ordering::Relaxed),
+        )),
     ));
     out
 }
@@ -284,7 +290,11 @@ fn upstream_latency(servers: &[Arc<crate::forward::upstream::UpstreamServer>]) -
 
 fn status_json(ctl: &Control) -> String {
     let snap = ctl.data.snapshot.load();
-    let st = ctl.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
     let upstreams: Vec<_> = snap
         .upstream
         .servers
@@ -305,9 +315,9 @@ fn status_json(ctl: &Control) -> String {
     let listeners: Vec<String> = ctl
         .listen_addrs
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .map(|a| a.to_string())
+        .map(ToString::to_string)
         .collect();
     let v = serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -387,7 +397,7 @@ fn probe_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
         MetricType::GAUGE,
         table
             .iter()
-            .map(|p| (target(p), (p.state == HealthState::Up) as u8 as f64))
+            .map(|p| (target(p), f64::from(u8::from(p.state == HealthState::Up))))
             .collect(),
     ));
     out.push(family(
@@ -396,7 +406,7 @@ fn probe_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
         MetricType::GAUGE,
         table
             .iter()
-            .map(|p| (target(p), p.consecutive_failures as f64))
+            .map(|p| (target(p), f64::from(p.consecutive_failures)))
             .collect(),
     ));
     out.push(family(
@@ -520,7 +530,12 @@ fn zone_metrics(ctl: &Control, out: &mut Vec<MetricFamily>) {
         MetricType::GAUGE,
         status
             .iter()
-            .map(|z| (vec![("zone", z.zone.clone())], z.serial.unwrap_or(0) as f64))
+            .map(|z| {
+                (
+                    vec![("zone", z.zone.clone())],
+                    f64::from(z.serial.unwrap_or(0)),
+                )
+            })
             .collect(),
     ));
     out.push(family(

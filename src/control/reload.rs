@@ -196,7 +196,7 @@ pub(crate) async fn rebuild(ctl: &Arc<Control>) -> Result<(), String> {
     let restart = ctl
         .status
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .restart_required
         .clone();
     apply(ctl, &current, next, restart);
@@ -224,7 +224,10 @@ fn apply(
         drop(old);
     });
     ctl.reloads_ok.fetch_add(1, Ordering::Relaxed);
-    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     st.config_hash = cfg.hash.clone();
     st.last_reload_unix = Some(unix_now());
     st.restart_required = restart_changes;
@@ -258,7 +261,10 @@ pub(crate) fn current_upstreams(
 fn fail(ctl: &Control, message: String) -> String {
     tracing::error!(target: "dnsteer::control::reload", error = %message, "config rejected; the running config is unchanged");
     ctl.reloads_failed.fetch_add(1, Ordering::Relaxed);
-    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     st.last_error = Some(message.clone());
     st.last_error_unix = Some(unix_now());
     message

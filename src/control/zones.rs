@@ -41,7 +41,10 @@ pub(crate) const NOTIFY_QUEUE: usize = 64;
 impl Transfers {
     /// Every transferred record spec, for compiling (zones in name order).
     pub(crate) fn specs(&self) -> Vec<crate::config::RecordSpec> {
-        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut names: Vec<&String> = zones.keys().collect();
         names.sort();
         names
@@ -51,7 +54,10 @@ impl Transfers {
     }
 
     pub(crate) fn status(&self) -> Vec<TransferStatus> {
-        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<TransferStatus> = zones.values().map(|(s, _)| s.clone()).collect();
         v.sort_by(|a, b| a.zone.cmp(&b.zone));
         v
@@ -60,14 +66,17 @@ impl Transfers {
     fn serial(&self, zone: &str) -> Option<u32> {
         self.zones
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(zone)
             .and_then(|(s, _)| s.serial)
     }
 
     /// Forgets zones no longer configured.
     fn retain(&self, wanted: &[String]) -> bool {
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = zones.len();
         zones.retain(|z, _| wanted.contains(z));
         zones.len() != before
@@ -98,7 +107,10 @@ impl Transfers {
                     tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
                 }
                 tracing::info!(target: "dnsteer::control::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
-                let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+                let mut zones = self
+                    .zones
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 let entry = zones.entry(zone.to_string()).or_default();
                 entry.0.zone = zone.to_string();
                 entry.0.serial = Some(data.serial);
@@ -116,7 +128,10 @@ impl Transfers {
 
     fn failed(&self, zone: &str, error: String) -> String {
         tracing::warn!(target: "dnsteer::control::zones", zone, error = %error, "zone transfer failed; the previous records keep serving");
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = zones.entry(zone.to_string()).or_default();
         entry.0.zone = zone.to_string();
         entry.0.last_error = Some(error.clone());

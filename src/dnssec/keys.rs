@@ -159,7 +159,7 @@ pub struct SigningKey {
 // One key is shared by all workers behind an `Arc`.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
-    shareable::<SigningKey>()
+    shareable::<SigningKey>();
 };
 
 impl SigningKey {

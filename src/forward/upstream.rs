@@ -78,14 +78,17 @@ impl UpstreamServer {
         let c = Arc::new(ServerCounters::default());
         self.counters
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(c.clone());
         c
     }
 
     /// Sums of every worker's counters: (requests, responses, timeouts, errors).
     pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
-        let list = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let list = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         list.iter().fold((0, 0, 0, 0), |acc, c| {
             (
                 acc.0 + c.requests.get(),
@@ -101,7 +104,7 @@ impl UpstreamServer {
         for c in self
             .counters
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             c.latency.add_into(counts, sum_ns);
@@ -864,7 +867,8 @@ mod tests {
             let mut waiters: Vec<_> = (0..3)
                 .map(|_| pool.send(query.clone(), timeout).unwrap())
                 .collect();
-            let ids: std::collections::HashSet<u16> = waiters.iter().map(|w| w.id()).collect();
+            let ids: std::collections::HashSet<u16> =
+                waiters.iter().map(super::TcpWaiter::id).collect();
             assert_eq!(ids.len(), 3, "one connection, three distinct IDs");
             assert_eq!(pool.in_flight(), 3);
             for w in &mut waiters {

@@ -106,7 +106,7 @@ pub(crate) fn bind_all(
                     break;
                 }
                 Err(e) if want.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                    last_err = Some(e)
+                    last_err = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -722,12 +722,9 @@ async fn forward_tcp(
         let sent = Instant::now();
         let timeout = ups.set.config.timeout;
         // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
-        let mut waiter = match ws.tcp.send(buf.clone(), timeout) {
-            Ok(w) => w,
-            Err(_) => {
-                ws.counters.errors.inc();
-                continue;
-            }
+        let Ok(mut waiter) = ws.tcp.send(buf.clone(), timeout) else {
+            ws.counters.errors.inc();
+            continue;
         };
         match tokio::time::timeout(timeout, waiter.answer()).await {
             Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {

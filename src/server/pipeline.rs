@@ -188,7 +188,7 @@ pub fn handle(
                         let signed =
                             ctx.sign
                                 .sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
-                                    b.answer(TYPE_RRSIG, set.ttl, rrsig)
+                                    b.answer(TYPE_RRSIG, set.ttl, rrsig);
                                 });
                         if !signed {
                             let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);

@@ -196,7 +196,7 @@ impl RecvBatch {
 /// The IPv4 or IPv6 address the kernel wrote into `ss`.
 fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match ss.ss_family as libc::c_int {
+    match libc::c_int::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it is large
             // enough and aligned for.

@@ -577,7 +577,7 @@ impl<'a> Parser<'a> {
                     args: vec![Expr::Str(s)],
                 })
             }
-            Tok::Op(".") | Tok::Op(":") | Tok::Punct('[') => unsupported(format!(
+            Tok::Op("." | ":") | Tok::Punct('[') => unsupported(format!(
                 "unsupported construct: field or method access on '{name}'"
             )),
             _ => unsupported(format!("unsupported construct: variable '{name}'")),
@@ -620,7 +620,7 @@ impl<'a> Parser<'a> {
             };
             fields.push(field);
             match self.tok {
-                Tok::Punct(',') | Tok::Punct(';') => {
+                Tok::Punct(',' | ';') => {
                     self.bump()?;
                 }
                 Tok::Punct('}') => {}
@@ -972,13 +972,10 @@ impl Compiler<'_> {
             };
             let mut group = Vec::with_capacity(fields.len());
             for f in fields {
-                let key = match &f.key {
-                    Some(Key::Expr(k)) => k,
-                    _ => {
-                        return invalid(format!(
-                            "{what_} map addresses to URLs: write {{['192.0.2.1']='https://…'}}"
-                        ));
-                    }
+                let Some(Key::Expr(key)) = &f.key else {
+                    return invalid(format!(
+                        "{what_} map addresses to URLs: write {{['192.0.2.1']='https://…'}}"
+                    ));
                 };
                 let addr = self.address(key, "ifurlextup")?;
                 let url = self.url(&f.value, "ifurlextup")?;

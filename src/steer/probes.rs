@@ -740,7 +740,10 @@ impl Url {
             Some(p) => format!("{written}:{}", p.as_str()),
             None => written.to_owned(),
         };
-        let path = match uri.path_and_query().map(|p| p.as_str()) {
+        let path = match uri
+            .path_and_query()
+            .map(hyper::http::uri::PathAndQuery::as_str)
+        {
             Some(p) if !p.is_empty() => p.to_owned(),
             _ => "/".to_owned(),
         };

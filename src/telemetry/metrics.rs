@@ -330,7 +330,7 @@ impl Metrics {
         let w = Arc::new(WorkerMetrics::default());
         self.workers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(w.clone());
         w
     }
@@ -338,7 +338,7 @@ impl Metrics {
     fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.workers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|w| f(w))
             .sum()
@@ -516,7 +516,7 @@ impl Metrics {
             for w in self
                 .workers
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
             {
                 w.latency[p as usize].add_into(&mut counts, &mut sum_ns);

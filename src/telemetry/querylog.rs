@@ -88,13 +88,13 @@ impl QueryLog {
             dropped: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             window: AtomicU64::new(0),
-            event_limit: AtomicU64::new(event_limit as u64),
+            event_limit: AtomicU64::new(u64::from(event_limit)),
             start: Instant::now(),
         })
     }
 
-    pub fn set_event_limit(&self, limit: u32) {
-        self.event_limit.store(limit as u64, Ordering::Relaxed);
+    pub(crate) fn set_event_limit(&self, limit: u32) {
+        self.event_limit.store(u64::from(limit), Ordering::Relaxed);
     }
 
     pub(crate) fn query(&self, e: QueryEntry) {
@@ -112,7 +112,7 @@ impl QueryLog {
     fn send(&self, line: Line) {
         match self.tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -169,13 +169,13 @@ impl Sampler {
     /// `threshold` = rate × 2^32 (see `threshold`).
     #[inline]
     pub fn sample(&mut self, threshold: u64) -> bool {
-        threshold != 0 && (self.rng.u32(..) as u64) < threshold
+        threshold != 0 && u64::from(self.rng.u32(..)) < threshold
     }
 }
 
 /// Converts a sample rate in 0.0–1.0 to the sampler's threshold.
-pub fn threshold(rate: f64) -> u64 {
-    (rate.clamp(0.0, 1.0) * (u32::MAX as f64 + 1.0)) as u64
+pub(crate) fn threshold(rate: f64) -> u64 {
+    (rate.clamp(0.0, 1.0) * (f64::from(u32::MAX) + 1.0)) as u64
 }
 
 /// Presentation form of a lower-case wire name, for logs.
@@ -237,7 +237,7 @@ fn log_event(e: &Event) {
             "source over its rate: blocked"
         ),
         Event::FormErr { client, reason } => {
-            tracing::info!(target: "dnsteer::query", client = %client, reason, "malformed query answered FORMERR")
+            tracing::info!(target: "dnsteer::query", client = %client, reason, "malformed query answered FORMERR");
         }
         Event::ServFail {
             client,

@@ -587,7 +587,7 @@ pub fn spawn_guarded(mut cmd: Command) -> io::Result<ChildGuard> {
     let (reply_tx, reply_rx) = mpsc::channel();
     spawner
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send((cmd, reply_tx))
         .map_err(|_| io::Error::other("spawner thread gone"))?;
     let child = reply_rx
