@@ -47,8 +47,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prometheus::proto::{MetricFamily, MetricType};
 
 use crate::config::RateLimitConfig;
+use crate::telemetry::metrics::{Metrics, family, scalar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -262,6 +264,65 @@ impl RateLimiter {
             evictions: sum(|s| &s.evictions),
             untracked: sum(|s| &s.untracked),
         }
+    }
+
+    /// The limiter's metric families: what the workers did with limited queries (their
+    /// counters) and the table's state.
+    pub(crate) fn families(&self, workers: &Metrics) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        out.push(family(
+            "dnsteer_ratelimit_limited_total",
+            "Queries limited by the per-source rate limit, by action applied.",
+            MetricType::COUNTER,
+            ["drop", "refused", "truncate"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        vec![("action", a.to_string())],
+                        workers.sum(|w| w.limited_by_action[i].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_dry_run_total",
+            "Queries that would have been limited in dry-run mode.",
+            MetricType::COUNTER,
+            workers.sum(|w| w.would_limit.get()) as f64,
+        ));
+        let stats = self.stats();
+        out.push(scalar(
+            "dnsteer_ratelimit_checks_total",
+            "Rate-limit checks made while the limiter is enabled, exempt sources included.",
+            MetricType::COUNTER,
+            stats.checks as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_blocks_total",
+            "Blocks started (a source went over its rate).",
+            MetricType::COUNTER,
+            stats.blocks_started as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_blocked_sources",
+            "Source prefixes blocked right now.",
+            MetricType::GAUGE,
+            self.blocked_now() as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_tracked_sources",
+            "Source prefixes in the rate-limit table (bounded by max_tracked_sources).",
+            MetricType::GAUGE,
+            self.tracked() as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_evictions_total",
+            "Table entries replaced to make room for new sources.",
+            MetricType::COUNTER,
+            stats.evictions as f64,
+        ));
+        out
     }
 
     fn nanos(&self, now: Instant) -> u64 {

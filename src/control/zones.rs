@@ -6,8 +6,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use super::zone_facts::{is_subdomain, learn_all};
-use crate::steer::records::Zones;
+use crate::config::RecordOrigin;
+use crate::steer::records::{Rejected, Zones};
+use crate::telemetry::metrics::family;
 
 /// What dnsteer knows of one `[zones].transfer` zone.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -137,6 +141,67 @@ impl Transfers {
         entry.0.last_error = Some(error.clone());
         entry.0.transfers_failed += 1;
         error
+    }
+
+    /// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.
+    pub(crate) fn families(&self, rejected: &[Rejected]) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let status = self.status();
+        let zone_of = |r: &Rejected| match &r.spec.origin {
+            RecordOrigin::Zone { zone } => zone.clone(),
+            RecordOrigin::Config { .. } => String::new(),
+        };
+        out.push(family(
+            "dnsteer_zone_serial",
+            "SOA serial of the transferred zone data in use.",
+            MetricType::GAUGE,
+            status
+                .iter()
+                .map(|z| {
+                    (
+                        vec![("zone", z.zone.clone())],
+                        f64::from(z.serial.unwrap_or(0)),
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_zone_transfers_total",
+            "Zone transfers from PowerDNS, by result.",
+            MetricType::COUNTER,
+            status
+                .iter()
+                .flat_map(|z| {
+                    [
+                        (
+                            vec![("zone", z.zone.clone()), ("result", "ok".into())],
+                            z.transfers_ok as f64,
+                        ),
+                        (
+                            vec![("zone", z.zone.clone()), ("result", "failed".into())],
+                            z.transfers_failed as f64,
+                        ),
+                    ]
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_zone_lua_records",
+            "LUA records of transferred zones, by who answers them (dnsteer, or PowerDNS because dnsteer cannot compile them).",
+            MetricType::GAUGE,
+            status
+                .iter()
+                .flat_map(|z| {
+                    let not_compiled = rejected.iter().filter(|r| zone_of(r) == z.zone).count();
+                    let left = not_compiled + z.unsupported.len();
+                    [
+                        (vec![("zone", z.zone.clone()), ("answered_by", "dnsteer".into())], z.records.saturating_sub(not_compiled) as f64),
+                        (vec![("zone", z.zone.clone()), ("answered_by", "powerdns".into())], left as f64),
+                    ]
+                })
+                .collect(),
+        ));
+        out
     }
 }
 

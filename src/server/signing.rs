@@ -4,12 +4,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::dnssec::{
     Outcome, RrsetToSign, SignError, SignatureCache, ValidityWindow, ZoneSigner, rrset_spread_hash,
     rrsig_rdata,
 };
 use crate::state::Shared;
-use crate::telemetry::metrics::WorkerMetrics;
+use crate::telemetry::metrics::{DnssecForward, Metrics, WorkerMetrics, family, scalar};
 
 /// RRSIG, RFC 4034.
 pub(crate) const TYPE_RRSIG: u16 = 46;
@@ -169,6 +171,61 @@ fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// The workers' DNSSEC families: DO=1 queries left to PowerDNS, answers signed here, and the
+/// signature caches' work.
+pub(crate) fn families(workers: &Metrics) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    out.push(family(
+        "dnsteer_dnssec_forwarded_total",
+        "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
+        MetricType::COUNTER,
+        DnssecForward::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    vec![("reason", r.label().to_string())],
+                    workers.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
+                )
+            })
+            .collect(),
+    ));
+    for (name, help, get) in [
+        (
+            "dnsteer_dnssec_signed_answers_total",
+            "DO=1 answers of in-process records signed here.",
+            (|w: &WorkerMetrics| w.dnssec_signed.get()) as fn(&WorkerMetrics) -> u64,
+        ),
+        (
+            "dnsteer_dnssec_signature_cache_hits_total",
+            "RRSIGs served from a packet thread's signature cache.",
+            |w| w.dnssec_sig_hits.get(),
+        ),
+        (
+            "dnsteer_dnssec_signatures_made_total",
+            "RRSIGs made (signature cache misses).",
+            |w| w.dnssec_sig_misses.get(),
+        ),
+        (
+            "dnsteer_dnssec_signature_cache_evictions_total",
+            "Cached RRSIGs replaced to make room.",
+            |w| w.dnssec_sig_evictions.get(),
+        ),
+        (
+            "dnsteer_dnssec_sign_errors_total",
+            "Signing failures (answered SERVFAIL).",
+            |w| w.dnssec_sign_errors.get(),
+        ),
+    ] {
+        out.push(scalar(
+            name,
+            help,
+            MetricType::COUNTER,
+            workers.sum(get) as f64,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
+use prometheus::proto::{MetricFamily, MetricType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -52,6 +53,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
 use crate::config::ProbeDefaults;
+use crate::telemetry::metrics::{family, scalar};
 
 /// What is checked. Part of a probe's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -472,6 +474,105 @@ impl ProbePool {
     /// Pool-wide counters for the metrics collector.
     pub fn counters(&self) -> &ProbeCounters {
         &self.shared.counters
+    }
+
+    /// Probe targets by state, state changes and probe latency, from the pool's status table.
+    /// Target labels come from the config (address and URL or port), so they stay bounded.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let table = self.status();
+        let target = |p: &ProbeStatus| {
+            vec![
+                ("kind", p.kind.to_string()),
+                ("target", p.addr.to_string()),
+                (
+                    "check",
+                    p.url.clone().unwrap_or_else(|| {
+                        p.port.map_or_else(String::new, |port| port.to_string())
+                    }),
+                ),
+            ]
+        };
+        let by_state = [HealthState::Up, HealthState::Down, HealthState::Unknown]
+            .iter()
+            .map(|s| {
+                let n = table.iter().filter(|p| p.state == *s).count();
+                (vec![("state", s.as_str().to_string())], n as f64)
+            })
+            .collect();
+        out.push(family(
+            "dnsteer_probe_targets",
+            "Probe targets by health state.",
+            MetricType::GAUGE,
+            by_state,
+        ));
+        out.push(family(
+            "dnsteer_probe_up",
+            "1 if the target is UP, 0 if DOWN or not probed to completion yet.",
+            MetricType::GAUGE,
+            table
+                .iter()
+                .map(|p| (target(p), f64::from(u8::from(p.state == HealthState::Up))))
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_probe_consecutive_failures",
+            "Consecutive failed probes of the target.",
+            MetricType::GAUGE,
+            table
+                .iter()
+                .map(|p| (target(p), f64::from(p.consecutive_failures)))
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_probe_last_latency_seconds",
+            "Duration of the target's most recent probe.",
+            MetricType::GAUGE,
+            table
+                .iter()
+                .map(|p| (target(p), p.last_latency_ms.unwrap_or(0.0) / 1000.0))
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_probe_state_changes_total",
+            "State changes of the target (UP/DOWN transitions).",
+            MetricType::COUNTER,
+            table
+                .iter()
+                .map(|p| (target(p), p.state_changes as f64))
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_probe_last_error",
+            "1 for the error kind of the target's most recent failed probe.",
+            MetricType::GAUGE,
+            table
+                .iter()
+                .filter_map(|p| {
+                    p.last_error.map(|e| {
+                        let mut l = target(p);
+                        l.push(("error", e.to_string()));
+                        (l, 1.0)
+                    })
+                })
+                .collect(),
+        ));
+        let c = self.counters();
+        out.push(scalar(
+            "dnsteer_probes_total",
+            "Probes run.",
+            MetricType::COUNTER,
+            c.probes_run() as f64,
+        ));
+        out.push(family(
+            "dnsteer_probe_failures_total",
+            "Failed probes, by error kind.",
+            MetricType::COUNTER,
+            c.failures()
+                .map(|(k, n)| (vec![("error", k.to_string())], n as f64))
+                .collect(),
+        ));
+        out
     }
 
     /// Stops every probe task. Health flags keep their last value; a later `sync` only hands

@@ -11,12 +11,15 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
 use crate::dns;
 use crate::steer::geo::{GeoDb, Location};
 use crate::steer::hash;
 use crate::steer::lua::{self, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
+use crate::telemetry::metrics::family;
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -484,6 +487,33 @@ impl RecordTable {
     /// Every record set (for metrics and /status).
     pub(crate) fn sets(&self) -> impl Iterator<Item = &RecordSet> {
         self.names.values().flat_map(|e| e.sets.iter())
+    }
+
+    /// In-process answers per record set, by outcome.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut answers: Vec<_> = self
+            .sets()
+            .flat_map(|set| {
+                let totals = set.stats.totals();
+                AnswerKind::ALL.iter().map(move |k| {
+                    (
+                        vec![
+                            ("name", set.name.clone()),
+                            ("type", set.type_name.to_string()),
+                            ("outcome", k.label().to_string()),
+                        ],
+                        totals[*k as usize] as f64,
+                    )
+                })
+            })
+            .collect();
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        vec![family(
+            "dnsteer_record_answers_total",
+            "In-process answers per record (name and type from the config or a transferred zone), by outcome; kept across reloads.",
+            MetricType::COUNTER,
+            answers,
+        )]
     }
 
     /// Takes over the answer counters of `previous` for sets with the same name and type, so

@@ -335,7 +335,8 @@ impl Metrics {
         w
     }
 
-    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+    /// One counter summed over every worker.
+    pub(crate) fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.workers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -349,8 +350,12 @@ impl Metrics {
         self.sum(|w| w.queries.iter().flatten().map(Cnt::get).sum())
     }
 
-    /// Hot-path families, summed across workers.
-    pub(crate) fn gather(&self, out: &mut Vec<MetricFamily>) {
+    /// The query path's families (queries, responses, drops, malformed input, truncation, TCP
+    /// connections, latency), summed across workers. The rate limiter's and DNSSEC signing's
+    /// counters live here too but are exported by `RateLimiter::families` and
+    /// `server::signing::families`.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
         let mut queries = Vec::new();
         let mut responses = Vec::new();
         for t in Transport::ALL {
@@ -412,75 +417,6 @@ impl Metrics {
                 .map(|m| (vec![("kind", m.label().to_string())], self.sum(|w| w.malformed[*m as usize].get()) as f64))
                 .collect(),
         ));
-        out.push(family(
-            "dnsteer_ratelimit_limited_total",
-            "Queries limited by the per-source rate limit, by action applied.",
-            MetricType::COUNTER,
-            ["drop", "refused", "truncate"]
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    (
-                        vec![("action", a.to_string())],
-                        self.sum(|w| w.limited_by_action[i].get()) as f64,
-                    )
-                })
-                .collect(),
-        ));
-        out.push(scalar(
-            "dnsteer_ratelimit_dry_run_total",
-            "Queries that would have been limited in dry-run mode.",
-            MetricType::COUNTER,
-            self.sum(|w| w.would_limit.get()) as f64,
-        ));
-        out.push(family(
-            "dnsteer_dnssec_forwarded_total",
-            "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
-            MetricType::COUNTER,
-            DnssecForward::ALL
-                .iter()
-                .map(|&r| {
-                    (
-                        vec![("reason", r.label().to_string())],
-                        self.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
-                    )
-                })
-                .collect(),
-        ));
-        for (name, help, get) in [
-            (
-                "dnsteer_dnssec_signed_answers_total",
-                "DO=1 answers of in-process records signed here.",
-                (|w: &WorkerMetrics| w.dnssec_signed.get()) as fn(&WorkerMetrics) -> u64,
-            ),
-            (
-                "dnsteer_dnssec_signature_cache_hits_total",
-                "RRSIGs served from a packet thread's signature cache.",
-                |w| w.dnssec_sig_hits.get(),
-            ),
-            (
-                "dnsteer_dnssec_signatures_made_total",
-                "RRSIGs made (signature cache misses).",
-                |w| w.dnssec_sig_misses.get(),
-            ),
-            (
-                "dnsteer_dnssec_signature_cache_evictions_total",
-                "Cached RRSIGs replaced to make room.",
-                |w| w.dnssec_sig_evictions.get(),
-            ),
-            (
-                "dnsteer_dnssec_sign_errors_total",
-                "Signing failures (answered SERVFAIL).",
-                |w| w.dnssec_sign_errors.get(),
-            ),
-        ] {
-            out.push(scalar(
-                name,
-                help,
-                MetricType::COUNTER,
-                self.sum(get) as f64,
-            ));
-        }
         out.push(scalar(
             "dnsteer_truncated_total",
             "UDP responses sent with TC=1 because they exceeded the client's limit.",
@@ -535,6 +471,7 @@ impl Metrics {
         f.set_field_type(MetricType::HISTOGRAM);
         f.set_metric(hists);
         out.push(f);
+        out
     }
 }
 
@@ -642,9 +579,7 @@ mod tests {
         b.query(Transport::Udp, Decision::Forwarded);
         b.response(Transport::Tcp, 3);
         a.latency[Path::InProcess as usize].observe_ns(30_000);
-        let mut fams = Vec::new();
-        m.gather(&mut fams);
-        let text = encode(&fams);
+        let text = encode(&m.families());
         assert!(
             text.contains("dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"} 2"),
             "{text}"

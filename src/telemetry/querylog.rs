@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::dns::WireName;
-use crate::telemetry::metrics::{Decision, Transport};
+use crate::telemetry::metrics::{Decision, Transport, scalar};
 
 /// Lines buffered between workers and the logger thread.
 const QUEUE_LEN: usize = 65_536;
@@ -149,6 +151,24 @@ impl QueryLog {
     /// Events not logged because of the per-second cap.
     pub(crate) fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
+    }
+
+    /// Log lines lost: dropped on a full queue, or events over the per-second cap.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        vec![
+            scalar(
+                "dnsteer_log_lines_dropped_total",
+                "Log lines dropped because the log queue was full.",
+                MetricType::COUNTER,
+                self.dropped() as f64,
+            ),
+            scalar(
+                "dnsteer_log_events_suppressed_total",
+                "Always-logged events not logged because of the per-second cap.",
+                MetricType::COUNTER,
+                self.suppressed() as f64,
+            ),
+        ]
     }
 }
 
