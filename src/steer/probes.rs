@@ -254,6 +254,80 @@ pub struct ProbeStatus {
     pub probes_run: u64,
 }
 
+impl ProbeStatus {
+    /// The target's metric labels: kind, address, and the URL or port checked (from the
+    /// config, so bounded).
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("kind", self.kind.to_string()),
+            ("target", self.addr.to_string()),
+            (
+                "check",
+                self.url
+                    .clone()
+                    .unwrap_or_else(|| self.port.map_or_else(String::new, |port| port.to_string())),
+            ),
+        ]
+    }
+}
+
+/// Per target: up, consecutive failures, last latency, state changes, last error.
+fn target_families(table: &[ProbeStatus]) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    out.push(family(
+        "dnsteer_probe_up",
+        "1 if the target is UP, 0 if DOWN or not probed to completion yet.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), f64::from(u8::from(p.state == HealthState::Up))))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_consecutive_failures",
+        "Consecutive failed probes of the target.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), f64::from(p.consecutive_failures)))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_last_latency_seconds",
+        "Duration of the target's most recent probe.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), p.last_latency_ms.unwrap_or(0.0) / 1000.0))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_state_changes_total",
+        "State changes of the target (UP/DOWN transitions).",
+        MetricType::COUNTER,
+        table
+            .iter()
+            .map(|p| (p.labels(), p.state_changes as f64))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_last_error",
+        "1 for the error kind of the target's most recent failed probe.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .filter_map(|p| {
+                p.last_error.map(|e| {
+                    let mut l = p.labels();
+                    l.push(("error", e.to_string()));
+                    (l, 1.0)
+                })
+            })
+            .collect(),
+    ));
+    out
+}
+
 /// Per-target fall/rise state machine, fed one probe result at a time.
 #[derive(Debug, Clone)]
 pub(crate) struct Tracker {
@@ -481,18 +555,6 @@ impl ProbePool {
     pub(crate) fn families(&self) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         let table = self.status();
-        let target = |p: &ProbeStatus| {
-            vec![
-                ("kind", p.kind.to_string()),
-                ("target", p.addr.to_string()),
-                (
-                    "check",
-                    p.url.clone().unwrap_or_else(|| {
-                        p.port.map_or_else(String::new, |port| port.to_string())
-                    }),
-                ),
-            ]
-        };
         let by_state = [HealthState::Up, HealthState::Down, HealthState::Unknown]
             .iter()
             .map(|s| {
@@ -506,57 +568,7 @@ impl ProbePool {
             MetricType::GAUGE,
             by_state,
         ));
-        out.push(family(
-            "dnsteer_probe_up",
-            "1 if the target is UP, 0 if DOWN or not probed to completion yet.",
-            MetricType::GAUGE,
-            table
-                .iter()
-                .map(|p| (target(p), f64::from(u8::from(p.state == HealthState::Up))))
-                .collect(),
-        ));
-        out.push(family(
-            "dnsteer_probe_consecutive_failures",
-            "Consecutive failed probes of the target.",
-            MetricType::GAUGE,
-            table
-                .iter()
-                .map(|p| (target(p), f64::from(p.consecutive_failures)))
-                .collect(),
-        ));
-        out.push(family(
-            "dnsteer_probe_last_latency_seconds",
-            "Duration of the target's most recent probe.",
-            MetricType::GAUGE,
-            table
-                .iter()
-                .map(|p| (target(p), p.last_latency_ms.unwrap_or(0.0) / 1000.0))
-                .collect(),
-        ));
-        out.push(family(
-            "dnsteer_probe_state_changes_total",
-            "State changes of the target (UP/DOWN transitions).",
-            MetricType::COUNTER,
-            table
-                .iter()
-                .map(|p| (target(p), p.state_changes as f64))
-                .collect(),
-        ));
-        out.push(family(
-            "dnsteer_probe_last_error",
-            "1 for the error kind of the target's most recent failed probe.",
-            MetricType::GAUGE,
-            table
-                .iter()
-                .filter_map(|p| {
-                    p.last_error.map(|e| {
-                        let mut l = target(p);
-                        l.push(("error", e.to_string()));
-                        (l, 1.0)
-                    })
-                })
-                .collect(),
-        ));
+        out.extend(target_families(&table));
         let c = self.counters();
         out.push(scalar(
             "dnsteer_probes_total",

@@ -355,45 +355,7 @@ impl Metrics {
     /// counters live here too but are exported by `RateLimiter::families` and
     /// `server::signing::families`.
     pub(crate) fn families(&self) -> Vec<MetricFamily> {
-        let mut out = Vec::new();
-        let mut queries = Vec::new();
-        let mut responses = Vec::new();
-        for t in Transport::ALL {
-            for d in Decision::ALL {
-                let v = self.sum(|w| w.queries[t as usize][d as usize].get());
-                queries.push((
-                    vec![
-                        ("transport", t.label().to_string()),
-                        ("decision", d.label().to_string()),
-                    ],
-                    v as f64,
-                ));
-            }
-            for (rc, name) in RCODE_LABELS.iter().enumerate() {
-                let v = self.sum(|w| w.responses[t as usize][rc].get());
-                if v > 0 || rc <= 5 {
-                    responses.push((
-                        vec![
-                            ("transport", t.label().to_string()),
-                            ("rcode", name.to_string()),
-                        ],
-                        v as f64,
-                    ));
-                }
-            }
-        }
-        out.push(family(
-            "dnsteer_queries_total",
-            "Queries received, by transport and what was done with them.",
-            MetricType::COUNTER,
-            queries,
-        ));
-        out.push(family(
-            "dnsteer_responses_total",
-            "Responses sent to clients, by transport and rcode.",
-            MetricType::COUNTER,
-            responses,
-        ));
+        let mut out = Vec::from(self.queries_and_responses());
         out.push(family(
             "dnsteer_dropped_total",
             "Packets or queries not answered, by reason.",
@@ -442,6 +404,56 @@ impl Metrics {
                 ),
             ],
         ));
+        out.push(self.duration());
+        out
+    }
+
+    /// Queries by transport and decision; responses by transport and rcode.
+    fn queries_and_responses(&self) -> [MetricFamily; 2] {
+        let mut queries = Vec::new();
+        let mut responses = Vec::new();
+        for t in Transport::ALL {
+            for d in Decision::ALL {
+                let v = self.sum(|w| w.queries[t as usize][d as usize].get());
+                queries.push((
+                    vec![
+                        ("transport", t.label().to_string()),
+                        ("decision", d.label().to_string()),
+                    ],
+                    v as f64,
+                ));
+            }
+            for (rc, name) in RCODE_LABELS.iter().enumerate() {
+                let v = self.sum(|w| w.responses[t as usize][rc].get());
+                if v > 0 || rc <= 5 {
+                    responses.push((
+                        vec![
+                            ("transport", t.label().to_string()),
+                            ("rcode", name.to_string()),
+                        ],
+                        v as f64,
+                    ));
+                }
+            }
+        }
+        [
+            family(
+                "dnsteer_queries_total",
+                "Queries received, by transport and what was done with them.",
+                MetricType::COUNTER,
+                queries,
+            ),
+            family(
+                "dnsteer_responses_total",
+                "Responses sent to clients, by transport and rcode.",
+                MetricType::COUNTER,
+                responses,
+            ),
+        ]
+    }
+
+    /// Query latency by path (in-process, forwarded), all workers' histograms merged.
+    fn duration(&self) -> MetricFamily {
         let mut hists = Vec::new();
         for (p, label) in [
             (Path::InProcess, "in_process"),
@@ -470,8 +482,7 @@ impl Metrics {
         );
         f.set_field_type(MetricType::HISTOGRAM);
         f.set_metric(hists);
-        out.push(f);
-        out
+        f
     }
 }
 
