@@ -593,21 +593,12 @@ async fn tcp_connection(
     mut stop: watch::Receiver<bool>,
 ) {
     let limits = w.shared.restart.tcp.clone();
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     // Responses are written by one task; the queue is bounded by the in-flight limit, and a
     // client that does not read stalls only itself: its permits stay taken, we stop reading.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
     let idle = limits.idle_timeout;
-    let writer = tokio::task::spawn_local(async move {
-        let mut frame = Vec::with_capacity(514);
-        while let Some(msg) = rx.recv().await {
-            match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = tokio::task::spawn_local(tcp_writer(wr, rx, idle));
     let permits = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
     let mut served: u64 = 0;
     let mut out = Vec::with_capacity(1024);
@@ -619,30 +610,9 @@ async fn tcp_connection(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let len = tokio::select! {
-            r = tokio::time::timeout(idle, rd.read_u16()) => match r {
-                Ok(Ok(n)) => n as usize,
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    w.metrics.tcp_closed_idle.inc();
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        if len < dns::HEADER_LEN {
-            w.metrics.dropped(DropReason::TcpFrame);
+        let Some(msg) = read_tcp_query(&w, &mut rd, idle, &mut stop).await else {
             break;
-        }
-        let mut msg = vec![0u8; len];
-        // The body must follow promptly: a slow trickle is treated like an idle client.
-        match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                w.metrics.dropped(DropReason::TcpFrame);
-                break;
-            }
-        }
+        };
         served += 1;
         let received = Instant::now();
         let snap = w.snapshot();
@@ -657,29 +627,19 @@ async fn tcp_connection(
             Action::Drop => drop(permit),
             Action::Forward { query, sampled } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
-                let ups = w.upstreams(&snap);
-                let tx = tx.clone();
-                let w2 = w.clone();
-                tokio::task::spawn_local(async move {
-                    let resp = forward_tcp(&w2, &ups, &msg, &query, peer).await;
-                    let snap = w2.snapshot();
-                    pipeline::forwarded_done(
-                        &snap,
-                        &w2.metrics,
-                        &w2.shared.log,
-                        &pipeline::Forwarded {
-                            transport: Transport::Tcp,
-                            client: peer.ip(),
-                            query: &query,
-                            received,
-                            sampled,
-                        },
-                        &resp.0,
-                        resp.1,
-                    );
-                    let _ = tx.send(resp.0).await;
-                    drop(permit);
-                });
+                let forward = TcpForward {
+                    msg,
+                    query,
+                    peer,
+                    received,
+                    sampled,
+                };
+                tokio::task::spawn_local(forward.run(
+                    w.clone(),
+                    w.upstreams(&snap),
+                    tx.clone(),
+                    permit,
+                ));
             }
         }
     }
@@ -689,6 +649,102 @@ async fn tcp_connection(
         .await;
     drop(tx);
     let _ = writer.await;
+    linger(&mut rd).await;
+}
+
+/// Writes the connection's answers in order; stops on a client that does not read within
+/// `idle`. Shuts the write side down once every sender is gone.
+async fn tcp_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
+) {
+    let mut frame = Vec::with_capacity(514);
+    while let Some(msg) = rx.recv().await {
+        match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Reads one length-prefixed query; `None` closes the connection (client closed, idle, a bad
+/// frame, or stop).
+async fn read_tcp_query(
+    w: &Worker,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<u8>> {
+    let len = tokio::select! {
+        r = tokio::time::timeout(idle, rd.read_u16()) => match r {
+            Ok(Ok(n)) => n as usize,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                w.metrics.tcp_closed_idle.inc();
+                return None;
+            }
+        },
+        _ = stop.changed() => return None,
+    };
+    if len < dns::HEADER_LEN {
+        w.metrics.dropped(DropReason::TcpFrame);
+        return None;
+    }
+    let mut msg = vec![0u8; len];
+    // The body must follow promptly: a slow trickle is treated like an idle client.
+    match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
+        Ok(Ok(_)) => Some(msg),
+        _ => {
+            w.metrics.dropped(DropReason::TcpFrame);
+            None
+        }
+    }
+}
+
+/// A TCP query on its way to PowerDNS.
+struct TcpForward {
+    msg: Vec<u8>,
+    query: dns::Query,
+    peer: SocketAddr,
+    received: Instant,
+    sampled: bool,
+}
+
+impl TcpForward {
+    /// Forwards, accounts the answer (or SERVFAIL) and queues it for the writer; the permit
+    /// is released once it is queued.
+    async fn run(
+        self,
+        w: Rc<Worker>,
+        ups: Rc<WorkerUpstreams>,
+        tx: mpsc::Sender<Vec<u8>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let resp = forward_tcp(&w, &ups, &self.msg, &self.query, self.peer).await;
+        let snap = w.snapshot();
+        pipeline::forwarded_done(
+            &snap,
+            &w.metrics,
+            &w.shared.log,
+            &pipeline::Forwarded {
+                transport: Transport::Tcp,
+                client: self.peer.ip(),
+                query: &self.query,
+                received: self.received,
+                sampled: self.sampled,
+            },
+            &resp.0,
+            resp.1,
+        );
+        let _ = tx.send(resp.0).await;
+        drop(permit);
+    }
+}
+
+/// After our FIN: discards what the client still sends, briefly, so the close is not an RST.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     // Our FIN is out. Discard what the client sent that we will not answer (pipelined queries
     // after a stop or a query cap) until it closes too, briefly: closing with unread data makes
     // the kernel send RST, and an RST can destroy answers the client has not read yet.
