@@ -254,28 +254,7 @@ pub(crate) fn run_worker(
             None,
             shared.restart.socket_buffer,
         )?);
-        // Each front-end UDP socket gets its own blocking thread (`udp_front`); this runtime
-        // keeps a send handle for the answers to forwarded queries.
-        let mut udp_socks = Vec::new();
-        let mut handoffs = Vec::new();
-        for (listener, sock) in udp.into_iter().enumerate() {
-            udp_socks.push(sock.try_clone()?);
-            let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
-            let front = UdpFront {
-                worker: index,
-                listener,
-                shared: shared.clone(),
-                sock,
-                forward: tx,
-                stop: stop.clone(),
-            };
-            fronts.push(
-                std::thread::Builder::new()
-                    .name(format!("dnsteer-udp-{index}"))
-                    .spawn(move || front.run())?,
-            );
-            handoffs.push(rx);
-        }
+        let (udp_socks, handoffs) = start_fronts(index, &shared, udp, &stop, &mut fronts)?;
         let worker = Rc::new(Worker {
             index,
             snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
@@ -306,24 +285,7 @@ pub(crate) fn run_worker(
         for t in tasks {
             let _ = t.await;
         }
-        // Let forwarded queries finish: wait until no pending UDP query is left and every TCP
-        // connection has written its in-flight answers and closed (bounded). Returning drops
-        // the LocalSet, which would cancel those tasks mid-query.
-        let snap = worker.snapshot();
-        let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
-            + Duration::from_millis(100);
-        let until = Instant::now() + bound;
-        while Instant::now() < until
-            && (worker.tcp_open.get() > 0
-                || worker
-                    .upstreams
-                    .borrow()
-                    .servers
-                    .iter()
-                    .any(|s| !s.pending.borrow().is_empty()))
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        drain(&worker).await;
         Ok::<(), std::io::Error>(())
     });
     // The front-end threads have stopped (their queues closed) unless start-up failed half
@@ -375,13 +337,131 @@ fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut 
     }
 }
 
+/// Starts one blocking front-end thread per UDP socket (`udp_front`, joined through `fronts`);
+/// returns clones of the sockets, on which this runtime sends the answers to forwarded
+/// queries, and the receiving ends of the fronts' handoff queues.
+fn start_fronts(
+    index: usize,
+    shared: &Arc<Shared>,
+    udp: Vec<std::net::UdpSocket>,
+    stop: &watch::Receiver<bool>,
+    fronts: &mut Vec<std::thread::JoinHandle<()>>,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<mpsc::Receiver<ForwardBatch>>)> {
+    let mut udp_socks = Vec::new();
+    let mut handoffs = Vec::new();
+    for (listener, sock) in udp.into_iter().enumerate() {
+        udp_socks.push(sock.try_clone()?);
+        let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
+        let front = UdpFront {
+            worker: index,
+            listener,
+            shared: shared.clone(),
+            sock,
+            forward: tx,
+            stop: stop.clone(),
+        };
+        fronts.push(
+            std::thread::Builder::new()
+                .name(format!("dnsteer-udp-{index}"))
+                .spawn(move || front.run())?,
+        );
+        handoffs.push(rx);
+    }
+    Ok((udp_socks, handoffs))
+}
+
+/// Lets forwarded queries finish: waits until no pending UDP query is left and every TCP
+/// connection has written its in-flight answers and closed (bounded). Returning drops the
+/// LocalSet, which would cancel those tasks mid-query.
+async fn drain(worker: &Worker) {
+    let snap = worker.snapshot();
+    let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
+        + Duration::from_millis(100);
+    let until = Instant::now() + bound;
+    while Instant::now() < until
+        && (worker.tcp_open.get() > 0
+            || worker
+                .upstreams
+                .borrow()
+                .servers
+                .iter()
+                .any(|s| !s.pending.borrow().is_empty()))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One answer from server `idx`: matched to its pending query, restored for the client (TC=1
+/// when it was too big to read whole), accounted and put in its listener's send batch. A bad
+/// or unmatched answer is counted; a bad one's query is retried or failed.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn relay_answer(
+    w: &Worker,
+    snap: &Snapshot,
+    ups: &WorkerUpstreams,
+    idx: usize,
+    resp: &[u8],
+    too_big: bool,
+    tx: &mut [SendBatch],
+    out: &mut Vec<u8>,
+) {
+    let Some(p) = ups.take_matching(idx, resp) else {
+        w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+        return;
+    };
+    let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
+    let batch = &mut tx[p.client.listener];
+    let Some(reply) = batch.next_buf() else {
+        // Cannot happen (one slot per received answer); never lose the query.
+        retry_or_fail(w, snap, ups, p, out);
+        return;
+    };
+    // An answer larger than any client may get over UDP (PowerDNS allowed more than
+    // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
+    // again over TCP, as it would for a truncated answer.
+    let restored = if too_big {
+        // The client's own query parsed, so its error answer can be written.
+        let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
+        if ok {
+            reply[2] |= 0x02;
+        }
+        ok
+    } else {
+        dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
+    };
+    if !restored {
+        w.metrics.malformed(Malformed::BadUpstreamResponse);
+        ups.servers[idx].counters.errors.inc();
+        retry_or_fail(w, snap, ups, p, out);
+        return;
+    }
+    if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
+        w.metrics.truncated.inc();
+    }
+    pipeline::forwarded_done(
+        snap,
+        &w.metrics,
+        &w.shared.log,
+        &pipeline::Forwarded {
+            transport: Transport::Udp,
+            client: p.client.addr.ip(),
+            query: &p.query,
+            received: p.received_at,
+            sampled: p.sampled,
+        },
+        reply,
+        Some(ups.servers[idx].server.addr),
+    );
+    batch.commit(p.client.addr);
+}
+
 /// Receives answers from one server's socket, a batch per `recvmmsg`, and passes them back to
 /// the clients with one `sendmmsg` per front-end socket and batch.
 async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) {
     use std::os::fd::AsRawFd;
     let sock = ups.servers[idx].udp.clone();
     let fd = sock.as_raw_fd();
-    let addr = ups.servers[idx].server.addr;
     // Answers up to what a client may be sent, with room for the ECS option we added.
     let slot = (usize::from(w.shared.restart.max_udp_payload) + 512).max(UDP_BUF);
     let mut rx = Box::new(RecvBatch::with_slot(slot));
@@ -415,57 +495,9 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
             };
             let snap = w.snapshot();
             for i in 0..n {
-                let Some((resp, too_big)) = rx.get_prefix(i) else {
-                    continue;
-                };
-                let Some(p) = ups.take_matching(idx, resp) else {
-                    w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
-                    continue;
-                };
-                let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
-                let batch = &mut tx[p.client.listener];
-                let Some(reply) = batch.next_buf() else {
-                    // Cannot happen (one slot per received answer); never lose the query.
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
-                };
-                // An answer larger than any client may get over UDP (PowerDNS allowed more than
-                // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
-                // again over TCP, as it would for a truncated answer.
-                let restored = if too_big {
-                    // The client's own query parsed, so its error answer can be written.
-                    let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
-                    if ok {
-                        reply[2] |= 0x02;
-                    }
-                    ok
-                } else {
-                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
-                };
-                if !restored {
-                    w.metrics.malformed(Malformed::BadUpstreamResponse);
-                    ups.servers[idx].counters.errors.inc();
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
+                if let Some((resp, too_big)) = rx.get_prefix(i) {
+                    relay_answer(&w, &snap, &ups, idx, resp, too_big, &mut tx, &mut out);
                 }
-                if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
-                    w.metrics.truncated.inc();
-                }
-                pipeline::forwarded_done(
-                    &snap,
-                    &w.metrics,
-                    &w.shared.log,
-                    &pipeline::Forwarded {
-                        transport: Transport::Udp,
-                        client: p.client.addr.ip(),
-                        query: &p.query,
-                        received: p.received_at,
-                        sampled: p.sampled,
-                    },
-                    reply,
-                    Some(addr),
-                );
-                batch.commit(p.client.addr);
             }
             for (listener, batch) in tx.iter_mut().enumerate() {
                 udp_front::flush_counted(batch, w.udp[listener].as_raw_fd(), &w.metrics);
