@@ -231,43 +231,14 @@ pub(crate) fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
 /// joined form breaks an address literal). Chunks shorter than 255 bytes are the operator's own
 /// split and join the same way on both.
 pub(crate) fn rechunk_hazard(rdata: &[u8]) -> bool {
-    let mut glued = Vec::with_capacity(rdata.len());
-    let mut joints = Vec::new();
-    let mut chunks = rdata.get(2..).unwrap_or_default();
-    while let [len, tail @ ..] = chunks {
-        let Some((chunk, tail)) = tail.split_at_checked(usize::from(*len)) else {
-            return false;
-        };
-        glued.extend_from_slice(chunk);
-        if chunk.len() == 255 && !tail.is_empty() {
-            joints.push(glued.len());
-        }
-        chunks = tail;
-    }
+    let Some((glued, joints)) = glue_chunks(rdata) else {
+        return false;
+    };
     if joints.is_empty() {
         return false;
     }
-    // A minimal Lua lexer: where strings, long brackets and comments start and end.
-    #[derive(Clone, Copy, PartialEq)]
-    enum State {
-        Code,
-        Quoted(u8),
-        Long(usize),
-        LineComment,
-    }
-    let long_open = |at: usize| -> Option<usize> {
-        let rest = glued.get(at..)?;
-        let eqs = rest.iter().skip(1).take_while(|&&c| c == b'=').count();
-        (rest.first() == Some(&b'[') && rest.get(1 + eqs) == Some(&b'[')).then_some(eqs)
-    };
-    let long_close = |at: usize, level: usize| -> bool {
-        let rest = glued.get(at..).unwrap_or_default();
-        rest.first() == Some(&b']')
-            && rest.iter().skip(1).take(level).all(|&c| c == b'=')
-            && rest.get(1 + level) == Some(&b']')
-    };
-    let joinable = |c: u8| c.is_ascii_alphanumeric() || b"_.=~<>:-[]".contains(&c);
-    let mut state = State::Code;
+    let lua = LuaText(&glued);
+    let mut state = LexState::Code;
     let mut i = 0;
     let mut next_joint = joints.iter().copied().peekable();
     while i <= glued.len() {
@@ -276,59 +247,119 @@ pub(crate) fn rechunk_hazard(rdata: &[u8]) -> bool {
         {
             next_joint.next();
             // A joint stepped over lies inside a multi-byte token or an escape.
-            let harmless = j == i
-                && match (state, glued.get(i - 1), glued.get(i)) {
-                    (_, _, None) | (State::LineComment, _, _) => true,
-                    (State::Code, Some(&l), Some(&r)) => !(joinable(l) && joinable(r)),
-                    _ => false,
-                };
-            if !harmless {
+            if !(j == i && lua.harmless_joint(i, state)) {
                 return true;
             }
         }
         let Some(&c) = glued.get(i) else { break };
+        let (next, step) = lua.step(state, i, c);
+        state = next;
+        i += step;
+    }
+    next_joint.peek().is_some()
+}
+
+/// The RDATA's character-strings glued into one text, and the offsets in it where a full
+/// (255-byte) string met the next one. `None` if the RDATA is not a list of strings.
+fn glue_chunks(rdata: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    let mut glued = Vec::with_capacity(rdata.len());
+    let mut joints = Vec::new();
+    let mut chunks = rdata.get(2..).unwrap_or_default();
+    while let [len, tail @ ..] = chunks {
+        let (chunk, tail) = tail.split_at_checked(usize::from(*len))?;
+        glued.extend_from_slice(chunk);
+        if chunk.len() == 255 && !tail.is_empty() {
+            joints.push(glued.len());
+        }
+        chunks = tail;
+    }
+    Some((glued, joints))
+}
+
+/// Where a minimal Lua lexer is: in code, a quoted string, a long bracket (of a level) or a
+/// line comment.
+#[derive(Clone, Copy, PartialEq)]
+enum LexState {
+    Code,
+    Quoted(u8),
+    Long(usize),
+    LineComment,
+}
+
+/// Lua source, for finding where strings, long brackets and comments start and end.
+struct LuaText<'a>(&'a [u8]);
+
+impl LuaText<'_> {
+    /// The level of a long bracket opening at `at` (`[[`, `[=[`, …).
+    fn long_open(&self, at: usize) -> Option<usize> {
+        let rest = self.0.get(at..)?;
+        let eqs = rest.iter().skip(1).take_while(|&&c| c == b'=').count();
+        (rest.first() == Some(&b'[') && rest.get(1 + eqs) == Some(&b'[')).then_some(eqs)
+    }
+
+    /// Whether a long bracket of `level` closes at `at`.
+    fn long_close(&self, at: usize, level: usize) -> bool {
+        let rest = self.0.get(at..).unwrap_or_default();
+        rest.first() == Some(&b']')
+            && rest.iter().skip(1).take(level).all(|&c| c == b'=')
+            && rest.get(1 + level) == Some(&b']')
+    }
+
+    /// Whether a joint right before `i` (a token boundary in `state`) cannot change the
+    /// meaning: text ends there, a comment, or code whose neighbours do not join into one
+    /// token.
+    fn harmless_joint(&self, i: usize, state: LexState) -> bool {
+        let joinable = |c: u8| c.is_ascii_alphanumeric() || b"_.=~<>:-[]".contains(&c);
+        match (state, self.0.get(i - 1), self.0.get(i)) {
+            (_, _, None) | (LexState::LineComment, _, _) => true,
+            (LexState::Code, Some(&l), Some(&r)) => !(joinable(l) && joinable(r)),
+            _ => false,
+        }
+    }
+
+    /// The state after the token starting with `c` at `i`, and its length.
+    fn step(&self, state: LexState, i: usize, c: u8) -> (LexState, usize) {
         let mut step = 1;
-        state = match state {
-            State::Code => match c {
-                b'\'' | b'"' => State::Quoted(c),
-                b'-' if glued.get(i + 1) == Some(&b'-') => {
+        let next = match state {
+            LexState::Code => match c {
+                b'\'' | b'"' => LexState::Quoted(c),
+                b'-' if self.0.get(i + 1) == Some(&b'-') => {
                     step = 2;
-                    match long_open(i + 2) {
+                    match self.long_open(i + 2) {
                         Some(level) => {
                             step += level + 2;
-                            State::Long(level)
+                            LexState::Long(level)
                         }
-                        None => State::LineComment,
+                        None => LexState::LineComment,
                     }
                 }
-                b'[' => match long_open(i) {
+                b'[' => match self.long_open(i) {
                     Some(level) => {
                         step = level + 2;
-                        State::Long(level)
+                        LexState::Long(level)
                     }
-                    None => State::Code,
+                    None => LexState::Code,
                 },
-                _ => State::Code,
+                _ => LexState::Code,
             },
-            State::Quoted(q) => match c {
+            LexState::Quoted(q) => match c {
                 b'\\' => {
                     step = 2;
                     state
                 }
-                _ if c == q => State::Code,
+                _ if c == q => LexState::Code,
                 _ => state,
             },
-            State::Long(level) if c == b']' && long_close(i, level) => {
+            LexState::Long(level) if c == b']' && self.long_close(i, level) => {
                 step = level + 2;
-                State::Code
+                LexState::Code
             }
-            State::Long(_) => state,
-            State::LineComment if c == b'\n' => State::Code,
-            State::LineComment => state,
+            LexState::Long(_) => state,
+            LexState::LineComment if c == b'\n' => LexState::Code,
+            LexState::LineComment => state,
         };
-        i += step;
+        (next, step)
     }
-    next_joint.peek().is_some()
 }
 
 /// Mnemonic of a record type, RFC 3597 `TYPEnn` for the ones without a common name.
