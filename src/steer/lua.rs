@@ -665,6 +665,22 @@ fn unsupported_operator<T>(op: &str) -> Result<T, LuaError> {
     ))
 }
 
+/// `name()` takes `min` to `max` arguments.
+fn arity(name: &str, args: &[Expr], min: usize, max: usize) -> Result<(), LuaError> {
+    if args.len() < min || args.len() > max {
+        let want = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return invalid(format!(
+            "{name}() takes {want} argument(s), got {}",
+            args.len()
+        ));
+    }
+    Ok(())
+}
+
 fn describe(t: &Tok) -> String {
     match t {
         Tok::Str(_) => "a string".into(),
@@ -757,53 +773,10 @@ impl Compiler<'_> {
     }
 
     fn call(&self, name: &str, args: &[Expr]) -> Result<Rule, LuaError> {
-        let arity = |min: usize, max: usize| -> Result<(), LuaError> {
-            if args.len() < min || args.len() > max {
-                let want = if min == max {
-                    format!("{min}")
-                } else {
-                    format!("{min} to {max}")
-                };
-                return invalid(format!(
-                    "{name}() takes {want} argument(s), got {}",
-                    args.len()
-                ));
-            }
-            Ok(())
-        };
+        let arity = |min, max| arity(name, args, min, max);
         let values = |e: &Expr| self.values(e, &format!("the list given to {name}()"), false);
         match name {
-            "ifurlup" => {
-                arity(2, 3)?;
-                let url = self.url(&args[0], name)?;
-                let opts = self.options(args.get(2), name, true)?;
-                let check = Check::Http { url };
-                let groups = self.groups(&args[1], name)?;
-                self.if_up(
-                    groups
-                        .into_iter()
-                        .map(|g| g.into_iter().map(|a| (a, check.clone())).collect()),
-                    opts,
-                )
-            }
-            "ifportup" => {
-                arity(2, 3)?;
-                let port = self.port(&args[0])?;
-                let opts = self.options(args.get(2), name, false)?;
-                let groups = self.groups(&args[1], name)?;
-                self.if_up(
-                    groups
-                        .into_iter()
-                        .map(|g| g.into_iter().map(|a| (a, Check::Tcp { port })).collect()),
-                    opts,
-                )
-            }
-            "ifurlextup" => {
-                arity(1, 2)?;
-                let opts = self.options(args.get(1), name, true)?;
-                let groups = self.ext_groups(&args[0])?;
-                self.if_up(groups, opts)
-            }
+            "ifurlup" | "ifportup" | "ifurlextup" => self.if_up_call(name, args),
             "pickrandom" => {
                 arity(1, 1)?;
                 Ok(Rule::Random(values(&args[0])?))
@@ -855,6 +828,44 @@ impl Compiler<'_> {
             "view" => {
                 arity(1, 1)?;
                 self.view(&args[0])
+            }
+            other => unsupported_function(other),
+        }
+    }
+
+    /// `ifurlup`, `ifportup` and `ifurlextup`: addresses with their health checks.
+    fn if_up_call(&self, name: &str, args: &[Expr]) -> Result<Rule, LuaError> {
+        match name {
+            "ifurlup" => {
+                arity(name, args, 2, 3)?;
+                let url = self.url(&args[0], name)?;
+                let opts = self.options(args.get(2), name, true)?;
+                let check = Check::Http { url };
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, check.clone())).collect()),
+                    opts,
+                )
+            }
+            "ifportup" => {
+                arity(name, args, 2, 3)?;
+                let port = self.port(&args[0])?;
+                let opts = self.options(args.get(2), name, false)?;
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, Check::Tcp { port })).collect()),
+                    opts,
+                )
+            }
+            "ifurlextup" => {
+                arity(name, args, 1, 2)?;
+                let opts = self.options(args.get(1), name, true)?;
+                let groups = self.ext_groups(&args[0])?;
+                self.if_up(groups, opts)
             }
             other => unsupported_function(other),
         }
@@ -1185,8 +1196,30 @@ impl Compiler<'_> {
 
     /// The options table of an `if*up` call, typed, with `[probes]` defaults filled in.
     fn options(&self, e: Option<&Expr>, func: &str, http: bool) -> Result<Options, LuaError> {
+        let mut o = self.default_options();
+        let Some(e) = e else { return Ok(o) };
+        let Expr::Table(fields) = e else {
+            return invalid(format!("{func}() options must be a table, got {}", what(e)));
+        };
+        for f in fields {
+            let name = match &f.key {
+                Some(Key::Name(n)) => n.clone(),
+                Some(Key::Expr(Expr::Str(s))) => show(s),
+                _ => {
+                    return invalid(format!(
+                        "{func}() options must be name=value pairs, like {{selector='all'}}"
+                    ));
+                }
+            };
+            self.set_option(&mut o, &name, &f.value, func, http)?;
+        }
+        Ok(o)
+    }
+
+    /// Options as PowerDNS has them when none are given (probe timings from `[probes]`).
+    fn default_options(&self) -> Options {
         let d = self.defaults;
-        let mut o = Options {
+        Options {
             selector: Selector::Random,
             backup: Selector::Random,
             fail_on_incomplete: false,
@@ -1202,102 +1235,94 @@ impl Compiler<'_> {
                 headers: Vec::new(),
                 source: None,
             },
-        };
-        let Some(e) = e else { return Ok(o) };
-        let Expr::Table(fields) = e else {
-            return invalid(format!("{func}() options must be a table, got {}", what(e)));
-        };
-        for f in fields {
-            let name = match &f.key {
-                Some(Key::Name(n)) => n.clone(),
-                Some(Key::Expr(Expr::Str(s))) => show(s),
-                _ => {
+        }
+    }
+
+    /// Applies option `name` = `v` of `func()`; `http`: whether it makes HTTP checks.
+    fn set_option(
+        &self,
+        o: &mut Options,
+        name: &str,
+        v: &Expr,
+        func: &str,
+        http: bool,
+    ) -> Result<(), LuaError> {
+        match name {
+            "selector" => o.selector = self.selector(v, name)?,
+            "backupSelector" => o.backup = self.selector(v, name)?,
+            "timeout" => {
+                let secs = self.seconds(v, name)?;
+                if secs == 0.0 {
+                    return invalid(
+                        "option 'timeout' is 0: PowerDNS then probes without any timeout; give a positive number of seconds",
+                    );
+                }
+                o.check.timeout = Duration::from_secs_f64(secs);
+            }
+            "interval" => {
+                let secs = self.seconds(v, name)?;
+                if secs < 0.1 {
+                    return invalid("option 'interval' must be at least 0.1 seconds");
+                }
+                o.check.interval = Duration::from_secs_f64(secs);
+            }
+            // PowerDNS 5.0 reads 0 as 1.
+            "minimumFailures" => o.check.fall = self.integer(v, name, 0, 1000)?.max(1) as u32,
+            "rise" => o.check.rise = self.integer(v, name, 1, 1000)? as u32,
+            "stringmatch" | "useragent" | "byteslimit" | "httpcode" | "headers" => {
+                if !http {
                     return invalid(format!(
-                        "{func}() options must be name=value pairs, like {{selector='all'}}"
+                        "option '{name}' has no effect on {func}() (HTTP checks only)"
                     ));
                 }
-            };
-            let v = &f.value;
-            let http_only = |o: &str| -> Result<(), LuaError> {
-                if http {
-                    Ok(())
-                } else {
-                    invalid(format!(
-                        "option '{o}' has no effect on {func}() (HTTP checks only)"
-                    ))
-                }
-            };
-            match name.as_str() {
-                "selector" => o.selector = self.selector(v, &name)?,
-                "backupSelector" => o.backup = self.selector(v, &name)?,
-                "timeout" => {
-                    let secs = self.seconds(v, &name)?;
-                    if secs == 0.0 {
+                self.set_http_option(&mut o.check, name, v)?;
+            }
+            "failOnIncompleteCheck" => {
+                o.fail_on_incomplete = match v {
+                    Expr::Bool(b) => *b,
+                    Expr::Str(s) if s == b"true" => true,
+                    Expr::Str(s) if s == b"false" => false,
+                    _ => {
                         return invalid(
-                            "option 'timeout' is 0: PowerDNS then probes without any timeout; give a positive number of seconds",
+                            "option 'failOnIncompleteCheck' must be true, false, 'true' or 'false'",
                         );
                     }
-                    o.check.timeout = Duration::from_secs_f64(secs);
-                }
-                "interval" => {
-                    let secs = self.seconds(v, &name)?;
-                    if secs < 0.1 {
-                        return invalid("option 'interval' must be at least 0.1 seconds");
-                    }
-                    o.check.interval = Duration::from_secs_f64(secs);
-                }
-                // PowerDNS 5.0 reads 0 as 1.
-                "minimumFailures" => o.check.fall = self.integer(v, &name, 0, 1000)?.max(1) as u32,
-                "rise" => o.check.rise = self.integer(v, &name, 1, 1000)? as u32,
-                "stringmatch" => {
-                    http_only(&name)?;
-                    o.check.stringmatch = Some(self.string(v, &name)?);
-                }
-                "useragent" => {
-                    http_only(&name)?;
-                    o.check.useragent = self.string(v, &name)?;
-                }
-                "byteslimit" => {
-                    http_only(&name)?;
-                    o.check.byteslimit = self.integer(v, &name, 0, i64::MAX)? as u64;
-                }
-                "httpcode" => {
-                    http_only(&name)?;
-                    o.check.httpcode = self.integer(v, &name, 100, 599)? as u16;
-                }
-                "headers" => {
-                    http_only(&name)?;
-                    o.check.headers = self.headers(v)?;
-                }
-                "failOnIncompleteCheck" => {
-                    o.fail_on_incomplete = match v {
-                        Expr::Bool(b) => *b,
-                        Expr::Str(s) if s == b"true" => true,
-                        Expr::Str(s) if s == b"false" => false,
-                        _ => {
-                            return invalid(
-                                "option 'failOnIncompleteCheck' must be true, false, 'true' or 'false'",
-                            );
-                        }
-                    }
-                }
-                "source" => {
-                    let s = self.string(v, &name)?;
-                    let Ok(addr) = s.parse::<IpAddr>() else {
-                        return invalid(format!("option 'source' '{s}' is not an IP address"));
-                    };
-                    o.check.source = Some(addr);
-                }
-                // PowerDNS silently ignores unknown option names, so a typo such as
-                // `selecter='all'` quietly changes behaviour there; here it is an error.
-                other => {
-                    return invalid(format!(
-                        "unknown option '{other}' for {func}() (known: selector, backupSelector, timeout, interval, minimumFailures, rise, stringmatch, useragent, byteslimit, httpcode, headers, failOnIncompleteCheck, source)"
-                    ));
                 }
             }
+            "source" => {
+                let s = self.string(v, name)?;
+                let Ok(addr) = s.parse::<IpAddr>() else {
+                    return invalid(format!("option 'source' '{s}' is not an IP address"));
+                };
+                o.check.source = Some(addr);
+            }
+            // PowerDNS silently ignores unknown option names, so a typo such as
+            // `selecter='all'` quietly changes behaviour there; here it is an error.
+            other => {
+                return invalid(format!(
+                    "unknown option '{other}' for {func}() (known: selector, backupSelector, timeout, interval, minimumFailures, rise, stringmatch, useragent, byteslimit, httpcode, headers, failOnIncompleteCheck, source)"
+                ));
+            }
         }
-        Ok(o)
+        Ok(())
+    }
+
+    /// The options only HTTP checks read.
+    fn set_http_option(
+        &self,
+        check: &mut CheckOptions,
+        name: &str,
+        v: &Expr,
+    ) -> Result<(), LuaError> {
+        match name {
+            "stringmatch" => check.stringmatch = Some(self.string(v, name)?),
+            "useragent" => check.useragent = self.string(v, name)?,
+            "byteslimit" => check.byteslimit = self.integer(v, name, 0, i64::MAX)? as u64,
+            "httpcode" => check.httpcode = self.integer(v, name, 100, 599)? as u16,
+            "headers" => check.headers = self.headers(v)?,
+            _ => unreachable!("not an HTTP option: {name}"),
+        }
+        Ok(())
     }
 
     fn selector(&self, v: &Expr, name: &str) -> Result<Selector, LuaError> {
