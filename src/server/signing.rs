@@ -119,46 +119,70 @@ impl SignState {
                 WINDOW_SPREAD_SECS,
                 rrset_spread_hash(owner_wire, rtype),
             );
-            let Some(cache) = cache.as_deref_mut() else {
-                match rrsig_rdata(
-                    &signer.key,
-                    signer.key_tag,
-                    &signer.signer_wire,
-                    &rrset,
-                    window,
-                ) {
-                    Ok(rrsig) => {
-                        metrics.dnssec_sig_misses.inc();
-                        push(&rrsig);
-                        continue;
-                    }
-                    Err(e) => return sign_failed(&e, metrics),
-                }
-            };
-            let evictions = cache.stats().evictions;
-            match cache.get_or_sign(
-                &signer.key,
-                signer.key_tag,
-                &signer.signer_wire,
+            if !sign_rrset(
+                cache.as_deref_mut(),
+                signer,
                 &rrset,
                 window,
+                metrics,
+                &mut push,
             ) {
-                Ok((rrsig, outcome)) => {
-                    match outcome {
-                        Outcome::Hit => metrics.dnssec_sig_hits.inc(),
-                        Outcome::Miss => metrics.dnssec_sig_misses.inc(),
-                    }
-                    push(rrsig);
-                }
-                Err(e) => return sign_failed(&e, metrics),
-            }
-            let evicted = cache.stats().evictions - evictions;
-            if evicted > 0 {
-                metrics.dnssec_sig_evictions.add(evicted);
+                return false;
             }
         }
         true
     }
+}
+
+/// One RRSIG for `rrset` to `push`, from the thread's cache when it has one (counting hits,
+/// misses and evictions); false if signing failed.
+#[inline]
+fn sign_rrset(
+    cache: Option<&mut SignatureCache>,
+    signer: &ZoneSigner,
+    rrset: &RrsetToSign<'_>,
+    window: ValidityWindow,
+    metrics: &WorkerMetrics,
+    push: &mut impl FnMut(&[u8]),
+) -> bool {
+    let Some(cache) = cache else {
+        match rrsig_rdata(
+            &signer.key,
+            signer.key_tag,
+            &signer.signer_wire,
+            rrset,
+            window,
+        ) {
+            Ok(rrsig) => {
+                metrics.dnssec_sig_misses.inc();
+                push(&rrsig);
+                return true;
+            }
+            Err(e) => return sign_failed(&e, metrics),
+        }
+    };
+    let evictions = cache.stats().evictions;
+    match cache.get_or_sign(
+        &signer.key,
+        signer.key_tag,
+        &signer.signer_wire,
+        rrset,
+        window,
+    ) {
+        Ok((rrsig, outcome)) => {
+            match outcome {
+                Outcome::Hit => metrics.dnssec_sig_hits.inc(),
+                Outcome::Miss => metrics.dnssec_sig_misses.inc(),
+            }
+            push(rrsig);
+        }
+        Err(e) => return sign_failed(&e, metrics),
+    }
+    let evicted = cache.stats().evictions - evictions;
+    if evicted > 0 {
+        metrics.dnssec_sig_evictions.add(evicted);
+    }
+    true
 }
 
 fn sign_failed(e: &SignError, metrics: &WorkerMetrics) -> bool {
