@@ -188,29 +188,11 @@ fn status_json(ctl: &Control) -> String {
         "workers": ctl.data.restart.workers,
         "upstreams": upstreams,
         "probes": ctl.probes.status(),
-        "records_in_process": snap.records.sets().map(|set| {
-            let t = set.stats.totals();
-            serde_json::json!({
-                "name": set.name,
-                "type": set.type_name,
-                "ttl": set.ttl,
-                "answers": {"primary": t[0], "backup": t[1], "empty": t[2], "error": t[3]},
-            })
-        }).collect::<Vec<_>>(),
+        "records_in_process": records_status(&snap),
         "zones": ctl.transfers.status(),
         "dnssec": dnssec_status(&snap),
         "left_to_powerdns": left_to_powerdns(ctl),
-        "ratelimit": {
-            "enabled": snap.config.ratelimit.enabled,
-            "dry_run": snap.config.ratelimit.dry_run,
-            "qps": snap.config.ratelimit.qps,
-            "burst": snap.config.ratelimit.burst,
-            "block_for_ms": snap.config.ratelimit.block_for.as_millis() as u64,
-            "action": snap.config.ratelimit.action.label(),
-            "tracked_sources": ctl.data.limiter.tracked(),
-            "blocked_now": ctl.data.limiter.blocked_now(),
-            "top_blocked": ctl.data.limiter.top_blocked(20),
-        },
+        "ratelimit": ratelimit_status(&snap, &ctl.data.limiter),
         "logging": {
             "query_sample_rate": snap.config.logging.query_sample_rate,
             "event_rate_limit": snap.config.logging.event_rate_limit,
@@ -218,6 +200,41 @@ fn status_json(ctl: &Control) -> String {
         "queries_total": ctl.data.metrics.total_queries(),
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Each in-process record set with its answers by outcome.
+fn records_status(snap: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+    snap.records
+        .sets()
+        .map(|set| {
+            let t = set.stats.totals();
+            serde_json::json!({
+                "name": set.name,
+                "type": set.type_name,
+                "ttl": set.ttl,
+                "answers": {"primary": t[0], "backup": t[1], "empty": t[2], "error": t[3]},
+            })
+        })
+        .collect()
+}
+
+/// The limiter's settings and table, with the 20 blocked sources that have the most time left.
+fn ratelimit_status(
+    snap: &crate::state::Snapshot,
+    limiter: &crate::ratelimit::RateLimiter,
+) -> serde_json::Value {
+    let rl = &snap.config.ratelimit;
+    serde_json::json!({
+        "enabled": rl.enabled,
+        "dry_run": rl.dry_run,
+        "qps": rl.qps,
+        "burst": rl.burst,
+        "block_for_ms": rl.block_for.as_millis() as u64,
+        "action": rl.action.label(),
+        "tracked_sources": limiter.tracked(),
+        "blocked_now": limiter.blocked_now(),
+        "top_blocked": limiter.top_blocked(20),
+    })
 }
 
 /// Transferred LUA records dnsteer does not answer (PowerDNS does), with the reason.
