@@ -731,7 +731,61 @@ impl Validator<'_> {
     }
 
     fn restart(&self, s: &RawServer, m: &RawMetrics) -> Result<RestartSettings, ConfigError> {
-        let listen = match &s.listen {
+        let listen = self.listen(s)?;
+        let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            workers
+        };
+        let metrics_listen = match &m.listen {
+            None => "127.0.0.1:9153".parse().unwrap(),
+            Some(l) => l.get_ref().parse().or_else(|_| {
+                self.err(
+                    l.span(),
+                    "metrics.listen",
+                    format!("\"{}\" is not an ip:port address", l.get_ref()),
+                )
+            })?,
+        };
+        let tcp = self.tcp_limits(s)?;
+        Ok(RestartSettings {
+            listen,
+            workers,
+            metrics_listen,
+            tcp,
+            max_udp_payload: self.int(
+                &s.max_udp_payload,
+                "server.max_udp_payload",
+                1232,
+                512,
+                65535,
+            )? as u16,
+            socket_buffer: self.int(
+                &s.socket_buffer,
+                "server.socket_buffer",
+                4 << 20,
+                0,
+                1 << 30,
+            )? as usize,
+            shutdown_drain: self.dur(
+                &s.shutdown_drain,
+                "server.shutdown_drain",
+                "5s",
+                Duration::ZERO,
+            )?,
+            shutdown_grace: self.dur(
+                &s.shutdown_grace,
+                "server.shutdown_grace",
+                "25s",
+                Duration::ZERO,
+            )?,
+        })
+    }
+
+    /// `server.listen`: distinct ip:port addresses (default: port 5300 on loopback).
+    fn listen(&self, s: &RawServer) -> Result<Vec<SocketAddr>, ConfigError> {
+        Ok(match &s.listen {
             None => vec![
                 "127.0.0.1:5300".parse().unwrap(),
                 "[::1]:5300".parse().unwrap(),
@@ -760,24 +814,12 @@ impl Validator<'_> {
                 }
                 out
             }
-        };
-        let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
-        let workers = if workers == 0 {
-            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
-        } else {
-            workers
-        };
-        let metrics_listen = match &m.listen {
-            None => "127.0.0.1:9153".parse().unwrap(),
-            Some(l) => l.get_ref().parse().or_else(|_| {
-                self.err(
-                    l.span(),
-                    "metrics.listen",
-                    format!("\"{}\" is not an ip:port address", l.get_ref()),
-                )
-            })?,
-        };
-        let tcp = TcpLimits {
+        })
+    }
+
+    /// The `server.tcp_*` limits.
+    fn tcp_limits(&self, s: &RawServer) -> Result<TcpLimits, ConfigError> {
+        Ok(TcpLimits {
             idle_timeout: self.dur(
                 &s.tcp_idle_timeout,
                 "server.tcp_idle_timeout",
@@ -812,38 +854,6 @@ impl Validator<'_> {
                 1,
                 65535,
             )? as usize,
-        };
-        Ok(RestartSettings {
-            listen,
-            workers,
-            metrics_listen,
-            tcp,
-            max_udp_payload: self.int(
-                &s.max_udp_payload,
-                "server.max_udp_payload",
-                1232,
-                512,
-                65535,
-            )? as u16,
-            socket_buffer: self.int(
-                &s.socket_buffer,
-                "server.socket_buffer",
-                4 << 20,
-                0,
-                1 << 30,
-            )? as usize,
-            shutdown_drain: self.dur(
-                &s.shutdown_drain,
-                "server.shutdown_drain",
-                "5s",
-                Duration::ZERO,
-            )?,
-            shutdown_grace: self.dur(
-                &s.shutdown_grace,
-                "server.shutdown_grace",
-                "25s",
-                Duration::ZERO,
-            )?,
         })
     }
 
@@ -963,63 +973,8 @@ impl Validator<'_> {
     }
 
     fn upstream(&self, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let servers = match &u.servers {
-            None => vec!["127.0.0.1:5353".parse().unwrap()],
-            Some(s) => {
-                if s.get_ref().is_empty() {
-                    return self.err(s.span(), "upstream.servers", "needs at least one server");
-                }
-                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
-                    return self.err(
-                        s.span(),
-                        "upstream.servers",
-                        format!(
-                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
-                            s.get_ref().len()
-                        ),
-                    );
-                }
-                let mut out = Vec::new();
-                for a in s.get_ref() {
-                    let addr = a
-                        .parse::<SocketAddr>()
-                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5353)))
-                        .or_else(|_| {
-                            self.err(
-                                s.span(),
-                                "upstream.servers",
-                                format!("\"{a}\" is not an ip or ip:port address"),
-                            )
-                        })?;
-                    if out.contains(&addr) {
-                        return self.err(
-                            s.span(),
-                            "upstream.servers",
-                            format!("\"{a}\" is listed twice"),
-                        );
-                    }
-                    out.push(addr);
-                }
-                out
-            }
-        };
-        let policy = match &u.policy {
-            None => UpstreamPolicy::LeastOutstanding,
-            Some(p) => {
-                match p.get_ref().as_str() {
-                    "least-outstanding" => UpstreamPolicy::LeastOutstanding,
-                    "round-robin" => UpstreamPolicy::RoundRobin,
-                    "first-available" => UpstreamPolicy::FirstAvailable,
-                    other => {
-                        return self.err(
-                        p.span(),
-                        "upstream.policy",
-                        format!("\"{other}\" is not least-outstanding, round-robin or first-available"),
-                    );
-                    }
-                }
-            }
-        };
+        let servers = self.upstream_servers(u)?;
+        let policy = self.upstream_policy(u)?;
         let health_check_name = match &u.health_check_name {
             None => ".".to_string(),
             Some(n) => normalize_name(n.get_ref())
@@ -1064,6 +1019,70 @@ impl Validator<'_> {
             tcp_pool_size: self.int(&u.tcp_pool_size, "upstream.tcp_pool_size", 4, 1, 256)?
                 as usize,
             servers,
+        })
+    }
+
+    /// `upstream.servers`: distinct addresses, port 5353 when none is given.
+    fn upstream_servers(&self, u: &RawUpstream) -> Result<Vec<SocketAddr>, ConfigError> {
+        Ok(match &u.servers {
+            None => vec!["127.0.0.1:5353".parse().unwrap()],
+            Some(s) => {
+                if s.get_ref().is_empty() {
+                    return self.err(s.span(), "upstream.servers", "needs at least one server");
+                }
+                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
+                    return self.err(
+                        s.span(),
+                        "upstream.servers",
+                        format!(
+                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
+                            s.get_ref().len()
+                        ),
+                    );
+                }
+                let mut out = Vec::new();
+                for a in s.get_ref() {
+                    let addr = a
+                        .parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5353)))
+                        .or_else(|_| {
+                            self.err(
+                                s.span(),
+                                "upstream.servers",
+                                format!("\"{a}\" is not an ip or ip:port address"),
+                            )
+                        })?;
+                    if out.contains(&addr) {
+                        return self.err(
+                            s.span(),
+                            "upstream.servers",
+                            format!("\"{a}\" is listed twice"),
+                        );
+                    }
+                    out.push(addr);
+                }
+                out
+            }
+        })
+    }
+
+    fn upstream_policy(&self, u: &RawUpstream) -> Result<UpstreamPolicy, ConfigError> {
+        Ok(match &u.policy {
+            None => UpstreamPolicy::LeastOutstanding,
+            Some(p) => {
+                match p.get_ref().as_str() {
+                    "least-outstanding" => UpstreamPolicy::LeastOutstanding,
+                    "round-robin" => UpstreamPolicy::RoundRobin,
+                    "first-available" => UpstreamPolicy::FirstAvailable,
+                    other => {
+                        return self.err(
+                        p.span(),
+                        "upstream.policy",
+                        format!("\"{other}\" is not least-outstanding, round-robin or first-available"),
+                    );
+                    }
+                }
+            }
         })
     }
 
