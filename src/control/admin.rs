@@ -279,11 +279,7 @@ fn left_to_powerdns(ctl: &Control) -> Vec<serde_json::Value> {
         .rejected
         .iter()
         .map(|r| {
-            let zone = match &r.spec.origin {
-                crate::config::RecordOrigin::Zone { zone } => zone.clone(),
-                crate::config::RecordOrigin::Config { .. } => String::new(),
-            };
-            serde_json::json!({"zone": zone, "name": r.spec.name, "type": r.spec.rtype.name(), "reason": r.reason})
+            serde_json::json!({"zone": r.zone(), "name": r.spec.name, "type": r.spec.rtype.name(), "reason": r.reason})
         })
         .collect();
     for z in ctl.transfers.status() {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use prometheus::proto::{MetricFamily, MetricType};
 
 use crate::forward::upstream::UpstreamServer;
-use crate::telemetry::metrics::{LATENCY_BUCKETS, family, histogram_metric};
+use crate::telemetry::metrics::{LATENCY_BUCKETS, family, histogram_family, histogram_metric};
 
 /// Per server: health, requests, errors by kind, latency and health checks by result.
 pub(crate) fn families(servers: &[Arc<UpstreamServer>]) -> Vec<MetricFamily> {
@@ -75,11 +75,9 @@ pub(crate) fn families(servers: &[Arc<UpstreamServer>]) -> Vec<MetricFamily> {
 }
 
 fn latency(servers: &[Arc<UpstreamServer>]) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name("dnsteer_upstream_latency_seconds".into());
-    f.set_help("Time from sending a query to a PowerDNS server to its answer.".into());
-    f.set_field_type(MetricType::HISTOGRAM);
-    f.set_metric(
+    histogram_family(
+        "dnsteer_upstream_latency_seconds",
+        "Time from sending a query to a PowerDNS server to its answer.",
         servers
             .iter()
             .map(|s| {
@@ -93,6 +91,5 @@ fn latency(servers: &[Arc<UpstreamServer>]) -> MetricFamily {
                 )
             })
             .collect(),
-    );
-    f
+    )
 }

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::proto::{MetricFamily, MetricType};
 
-use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
+use crate::config::{
+    Config, ConfigError, ProbeDefaults, RecordBody, RecordOrigin, RecordSpec, RecordType,
+};
 use crate::dns;
 use crate::steer::geo::{GeoDb, Location};
 use crate::steer::hash;
@@ -159,6 +161,16 @@ impl Compiled {
 pub(crate) struct Rejected {
     pub spec: RecordSpec,
     pub reason: String,
+}
+
+impl Rejected {
+    /// The transferred zone the record came from; empty for a record of the config file.
+    pub(crate) fn zone(&self) -> &str {
+        match &self.spec.origin {
+            RecordOrigin::Zone { zone } => zone,
+            RecordOrigin::Config { .. } => "",
+        }
+    }
 }
 
 /// Compiles every record of `config` (errors name the record, line and construct).

@@ -475,14 +475,11 @@ impl Metrics {
                 sum_ns as f64 * 1e-9,
             ));
         }
-        let mut f = MetricFamily::default();
-        f.set_name("dnsteer_query_duration_seconds".into());
-        f.set_help(
-            "Time from receiving a query to sending its answer, in-process or forwarded.".into(),
-        );
-        f.set_field_type(MetricType::HISTOGRAM);
-        f.set_metric(hists);
-        f
+        histogram_family(
+            "dnsteer_query_duration_seconds",
+            "Time from receiving a query to sending its answer, in-process or forwarded.",
+            hists,
+        )
     }
 }
 
@@ -531,6 +528,16 @@ fn label(k: &str, v: String) -> LabelPair {
     l.set_name(k.into());
     l.set_value(v);
     l
+}
+
+/// Builds a histogram family from its series (see [`histogram_metric`]).
+pub(crate) fn histogram_family(name: &str, help: &str, series: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(series);
+    f
 }
 
 pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
