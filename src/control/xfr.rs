@@ -896,35 +896,13 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut a = axfr();
-        let msg = response(
-            9,
-            0,
-            true,
-            &[
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-            ],
-        );
-        assert_eq!(a.message(&msg), Ok(true));
+        let a = transfer_one_lua(&code);
         assert!(a.data.records.is_empty());
         assert_eq!(a.data.unsupported.len(), 1);
         assert_eq!(a.data.unsupported[0].rtype, "A");
         // The same code split after a comma is harmless and kept.
         let code = code.replacen("pickrandom({", "all({", 1);
-        let mut a = axfr();
-        let msg = response(
-            9,
-            0,
-            true,
-            &[
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-            ],
-        );
-        assert_eq!(a.message(&msg), Ok(true));
+        let a = transfer_one_lua(&code);
         assert_eq!(a.data.records.len(), 1);
         assert!(a.data.unsupported.is_empty());
     }
@@ -1029,6 +1007,24 @@ mod tests {
 
     fn axfr() -> Axfr {
         Axfr::new(9, wire("xfr.test."))
+    }
+
+    /// A whole transfer in one message: SOA, `long.xfr.test.` LUA `code` in 255-byte
+    /// chunks, SOA.
+    fn transfer_one_lua(code: &str) -> Axfr {
+        let mut a = axfr();
+        let msg = response(
+            9,
+            0,
+            true,
+            &[
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(code)),
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+            ],
+        );
+        assert_eq!(a.message(&msg), Ok(true));
+        a
     }
 
     #[test]

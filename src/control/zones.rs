@@ -9,7 +9,6 @@ use std::time::Duration;
 use prometheus::proto::{MetricFamily, MetricType};
 
 use super::zone_facts::{is_subdomain, learn_all};
-use crate::config::RecordOrigin;
 use crate::steer::records::{Rejected, Zones};
 use crate::telemetry::metrics::family;
 
@@ -111,19 +110,15 @@ impl Transfers {
                     tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
                 }
                 tracing::info!(target: "dnsteer::control::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
-                let mut zones = self
-                    .zones
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let entry = zones.entry(zone.to_string()).or_default();
-                entry.0.zone = zone.to_string();
-                entry.0.serial = Some(data.serial);
-                entry.0.records = data.records.len();
-                entry.0.unsupported = data.unsupported;
-                entry.0.last_transfer_unix = Some(super::unix_now());
-                entry.0.last_error = None;
-                entry.0.transfers_ok += 1;
-                entry.1 = data.records;
+                self.update(zone, |(status, records)| {
+                    status.serial = Some(data.serial);
+                    status.records = data.records.len();
+                    status.unsupported = data.unsupported;
+                    status.last_transfer_unix = Some(super::unix_now());
+                    status.last_error = None;
+                    status.transfers_ok += 1;
+                    *records = data.records;
+                });
                 Ok(true)
             }
             Err(e) => Err(self.failed(zone, e.to_string())),
@@ -132,25 +127,32 @@ impl Transfers {
 
     fn failed(&self, zone: &str, error: String) -> String {
         tracing::warn!(target: "dnsteer::control::zones", zone, error = %error, "zone transfer failed; the previous records keep serving");
+        self.update(zone, |(status, _)| {
+            status.last_error = Some(error.clone());
+            status.transfers_failed += 1;
+        });
+        error
+    }
+
+    /// Changes `zone`'s status and records under the lock (its entry made on first use).
+    fn update(
+        &self,
+        zone: &str,
+        f: impl FnOnce(&mut (TransferStatus, Vec<crate::config::RecordSpec>)),
+    ) {
         let mut zones = self
             .zones
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = zones.entry(zone.to_string()).or_default();
         entry.0.zone = zone.to_string();
-        entry.0.last_error = Some(error.clone());
-        entry.0.transfers_failed += 1;
-        error
+        f(entry);
     }
 
     /// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.
     pub(crate) fn families(&self, rejected: &[Rejected]) -> Vec<MetricFamily> {
         let mut out = Vec::new();
         let status = self.status();
-        let zone_of = |r: &Rejected| match &r.spec.origin {
-            RecordOrigin::Zone { zone } => zone.clone(),
-            RecordOrigin::Config { .. } => String::new(),
-        };
         out.push(family(
             "dnsteer_zone_serial",
             "SOA serial of the transferred zone data in use.",
@@ -192,7 +194,7 @@ impl Transfers {
             status
                 .iter()
                 .flat_map(|z| {
-                    let not_compiled = rejected.iter().filter(|r| zone_of(r) == z.zone).count();
+                    let not_compiled = rejected.iter().filter(|r| r.zone() == z.zone).count();
                     let left = not_compiled + z.unsupported.len();
                     [
                         (vec![("zone", z.zone.clone()), ("answered_by", "dnsteer".into())], z.records.saturating_sub(not_compiled) as f64),
