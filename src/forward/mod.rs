@@ -2,4 +2,5 @@
 //! packet cache.
 
 pub mod cache;
+pub(crate) mod metrics;
 pub mod upstream;

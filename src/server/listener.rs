@@ -20,7 +20,7 @@ use crate::dns::{self, rcode};
 use crate::forward::upstream::{ForwardError, Pending, TcpPool, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
-use crate::server::udp_batch::{BATCH, RecvBatch, SendBatch};
+use crate::server::udp_batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::server::udp_front::{self, ForwardBatch, UdpFront};
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
@@ -34,7 +34,7 @@ const LINGER: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_millis(10);
 
 /// Sockets bound before the workers start, so bind errors surface at start-up.
-pub struct BoundSockets {
+pub(crate) struct BoundSockets {
     /// Per listen address: one UDP socket and one TCP listener per worker.
     pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<Vec<std::net::TcpListener>>,
@@ -66,7 +66,7 @@ fn reuseport_socket(
 
 /// Largest UDP payload for which IPv4 answers leave with DF set (RFC 9715's recommended
 /// maximum DNS/UDP payload): above it the operator chose fragmentable answers.
-pub const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
+pub(crate) const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
 
 /// IPv4 UDP answers with the Don't Fragment bit and no path-MTU state (RFC 9715 R4:
 /// fragmented DNS answers are dropped or spoofed on the way, and forged ICMP "fragmentation
@@ -78,26 +78,15 @@ fn set_dont_fragment(s: &Socket, addr: SocketAddr) {
         // IPv6 routers never fragment; the source only does for answers over the path MTU.
         return;
     }
-    let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: plain integer option on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_MTU_DISCOVER not set");
+    if let Err(e) = udp_batch::set_ip_mtu_discover(s.as_raw_fd(), libc::IP_PMTUDISC_PROBE) {
+        tracing::debug!(error = %e, "IP_MTU_DISCOVER not set");
     }
 }
 
 /// Binds `workers` UDP sockets and TCP listeners on every address. For port 0, one port free
 /// for both UDP and TCP is found first, then every worker binds it. `dont_fragment`: see
 /// [`DONT_FRAGMENT_MAX_PAYLOAD`].
-pub fn bind_all(
+pub(crate) fn bind_all(
     listen: &[SocketAddr],
     workers: usize,
     buffer: usize,
@@ -118,7 +107,7 @@ pub fn bind_all(
                     break;
                 }
                 Err(e) if want.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                    last_err = Some(e)
+                    last_err = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -248,7 +237,7 @@ impl Worker {
 }
 
 /// Runs one worker until `stop` turns true and its in-flight work is done.
-pub fn run_worker(
+pub(crate) fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     udp: Vec<std::net::UdpSocket>,
@@ -267,28 +256,7 @@ pub fn run_worker(
             None,
             shared.restart.socket_buffer,
         )?);
-        // Each front-end UDP socket gets its own blocking thread (`udp_front`); this runtime
-        // keeps a send handle for the answers to forwarded queries.
-        let mut udp_socks = Vec::new();
-        let mut handoffs = Vec::new();
-        for (listener, sock) in udp.into_iter().enumerate() {
-            udp_socks.push(sock.try_clone()?);
-            let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
-            let front = UdpFront {
-                worker: index,
-                listener,
-                shared: shared.clone(),
-                sock,
-                forward: tx,
-                stop: stop.clone(),
-            };
-            fronts.push(
-                std::thread::Builder::new()
-                    .name(format!("dnsteer-udp-{index}"))
-                    .spawn(move || front.run())?,
-            );
-            handoffs.push(rx);
-        }
+        let (udp_socks, handoffs) = start_fronts(index, &shared, udp, &stop, &mut fronts)?;
         let worker = Rc::new(Worker {
             index,
             snap: RefCell::new(arc_swap::Cache::new(shared.snapshot.clone())),
@@ -319,24 +287,7 @@ pub fn run_worker(
         for t in tasks {
             let _ = t.await;
         }
-        // Let forwarded queries finish: wait until no pending UDP query is left and every TCP
-        // connection has written its in-flight answers and closed (bounded). Returning drops
-        // the LocalSet, which would cancel those tasks mid-query.
-        let snap = worker.snapshot();
-        let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
-            + Duration::from_millis(100);
-        let until = Instant::now() + bound;
-        while Instant::now() < until
-            && (worker.tcp_open.get() > 0
-                || worker
-                    .upstreams
-                    .borrow()
-                    .servers
-                    .iter()
-                    .any(|s| !s.pending.borrow().is_empty()))
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        drain(&worker).await;
         Ok::<(), std::io::Error>(())
     });
     // The front-end threads have stopped (their queues closed) unless start-up failed half
@@ -389,13 +340,136 @@ fn fail_udp(w: &Worker, snap: &Snapshot, p: Pending, e: ForwardError, out: &mut 
     }
 }
 
+/// Starts one blocking front-end thread per UDP socket (`udp_front`, joined through `fronts`);
+/// returns clones of the sockets, on which this runtime sends the answers to forwarded
+/// queries, and the receiving ends of the fronts' handoff queues.
+fn start_fronts(
+    index: usize,
+    shared: &Arc<Shared>,
+    udp: Vec<std::net::UdpSocket>,
+    stop: &watch::Receiver<bool>,
+    fronts: &mut Vec<std::thread::JoinHandle<()>>,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, Vec<mpsc::Receiver<ForwardBatch>>)> {
+    let mut udp_socks = Vec::new();
+    let mut handoffs = Vec::new();
+    for (listener, sock) in udp.into_iter().enumerate() {
+        udp_socks.push(sock.try_clone()?);
+        let (tx, rx) = mpsc::channel(udp_front::FORWARD_QUEUE);
+        let front = UdpFront {
+            worker: index,
+            listener,
+            shared: shared.clone(),
+            sock,
+            forward: tx,
+            stop: stop.clone(),
+        };
+        fronts.push(
+            std::thread::Builder::new()
+                .name(format!("dnsteer-udp-{index}"))
+                .spawn(move || front.run())?,
+        );
+        handoffs.push(rx);
+    }
+    Ok((udp_socks, handoffs))
+}
+
+/// Lets forwarded queries finish: waits until no pending UDP query is left and every TCP
+/// connection has written its in-flight answers and closed (bounded). Returning drops the
+/// LocalSet, which would cancel those tasks mid-query.
+async fn drain(worker: &Worker) {
+    let snap = worker.snapshot();
+    let bound = snap.upstream.config.timeout * snap.upstream.config.attempts as u32
+        + Duration::from_millis(100);
+    let until = Instant::now() + bound;
+    while Instant::now() < until
+        && (worker.tcp_open.get() > 0
+            || worker
+                .upstreams
+                .borrow()
+                .servers
+                .iter()
+                .any(|s| !s.pending.borrow().is_empty()))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// One answer from server `idx` (read at `now`): matched to its pending query, offered to the
+/// packet cache, restored for the client (TC=1 when it was too big to read whole), accounted
+/// and put in its listener's send batch. A bad or unmatched answer is counted; a bad one's
+/// query is retried or failed.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+fn relay_answer(
+    w: &Worker,
+    snap: &Snapshot,
+    ups: &WorkerUpstreams,
+    idx: usize,
+    resp: &[u8],
+    too_big: bool,
+    now: Instant,
+    tx: &mut [SendBatch],
+    out: &mut Vec<u8>,
+) {
+    let Some(p) = ups.take_matching(idx, resp) else {
+        w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+        return;
+    };
+    let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
+    let batch = &mut tx[p.client.listener];
+    let Some(reply) = batch.next_buf() else {
+        // Cannot happen (one slot per received answer); never lose the query.
+        retry_or_fail(w, snap, ups, p, out);
+        return;
+    };
+    // An answer larger than any client may get over UDP (PowerDNS allowed more than
+    // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
+    // again over TCP, as it would for a truncated answer.
+    let restored = if too_big {
+        // The client's own query parsed, so its error answer can be written.
+        let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
+        if ok {
+            reply[2] |= 0x02;
+        }
+        ok
+    } else {
+        dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
+    };
+    if !restored {
+        w.metrics.malformed(Malformed::BadUpstreamResponse);
+        ups.servers[idx].counters.errors.inc();
+        retry_or_fail(w, snap, ups, p, out);
+        return;
+    }
+    if !too_big {
+        cache_answer(w, snap, &p.query, p.client.addr.ip(), resp, p.added, now);
+    }
+    if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
+        w.metrics.truncated.inc();
+    }
+    pipeline::forwarded_done(
+        snap,
+        &w.metrics,
+        &w.shared.log,
+        &pipeline::Forwarded {
+            transport: Transport::Udp,
+            client: p.client.addr.ip(),
+            query: &p.query,
+            received: p.received_at,
+            sampled: p.sampled,
+        },
+        reply,
+        Some(ups.servers[idx].server.addr),
+    );
+    batch.commit(p.client.addr);
+}
+
 /// Receives answers from one server's socket, a batch per `recvmmsg`, and passes them back to
 /// the clients with one `sendmmsg` per front-end socket and batch.
 async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) {
     use std::os::fd::AsRawFd;
     let sock = ups.servers[idx].udp.clone();
     let fd = sock.as_raw_fd();
-    let addr = ups.servers[idx].server.addr;
     // Answers up to what a client may be sent, with room for the ECS option we added.
     let slot = (usize::from(w.shared.restart.max_udp_payload) + 512).max(UDP_BUF);
     let mut rx = Box::new(RecvBatch::with_slot(slot));
@@ -430,60 +504,9 @@ async fn upstream_udp_loop(w: Rc<Worker>, ups: Rc<WorkerUpstreams>, idx: usize) 
             let snap = w.snapshot();
             let now = Instant::now();
             for i in 0..n {
-                let Some((resp, too_big)) = rx.get_prefix(i) else {
-                    continue;
-                };
-                let Some(p) = ups.take_matching(idx, resp) else {
-                    w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
-                    continue;
-                };
-                let max = p.query.max_udp_response(w.shared.restart.max_udp_payload);
-                let batch = &mut tx[p.client.listener];
-                let Some(reply) = batch.next_buf() else {
-                    // Cannot happen (one slot per received answer); never lose the query.
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
-                };
-                // An answer larger than any client may get over UDP (PowerDNS allowed more than
-                // `max_udp_payload`): only its start was read, so the client gets TC=1 and asks
-                // again over TCP, as it would for a truncated answer.
-                let restored = if too_big {
-                    // The client's own query parsed, so its error answer can be written.
-                    let ok = dns::write_error(&p.packet, rcode::NOERROR, reply);
-                    if ok {
-                        reply[2] |= 0x02;
-                    }
-                    ok
-                } else {
-                    dns::restore_response(resp, p.orig_id, p.added, Some(max), reply).is_ok()
-                };
-                if !restored {
-                    w.metrics.malformed(Malformed::BadUpstreamResponse);
-                    ups.servers[idx].counters.errors.inc();
-                    retry_or_fail(&w, &snap, &ups, p, &mut out);
-                    continue;
+                if let Some((resp, too_big)) = rx.get_prefix(i) {
+                    relay_answer(&w, &snap, &ups, idx, resp, too_big, now, &mut tx, &mut out);
                 }
-                if !too_big {
-                    cache_answer(&w, &snap, &p.query, p.client.addr.ip(), resp, p.added, now);
-                }
-                if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
-                    w.metrics.truncated.inc();
-                }
-                pipeline::forwarded_done(
-                    &snap,
-                    &w.metrics,
-                    &w.shared.log,
-                    &pipeline::Forwarded {
-                        transport: Transport::Udp,
-                        client: p.client.addr.ip(),
-                        query: &p.query,
-                        received: p.received_at,
-                        sampled: p.sampled,
-                    },
-                    reply,
-                    Some(addr),
-                );
-                batch.commit(p.client.addr);
             }
             for (listener, batch) in tx.iter_mut().enumerate() {
                 udp_front::flush_counted(batch, w.udp[listener].as_raw_fd(), &w.metrics);
@@ -634,21 +657,12 @@ async fn tcp_connection(
     // With `client_address = "proxy"`: this client's own upstream connections, made on its
     // first forwarded query and closed with it.
     let own = Rc::new(ClientPools::new(peer, local));
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     // Responses are written by one task; the queue is bounded by the in-flight limit, and a
     // client that does not read stalls only itself: its permits stay taken, we stop reading.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
     let idle = limits.idle_timeout;
-    let writer = tokio::task::spawn_local(async move {
-        let mut frame = Vec::with_capacity(514);
-        while let Some(msg) = rx.recv().await {
-            match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = tokio::task::spawn_local(tcp_writer(wr, rx, idle));
     let permits = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
     let mut served: u64 = 0;
     let mut out = Vec::with_capacity(1024);
@@ -660,30 +674,9 @@ async fn tcp_connection(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let len = tokio::select! {
-            r = tokio::time::timeout(idle, rd.read_u16()) => match r {
-                Ok(Ok(n)) => n as usize,
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    w.metrics.tcp_closed_idle.inc();
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        if len < dns::HEADER_LEN {
-            w.metrics.dropped(DropReason::TcpFrame);
+        let Some(msg) = read_tcp_query(&w, &mut rd, idle, &mut stop).await else {
             break;
-        }
-        let mut msg = vec![0u8; len];
-        // The body must follow promptly: a slow trickle is treated like an idle client.
-        match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                w.metrics.dropped(DropReason::TcpFrame);
-                break;
-            }
-        }
+        };
         served += 1;
         let received = Instant::now();
         let snap = w.snapshot();
@@ -698,30 +691,20 @@ async fn tcp_connection(
             Action::Drop => drop(permit),
             Action::Forward { query, sampled } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
-                let ups = w.upstreams(&snap);
-                let tx = tx.clone();
-                let w2 = w.clone();
-                let own = own.clone();
-                tokio::task::spawn_local(async move {
-                    let resp = forward_tcp(&w2, &ups, &own, &msg, &query, peer).await;
-                    let snap = w2.snapshot();
-                    pipeline::forwarded_done(
-                        &snap,
-                        &w2.metrics,
-                        &w2.shared.log,
-                        &pipeline::Forwarded {
-                            transport: Transport::Tcp,
-                            client: peer.ip(),
-                            query: &query,
-                            received,
-                            sampled,
-                        },
-                        &resp.0,
-                        resp.1,
-                    );
-                    let _ = tx.send(resp.0).await;
-                    drop(permit);
-                });
+                let forward = TcpForward {
+                    msg,
+                    query,
+                    peer,
+                    received,
+                    sampled,
+                    own: own.clone(),
+                };
+                tokio::task::spawn_local(forward.run(
+                    w.clone(),
+                    w.upstreams(&snap),
+                    tx.clone(),
+                    permit,
+                ));
             }
         }
     }
@@ -731,6 +714,104 @@ async fn tcp_connection(
         .await;
     drop(tx);
     let _ = writer.await;
+    linger(&mut rd).await;
+}
+
+/// Writes the connection's answers in order; stops on a client that does not read within
+/// `idle`. Shuts the write side down once every sender is gone.
+async fn tcp_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
+) {
+    let mut frame = Vec::with_capacity(514);
+    while let Some(msg) = rx.recv().await {
+        match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Reads one length-prefixed query; `None` closes the connection (client closed, idle, a bad
+/// frame, or stop).
+async fn read_tcp_query(
+    w: &Worker,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<u8>> {
+    let len = tokio::select! {
+        r = tokio::time::timeout(idle, rd.read_u16()) => match r {
+            Ok(Ok(n)) => n as usize,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                w.metrics.tcp_closed_idle.inc();
+                return None;
+            }
+        },
+        _ = stop.changed() => return None,
+    };
+    if len < dns::HEADER_LEN {
+        w.metrics.dropped(DropReason::TcpFrame);
+        return None;
+    }
+    let mut msg = vec![0u8; len];
+    // The body must follow promptly: a slow trickle is treated like an idle client.
+    match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
+        Ok(Ok(_)) => Some(msg),
+        _ => {
+            w.metrics.dropped(DropReason::TcpFrame);
+            None
+        }
+    }
+}
+
+/// A TCP query on its way to PowerDNS.
+struct TcpForward {
+    msg: Vec<u8>,
+    query: dns::Query,
+    peer: SocketAddr,
+    received: Instant,
+    sampled: bool,
+    /// The client's own upstream connections (`client_address = "proxy"`).
+    own: Rc<ClientPools>,
+}
+
+impl TcpForward {
+    /// Forwards, accounts the answer (or SERVFAIL) and queues it for the writer; the permit
+    /// is released once it is queued.
+    async fn run(
+        self,
+        w: Rc<Worker>,
+        ups: Rc<WorkerUpstreams>,
+        tx: mpsc::Sender<Vec<u8>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let resp = forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
+        let snap = w.snapshot();
+        pipeline::forwarded_done(
+            &snap,
+            &w.metrics,
+            &w.shared.log,
+            &pipeline::Forwarded {
+                transport: Transport::Tcp,
+                client: self.peer.ip(),
+                query: &self.query,
+                received: self.received,
+                sampled: self.sampled,
+            },
+            &resp.0,
+            resp.1,
+        );
+        let _ = tx.send(resp.0).await;
+        drop(permit);
+    }
+}
+
+/// After our FIN: discards what the client still sends, briefly, so the close is not an RST.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     // Our FIN is out. Discard what the client sent that we will not answer (pipelined queries
     // after a stop or a query cap) until it closes too, briefly: closing with unread data makes
     // the kernel send RST, and an RST can destroy answers the client has not read yet.
@@ -799,12 +880,9 @@ async fn forward_tcp(
             _ => None,
         };
         let pool = proxied.as_deref().unwrap_or(&ws.tcp);
-        let mut waiter = match pool.send(buf.clone(), timeout) {
-            Ok(w) => w,
-            Err(_) => {
-                ws.counters.errors.inc();
-                continue;
-            }
+        let Ok(mut waiter) = pool.send(buf.clone(), timeout) else {
+            ws.counters.errors.inc();
+            continue;
         };
         match tokio::time::timeout(timeout, waiter.answer()).await {
             Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {
@@ -866,20 +944,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn mtu_discover(s: &std::net::UdpSocket) -> libc::c_int {
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: reads one integer option into a local of the right size.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        v
+        udp_batch::ip_mtu_discover(s.as_raw_fd()).unwrap()
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //!
 //! The buffers are allocated once per socket; the pointer tables the kernel reads are rebuilt
 //! right before each call, so nothing here is self-referential.
+//!
+//! The crate's one place for `unsafe` (the lint denies it everywhere else): these system calls
+//! and the raw socket option the listener sets.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
@@ -13,9 +17,50 @@ use std::os::fd::RawFd;
 use socket2::SockAddr;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
-pub const SLOT: usize = 4096;
+pub(crate) const SLOT: usize = 4096;
+
+/// Sets the `IP_MTU_DISCOVER` option (`libc::IP_PMTUDISC_*`) of an IPv4 socket.
+pub(crate) fn set_ip_mtu_discover(fd: RawFd, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer option, read from a local of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const mode).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `IP_MTU_DISCOVER` option of an IPv4 socket.
+#[cfg(test)]
+pub(crate) fn ip_mtu_discover(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads one integer option into a local of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Points message header `h` at one buffer (`iov`) and one address.
 fn fill(
@@ -46,7 +91,7 @@ fn empty_tables() -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
 }
 
 /// Receive side: `BATCH` buffers and their source addresses.
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     /// Bytes per datagram buffer.
     slot: usize,
     bufs: Vec<u8>,
@@ -65,7 +110,7 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// `BATCH` buffers of `slot` bytes each (a datagram longer than `slot` is flagged and
     /// not handed out).
-    pub fn with_slot(slot: usize) -> Self {
+    pub(crate) fn with_slot(slot: usize) -> Self {
         // SAFETY: all-zero is a valid value for this plain C struct.
         let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         let (iovs, hdrs) = empty_tables();
@@ -82,13 +127,13 @@ impl RecvBatch {
 
 impl RecvBatch {
     /// Reads up to `BATCH` datagrams without blocking; `WouldBlock` when none is waiting.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_DONTWAIT)
     }
 
     /// On a blocking socket: waits for one datagram (up to the socket's receive timeout, then
     /// `WouldBlock`), then takes whatever else is queued, up to `BATCH`, without waiting.
-    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_WAITFORONE)
     }
 
@@ -126,7 +171,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv`: the bytes that fit the slot and whether the datagram
     /// was longer (then only its start is here). None past the batch.
-    pub fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
+    pub(crate) fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
         if i >= self.count {
             return None;
         }
@@ -140,7 +185,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
     /// the slot) or its address is not IP.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         match self.get_prefix(i)? {
             (_, true) => None,
             (pkt, false) => Some((pkt, to_socket_addr(&self.addrs[i])?)),
@@ -151,7 +196,7 @@ impl RecvBatch {
 /// The IPv4 or IPv6 address the kernel wrote into `ss`.
 fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match ss.ss_family as libc::c_int {
+    match libc::c_int::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it is large
             // enough and aligned for.
@@ -178,7 +223,7 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Send side: answers queued during a batch, sent with one `sendmmsg`.
-pub struct SendBatch {
+pub(crate) struct SendBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
@@ -202,31 +247,31 @@ impl Default for SendBatch {
 
 impl SendBatch {
     /// The buffer for the next answer (cleared); `commit` queues it. None when full.
-    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+    pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
         let b = self.bufs.get_mut(self.count)?;
         b.clear();
         Some(b)
     }
 
     /// Queues the buffer last returned by `next_buf` for `to`.
-    pub fn commit(&mut self, to: SocketAddr) {
+    pub(crate) fn commit(&mut self, to: SocketAddr) {
         if self.count < BATCH {
             self.addrs[self.count] = SockAddr::from(to);
             self.count += 1;
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
     /// Sends the queued answers without blocking. Returns how many left the socket; the rest
     /// (socket buffer full) are discarded, and the batch is empty afterwards.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
         let total = self.count;
         let mut sent = 0;
         let mut result = Ok(());

@@ -9,6 +9,7 @@
 //! handle on the same socket (with `MSG_DONTWAIT`: the socket itself blocks). The handoff queue is bounded: when the worker is
 //! that far behind, the query gets SERVFAIL at once, counted as `pending_full`.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::dns::Added;
+use crate::dns::{Added, Query};
 use crate::forward::upstream::{ForwardError, Pending, UdpClient};
 use crate::server::pipeline::{self, Action, Ctx, Latency};
 use crate::server::signing::SignState;
@@ -28,7 +29,7 @@ use crate::telemetry::querylog::Sampler;
 /// How long a blocked receive waits before the thread looks at the stop flag again.
 const STOP_POLL: Duration = Duration::from_millis(100);
 /// Batches of forwarded queries a worker may have queued from one socket (≤ 32 queries each).
-pub const FORWARD_QUEUE: usize = 256;
+pub(crate) const FORWARD_QUEUE: usize = 256;
 
 /// A batch of queries for the worker's upstream pool.
 pub type ForwardBatch = Vec<Pending>;
@@ -72,15 +73,7 @@ impl UdpFront {
             let n = match rx.recv_wait(fd) {
                 Ok(n) => n,
                 Err(e) => {
-                    match e.kind() {
-                        // Timeout (look at the stop flag) or a signal.
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
-                        // Nothing else is expected on an unconnected socket; do not spin.
-                        _ => {
-                            tracing::warn!(worker = self.worker, error = %e, "UDP receive failed");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                    }
+                    self.recv_failed(&e);
                     continue;
                 }
             };
@@ -112,22 +105,7 @@ impl UdpFront {
                     Action::Drop => {}
                     Action::Forward { query, sampled } => {
                         metrics.query(Transport::Udp, Decision::Forwarded);
-                        forwards.push(Pending {
-                            client: UdpClient {
-                                addr: src,
-                                listener: self.listener,
-                                local,
-                            },
-                            orig_id: query.id,
-                            added: Added::Nothing,
-                            query,
-                            packet: pkt.to_vec(),
-                            attempt: 0,
-                            tried: 0,
-                            sent_at: received,
-                            received_at: received,
-                            sampled,
-                        });
+                        forwards.push(self.pending(pkt, src, local, query, sampled, received));
                     }
                 }
             }
@@ -147,6 +125,48 @@ impl UdpFront {
             listener = self.listener,
             "UDP front end stopped"
         );
+    }
+
+    /// After a failed receive: a timeout (time to look at the stop flag) or a signal is
+    /// expected; anything else is logged, and the thread pauses so it does not spin.
+    fn recv_failed(&self, e: &std::io::Error) {
+        match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+            _ => {
+                tracing::warn!(worker = self.worker, error = %e, "UDP receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// A query from `src` to our socket `local`, to forward, as the worker's pending table
+    /// keeps it.
+    #[inline]
+    fn pending(
+        &self,
+        pkt: &[u8],
+        src: SocketAddr,
+        local: SocketAddr,
+        query: Query,
+        sampled: bool,
+        received: Instant,
+    ) -> Pending {
+        Pending {
+            client: UdpClient {
+                addr: src,
+                listener: self.listener,
+                local,
+            },
+            orig_id: query.id,
+            added: Added::Nothing,
+            query,
+            packet: pkt.to_vec(),
+            attempt: 0,
+            tried: 0,
+            sent_at: received,
+            received_at: received,
+            sampled,
+        }
     }
 
     /// Queues this batch's forwards for the worker; if it cannot take them, each gets SERVFAIL
@@ -178,7 +198,7 @@ impl UdpFront {
 }
 
 /// Sends a batch's queued answers, if any; those the socket would not take are counted.
-pub fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
+pub(crate) fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
     if tx.is_empty() {
         return;
     }
