@@ -402,9 +402,9 @@ impl Metrics {
     }
 
     /// The query path's families (queries, responses, drops, malformed input, truncation, TCP
-    /// connections, latency), summed across workers. The rate limiter's and DNSSEC signing's
-    /// counters live here too but are exported by `RateLimiter::families` and
-    /// `server::signing::families`.
+    /// connections, latency), summed across workers. The rate limiter's, DNSSEC signing's and
+    /// the packet cache's counters live here too but are exported by `RateLimiter::families`,
+    /// `server::signing::families` and `forward::cache::families`.
     pub(crate) fn families(&self) -> Vec<MetricFamily> {
         let mut out = Vec::from(self.queries_and_responses());
         out.push(family(
