@@ -30,7 +30,7 @@ fn bench(c: &mut Criterion) {
     let window = ValidityWindow::at(1_796_374_800);
 
     g.bench_function("sign_a_rrset_cold", |b| {
-        b.iter(|| rrsig_rdata(&key, tag, signer, black_box(&rrset), window).unwrap())
+        b.iter(|| rrsig_rdata(&key, tag, signer, black_box(&rrset), window).unwrap());
     });
 
     let mut cache = SignatureCache::new(32_768);
@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
                 .unwrap();
             debug_assert_eq!(outcome, Outcome::Hit);
             rdata.len()
-        })
+        });
     });
     g.finish();
 }

@@ -81,7 +81,7 @@ fn build(c: &mut Criterion) {
             let mut rb = ResponseBuilder::new(&mut out, black_box(&pkt), &q, 0, true);
             rb.answer(1, 60, &[192, 0, 2, 1]);
             rb.finish(Some(reply), 1232)
-        })
+        });
     });
 }
 
@@ -90,7 +90,7 @@ fn forward(c: &mut Criterion) {
     let q = parse_query(&pkt).unwrap();
     let mut out = Vec::with_capacity(1500);
     c.bench_function("rewrite_for_upstream/add_ecs", |b| {
-        b.iter(|| rewrite_for_upstream(black_box(&pkt), &q, 0x1111, Some((CLIENT, 24)), &mut out))
+        b.iter(|| rewrite_for_upstream(black_box(&pkt), &q, 0x1111, Some((CLIENT, 24)), &mut out));
     });
 
     let resp = upstream_response(0x1111);
@@ -106,7 +106,7 @@ fn forward(c: &mut Criterion) {
                 Some(1232),
                 &mut out,
             )
-        })
+        });
     });
 }
 

@@ -188,7 +188,7 @@ lua = "pickwhashed({{{{10,'192.0.2.1'}},{{20,'192.0.2.2'}},{{30,'192.0.2.3'}}}})
                 let a =
                     pipeline::handle(&mut ctx, black_box(pkt), *src, Transport::Udp, t, &mut out);
                 black_box(matches!(a, Action::Reply))
-            })
+            });
         });
     }
     g.finish();

@@ -40,12 +40,12 @@ fn bench(c: &mut Criterion) {
             let v = rl.check_at(black_box(hot), t0 + Duration::from_millis(10) * tick);
             debug_assert_eq!(v, Verdict::Allow);
             v
-        })
+        });
     });
 
     // Same, reading the clock inside (what `check` costs without a per-batch clock).
     g.bench_function("hot_key_with_clock", |b| {
-        b.iter(|| rl.check(black_box(hot)))
+        b.iter(|| rl.check(black_box(hot)));
     });
 
     // Spoofed flood: every check is a new random source, IPv4 and IPv6 alternating.
@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
                 IpAddr::V6(Ipv6Addr::from(rng.u128(..)))
             };
             rl.check_at(src, now)
-        })
+        });
     });
 
     // A blocked source keeps asking: read-only path, no state write.
@@ -68,13 +68,13 @@ fn bench(c: &mut Criterion) {
     let bad = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
     while !matches!(rl.check_at(bad, now), Verdict::Limited { .. }) {}
     g.bench_function("blocked_source", |b| {
-        b.iter(|| rl.check_at(black_box(bad), now))
+        b.iter(|| rl.check_at(black_box(bad), now));
     });
 
     // Exempt source: range lookup only.
     let exempt = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
     g.bench_function("exempt_source", |b| {
-        b.iter(|| rl.check_at(black_box(exempt), now))
+        b.iter(|| rl.check_at(black_box(exempt), now));
     });
     g.finish();
 }

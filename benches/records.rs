@@ -121,7 +121,7 @@ fn bench(c: &mut Criterion) {
                     panic!("{kind} is in the table");
                 };
                 black_box(set.evaluate(black_box(&client), &mut sink).ok());
-            })
+            });
         });
     }
     group.finish();

@@ -50,13 +50,13 @@ impl ConfigError {
 }
 
 /// Turns byte spans into `line:col` for error messages.
-pub struct SourceMap<'a> {
+pub(crate) struct SourceMap<'a> {
     pub path: &'a str,
     pub text: &'a str,
 }
 
 impl SourceMap<'_> {
-    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
@@ -64,7 +64,12 @@ impl SourceMap<'_> {
         (line, col)
     }
 
-    pub fn error(&self, span: Range<usize>, key: &str, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn error(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, col) = self.line_col(span.start);
         ConfigError::Invalid {
             path: self.path.to_string(),
@@ -86,19 +91,19 @@ pub struct Config {
     /// Absolute or as-given path of the file, and the directory relative paths resolve against.
     pub path: PathBuf,
     /// SHA-256 of the file content (hex), shown in `/status` and used to skip no-op reloads.
-    pub hash: String,
+    pub(crate) hash: String,
     pub restart: RestartSettings,
     pub logging: LoggingConfig,
     pub ratelimit: RateLimitConfig,
     pub upstream: UpstreamConfig,
     pub geoip: Option<GeoIpConfig>,
     pub probes: ProbeDefaults,
-    pub zones: ZonesConfig,
+    pub(crate) zones: ZonesConfig,
     pub dnssec: DnssecConfig,
     pub records: Vec<RecordSpec>,
     /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
     /// case a change event was missed.
-    pub reload_poll: Duration,
+    pub(crate) reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
 }
@@ -109,43 +114,43 @@ pub struct RestartSettings {
     pub listen: Vec<SocketAddr>,
     /// Resolved worker count (never 0).
     pub workers: usize,
-    pub metrics_listen: SocketAddr,
-    pub tcp: TcpLimits,
+    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) tcp: TcpLimits,
     pub max_udp_payload: u16,
     /// SO_RCVBUF/SO_SNDBUF asked for on each UDP socket (the kernel caps it at rmem_max).
-    pub socket_buffer: usize,
+    pub(crate) socket_buffer: usize,
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
     /// `[cache]`: the packet cache is sized once, at start.
-    pub cache: CacheConfig,
+    pub(crate) cache: CacheConfig,
 }
 
 /// `[cache]`: the packet cache for answers from PowerDNS (see `forward::cache`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct CacheConfig {
-    pub enabled: bool,
+pub(crate) struct CacheConfig {
+    pub(crate) enabled: bool,
     /// Entries kept at most (answers and per-name scope markers), across all shards.
-    pub max_entries: usize,
+    pub(crate) max_entries: usize,
     /// Bytes kept at most: stored answers plus a fixed overhead per entry.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
     /// Longest time a positive answer is kept (its smallest answer TTL is used when shorter).
-    pub max_ttl: Duration,
+    pub(crate) max_ttl: Duration,
     /// Answers whose lifetime would be shorter than this are not cached.
-    pub min_ttl: Duration,
+    pub(crate) min_ttl: Duration,
     /// Longest time a negative answer (NXDOMAIN / NODATA) is kept; its own lifetime is
     /// min(SOA TTL, SOA minimum) from the authority section.
-    pub negative_ttl_cap: Duration,
+    pub(crate) negative_ttl_cap: Duration,
     /// Serve TTLs decremented by the time spent in the cache (a resolver cache's way) instead
     /// of as PowerDNS gave them (an authoritative server's way, dnsdist `dontAge`).
-    pub age_ttls: bool,
+    pub(crate) age_ttls: bool,
     /// How long past its expiry an entry may still answer (TTL 30) when PowerDNS cannot
     /// (RFC 8767 serve-stale); 0 turns it off.
-    pub stale_ttl: Duration,
+    pub(crate) stale_ttl: Duration,
 }
 
 /// `[upstream].client_address`: how PowerDNS learns who the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAddress {
+pub(crate) enum ClientAddress {
     /// An ECS option with the client's subnet is added to queries that carry none.
     Ecs,
     /// A PROXY protocol v2 header with the client's address and port precedes each datagram
@@ -156,14 +161,14 @@ pub enum ClientAddress {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct TcpLimits {
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-    pub max_connections_per_client: usize,
+pub(crate) struct TcpLimits {
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_client: usize,
     /// 0 = unlimited.
-    pub max_queries_per_connection: u64,
+    pub(crate) max_queries_per_connection: u64,
     /// Queries of one connection being answered at once (RFC 7766 pipelining bound).
-    pub max_in_flight_per_connection: usize,
+    pub(crate) max_in_flight_per_connection: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,7 +183,7 @@ pub struct LoggingConfig {
     pub format: LogFormat,
     pub query_sample_rate: f64,
     /// Always-logged events (blocks, FORMERR, SERVFAIL, upstream timeouts) per second at most.
-    pub event_rate_limit: u32,
+    pub(crate) event_rate_limit: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,7 +218,7 @@ pub struct RateLimitConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamPolicy {
+pub(crate) enum UpstreamPolicy {
     LeastOutstanding,
     RoundRobin,
     FirstAvailable,
@@ -221,27 +226,27 @@ pub enum UpstreamPolicy {
 
 /// Most `[upstream].servers` accepted: a forwarded query remembers the servers it tried in a
 /// 64-bit mask.
-pub const MAX_UPSTREAM_SERVERS: usize = 64;
+pub(crate) const MAX_UPSTREAM_SERVERS: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
     pub servers: Vec<SocketAddr>,
-    pub policy: UpstreamPolicy,
+    pub(crate) policy: UpstreamPolicy,
     pub timeout: Duration,
     /// Servers tried per query (each gets `timeout`) before SERVFAIL.
-    pub attempts: usize,
-    pub health_check_interval: Duration,
-    pub health_check_name: String,
-    pub health_check_must_resolve: bool,
+    pub(crate) attempts: usize,
+    pub(crate) health_check_interval: Duration,
+    pub(crate) health_check_name: String,
+    pub(crate) health_check_must_resolve: bool,
     /// Consecutive failed checks before a server is taken out.
-    pub health_check_fall: u32,
+    pub(crate) health_check_fall: u32,
     /// Consecutive good checks before it comes back.
-    pub health_check_rise: u32,
-    pub client_address: ClientAddress,
-    pub ecs_ipv4_prefix: u8,
-    pub ecs_ipv6_prefix: u8,
+    pub(crate) health_check_rise: u32,
+    pub(crate) client_address: ClientAddress,
+    pub(crate) ecs_ipv4_prefix: u8,
+    pub(crate) ecs_ipv6_prefix: u8,
     /// Pooled TCP connections per worker per server for TCP clients.
-    pub tcp_pool_size: usize,
+    pub(crate) tcp_pool_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -265,58 +270,58 @@ pub struct ProbeDefaults {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ZonesConfig {
+pub(crate) struct ZonesConfig {
     /// Lower-case, absolute (trailing dot) zone names.
     pub transfer: Vec<String>,
     pub refresh: Duration,
     /// None: the upstream servers' addresses.
-    pub notify_from: Option<Vec<IpAddr>>,
+    pub(crate) notify_from: Option<Vec<IpAddr>>,
 }
 
 /// Online signing of in-process answers for signed zones (`[dnssec]`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct DnssecConfig {
     /// Private keys to sign with, one per entry (`[[dnssec.keys]]`).
-    pub keys: Vec<DnssecKeyFile>,
+    pub(crate) keys: Vec<DnssecKeyFile>,
     /// Signatures cached in all (each packet thread holds its share); 0 = no cache.
-    pub signature_cache_entries: usize,
+    pub(crate) signature_cache_entries: usize,
     /// A ZSK of dnsteer's own, published through the PowerDNS API (`[dnssec.own_key]`).
-    pub own_key: Option<OwnKeyConfig>,
+    pub(crate) own_key: Option<OwnKeyConfig>,
 }
 
 /// `[dnssec.own_key]`: dnsteer keeps its own ZSK per zone in `key_dir` and has PowerDNS
 /// publish it (inactive: PowerDNS never signs with it), so PowerDNS's private keys never leave
 /// PowerDNS.
 #[derive(Debug, Clone, PartialEq)]
-pub struct OwnKeyConfig {
+pub(crate) struct OwnKeyConfig {
     /// Lower-case, absolute zone apexes.
-    pub zones: Vec<String>,
+    pub(crate) zones: Vec<String>,
     /// Key files `ZONE-<tag>.private` (ZONE without its trailing dot); may be read-only.
-    pub key_dir: PathBuf,
+    pub(crate) key_dir: PathBuf,
     /// Where first-seen times are kept across restarts; `key_dir` when not set.
-    pub state_dir: PathBuf,
-    pub api: ApiEndpoint,
+    pub(crate) state_dir: PathBuf,
+    pub(crate) api: ApiEndpoint,
     /// File holding the PowerDNS API key (read on every use, so a rotated Secret is picked up).
-    pub api_key_file: PathBuf,
-    pub server_id: String,
+    pub(crate) api_key_file: PathBuf,
+    pub(crate) server_id: String,
     /// How often the keys are checked against PowerDNS when all is well.
-    pub check_interval: Duration,
+    pub(crate) check_interval: Duration,
     /// Lower bound of how long a replaced key stays published after its successor signs.
-    pub retire_after: Duration,
+    pub(crate) retire_after: Duration,
 }
 
 /// `http://HOST[:PORT]` of the PowerDNS webserver (plain HTTP only).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ApiEndpoint {
+pub(crate) struct ApiEndpoint {
     /// `HOST:PORT`, resolved at each connection.
-    pub authority: String,
+    pub(crate) authority: String,
     /// The URL as configured, for logs and `/status`.
-    pub url: String,
+    pub(crate) url: String,
 }
 
 /// One key file: the BIND `Private-key-format: v1.2` text `pdnsutil export-zone-key` prints.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DnssecKeyFile {
+pub(crate) struct DnssecKeyFile {
     /// Lower-case, absolute zone apex the key signs for.
     pub zone: String,
     pub file: PathBuf,
@@ -340,7 +345,7 @@ impl RecordType {
         }
     }
 
-    pub fn from_code(code: u16) -> Option<Self> {
+    pub(crate) fn from_code(code: u16) -> Option<Self> {
         Some(match code {
             1 => RecordType::A,
             28 => RecordType::Aaaa,
@@ -589,7 +594,7 @@ struct RawRecord {
 // ---------------------------------------------------------------------------------------------
 
 /// Parses a duration such as `"500ms"`, `"5s"`, `"2m"`, `"1h"`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -633,12 +638,12 @@ impl UpstreamConfig {
     /// need a PROXY header: with "proxy" PowerDNS requires one from dnsteer's addresses. It
     /// names dnsteer's own socket (a LOCAL header would make PowerDNS 4.7 check
     /// `allow-axfr-ips` against 0.0.0.0 and refuse the transfer).
-    pub fn proxies_own_queries(&self) -> bool {
+    pub(crate) fn proxies_own_queries(&self) -> bool {
         self.client_address == ClientAddress::Proxy
     }
 
     /// Whether forwarded queries without ECS get the client's subnet added.
-    pub fn add_ecs(&self) -> bool {
+    pub(crate) fn add_ecs(&self) -> bool {
         self.client_address == ClientAddress::Ecs
     }
 
@@ -646,7 +651,7 @@ impl UpstreamConfig {
     /// `add_ecs`, the source masked to the prefix dnsteer adds; else the source itself. The
     /// in-process rules hash this same identity, so a client gets the same choice whether its
     /// query is answered here or forwarded.
-    pub fn client_identity(&self, source: IpAddr) -> IpAddr {
+    pub(crate) fn client_identity(&self, source: IpAddr) -> IpAddr {
         if !self.add_ecs() {
             return source;
         }
@@ -661,7 +666,7 @@ impl UpstreamConfig {
 
 impl Config {
     /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
-    pub fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
+    pub(crate) fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
         match &self.zones.notify_from {
             Some(list) => list.contains(&src),
             None => self
@@ -729,13 +734,12 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Source map for locating errors in this config's text.
-    pub fn source_map(&self) -> (String, &str) {
-        (self.path.display().to_string(), &self.text)
-    }
-
     /// Error at a record's body, for record compilers.
-    pub fn record_error(&self, spec: &RecordSpec, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn record_error(
+        &self,
+        spec: &RecordSpec,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let path = self.path.display().to_string();
         match &spec.origin {
             RecordOrigin::Config { index, span } => SourceMap {
@@ -797,7 +801,7 @@ fn resolve_path(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-pub fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -872,7 +876,62 @@ impl Validator<'_> {
     }
 
     fn restart(&self, s: &RawServer, m: &RawMetrics) -> Result<RestartSettings, ConfigError> {
-        let listen = match &s.listen {
+        let listen = self.listen(s)?;
+        let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        } else {
+            workers
+        };
+        let metrics_listen = match &m.listen {
+            None => "127.0.0.1:9153".parse().unwrap(),
+            Some(l) => l.get_ref().parse().or_else(|_| {
+                self.err(
+                    l.span(),
+                    "metrics.listen",
+                    format!("\"{}\" is not an ip:port address", l.get_ref()),
+                )
+            })?,
+        };
+        let tcp = self.tcp_limits(s)?;
+        Ok(RestartSettings {
+            listen,
+            workers,
+            metrics_listen,
+            tcp,
+            max_udp_payload: self.int(
+                &s.max_udp_payload,
+                "server.max_udp_payload",
+                1232,
+                512,
+                65535,
+            )? as u16,
+            socket_buffer: self.int(
+                &s.socket_buffer,
+                "server.socket_buffer",
+                4 << 20,
+                0,
+                1 << 30,
+            )? as usize,
+            shutdown_drain: self.dur(
+                &s.shutdown_drain,
+                "server.shutdown_drain",
+                "5s",
+                Duration::ZERO,
+            )?,
+            shutdown_grace: self.dur(
+                &s.shutdown_grace,
+                "server.shutdown_grace",
+                "25s",
+                Duration::ZERO,
+            )?,
+            cache: self.cache(&RawCache::default())?,
+        })
+    }
+
+    /// `server.listen`: distinct ip:port addresses (default: port 5300 on loopback).
+    fn listen(&self, s: &RawServer) -> Result<Vec<SocketAddr>, ConfigError> {
+        Ok(match &s.listen {
             None => vec![
                 "127.0.0.1:5300".parse().unwrap(),
                 "[::1]:5300".parse().unwrap(),
@@ -901,24 +960,12 @@ impl Validator<'_> {
                 }
                 out
             }
-        };
-        let workers = self.int(&s.workers, "server.workers", 0, 0, 1024)? as usize;
-        let workers = if workers == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            workers
-        };
-        let metrics_listen = match &m.listen {
-            None => "127.0.0.1:9153".parse().unwrap(),
-            Some(l) => l.get_ref().parse().or_else(|_| {
-                self.err(
-                    l.span(),
-                    "metrics.listen",
-                    format!("\"{}\" is not an ip:port address", l.get_ref()),
-                )
-            })?,
-        };
-        let tcp = TcpLimits {
+        })
+    }
+
+    /// The `server.tcp_*` limits.
+    fn tcp_limits(&self, s: &RawServer) -> Result<TcpLimits, ConfigError> {
+        Ok(TcpLimits {
             idle_timeout: self.dur(
                 &s.tcp_idle_timeout,
                 "server.tcp_idle_timeout",
@@ -953,39 +1000,6 @@ impl Validator<'_> {
                 1,
                 65535,
             )? as usize,
-        };
-        Ok(RestartSettings {
-            listen,
-            workers,
-            metrics_listen,
-            tcp,
-            max_udp_payload: self.int(
-                &s.max_udp_payload,
-                "server.max_udp_payload",
-                1232,
-                512,
-                65535,
-            )? as u16,
-            socket_buffer: self.int(
-                &s.socket_buffer,
-                "server.socket_buffer",
-                4 << 20,
-                0,
-                1 << 30,
-            )? as usize,
-            shutdown_drain: self.dur(
-                &s.shutdown_drain,
-                "server.shutdown_drain",
-                "5s",
-                Duration::ZERO,
-            )?,
-            shutdown_grace: self.dur(
-                &s.shutdown_grace,
-                "server.shutdown_grace",
-                "25s",
-                Duration::ZERO,
-            )?,
-            cache: self.cache(&RawCache::default())?,
         })
     }
 
@@ -1171,63 +1185,8 @@ impl Validator<'_> {
     }
 
     fn upstream(&self, u: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
-        let servers = match &u.servers {
-            None => vec!["127.0.0.1:5353".parse().unwrap()],
-            Some(s) => {
-                if s.get_ref().is_empty() {
-                    return self.err(s.span(), "upstream.servers", "needs at least one server");
-                }
-                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
-                    return self.err(
-                        s.span(),
-                        "upstream.servers",
-                        format!(
-                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
-                            s.get_ref().len()
-                        ),
-                    );
-                }
-                let mut out = Vec::new();
-                for a in s.get_ref() {
-                    let addr = a
-                        .parse::<SocketAddr>()
-                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5353)))
-                        .or_else(|_| {
-                            self.err(
-                                s.span(),
-                                "upstream.servers",
-                                format!("\"{a}\" is not an ip or ip:port address"),
-                            )
-                        })?;
-                    if out.contains(&addr) {
-                        return self.err(
-                            s.span(),
-                            "upstream.servers",
-                            format!("\"{a}\" is listed twice"),
-                        );
-                    }
-                    out.push(addr);
-                }
-                out
-            }
-        };
-        let policy = match &u.policy {
-            None => UpstreamPolicy::LeastOutstanding,
-            Some(p) => {
-                match p.get_ref().as_str() {
-                    "least-outstanding" => UpstreamPolicy::LeastOutstanding,
-                    "round-robin" => UpstreamPolicy::RoundRobin,
-                    "first-available" => UpstreamPolicy::FirstAvailable,
-                    other => {
-                        return self.err(
-                        p.span(),
-                        "upstream.policy",
-                        format!("\"{other}\" is not least-outstanding, round-robin or first-available"),
-                    );
-                    }
-                }
-            }
-        };
+        let servers = self.upstream_servers(u)?;
+        let policy = self.upstream_policy(u)?;
         let health_check_name = match &u.health_check_name {
             None => ".".to_string(),
             Some(n) => normalize_name(n.get_ref())
@@ -1272,6 +1231,70 @@ impl Validator<'_> {
             tcp_pool_size: self.int(&u.tcp_pool_size, "upstream.tcp_pool_size", 4, 1, 256)?
                 as usize,
             servers,
+        })
+    }
+
+    /// `upstream.servers`: distinct addresses, port 5353 when none is given.
+    fn upstream_servers(&self, u: &RawUpstream) -> Result<Vec<SocketAddr>, ConfigError> {
+        Ok(match &u.servers {
+            None => vec!["127.0.0.1:5353".parse().unwrap()],
+            Some(s) => {
+                if s.get_ref().is_empty() {
+                    return self.err(s.span(), "upstream.servers", "needs at least one server");
+                }
+                if s.get_ref().len() > MAX_UPSTREAM_SERVERS {
+                    return self.err(
+                        s.span(),
+                        "upstream.servers",
+                        format!(
+                            "{} servers; at most {MAX_UPSTREAM_SERVERS} are supported",
+                            s.get_ref().len()
+                        ),
+                    );
+                }
+                let mut out = Vec::new();
+                for a in s.get_ref() {
+                    let addr = a
+                        .parse::<SocketAddr>()
+                        .or_else(|_| a.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 5353)))
+                        .or_else(|_| {
+                            self.err(
+                                s.span(),
+                                "upstream.servers",
+                                format!("\"{a}\" is not an ip or ip:port address"),
+                            )
+                        })?;
+                    if out.contains(&addr) {
+                        return self.err(
+                            s.span(),
+                            "upstream.servers",
+                            format!("\"{a}\" is listed twice"),
+                        );
+                    }
+                    out.push(addr);
+                }
+                out
+            }
+        })
+    }
+
+    fn upstream_policy(&self, u: &RawUpstream) -> Result<UpstreamPolicy, ConfigError> {
+        Ok(match &u.policy {
+            None => UpstreamPolicy::LeastOutstanding,
+            Some(p) => {
+                match p.get_ref().as_str() {
+                    "least-outstanding" => UpstreamPolicy::LeastOutstanding,
+                    "round-robin" => UpstreamPolicy::RoundRobin,
+                    "first-available" => UpstreamPolicy::FirstAvailable,
+                    other => {
+                        return self.err(
+                        p.span(),
+                        "upstream.policy",
+                        format!("\"{other}\" is not least-outstanding, round-robin or first-available"),
+                    );
+                    }
+                }
+            }
         })
     }
 
@@ -1484,7 +1507,7 @@ impl Validator<'_> {
                 },
                 Ok,
             )?;
-            let ttl = self.int(&r.ttl, &key("ttl"), 300, 0, i32::MAX as i64)? as u32;
+            let ttl = self.int(&r.ttl, &key("ttl"), 300, 0, i64::from(i32::MAX))? as u32;
             let (body, span) = match (&r.lua, &r.content) {
                 (Some(l), None) => (RecordBody::Lua(l.get_ref().clone()), l.span()),
                 (None, Some(c)) => {

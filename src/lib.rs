@@ -13,6 +13,14 @@
 //!   `config`: the validated configuration;
 //! - `control/`: reload, zone transfer, admin HTTP, snapshot building; `app`: start and stop.
 
+#![warn(unreachable_pub, unused_crate_dependencies)]
+
+// Dependencies of other targets that the library itself does not use (the lint above cannot
+// tell): the binary's error type, and dev-dependencies of benches and integration tests.
+use anyhow as _;
+#[cfg(test)]
+use {criterion as _, tempfile as _};
+
 pub mod app;
 pub mod config;
 pub mod control;

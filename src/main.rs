@@ -31,7 +31,7 @@ fn parse_args() -> Result<Command, String> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["--config", f] | ["-c", f] => Ok(Command::Serve(PathBuf::from(f))),
+        ["--config" | "-c", f] => Ok(Command::Serve(PathBuf::from(f))),
         ["check-config", f] => Ok(Command::Check(PathBuf::from(f))),
         ["generate-key", "--zone", z, "--out", o] | ["generate-key", "--out", o, "--zone", z] => {
             Ok(Command::GenerateKey {
@@ -39,7 +39,7 @@ fn parse_args() -> Result<Command, String> {
                 out: PathBuf::from(o),
             })
         }
-        ["--version"] | ["-V"] => Ok(Command::Version),
+        ["--version" | "-V"] => Ok(Command::Version),
         _ => Err(USAGE.to_string()),
     }
 }

@@ -47,8 +47,10 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use prometheus::proto::{MetricFamily, MetricType};
 
-use crate::config::{LimitAction, RateLimitConfig};
+use crate::config::RateLimitConfig;
+use crate::telemetry::metrics::{Metrics, family, scalar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -67,27 +69,27 @@ pub enum Verdict {
 
 /// A source under an active block, for /status.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct BlockedSource {
+pub(crate) struct BlockedSource {
     pub prefix: IpNet,
     /// Seconds left, rounded up.
-    pub remaining_secs: u64,
+    pub(crate) remaining_secs: u64,
 }
 
 /// Counters since start (they survive `reconfigure`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RateLimitStats {
+pub(crate) struct RateLimitStats {
     /// Calls while enabled, exempt ones included.
-    pub checks: u64,
+    pub(crate) checks: u64,
     pub exempt: u64,
     /// `Limited` and `WouldLimit` verdicts.
     pub limited: u64,
     /// Verdicts with `block_started` (with `block_for = 0`: starts of a run of limited queries).
-    pub blocks_started: u64,
+    pub(crate) blocks_started: u64,
     /// Tracked sources dropped for a new one while still carrying state (debt or block):
     /// steadily nonzero means `max_tracked_sources` is too small for the traffic.
-    pub evictions: u64,
+    pub(crate) evictions: u64,
     /// Sources allowed without tracking because their bucket held only blocked sources.
-    pub untracked: u64,
+    pub(crate) untracked: u64,
 }
 
 /// Slots per bucket: 4 tags + 4 states = one 64-byte cache line per lookup.
@@ -126,7 +128,6 @@ struct Shared {
 struct Params {
     enabled: bool,
     dry_run: bool,
-    action: LimitAction,
     /// GCRA emission interval: 1 s / qps.
     interval_ns: u64,
     /// burst × interval: how far ahead of now the theoretical arrival time may run.
@@ -192,11 +193,11 @@ impl RateLimiter {
     }
 
     /// Applies a reloaded `[ratelimit]`. qps, burst, block_for (also for blocks already
-    /// running: they end at start + the new block_for), action, exempt, dry_run and enabled
+    /// running: they end at start + the new block_for), exempt, dry_run and enabled
     /// change in place and keep all state. A change of `max_tracked_sources` (after rounding
     /// to a power of two) or of a prefix length starts an empty table: the old keys mean
     /// nothing under another mask, and resizing in place would need a lock.
-    pub fn reconfigure(&self, cfg: &RateLimitConfig) {
+    pub(crate) fn reconfigure(&self, cfg: &RateLimitConfig) {
         let current = self.shared.load_full();
         let table = if current.table.fits(cfg) {
             Arc::clone(&current.table)
@@ -211,14 +212,9 @@ impl RateLimiter {
         self.enabled.store(cfg.enabled, Ordering::Relaxed);
     }
 
-    /// What to do with a `Limited` query.
-    pub fn action(&self) -> LimitAction {
-        self.shared.load().params.action
-    }
-
     /// Sources carrying state (debt or a block) now. Scans the whole table: for metrics
     /// scrapes and /status, not the packet path.
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.tracked_at(Instant::now())
     }
 
@@ -228,22 +224,22 @@ impl RateLimiter {
     }
 
     /// Sources under an active block now. Scans the whole table, like `tracked`.
-    pub fn blocked_now(&self) -> usize {
+    pub(crate) fn blocked_now(&self) -> usize {
         self.blocked_now_at(Instant::now())
     }
 
-    pub fn blocked_now_at(&self, now: Instant) -> usize {
+    pub(crate) fn blocked_now_at(&self, now: Instant) -> usize {
         let shared = self.shared.load();
         shared.table.count(self.nanos(now), &shared.params).1
     }
 
     /// Up to `n` blocked sources, most time left first. Drawn from the last 1024 block
     /// starts, which hold the longest-remaining blocks since every block lasts `block_for`.
-    pub fn top_blocked(&self, n: usize) -> Vec<BlockedSource> {
+    pub(crate) fn top_blocked(&self, n: usize) -> Vec<BlockedSource> {
         self.top_blocked_at(n, Instant::now())
     }
 
-    pub fn top_blocked_at(&self, n: usize, now: Instant) -> Vec<BlockedSource> {
+    pub(crate) fn top_blocked_at(&self, n: usize, now: Instant) -> Vec<BlockedSource> {
         let shared = self.shared.load();
         shared.table.top_blocked(n, self.nanos(now), &shared.params)
     }
@@ -253,7 +249,7 @@ impl RateLimiter {
         self.shared.load().table.memory_bytes() + std::mem::size_of::<Self>()
     }
 
-    pub fn stats(&self) -> RateLimitStats {
+    pub(crate) fn stats(&self) -> RateLimitStats {
         let sum = |f: fn(&Stripe) -> &AtomicU64| {
             self.stats
                 .iter()
@@ -268,6 +264,65 @@ impl RateLimiter {
             evictions: sum(|s| &s.evictions),
             untracked: sum(|s| &s.untracked),
         }
+    }
+
+    /// The limiter's metric families: what the workers did with limited queries (their
+    /// counters) and the table's state.
+    pub(crate) fn families(&self, workers: &Metrics) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        out.push(family(
+            "dnsteer_ratelimit_limited_total",
+            "Queries limited by the per-source rate limit, by action applied.",
+            MetricType::COUNTER,
+            ["drop", "refused", "truncate"]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| {
+                    (
+                        vec![("action", a.to_string())],
+                        workers.sum(|w| w.limited_by_action[i].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_dry_run_total",
+            "Queries that would have been limited in dry-run mode.",
+            MetricType::COUNTER,
+            workers.sum(|w| w.would_limit.get()) as f64,
+        ));
+        let stats = self.stats();
+        out.push(scalar(
+            "dnsteer_ratelimit_checks_total",
+            "Rate-limit checks made while the limiter is enabled, exempt sources included.",
+            MetricType::COUNTER,
+            stats.checks as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_blocks_total",
+            "Blocks started (a source went over its rate).",
+            MetricType::COUNTER,
+            stats.blocks_started as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_blocked_sources",
+            "Source prefixes blocked right now.",
+            MetricType::GAUGE,
+            self.blocked_now() as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_tracked_sources",
+            "Source prefixes in the rate-limit table (bounded by max_tracked_sources).",
+            MetricType::GAUGE,
+            self.tracked() as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_ratelimit_evictions_total",
+            "Table entries replaced to make room for new sources.",
+            MetricType::COUNTER,
+            stats.evictions as f64,
+        ));
+        out
     }
 
     fn nanos(&self, now: Instant) -> u64 {
@@ -302,7 +357,6 @@ impl Params {
         Params {
             enabled: cfg.enabled,
             dry_run: cfg.dry_run,
-            action: cfg.action,
             interval_ns,
             limit_ns: interval_ns.saturating_mul(u64::from(cfg.burst.max(1))),
             block_ns: u64::try_from(cfg.block_for.as_nanos())
@@ -692,6 +746,7 @@ fn in_ranges<T: Ord + Copy>(ranges: &[(T, T)], x: T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LimitAction;
 
     fn cfg() -> RateLimitConfig {
         RateLimitConfig {
@@ -929,7 +984,6 @@ mod tests {
             action: LimitAction::Refused,
             ..cfg()
         });
-        assert_eq!(rl.action(), LimitAction::Refused);
         assert_eq!(rl.check_at(src, t0 + Duration::from_secs(9)), LIMITED);
         let later = t0 + Duration::from_secs(10);
         let v = send(&rl, src, later, Duration::ZERO, 6);

@@ -19,22 +19,22 @@ use crate::telemetry::querylog::QueryLog;
 /// What the packet path reads for one query: swapped whole by reloads.
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub records: RecordTable,
+    pub(crate) records: RecordTable,
     pub geo: Option<Arc<GeoDb>>,
     /// Zone facts the records were linked with (reused when a refresh fails).
-    pub zones: Zones,
-    pub upstream: Arc<UpstreamSet>,
-    pub sample_threshold: u64,
+    pub(crate) zones: Zones,
+    pub(crate) upstream: Arc<UpstreamSet>,
+    pub(crate) sample_threshold: u64,
     /// Transferred LUA records left to PowerDNS because they do not compile here, and why.
-    pub rejected: Vec<records::Rejected>,
+    pub(crate) rejected: Vec<records::Rejected>,
     /// Owner names of the in-process records (their zones' facts are refreshed on SOA TTL).
-    pub record_names: Vec<String>,
+    pub(crate) record_names: Vec<String>,
     /// When each (zone, DNSKEY RDATA) was first seen in the zone's DNSKEY RRset (Unix seconds):
     /// a key PowerDNS publishes but does not sign with is used once its RRset outlived its TTL.
-    pub dnskey_first_seen: std::collections::HashMap<(String, Vec<u8>), u64>,
+    pub(crate) dnskey_first_seen: std::collections::HashMap<(String, Vec<u8>), u64>,
     /// When the signer choice of some zone may next change by itself (a published key, preferred
     /// over the one signing, outlives its DNSKEY TTL): the zone loop rebuilds then.
-    pub signer_review_unix: Option<u64>,
+    pub(crate) signer_review_unix: Option<u64>,
 }
 
 /// The handles workers share: read per packet, written without locks.
@@ -44,17 +44,17 @@ pub struct Shared {
     pub metrics: Metrics,
     pub log: Arc<QueryLog>,
     /// Settings fixed at start (listen addresses, workers, caps).
-    pub restart: RestartSettings,
-    pub tcp_counts: TcpCounts,
+    pub(crate) restart: RestartSettings,
+    pub(crate) tcp_counts: TcpCounts,
     /// NOTIFYs from the packet path to the transfer loop (bounded; full = dropped).
     pub notify_tx: tokio::sync::mpsc::Sender<String>,
     /// The packet cache for answers from PowerDNS (`[cache].enabled`).
-    pub cache: Option<PacketCache>,
+    pub(crate) cache: Option<PacketCache>,
 }
 
 /// Connection counts shared by all workers (touched on accept and close only).
 #[derive(Default)]
-pub struct TcpCounts {
+pub(crate) struct TcpCounts {
     pub total: AtomicUsize,
-    pub per_client: dashmap::DashMap<std::net::IpAddr, usize>,
+    pub(crate) per_client: dashmap::DashMap<std::net::IpAddr, usize>,
 }

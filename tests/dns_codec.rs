@@ -36,7 +36,7 @@ impl QuerySpec {
     fn encode(&self) -> Vec<u8> {
         let mut m = Message::new(self.id, MessageType::Query, OpCode::Query);
         m.metadata.recursion_desired = self.rd;
-        let name = Name::from_labels(self.labels.iter().map(|l| l.as_slice())).unwrap();
+        let name = Name::from_labels(self.labels.iter().map(Vec::as_slice)).unwrap();
         m.add_query(Query::query(name, RecordType::from(self.qtype)));
         if let Some(e) = &self.edns {
             let mut edns = Edns::new();
@@ -148,7 +148,7 @@ proptest! {
         prop_assert_eq!(q.rd, spec.rd);
         let expected = spec.lower_wire_name();
         prop_assert_eq!(q.qname.as_bytes(), expected.as_slice());
-        let oracle_name = wire_name(oracle.queries[0].name.iter().map(|l| l.to_ascii_lowercase()));
+        let oracle_name = wire_name(oracle.queries[0].name.iter().map(<[u8]>::to_ascii_lowercase));
         prop_assert_eq!(q.qname.as_bytes(), oracle_name.as_slice());
         prop_assert_eq!(q.qtype, u16::from(oracle.queries[0].query_type));
         prop_assert_eq!(q.qclass, u16::from(oracle.queries[0].query_class));
@@ -294,7 +294,7 @@ proptest! {
         let mut resp = Message::new(new_id, MessageType::Response, OpCode::Query);
         let mut question = seen.queries[0].clone();
         if upper_case_reply {
-            let upper: Vec<Vec<u8>> = question.name.iter().map(|l| l.to_ascii_uppercase()).collect();
+            let upper: Vec<Vec<u8>> = question.name.iter().map(<[u8]>::to_ascii_uppercase).collect();
             question.name = Name::from_labels(upper).unwrap();
         }
         let owner = question.name.clone();

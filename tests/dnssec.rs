@@ -651,7 +651,7 @@ fn in_process_answers_are_signed_and_validate() {
             .map(|n| n.1)
             .expect("listed");
         let (_, m) = s.ask_do(name, qtype, &udp_do());
-        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
         want.sort();
         assert_eq!(rdata_of(&m, qtype), want, "{name} {qtype}");
     }

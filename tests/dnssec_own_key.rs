@@ -235,7 +235,7 @@ fn wait_signing(d: &Dnsteer, pdns: &SignedPdns, tag: u16, limit: Duration) {
         let before = pdns_do_queries(pdns);
         let (_, m) = ask_do(d, NAMES[0].0);
         (tags_of(&m) == [tag] && pdns_do_queries(pdns) == before).then_some(())
-    })
+    });
 }
 
 fn assert_secure(unbound: &Unbound, name: &str, d: &Dnsteer) {

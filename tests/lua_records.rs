@@ -95,7 +95,7 @@ fn answers(m: &Message) -> Vec<String> {
 }
 
 fn authorities(m: &Message) -> Vec<String> {
-    let mut v: Vec<String> = m.authorities.iter().map(|r| r.to_string()).collect();
+    let mut v: Vec<String> = m.authorities.iter().map(ToString::to_string).collect();
     v.sort();
     v
 }

@@ -120,7 +120,7 @@ fn referenced_paths(module: &str, text: &str) -> BTreeSet<String> {
             let path = &rest[..end];
             let head_end = path.find('{').unwrap_or(path.len());
             let head = path[..head_end].trim_end_matches(':').trim();
-            let mut full: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            let mut full: Vec<String> = base.iter().map(ToString::to_string).collect();
             full.extend(
                 head.split("::")
                     .filter(|s| !s.is_empty())

@@ -121,7 +121,7 @@ impl Server {
                                 return;
                             };
                             let sni = stream.get_ref().1.server_name().map(str::to_owned);
-                            serve(stream, peer.ip(), sni, addr, log, flips).await
+                            serve(stream, peer.ip(), sni, addr, log, flips).await;
                         }
                     }
                 });

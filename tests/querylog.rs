@@ -350,7 +350,7 @@ fn an_upstream_timeout_names_the_server_that_timed_out() {
         if named.len() >= 2 {
             let mut named = named;
             named.sort();
-            let mut want: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            let mut want: Vec<String> = addrs.iter().map(ToString::to_string).collect();
             want.sort();
             assert_eq!(named, want, "one timeout per server tried:\n{}", d.log());
             break;
@@ -529,7 +529,7 @@ fn every_documented_metric_family_is_exported() {
         match exported.get(name.as_str()) {
             None => problems.push(format!("{name}: documented, not exported")),
             Some(k) if k != kind => {
-                problems.push(format!("{name}: documented as {kind}, exported as {k}"))
+                problems.push(format!("{name}: documented as {kind}, exported as {k}"));
             }
             Some(_) => {}
         }

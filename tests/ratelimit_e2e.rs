@@ -32,7 +32,8 @@ const IN_PROCESS: &str = "static.demo.test";
 /// Tests in this file take turns (see the module doc).
 fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn start(pdns: &Pdns, ratelimit: &str) -> Dnsteer {

@@ -31,7 +31,7 @@ fn every_rejected_config_fails_with_its_expected_message() {
         match result {
             Ok(()) => failures.push(format!("{}: accepted", path.display())),
             Err(e) if !e.to_string().contains(expect) => {
-                failures.push(format!("{}: expected '{expect}' in: {e}", path.display()))
+                failures.push(format!("{}: expected '{expect}' in: {e}", path.display()));
             }
             Err(_) => {}
         }

@@ -46,7 +46,7 @@ fn wait_for(front: SocketAddr, name: &str, want: (ResponseCode, Vec<&str>), limi
     let t = Instant::now();
     let want = (
         want.0,
-        want.1.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        want.1.iter().map(ToString::to_string).collect::<Vec<_>>(),
     );
     loop {
         let got = a(front, name);

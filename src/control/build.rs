@@ -50,7 +50,7 @@ impl BuildError {
 }
 
 /// Loads the GeoIP database of `config`, reusing `previous` when the path and file are unchanged.
-pub fn load_geo(
+pub(crate) fn load_geo(
     config: &Config,
     previous: Option<&Snapshot>,
 ) -> Result<Option<Arc<GeoDb>>, GeoError> {
@@ -71,7 +71,7 @@ pub fn load_geo(
 /// Builds a complete snapshot: compile, open GeoIP, probe new targets once, learn zone SOAs,
 /// link. Nothing shared changes if this fails, except that the probe pool now holds the new
 /// targets (their state is kept for the next attempt).
-pub async fn build_snapshot(
+pub(crate) async fn build_snapshot(
     config: Config,
     probes: &ProbePool,
     previous: Option<&Snapshot>,
@@ -219,7 +219,7 @@ pub fn load_keys(cfg: &DnssecConfig) -> Result<HashMap<String, Vec<Arc<SigningKe
 /// Decides each zone's signer from its published DNSKEYs (see [`crate::dnssec::choose`]) and
 /// returns when each (zone, DNSKEY RDATA) was first seen, carried from snapshot to snapshot so
 /// a published key's wait is counted from when it appeared, not from the last rebuild.
-pub fn link_signers(
+pub(crate) fn link_signers(
     zones: &mut records::Zones,
     keys: &HashMap<String, Vec<Arc<SigningKey>>>,
     previous: Option<&HashMap<(String, Vec<u8>), u64>>,

@@ -1,15 +1,15 @@
 //! The control plane: builds and publishes snapshots (reload, zone transfers) and serves the
 //! admin HTTP endpoints. Nothing on the packet path waits for it.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod build;
 pub mod own_key;
-pub mod own_key_loop;
-pub mod pdns_api;
-pub mod reload;
+pub(crate) mod own_key_loop;
+pub(crate) mod pdns_api;
+pub(crate) mod reload;
 pub mod xfr;
-pub mod zone_facts;
-pub mod zones;
+pub(crate) mod zone_facts;
+pub(crate) mod zones;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -20,35 +20,35 @@ use crate::steer::probes::ProbePool;
 
 /// Control-plane facts for `/status`.
 #[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct ControlStatus {
-    pub config_file: String,
-    pub config_hash: String,
-    pub last_reload_unix: Option<u64>,
+pub(crate) struct ControlStatus {
+    pub(crate) config_file: String,
+    pub(crate) config_hash: String,
+    pub(crate) last_reload_unix: Option<u64>,
     pub last_error: Option<String>,
-    pub last_error_unix: Option<u64>,
+    pub(crate) last_error_unix: Option<u64>,
     /// Settings changed in the file that only take effect after a restart.
-    pub restart_required: Vec<String>,
-    pub geoip_build_epoch: Option<u64>,
+    pub(crate) restart_required: Vec<String>,
+    pub(crate) geoip_build_epoch: Option<u64>,
 }
 
 /// The control plane's own state, beside the data-plane handles it publishes to.
-pub struct Control {
+pub(crate) struct Control {
     pub data: Arc<Shared>,
     pub probes: Arc<ProbePool>,
-    pub ready: AtomicBool,
-    pub draining: AtomicBool,
-    pub reloads_ok: AtomicU64,
-    pub reloads_failed: AtomicU64,
+    pub(crate) ready: AtomicBool,
+    pub(crate) draining: AtomicBool,
+    pub(crate) reloads_ok: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
     /// Reloads never overlap.
-    pub reload_lock: tokio::sync::Mutex<()>,
+    pub(crate) reload_lock: tokio::sync::Mutex<()>,
     pub status: Mutex<ControlStatus>,
-    pub started_unix: u64,
+    pub(crate) started_unix: u64,
     /// Bound DNS addresses, for `/status`.
-    pub listen_addrs: Mutex<Vec<std::net::SocketAddr>>,
+    pub(crate) listen_addrs: Mutex<Vec<std::net::SocketAddr>>,
     /// `[zones].transfer` data.
-    pub transfers: Arc<zones::Transfers>,
+    pub(crate) transfers: Arc<zones::Transfers>,
     /// `[dnssec.own_key]` state per zone.
-    pub own_keys: own_key::OwnKeys,
+    pub(crate) own_keys: own_key::OwnKeys,
 }
 
 pub fn unix_now() -> u64 {
@@ -59,7 +59,7 @@ pub fn unix_now() -> u64 {
 
 /// Logs the end of each block (the limiter learns of it lazily, so the control plane watches
 /// the blocked set once a second; it covers the most recent 1024 blocks started).
-pub async fn log_block_ends(shared: Arc<Shared>) {
+pub(crate) async fn log_block_ends(shared: Arc<Shared>) {
     let mut active: std::collections::HashSet<ipnet::IpNet> = std::collections::HashSet::new();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {

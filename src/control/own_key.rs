@@ -16,21 +16,23 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use prometheus::proto::{MetricFamily, MetricType};
 use zeroize::Zeroizing;
 
 use super::pdns_api::ApiError;
 use super::unix_now;
 use crate::config::OwnKeyConfig;
 use crate::dnssec::{Algorithm, FLAGS_ZSK, KeyError, SigningKey};
+use crate::telemetry::metrics::family;
 
 /// The first-seen state file in `state_dir`.
-pub const STATE_FILE: &str = "dnsteer-dnskey-first-seen.json";
+pub(crate) const STATE_FILE: &str = "dnsteer-dnskey-first-seen.json";
 /// First retry after a failed round; doubles up to `check_interval`.
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Why a zone's own key could not be kept or published.
 #[derive(Debug, thiserror::Error)]
-pub enum OwnKeyError {
+pub(crate) enum OwnKeyError {
     #[error("cannot read key_dir {dir}: {source}")]
     ReadDir {
         dir: String,
@@ -61,7 +63,7 @@ pub enum OwnKeyError {
 
 impl OwnKeyError {
     /// Every kind, own and API: the metric shows them all from the start.
-    pub const KINDS: [&'static str; 11] = [
+    pub(crate) const KINDS: [&'static str; 11] = [
         "read_dir",
         "bad_key",
         "write",
@@ -75,7 +77,7 @@ impl OwnKeyError {
         "bad_response",
     ];
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             OwnKeyError::ReadDir { .. } => "read_dir",
             OwnKeyError::BadKey { .. } | OwnKeyError::SelfCheck { .. } => "bad_key",
@@ -87,12 +89,12 @@ impl OwnKeyError {
 }
 
 /// One key file of `key_dir`.
-pub struct OwnKeyFile {
-    pub path: PathBuf,
-    pub key: Arc<SigningKey>,
+pub(crate) struct OwnKeyFile {
+    pub(crate) path: PathBuf,
+    pub(crate) key: Arc<SigningKey>,
     /// `Created:` stamp (`YYYYMMDDHHMMSS`, UTC; empty when the file has none): newest signs.
-    pub created: String,
-    pub tag: u16,
+    pub(crate) created: String,
+    pub(crate) tag: u16,
 }
 
 /// `ZONE-<tag>.private`, ZONE without its trailing dot.
@@ -103,7 +105,7 @@ pub fn file_name(zone: &str, tag: u16) -> String {
 /// The zone's key files in `dir`, newest first (by `Created:`, then tag). A missing directory
 /// holds no keys; an unreadable or broken key file fails the whole zone (nothing half-read
 /// signs).
-pub fn read_zone_keys(dir: &Path, zone: &str) -> Result<Vec<OwnKeyFile>, OwnKeyError> {
+pub(crate) fn read_zone_keys(dir: &Path, zone: &str) -> Result<Vec<OwnKeyFile>, OwnKeyError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -160,7 +162,7 @@ pub fn read_zone_keys(dir: &Path, zone: &str) -> Result<Vec<OwnKeyFile>, OwnKeyE
 }
 
 /// A new ECDSAP256SHA256 key written to `dir` as [`file_name`] (mode 0600, atomically).
-pub fn generate(dir: &Path, zone: &str) -> Result<OwnKeyFile, OwnKeyError> {
+pub(crate) fn generate(dir: &Path, zone: &str) -> Result<OwnKeyFile, OwnKeyError> {
     let key = SigningKey::generate(Algorithm::EcdsaP256Sha256).map_err(OwnKeyError::Generate)?;
     let tag = key.key_tag(FLAGS_ZSK);
     let path = dir.join(file_name(zone, tag));
@@ -241,7 +243,7 @@ pub fn created_stamp(unix: u64) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// (zone, DNSKEY RDATA) → Unix seconds, as in [`crate::state::Snapshot::dnskey_first_seen`].
-pub type FirstSeen = HashMap<(String, Vec<u8>), u64>;
+pub(crate) type FirstSeen = HashMap<(String, Vec<u8>), u64>;
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StateFile {
@@ -260,7 +262,7 @@ struct SeenEntry {
 
 /// The persisted first-seen times; empty when the file is missing or unreadable (a key then
 /// waits one DNSKEY TTL again, which is safe).
-pub fn read_first_seen(state_dir: &Path) -> FirstSeen {
+pub(crate) fn read_first_seen(state_dir: &Path) -> FirstSeen {
     let path = state_dir.join(STATE_FILE);
     let Ok(text) = std::fs::read_to_string(&path) else {
         return FirstSeen::new();
@@ -279,7 +281,7 @@ pub fn read_first_seen(state_dir: &Path) -> FirstSeen {
 }
 
 /// Writes the first-seen times (atomically, 0600); a failure is logged, not fatal.
-pub fn write_first_seen(state_dir: &Path, seen: &FirstSeen) {
+pub(crate) fn write_first_seen(state_dir: &Path, seen: &FirstSeen) {
     let mut first_seen: Vec<SeenEntry> = seen
         .iter()
         .map(|((zone, rdata), unix)| SeenEntry {
@@ -303,44 +305,69 @@ pub fn write_first_seen(state_dir: &Path, seen: &FirstSeen) {
 
 /// Per zone, for `/status` (key tags only, never key material).
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct ZoneStatus {
+pub(crate) struct ZoneStatus {
     /// Own keys in key_dir, newest first.
-    pub key_tags: Vec<u16>,
+    pub(crate) key_tags: Vec<u16>,
     /// Whether the newest key is in PowerDNS (as last seen through the API).
-    pub published: bool,
+    pub(crate) published: bool,
     /// Older key being kept published until this time, then deleted.
-    pub retiring: Option<(u16, u64)>,
-    pub last_ok_unix: Option<u64>,
-    pub last_error: Option<String>,
-    pub last_error_kind: Option<&'static str>,
-    pub last_error_unix: Option<u64>,
-    pub failures: u64,
+    pub(crate) retiring: Option<(u16, u64)>,
+    pub(crate) last_ok_unix: Option<u64>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_error_kind: Option<&'static str>,
+    pub(crate) last_error_unix: Option<u64>,
+    pub(crate) failures: u64,
     /// Note for the operator (e.g. a retired key file that could not be removed).
-    pub note: Option<String>,
+    pub(crate) note: Option<String>,
 }
 
 /// What the own-key loop reports.
 #[derive(Default)]
-pub struct OwnKeys {
+pub(crate) struct OwnKeys {
     zones: Mutex<BTreeMap<String, ZoneStatus>>,
     /// Failed rounds by (zone, error kind), for `/metrics`.
     failures: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl OwnKeys {
-    pub fn status(&self) -> BTreeMap<String, ZoneStatus> {
-        self.zones.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    pub fn failures(&self) -> BTreeMap<(String, &'static str), u64> {
-        self.failures
+    pub(crate) fn status(&self) -> BTreeMap<String, ZoneStatus> {
+        self.zones
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
+    /// Failed own-key rounds per `[dnssec.own_key]` zone and error kind (zeros from the start,
+    /// so an alert on `increase()` sees the first failure; declared even without own-key zones).
+    pub(crate) fn families(&self, cfg: Option<&OwnKeyConfig>) -> Vec<MetricFamily> {
+        let zones = cfg.map_or(&[][..], |c| &c.zones[..]);
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut series = Vec::new();
+        for zone in zones {
+            for kind in OwnKeyError::KINDS {
+                let n = failures.get(&(zone.clone(), kind)).copied().unwrap_or(0);
+                series.push((
+                    vec![("zone", zone.clone()), ("kind", kind.to_string())],
+                    n as f64,
+                ));
+            }
+        }
+        vec![family(
+            "dnsteer_dnssec_own_key_errors_total",
+            "Failed rounds keeping dnsteer's own ZSK in key_dir and published in PowerDNS, by zone and error kind.",
+            MetricType::COUNTER,
+            series,
+        )]
+    }
+
     pub(crate) fn update(&self, zone: &str, f: impl FnOnce(&mut ZoneStatus)) {
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(zones.entry(zone.to_string()).or_default());
     }
 
@@ -348,7 +375,7 @@ impl OwnKeys {
         *self
             .failures
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry((zone.to_string(), e.kind()))
             .or_default() += 1;
         self.update(zone, |s| {
@@ -367,7 +394,7 @@ impl OwnKeys {
 /// Own keys of every `[dnssec.own_key]` zone, newest first, for the snapshot build. A zone
 /// whose key_dir cannot be read signs with none of them (its DO=1 queries go to PowerDNS); the
 /// own-key loop reports why.
-pub fn load_for_build(cfg: Option<&OwnKeyConfig>) -> HashMap<String, Vec<Arc<SigningKey>>> {
+pub(crate) fn load_for_build(cfg: Option<&OwnKeyConfig>) -> HashMap<String, Vec<Arc<SigningKey>>> {
     let mut out = HashMap::new();
     let Some(cfg) = cfg else {
         return out;

@@ -18,7 +18,7 @@ use crate::dnssec::{FLAGS_ZSK, SignerState};
 /// Keeps each `[dnssec.own_key]` zone's keys in key_dir and PowerDNS in line: every
 /// `check_interval`, or with backoff (1 s doubling up to `check_interval`) after a failure.
 /// DO=1 queries are forwarded meanwhile, as the signer choice decides.
-pub async fn run(ctl: Arc<Control>) {
+pub(crate) async fn run(ctl: Arc<Control>) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let config = ctl.data.snapshot.load().config.dnssec.own_key.clone();

@@ -22,7 +22,7 @@ const BODY_IN_ERROR: usize = 200;
 
 /// Why an API call failed. Messages name the URL and status, never the API key.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("cannot read the API key file {file}: {source}")]
     KeyFile {
         file: String,
@@ -57,7 +57,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ApiError::KeyFile { .. } | ApiError::EmptyKey { .. } => "api_key_file",
             ApiError::Connect { .. } => "connect",
@@ -72,16 +72,16 @@ impl ApiError {
 
 /// One key of a zone as the API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CryptoKey {
-    pub id: u64,
-    pub active: bool,
-    pub published: bool,
+pub(crate) struct CryptoKey {
+    pub(crate) id: u64,
+    pub(crate) active: bool,
+    pub(crate) published: bool,
     /// DNSKEY RDATA decoded from the `dnskey` field (`FLAGS 3 ALG BASE64`).
-    pub dnskey_rdata: Vec<u8>,
+    pub(crate) dnskey_rdata: Vec<u8>,
 }
 
 /// A client for one PowerDNS server's API.
-pub struct PdnsApi {
+pub(crate) struct PdnsApi {
     endpoint: ApiEndpoint,
     server_id: String,
     api_key: Zeroizing<String>,
@@ -90,7 +90,7 @@ pub struct PdnsApi {
 impl PdnsApi {
     /// Reads the API key from `key_file` (trimmed) now, so a rotated Secret is used on the next
     /// round.
-    pub fn new(
+    pub(crate) fn new(
         endpoint: &ApiEndpoint,
         server_id: &str,
         key_file: &std::path::Path,
@@ -118,7 +118,7 @@ impl PdnsApi {
     }
 
     /// `GET .../zones/ZONE/cryptokeys`.
-    pub async fn list_keys(&self, zone: &str) -> Result<Vec<CryptoKey>, ApiError> {
+    pub(crate) async fn list_keys(&self, zone: &str) -> Result<Vec<CryptoKey>, ApiError> {
         let path = self.keys_path(zone);
         let body = self.call(Method::GET, &path, None, StatusCode::OK).await?;
         let bad = |message: String| ApiError::BadResponse {
@@ -148,7 +148,7 @@ impl PdnsApi {
 
     /// `POST .../zones/ZONE/cryptokeys`: a ZSK that PowerDNS publishes in the DNSKEY RRset and
     /// never signs with. `private_key` is BIND private-key text.
-    pub async fn add_published_inactive_zsk(
+    pub(crate) async fn add_published_inactive_zsk(
         &self,
         zone: &str,
         private_key: &str,
@@ -170,7 +170,7 @@ impl PdnsApi {
     }
 
     /// `DELETE .../zones/ZONE/cryptokeys/ID`.
-    pub async fn delete_key(&self, zone: &str, id: u64) -> Result<(), ApiError> {
+    pub(crate) async fn delete_key(&self, zone: &str, id: u64) -> Result<(), ApiError> {
         let path = format!("{}/{id}", self.keys_path(zone));
         self.call(Method::DELETE, &path, None, StatusCode::NO_CONTENT)
             .await

@@ -36,7 +36,7 @@ enum Trigger {
 /// Installs the triggers now, in the calling runtime's context: the SIGHUP handler (so a
 /// SIGHUP that arrives once this returns reloads instead of killing the process) and the watch
 /// on the config's directory. Returns the loop to spawn.
-pub fn start(ctl: Arc<Control>, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
+pub(crate) fn start(ctl: Arc<Control>, path: PathBuf) -> impl Future<Output = ()> + Send + 'static {
     let (tx, rx) = mpsc::unbounded_channel::<Trigger>();
     let dir = path
         .parent()
@@ -144,7 +144,11 @@ fn geo_stamp(snap: &Snapshot) -> Option<(PathBuf, SystemTime, u64)> {
 }
 
 /// Loads, validates and applies the config at `path`. Ok(false) when nothing changed.
-pub async fn reload_once(ctl: &Arc<Control>, path: &Path, force_geo: bool) -> Result<bool, String> {
+pub(crate) async fn reload_once(
+    ctl: &Arc<Control>,
+    path: &Path,
+    force_geo: bool,
+) -> Result<bool, String> {
     let _guard = ctl.reload_lock.lock().await;
     let current = ctl.data.snapshot.load_full();
     let config = match Config::load(path) {
@@ -176,7 +180,7 @@ pub async fn reload_once(ctl: &Arc<Control>, path: &Path, force_geo: bool) -> Re
 
 /// Rebuilds the record table from the running config and the current transferred zones (after
 /// a zone changed). Probes for new targets run before the new table is published.
-pub async fn rebuild(ctl: &Arc<Control>) -> Result<(), String> {
+pub(crate) async fn rebuild(ctl: &Arc<Control>) -> Result<(), String> {
     let _guard = ctl.reload_lock.lock().await;
     let current = ctl.data.snapshot.load_full();
     let config = (*current.config).clone();
@@ -192,7 +196,7 @@ pub async fn rebuild(ctl: &Arc<Control>) -> Result<(), String> {
     let restart = ctl
         .status
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .restart_required
         .clone();
     apply(ctl, &current, next, restart);
@@ -220,7 +224,10 @@ fn apply(
         drop(old);
     });
     ctl.reloads_ok.fetch_add(1, Ordering::Relaxed);
-    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     st.config_hash = cfg.hash.clone();
     st.last_reload_unix = Some(unix_now());
     st.restart_required = restart_changes;
@@ -244,7 +251,7 @@ fn swap_upstreams(ctl: &Arc<Control>, old: &Arc<UpstreamSet>, new: &Arc<Upstream
 }
 
 /// How a health-check loop reads the current pool (and its settings): from the snapshot.
-pub fn current_upstreams(
+pub(crate) fn current_upstreams(
     shared: &Arc<Shared>,
 ) -> impl Fn() -> Arc<UpstreamSet> + Send + Sync + 'static {
     let snapshot = shared.snapshot.clone();
@@ -254,14 +261,17 @@ pub fn current_upstreams(
 fn fail(ctl: &Control, message: String) -> String {
     tracing::error!(target: "dnsteer::control::reload", error = %message, "config rejected; the running config is unchanged");
     ctl.reloads_failed.fetch_add(1, Ordering::Relaxed);
-    let mut st = ctl.status.lock().unwrap_or_else(|e| e.into_inner());
+    let mut st = ctl
+        .status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     st.last_error = Some(message.clone());
     st.last_error_unix = Some(unix_now());
     message
 }
 
 /// Names of restart-only settings that differ.
-pub fn restart_diff(running: &RestartSettings, file: &RestartSettings) -> Vec<String> {
+pub(crate) fn restart_diff(running: &RestartSettings, file: &RestartSettings) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |key: &str, differs: bool| {
         if differs {

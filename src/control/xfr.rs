@@ -55,9 +55,9 @@ pub const TYPE_LUA: u16 = 65402;
 
 /// Most bytes one transfer may carry (all messages, framing included) before it is abandoned:
 /// far above any zone of LUA records, low enough that a runaway server cannot exhaust memory.
-pub const MAX_TRANSFER_BYTES: usize = 64 << 20;
+pub(crate) const MAX_TRANSFER_BYTES: usize = 64 << 20;
 /// Most records one transfer may carry.
-pub const MAX_TRANSFER_RECORDS: usize = 1_000_000;
+pub(crate) const MAX_TRANSFER_RECORDS: usize = 1_000_000;
 
 /// The LUA records of one zone, as of one serial.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,7 +183,7 @@ impl From<WireError> for Fault {
 /// 32..=126 as `\DDD`), splits that text on every `"`, drops empty pieces and appends each piece
 /// followed by one space. Done literally here, so a chunk boundary becomes three spaces and a
 /// quote inside the code breaks it the same way it breaks in PowerDNS.
-pub fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
+pub(crate) fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
     let [hi, lo, rest @ ..] = rdata else {
         return Err(XfrError::BadRdata("shorter than the inner type"));
     };
@@ -230,44 +230,15 @@ pub fn lua_code(rdata: &[u8]) -> Result<(u16, String), XfrError> {
 /// PowerDNS 4.7.3: a 300-byte `all({...})` answers all addresses from the primary, although the
 /// joined form breaks an address literal). Chunks shorter than 255 bytes are the operator's own
 /// split and join the same way on both.
-pub fn rechunk_hazard(rdata: &[u8]) -> bool {
-    let mut glued = Vec::with_capacity(rdata.len());
-    let mut joints = Vec::new();
-    let mut chunks = rdata.get(2..).unwrap_or_default();
-    while let [len, tail @ ..] = chunks {
-        let Some((chunk, tail)) = tail.split_at_checked(usize::from(*len)) else {
-            return false;
-        };
-        glued.extend_from_slice(chunk);
-        if chunk.len() == 255 && !tail.is_empty() {
-            joints.push(glued.len());
-        }
-        chunks = tail;
-    }
+pub(crate) fn rechunk_hazard(rdata: &[u8]) -> bool {
+    let Some((glued, joints)) = glue_chunks(rdata) else {
+        return false;
+    };
     if joints.is_empty() {
         return false;
     }
-    // A minimal Lua lexer: where strings, long brackets and comments start and end.
-    #[derive(Clone, Copy, PartialEq)]
-    enum State {
-        Code,
-        Quoted(u8),
-        Long(usize),
-        LineComment,
-    }
-    let long_open = |at: usize| -> Option<usize> {
-        let rest = glued.get(at..)?;
-        let eqs = rest.iter().skip(1).take_while(|&&c| c == b'=').count();
-        (rest.first() == Some(&b'[') && rest.get(1 + eqs) == Some(&b'[')).then_some(eqs)
-    };
-    let long_close = |at: usize, level: usize| -> bool {
-        let rest = glued.get(at..).unwrap_or_default();
-        rest.first() == Some(&b']')
-            && rest.iter().skip(1).take(level).all(|&c| c == b'=')
-            && rest.get(1 + level) == Some(&b']')
-    };
-    let joinable = |c: u8| c.is_ascii_alphanumeric() || b"_.=~<>:-[]".contains(&c);
-    let mut state = State::Code;
+    let lua = LuaText(&glued);
+    let mut state = LexState::Code;
     let mut i = 0;
     let mut next_joint = joints.iter().copied().peekable();
     while i <= glued.len() {
@@ -276,59 +247,119 @@ pub fn rechunk_hazard(rdata: &[u8]) -> bool {
         {
             next_joint.next();
             // A joint stepped over lies inside a multi-byte token or an escape.
-            let harmless = j == i
-                && match (state, glued.get(i - 1), glued.get(i)) {
-                    (_, _, None) | (State::LineComment, _, _) => true,
-                    (State::Code, Some(&l), Some(&r)) => !(joinable(l) && joinable(r)),
-                    _ => false,
-                };
-            if !harmless {
+            if !(j == i && lua.harmless_joint(i, state)) {
                 return true;
             }
         }
         let Some(&c) = glued.get(i) else { break };
+        let (next, step) = lua.step(state, i, c);
+        state = next;
+        i += step;
+    }
+    next_joint.peek().is_some()
+}
+
+/// The RDATA's character-strings glued into one text, and the offsets in it where a full
+/// (255-byte) string met the next one. `None` if the RDATA is not a list of strings.
+fn glue_chunks(rdata: &[u8]) -> Option<(Vec<u8>, Vec<usize>)> {
+    let mut glued = Vec::with_capacity(rdata.len());
+    let mut joints = Vec::new();
+    let mut chunks = rdata.get(2..).unwrap_or_default();
+    while let [len, tail @ ..] = chunks {
+        let (chunk, tail) = tail.split_at_checked(usize::from(*len))?;
+        glued.extend_from_slice(chunk);
+        if chunk.len() == 255 && !tail.is_empty() {
+            joints.push(glued.len());
+        }
+        chunks = tail;
+    }
+    Some((glued, joints))
+}
+
+/// Where a minimal Lua lexer is: in code, a quoted string, a long bracket (of a level) or a
+/// line comment.
+#[derive(Clone, Copy, PartialEq)]
+enum LexState {
+    Code,
+    Quoted(u8),
+    Long(usize),
+    LineComment,
+}
+
+/// Lua source, for finding where strings, long brackets and comments start and end.
+struct LuaText<'a>(&'a [u8]);
+
+impl LuaText<'_> {
+    /// The level of a long bracket opening at `at` (`[[`, `[=[`, …).
+    fn long_open(&self, at: usize) -> Option<usize> {
+        let rest = self.0.get(at..)?;
+        let eqs = rest.iter().skip(1).take_while(|&&c| c == b'=').count();
+        (rest.first() == Some(&b'[') && rest.get(1 + eqs) == Some(&b'[')).then_some(eqs)
+    }
+
+    /// Whether a long bracket of `level` closes at `at`.
+    fn long_close(&self, at: usize, level: usize) -> bool {
+        let rest = self.0.get(at..).unwrap_or_default();
+        rest.first() == Some(&b']')
+            && rest.iter().skip(1).take(level).all(|&c| c == b'=')
+            && rest.get(1 + level) == Some(&b']')
+    }
+
+    /// Whether a joint right before `i` (a token boundary in `state`) cannot change the
+    /// meaning: text ends there, a comment, or code whose neighbours do not join into one
+    /// token.
+    fn harmless_joint(&self, i: usize, state: LexState) -> bool {
+        let joinable = |c: u8| c.is_ascii_alphanumeric() || b"_.=~<>:-[]".contains(&c);
+        match (state, self.0.get(i - 1), self.0.get(i)) {
+            (_, _, None) | (LexState::LineComment, _, _) => true,
+            (LexState::Code, Some(&l), Some(&r)) => !(joinable(l) && joinable(r)),
+            _ => false,
+        }
+    }
+
+    /// The state after the token starting with `c` at `i`, and its length.
+    fn step(&self, state: LexState, i: usize, c: u8) -> (LexState, usize) {
         let mut step = 1;
-        state = match state {
-            State::Code => match c {
-                b'\'' | b'"' => State::Quoted(c),
-                b'-' if glued.get(i + 1) == Some(&b'-') => {
+        let next = match state {
+            LexState::Code => match c {
+                b'\'' | b'"' => LexState::Quoted(c),
+                b'-' if self.0.get(i + 1) == Some(&b'-') => {
                     step = 2;
-                    match long_open(i + 2) {
+                    match self.long_open(i + 2) {
                         Some(level) => {
                             step += level + 2;
-                            State::Long(level)
+                            LexState::Long(level)
                         }
-                        None => State::LineComment,
+                        None => LexState::LineComment,
                     }
                 }
-                b'[' => match long_open(i) {
+                b'[' => match self.long_open(i) {
                     Some(level) => {
                         step = level + 2;
-                        State::Long(level)
+                        LexState::Long(level)
                     }
-                    None => State::Code,
+                    None => LexState::Code,
                 },
-                _ => State::Code,
+                _ => LexState::Code,
             },
-            State::Quoted(q) => match c {
+            LexState::Quoted(q) => match c {
                 b'\\' => {
                     step = 2;
                     state
                 }
-                _ if c == q => State::Code,
+                _ if c == q => LexState::Code,
                 _ => state,
             },
-            State::Long(level) if c == b']' && long_close(i, level) => {
+            LexState::Long(level) if c == b']' && self.long_close(i, level) => {
                 step = level + 2;
-                State::Code
+                LexState::Code
             }
-            State::Long(_) => state,
-            State::LineComment if c == b'\n' => State::Code,
-            State::LineComment => state,
+            LexState::Long(_) => state,
+            LexState::LineComment if c == b'\n' => LexState::Code,
+            LexState::LineComment => state,
         };
-        i += step;
+        (next, step)
     }
-    next_joint.peek().is_some()
 }
 
 /// Mnemonic of a record type, RFC 3597 `TYPEnn` for the ones without a common name.
@@ -539,7 +570,7 @@ pub async fn transfer(
 }
 
 /// [`transfer`]; with `proxied`, each connection starts with a PROXY header naming itself.
-pub async fn transfer_with(
+pub(crate) async fn transfer_with(
     servers: &[SocketAddr],
     proxied: bool,
     zone: &str,
@@ -620,7 +651,7 @@ pub async fn soa_serial(
 }
 
 /// [`soa_serial`]; with `proxied`, each query comes behind a PROXY header naming its socket.
-pub async fn soa_serial_with(
+pub(crate) async fn soa_serial_with(
     servers: &[SocketAddr],
     proxied: bool,
     zone: &str,
@@ -903,35 +934,13 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut a = axfr();
-        let msg = response(
-            9,
-            0,
-            true,
-            &[
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-            ],
-        );
-        assert_eq!(a.message(&msg), Ok(true));
+        let a = transfer_one_lua(&code);
         assert!(a.data.records.is_empty());
         assert_eq!(a.data.unsupported.len(), 1);
         assert_eq!(a.data.unsupported[0].rtype, "A");
         // The same code split after a comma is harmless and kept.
         let code = code.replacen("pickrandom({", "all({", 1);
-        let mut a = axfr();
-        let msg = response(
-            9,
-            0,
-            true,
-            &[
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(&code)),
-                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
-            ],
-        );
-        assert_eq!(a.message(&msg), Ok(true));
+        let a = transfer_one_lua(&code);
         assert_eq!(a.data.records.len(), 1);
         assert!(a.data.unsupported.is_empty());
     }
@@ -1036,6 +1045,24 @@ mod tests {
 
     fn axfr() -> Axfr {
         Axfr::new(9, wire("xfr.test."))
+    }
+
+    /// A whole transfer in one message: SOA, `long.xfr.test.` LUA `code` in 255-byte
+    /// chunks, SOA.
+    fn transfer_one_lua(code: &str) -> Axfr {
+        let mut a = axfr();
+        let msg = response(
+            9,
+            0,
+            true,
+            &[
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+                rr("long.xfr.test.", TYPE_LUA, 30, &wire_chunks(code)),
+                rr("xfr.test.", TYPE_SOA, 300, &soa_rdata(7)),
+            ],
+        );
+        assert_eq!(a.message(&msg), Ok(true));
+        a
     }
 
     #[test]

@@ -12,23 +12,13 @@ use crate::dns::{
 use crate::steer::records::{ZoneInfo, Zones};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ZoneError {
+pub(crate) enum ZoneError {
     #[error("{0:?} is not a name that can be asked")]
     BadName(String),
     #[error("no upstream answered: {0}")]
     NoAnswer(String),
     #[error("no SOA found for {0}")]
     NoSoa(String),
-}
-
-impl ZoneError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ZoneError::BadName(_) => "bad_name",
-            ZoneError::NoAnswer(_) => "no_answer",
-            ZoneError::NoSoa(_) => "no_soa",
-        }
-    }
 }
 
 /// Asks `servers` in turn for `name_wire`/`qtype` until one gives an answer that `read`
@@ -98,7 +88,7 @@ fn dnskeys(m: &Message<'_>) -> Result<(Vec<Vec<u8>>, u32), WireError> {
 
 /// Finds the zone holding `name` (presentation, absolute) and its SOA and signing status.
 /// A zone is signed when PowerDNS answers its DNSKEY query with a DNSKEY record.
-pub async fn learn(
+pub(crate) async fn learn(
     servers: &[SocketAddr],
     proxied: bool,
     name: &str,
@@ -130,7 +120,7 @@ pub async fn learn(
 }
 
 /// Learns the zones of every name; names whose zone cannot be learned keep `previous` facts.
-pub async fn learn_all(
+pub(crate) async fn learn_all(
     servers: &[SocketAddr],
     proxied: bool,
     names: &[String],
@@ -160,7 +150,7 @@ pub async fn learn_all(
 }
 
 /// True if `name` is `apex` or below it (both lower-case, absolute).
-pub fn is_subdomain(name: &str, apex: &str) -> bool {
+pub(crate) fn is_subdomain(name: &str, apex: &str) -> bool {
     apex == "." || name == apex || name.ends_with(&format!(".{apex}"))
 }
 

@@ -6,27 +6,30 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use super::zone_facts::{is_subdomain, learn_all};
-use crate::steer::records::Zones;
+use crate::steer::records::{Rejected, Zones};
+use crate::telemetry::metrics::family;
 
 /// What dnsteer knows of one `[zones].transfer` zone.
 #[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct TransferStatus {
+pub(crate) struct TransferStatus {
     pub zone: String,
     /// Serial of the data in use (None: no transfer succeeded yet).
     pub serial: Option<u32>,
     pub records: usize,
     /// LUA records left to PowerDNS (not A/AAAA/CNAME/TXT, or cut by re-chunking).
     pub unsupported: Vec<crate::control::xfr::Unsupported>,
-    pub last_transfer_unix: Option<u64>,
+    pub(crate) last_transfer_unix: Option<u64>,
     pub last_error: Option<String>,
-    pub transfers_ok: u64,
-    pub transfers_failed: u64,
+    pub(crate) transfers_ok: u64,
+    pub(crate) transfers_failed: u64,
 }
 
 /// Transferred zone data ctl by the transfer loop, reloads and `/status`.
 #[derive(Default)]
-pub struct Transfers {
+pub(crate) struct Transfers {
     zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
 }
 
@@ -36,12 +39,15 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 /// times): a lost packet costs a second, not the whole transfer timeout.
 const SOA_TIMEOUT: Duration = Duration::from_secs(1);
 /// NOTIFYs queued for the transfer loop; more are dropped (a refresh is pending anyway).
-pub const NOTIFY_QUEUE: usize = 64;
+pub(crate) const NOTIFY_QUEUE: usize = 64;
 
 impl Transfers {
     /// Every transferred record spec, for compiling (zones in name order).
-    pub fn specs(&self) -> Vec<crate::config::RecordSpec> {
-        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn specs(&self) -> Vec<crate::config::RecordSpec> {
+        let zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut names: Vec<&String> = zones.keys().collect();
         names.sort();
         names
@@ -50,8 +56,11 @@ impl Transfers {
             .collect()
     }
 
-    pub fn status(&self) -> Vec<TransferStatus> {
-        let zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn status(&self) -> Vec<TransferStatus> {
+        let zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut v: Vec<TransferStatus> = zones.values().map(|(s, _)| s.clone()).collect();
         v.sort_by(|a, b| a.zone.cmp(&b.zone));
         v
@@ -60,14 +69,17 @@ impl Transfers {
     fn serial(&self, zone: &str) -> Option<u32> {
         self.zones
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(zone)
             .and_then(|(s, _)| s.serial)
     }
 
     /// Forgets zones no longer configured.
     fn retain(&self, wanted: &[String]) -> bool {
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        let mut zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = zones.len();
         zones.retain(|z, _| wanted.contains(z));
         zones.len() != before
@@ -75,7 +87,7 @@ impl Transfers {
 
     /// Transfers `zone` if its serial changed (or always with `force`). Ok(true) when new data
     /// was stored; a failed transfer keeps the previous data.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         servers: &[SocketAddr],
         proxied: bool,
@@ -99,16 +111,15 @@ impl Transfers {
                     tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
                 }
                 tracing::info!(target: "dnsteer::control::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
-                let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = zones.entry(zone.to_string()).or_default();
-                entry.0.zone = zone.to_string();
-                entry.0.serial = Some(data.serial);
-                entry.0.records = data.records.len();
-                entry.0.unsupported = data.unsupported;
-                entry.0.last_transfer_unix = Some(super::unix_now());
-                entry.0.last_error = None;
-                entry.0.transfers_ok += 1;
-                entry.1 = data.records;
+                self.update(zone, |(status, records)| {
+                    status.serial = Some(data.serial);
+                    status.records = data.records.len();
+                    status.unsupported = data.unsupported;
+                    status.last_transfer_unix = Some(super::unix_now());
+                    status.last_error = None;
+                    status.transfers_ok += 1;
+                    *records = data.records;
+                });
                 Ok(true)
             }
             Err(e) => Err(self.failed(zone, e.to_string())),
@@ -117,12 +128,83 @@ impl Transfers {
 
     fn failed(&self, zone: &str, error: String) -> String {
         tracing::warn!(target: "dnsteer::control::zones", zone, error = %error, "zone transfer failed; the previous records keep serving");
-        let mut zones = self.zones.lock().unwrap_or_else(|e| e.into_inner());
+        self.update(zone, |(status, _)| {
+            status.last_error = Some(error.clone());
+            status.transfers_failed += 1;
+        });
+        error
+    }
+
+    /// Changes `zone`'s status and records under the lock (its entry made on first use).
+    fn update(
+        &self,
+        zone: &str,
+        f: impl FnOnce(&mut (TransferStatus, Vec<crate::config::RecordSpec>)),
+    ) {
+        let mut zones = self
+            .zones
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let entry = zones.entry(zone.to_string()).or_default();
         entry.0.zone = zone.to_string();
-        entry.0.last_error = Some(error.clone());
-        entry.0.transfers_failed += 1;
-        error
+        f(entry);
+    }
+
+    /// Per transferred zone: serial, transfers by result, records answered here vs by PowerDNS.
+    pub(crate) fn families(&self, rejected: &[Rejected]) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let status = self.status();
+        out.push(family(
+            "dnsteer_zone_serial",
+            "SOA serial of the transferred zone data in use.",
+            MetricType::GAUGE,
+            status
+                .iter()
+                .map(|z| {
+                    (
+                        vec![("zone", z.zone.clone())],
+                        f64::from(z.serial.unwrap_or(0)),
+                    )
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_zone_transfers_total",
+            "Zone transfers from PowerDNS, by result.",
+            MetricType::COUNTER,
+            status
+                .iter()
+                .flat_map(|z| {
+                    [
+                        (
+                            vec![("zone", z.zone.clone()), ("result", "ok".into())],
+                            z.transfers_ok as f64,
+                        ),
+                        (
+                            vec![("zone", z.zone.clone()), ("result", "failed".into())],
+                            z.transfers_failed as f64,
+                        ),
+                    ]
+                })
+                .collect(),
+        ));
+        out.push(family(
+            "dnsteer_zone_lua_records",
+            "LUA records of transferred zones, by who answers them (dnsteer, or PowerDNS because dnsteer cannot compile them).",
+            MetricType::GAUGE,
+            status
+                .iter()
+                .flat_map(|z| {
+                    let not_compiled = rejected.iter().filter(|r| r.zone() == z.zone).count();
+                    let left = not_compiled + z.unsupported.len();
+                    [
+                        (vec![("zone", z.zone.clone()), ("answered_by", "dnsteer".into())], z.records.saturating_sub(not_compiled) as f64),
+                        (vec![("zone", z.zone.clone()), ("answered_by", "powerdns".into())], left as f64),
+                    ]
+                })
+                .collect(),
+        ));
+        out
     }
 }
 
@@ -142,7 +224,7 @@ fn facts_interval(zones: &Zones, names: &[String]) -> Duration {
 /// Keeps the transferred zones current: polls SOA serials every `refresh`, transfers on a
 /// change or a NOTIFY, retries failures with backoff, and rebuilds the record table when a
 /// zone's records changed.
-pub async fn run(
+pub(crate) async fn run(
     ctl: std::sync::Arc<super::Control>,
     mut notify: tokio::sync::mpsc::Receiver<String>,
 ) {

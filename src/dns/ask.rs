@@ -2,8 +2,9 @@
 //! transfers): the query packet, and one UDP exchange with one server.
 //!
 //! A DNSKEY query with DO=1, for example:
-//! `exchange_udp(server, &build_query(id, &apex, TYPE_DNSKEY, Some(QueryEdns { udp_size: 1232,
-//! dnssec_ok: true })), timeout)`, then `message::Message::parse` for its answer records.
+//! `exchange_udp_with(server, proxied, &build_query(id, &apex, TYPE_DNSKEY, Some(QueryEdns {
+//! udp_size: 1232, dnssec_ok: true })), timeout)`, then `message::Message::parse` for its
+//! answer records.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -49,7 +50,7 @@ pub fn build_query(id: u16, name_wire: &[u8], qtype: u16, edns: Option<QueryEdns
 
 /// Why a one-shot exchange got no answer.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("timed out")]
@@ -60,7 +61,8 @@ pub enum ExchangeError {
 
 impl ExchangeError {
     /// Static label for metrics.
-    pub fn kind(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ExchangeError::Io(_) => "io",
             ExchangeError::Timeout(_) => "timeout",
@@ -69,11 +71,9 @@ impl ExchangeError {
     }
 }
 
-/// Sends `query` to `server` from a fresh connected UDP socket and returns the first datagram
-/// that answers it (QR=1, the query's ID and question); anything else is stale or spoofed and
-/// ignored. `timeout` bounds the whole exchange. The answer may be truncated (TC=1): the caller
-/// decides whether to retry over TCP.
-pub async fn exchange_udp(
+/// [`exchange_udp_with`] without a PROXY header.
+#[cfg(test)]
+pub(crate) async fn exchange_udp(
     server: SocketAddr,
     query: &[u8],
     timeout: Duration,
@@ -81,9 +81,12 @@ pub async fn exchange_udp(
     exchange_udp_with(server, false, query, timeout).await
 }
 
-/// [`exchange_udp`]; with `proxied`, a PROXY v2 header naming this socket goes in front of the
-/// query (for a PowerDNS with `proxy-protocol-from`).
-pub async fn exchange_udp_with(
+/// Sends `query` to `server` from a fresh connected UDP socket and returns the first datagram
+/// that answers it (QR=1, the query's ID and question); anything else is stale or spoofed and
+/// ignored. `timeout` bounds the whole exchange. The answer may be truncated (TC=1): the caller
+/// decides whether to retry over TCP. With `proxied`, a PROXY v2 header naming this socket goes
+/// in front of the query (for a PowerDNS with `proxy-protocol-from`).
+pub(crate) async fn exchange_udp_with(
     server: SocketAddr,
     proxied: bool,
     query: &[u8],

@@ -15,37 +15,37 @@ use super::{
 
 /// The facts of an upstream answer the cache decides on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AnswerFacts {
-    pub rcode: u8,
-    pub truncated: bool,
+pub(crate) struct AnswerFacts {
+    pub(crate) rcode: u8,
+    pub(crate) truncated: bool,
     /// Scope prefix of the ECS option the server echoed (None: it echoed none).
-    pub ecs_scope: Option<u8>,
+    pub(crate) ecs_scope: Option<u8>,
     /// NXDOMAIN, or NOERROR without answers.
-    pub negative: bool,
+    pub(crate) negative: bool,
     /// Seconds the answer may be reused: the smallest answer TTL; for a negative answer
     /// min(SOA TTL, SOA minimum) of the authority SOA (None: no SOA, not cacheable).
-    pub ttl: Option<u32>,
+    pub(crate) ttl: Option<u32>,
 }
 
 /// An answer in the form the cache keeps: ID 0, every ECS option removed (the echo is
 /// rebuilt for each client), OPT kept only if the client sent one.
 #[derive(Debug, Default)]
-pub struct StoredAnswer {
-    pub packet: Box<[u8]>,
+pub(crate) struct StoredAnswer {
+    pub(crate) packet: Box<[u8]>,
     /// Offsets of the TTL fields of every record but the OPT.
-    pub ttl_offsets: Box<[u16]>,
+    pub(crate) ttl_offsets: Box<[u16]>,
 }
 
 impl StoredAnswer {
     /// Bytes held (for the cache's byte bound).
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.packet.len() + self.ttl_offsets.len() * 2
     }
 }
 
 /// What to do with the TTLs of a stored answer when it is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ttls {
+pub(crate) enum Ttls {
     /// As PowerDNS gave them.
     Keep,
     /// Minus this many seconds (never below 0).
@@ -56,7 +56,10 @@ pub enum Ttls {
 
 /// Reads the facts of `resp` (an upstream answer to a query rewritten with `added`) and, when
 /// it parses, its stored form.
-pub fn prepare(resp: &[u8], added: Added) -> Result<(AnswerFacts, StoredAnswer), ParseError> {
+pub(crate) fn prepare(
+    resp: &[u8],
+    added: Added,
+) -> Result<(AnswerFacts, StoredAnswer), ParseError> {
     let flags = be16(resp, OFF_FLAGS).ok_or(ParseError::TooShort)?;
     let rc = (flags & 0x000f) as u8;
     let question_end = skip_questions(resp)?;
@@ -137,14 +140,14 @@ fn echoed_scope(options: &[u8]) -> Result<Option<u8>, ParseError> {
 }
 
 /// True if `stored` answers `q` (same name, type and class; the ID is 0 in stored answers).
-pub fn answers(stored: &StoredAnswer, q: &Query) -> bool {
+pub(crate) fn answers(stored: &StoredAnswer, q: &Query) -> bool {
     response_matches(&stored.packet, 0, q)
 }
 
 /// Writes the answer for the client's query `pkt` (parsed as `q`) from `stored` into `out`:
 /// the client's ID, question bytes (its letter case) and RD bit; TTLs per `ttls`; the ECS
 /// option echoed with `scope` when the client sent one; truncated with TC=1 over `max_udp`.
-pub fn serve(
+pub(crate) fn serve(
     stored: &StoredAnswer,
     pkt: &[u8],
     q: &Query,

@@ -6,12 +6,12 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest message a 2-byte length can frame.
-pub const MAX_FRAME: usize = u16::MAX as usize;
+pub(crate) const MAX_FRAME: usize = u16::MAX as usize;
 
 /// Writes `msg` with its length prefix in one write (two would leave as two segments with
 /// `TCP_NODELAY`). `scratch` is reused between frames. A message longer than [`MAX_FRAME`]
 /// cannot be framed: `InvalidInput`, nothing written.
-pub async fn write_frame<W: AsyncWrite + Unpin>(
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     msg: &[u8],
     scratch: &mut Vec<u8>,
@@ -30,7 +30,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 
 /// Reads one length-prefixed message into `buf` (resized to it). A length above `max` is
 /// `InvalidData` (the body is not read); EOF anywhere is `UnexpectedEof`.
-pub async fn read_frame<R: AsyncRead + Unpin>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut Vec<u8>,
     max: usize,

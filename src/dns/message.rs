@@ -9,21 +9,21 @@ use super::{CLASS_IN, FLAG_AA, FLAG_QR, FLAG_TC, HEADER_LEN, OPCODE_NOTIFY, TYPE
 /// Why the walker stopped: always a malformed or truncated message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct WireError(pub &'static str);
+pub(crate) struct WireError(pub &'static str);
 
 /// The fixed 12-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub id: u16,
     pub flags: u16,
-    pub qdcount: u16,
-    pub ancount: u16,
-    pub nscount: u16,
-    pub arcount: u16,
+    pub(crate) qdcount: u16,
+    pub(crate) ancount: u16,
+    pub(crate) nscount: u16,
+    pub(crate) arcount: u16,
 }
 
 impl Header {
-    pub fn parse(msg: &[u8]) -> Result<Header, WireError> {
+    pub(crate) fn parse(msg: &[u8]) -> Result<Header, WireError> {
         let Some(h) = msg.first_chunk::<HEADER_LEN>() else {
             return Err(WireError("shorter than a DNS header"));
         };
@@ -38,30 +38,30 @@ impl Header {
         })
     }
 
-    pub fn is_response(&self) -> bool {
+    pub(crate) fn is_response(&self) -> bool {
         self.flags & FLAG_QR != 0
     }
 
-    pub fn opcode(&self) -> u8 {
+    pub(crate) fn opcode(&self) -> u8 {
         ((self.flags >> 11) & 0xf) as u8
     }
 
-    pub fn authoritative(&self) -> bool {
+    pub(crate) fn authoritative(&self) -> bool {
         self.flags & FLAG_AA != 0
     }
 
-    pub fn truncated(&self) -> bool {
+    pub(crate) fn truncated(&self) -> bool {
         self.flags & FLAG_TC != 0
     }
 
-    pub fn rcode(&self) -> u8 {
+    pub(crate) fn rcode(&self) -> u8 {
         (self.flags & 0xf) as u8
     }
 }
 
 /// A question: name in uncompressed wire form, original case.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Question {
+pub(crate) struct Question {
     pub name: Vec<u8>,
     pub qtype: u16,
     pub qclass: u16,
@@ -70,25 +70,25 @@ pub struct Question {
 /// A resource record: owner in uncompressed wire form (original case), RDATA borrowed from the
 /// message (names inside it may be compressed: read them with [`Cursor::name_at`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rr<'a> {
+pub(crate) struct Rr<'a> {
     pub name: Vec<u8>,
     pub rtype: u16,
     pub class: u16,
     pub ttl: u32,
     pub rdata: &'a [u8],
     /// Offset of `rdata` in the message.
-    pub rdata_at: usize,
+    pub(crate) rdata_at: usize,
 }
 
 /// Reads a message section by section; every read checks bounds and never panics.
-pub struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     msg: &'a [u8],
     pub(crate) pos: usize,
 }
 
 impl<'a> Cursor<'a> {
     /// Positions after the header.
-    pub fn new(msg: &'a [u8]) -> Result<(Cursor<'a>, Header), WireError> {
+    pub(crate) fn new(msg: &'a [u8]) -> Result<(Cursor<'a>, Header), WireError> {
         let header = Header::parse(msg)?;
         Ok((
             Cursor {
@@ -99,7 +99,7 @@ impl<'a> Cursor<'a> {
         ))
     }
 
-    pub fn question(&mut self) -> Result<Question, WireError> {
+    pub(crate) fn question(&mut self) -> Result<Question, WireError> {
         let mut name = Vec::with_capacity(64);
         self.pos = self.name_at(self.pos, &mut name)?;
         let qtype = self.u16()?;
@@ -111,7 +111,7 @@ impl<'a> Cursor<'a> {
         })
     }
 
-    pub fn record(&mut self) -> Result<Rr<'a>, WireError> {
+    pub(crate) fn record(&mut self) -> Result<Rr<'a>, WireError> {
         let mut name = Vec::with_capacity(64);
         self.pos = self.name_at(self.pos, &mut name)?;
         let rtype = self.u16()?;
@@ -136,7 +136,7 @@ impl<'a> Cursor<'a> {
 
     /// Appends the name at `pos` (following compression pointers) to `out` in uncompressed wire
     /// form and returns the position after it in the message.
-    pub fn name_at(&self, mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
+    pub(crate) fn name_at(&self, mut pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
         let start_len = out.len();
         let mut after = None;
         // Each pointer must go strictly backwards, so the walk ends even on hostile input.
@@ -193,7 +193,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads the next `count` questions and discards them.
-    pub fn skip_questions(&mut self, count: u16) -> Result<(), WireError> {
+    pub(crate) fn skip_questions(&mut self, count: u16) -> Result<(), WireError> {
         for _ in 0..count {
             self.question()?;
         }
@@ -201,7 +201,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// The SOA RDATA of `rr` (whose names may be compressed), names lower-cased.
-    pub fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
+    pub(crate) fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
         let mut mname = Vec::with_capacity(64);
         let pos = self.name_at(rr.rdata_at, &mut mname)?;
         let mut rname = Vec::with_capacity(64);
@@ -229,26 +229,26 @@ impl<'a> Cursor<'a> {
     }
 
     /// The serial of SOA RDATA found at `rr` (whose names may be compressed).
-    pub fn soa_serial(&self, rr: &Rr<'_>) -> Result<u32, WireError> {
+    pub(crate) fn soa_serial(&self, rr: &Rr<'_>) -> Result<u32, WireError> {
         self.soa(rr).map(|soa| soa.serial)
     }
 }
 
 /// SOA RDATA with its names uncompressed and lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Soa {
-    pub mname: Vec<u8>,
-    pub rname: Vec<u8>,
+pub(crate) struct Soa {
+    pub(crate) mname: Vec<u8>,
+    pub(crate) rname: Vec<u8>,
     pub serial: u32,
     pub refresh: u32,
-    pub retry: u32,
-    pub expire: u32,
-    pub minimum: u32,
+    pub(crate) retry: u32,
+    pub(crate) expire: u32,
+    pub(crate) minimum: u32,
 }
 
 impl Soa {
     /// Uncompressed RDATA, as an authority SOA is written into answers.
-    pub fn to_rdata(&self) -> Vec<u8> {
+    pub(crate) fn to_rdata(&self) -> Vec<u8> {
         let mut rdata = Vec::with_capacity(self.mname.len() + self.rname.len() + 20);
         rdata.extend_from_slice(&self.mname);
         rdata.extend_from_slice(&self.rname);
@@ -267,21 +267,18 @@ impl Soa {
 
 /// A whole message read at once: every section must parse. For answers to one-shot queries
 /// ([`super::ask`]), e.g. a zone's SOA or its DNSKEY RRset.
-pub struct Message<'a> {
-    pub header: Header,
-    pub questions: Vec<Question>,
+pub(crate) struct Message<'a> {
     pub answers: Vec<Rr<'a>>,
     pub authorities: Vec<Rr<'a>>,
-    pub additionals: Vec<Rr<'a>>,
     cursor: Cursor<'a>,
 }
 
 impl<'a> Message<'a> {
-    pub fn parse(msg: &'a [u8]) -> Result<Message<'a>, WireError> {
+    pub(crate) fn parse(msg: &'a [u8]) -> Result<Message<'a>, WireError> {
         let (mut cursor, header) = Cursor::new(msg)?;
-        let questions = (0..header.qdcount)
-            .map(|_| cursor.question())
-            .collect::<Result<_, _>>()?;
+        for _ in 0..header.qdcount {
+            cursor.question()?;
+        }
         let mut section = |count: u16| {
             (0..count)
                 .map(|_| cursor.record())
@@ -289,25 +286,18 @@ impl<'a> Message<'a> {
         };
         let answers = section(header.ancount)?;
         let authorities = section(header.nscount)?;
-        let additionals = section(header.arcount)?;
+        // Read for validation only: every section must parse.
+        section(header.arcount)?;
         Ok(Message {
-            header,
-            questions,
             answers,
             authorities,
-            additionals,
             cursor,
         })
     }
 
     /// The SOA RDATA of one of this message's records.
-    pub fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
+    pub(crate) fn soa(&self, rr: &Rr<'_>) -> Result<Soa, WireError> {
         self.cursor.soa(rr)
-    }
-
-    /// Reads a (possibly compressed) name inside this message, e.g. in RDATA.
-    pub fn name_at(&self, pos: usize, out: &mut Vec<u8>) -> Result<usize, WireError> {
-        self.cursor.name_at(pos, out)
     }
 }
 
@@ -326,13 +316,13 @@ fn notify_question(pkt: &[u8]) -> Option<(Header, Question)> {
 
 /// The ID and zone (lower-case, absolute) of a NOTIFY query for a zone's SOA; None for anything
 /// else. The caller checks the sender against `zones.notify_from`.
-pub fn parse_notify(pkt: &[u8]) -> Option<(u16, String)> {
+pub(crate) fn parse_notify(pkt: &[u8]) -> Option<(u16, String)> {
     notify_question(pkt).map(|(h, q)| (h.id, name_text(&q.name)))
 }
 
 /// Writes into `out` the acknowledgement of the NOTIFY `pkt` (same ID and question, QR=1, AA=1,
 /// opcode NOTIFY, NOERROR, no records); false, with `out` untouched, if `pkt` is not a NOTIFY.
-pub fn notify_ack(pkt: &[u8], out: &mut Vec<u8>) -> bool {
+pub(crate) fn notify_ack(pkt: &[u8], out: &mut Vec<u8>) -> bool {
     let Some((h, q)) = notify_question(pkt) else {
         return false;
     };

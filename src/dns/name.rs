@@ -20,7 +20,8 @@ impl WireName {
     /// Validates an uncompressed wire name (labels ≤ 63, ≤ 255 bytes with the terminator,
     /// nothing after the root label) and lower-cases it. For names built outside a packet,
     /// e.g. from config, so they compare byte-for-byte with `Query::qname`.
-    pub fn from_wire(wire: &[u8]) -> Option<WireName> {
+    #[cfg(test)]
+    pub(crate) fn from_wire(wire: &[u8]) -> Option<WireName> {
         let mut name = WireName::EMPTY;
         match read_qname(wire, 0, &mut name) {
             Ok(end) if end == wire.len() => Some(name),
@@ -52,7 +53,7 @@ impl fmt::Debug for WireName {
 /// Writes an uncompressed wire name in presentation form for logs and debugging
 /// (`www.example.com.`, the root as `.`), every byte outside printable ASCII and every `.` or `\`
 /// inside a label as `\DDD`; case as given. A malformed name is written as far as it goes.
-pub fn write_name(wire: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
+pub(crate) fn write_name(wire: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
     let mut off = 0;
     while let Some(&len) = wire.get(off) {
         if len == 0 {
@@ -77,7 +78,7 @@ pub fn write_name(wire: &[u8], out: &mut impl fmt::Write) -> fmt::Result {
 
 /// Presentation form of an uncompressed wire name: lower-case, absolute, RFC 1035 escapes
 /// (`\.` and `\\` inside a label, `\DDD` outside printable ASCII).
-pub fn name_text(wire: &[u8]) -> String {
+pub(crate) fn name_text(wire: &[u8]) -> String {
     let mut out = String::with_capacity(wire.len() + 1);
     let mut rest = wire;
     while let [len, tail @ ..] = rest {
@@ -108,7 +109,7 @@ pub fn name_text(wire: &[u8]) -> String {
 }
 
 /// Appends `\DDD` for `b`.
-pub fn push_decimal_escape(out: &mut String, b: u8) {
+pub(crate) fn push_decimal_escape(out: &mut String, b: u8) {
     out.push('\\');
     out.push(char::from(b'0' + b / 100));
     out.push(char::from(b'0' + b / 10 % 10));
@@ -144,7 +145,7 @@ impl NameError {
     }
 
     /// One sentence naming the offending text, as configuration errors print it.
-    pub fn describe(&self, text: &str) -> String {
+    pub(crate) fn describe(&self, text: &str) -> String {
         match self {
             NameError::Empty => "empty name".to_string(),
             NameError::EmptyLabel => format!("\"{text}\" has an empty label"),
@@ -168,7 +169,7 @@ pub fn name_from_text(text: &str) -> Result<Vec<u8>, NameError> {
 }
 
 /// [`name_from_text`] with the case kept, for names written into RDATA as configured.
-pub fn name_from_text_keep_case(text: &str) -> Result<Vec<u8>, NameError> {
+pub(crate) fn name_from_text_keep_case(text: &str) -> Result<Vec<u8>, NameError> {
     if text.is_empty() {
         return Err(NameError::Empty);
     }

@@ -10,12 +10,12 @@ const SIGNATURE: [u8; 12] = *b"\r\n\r\n\x00\r\nQUIT\n";
 const V2_PROXY: u8 = 0x21;
 
 /// Largest header written here (IPv6).
-pub const MAX_LEN: usize = 16 + 36;
+pub(crate) const MAX_LEN: usize = 16 + 36;
 
 /// Writes a v2 PROXY header for a client at `src` that reached dnsteer at `dst` into `out`
 /// (cleared first); `datagram` picks UDP or TCP. `dst` is put in `src`'s family (an IPv4
 /// client of a dual-stack socket: its v4-mapped address, else the unspecified address).
-pub fn header(src: SocketAddr, dst: SocketAddr, datagram: bool, out: &mut Vec<u8>) {
+pub(crate) fn header(src: SocketAddr, dst: SocketAddr, datagram: bool, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&SIGNATURE);
     out.push(V2_PROXY);

@@ -55,9 +55,9 @@ pub struct Edns {
 #[derive(Debug, Clone, Copy)]
 pub struct Query {
     pub id: u16,
-    pub opcode: u8,
+    pub(crate) opcode: u8,
     pub rd: bool,
-    pub cd: bool,
+    pub(crate) cd: bool,
     pub qname: WireName,
     pub qtype: u16,
     pub qclass: u16,
@@ -71,7 +71,7 @@ pub struct Query {
 impl Query {
     /// Largest UDP response the client accepts: its EDNS size (at least 512) or 512,
     /// capped by `max_udp_payload`.
-    pub fn max_udp_response(&self, max_udp_payload: u16) -> usize {
+    pub(crate) fn max_udp_response(&self, max_udp_payload: u16) -> usize {
         let size = self.edns.map_or(512, |e| e.udp_size.max(512));
         size.min(max_udp_payload.max(512)) as usize
     }

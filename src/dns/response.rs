@@ -184,7 +184,7 @@ impl<'b> ResponseBuilder<'b> {
 
 /// Writes a BADVERS answer (RFC 6891: rcode 0 in the header, extended rcode 1 in the OPT) to a
 /// query whose EDNS version we do not support. Returns false if it is not answerable.
-pub fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> bool {
+pub(crate) fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> bool {
     let Ok(q) = parse_query_any_version(pkt) else {
         return false;
     };

@@ -50,15 +50,15 @@ pub enum Outcome {
 
 /// Counts since the cache was made, for the caller to export as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
+pub(crate) struct CacheStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
     /// Entries replaced while still holding a signature (their set was full).
-    pub evictions: u64,
+    pub(crate) evictions: u64,
     /// Signatures made (one per miss).
-    pub signatures: u64,
+    pub(crate) signatures: u64,
     /// Misses whose RRSIG was too large to keep (signer name over 57 bytes).
-    pub uncacheable: u64,
+    pub(crate) uncacheable: u64,
 }
 
 /// RRSIG RDATA cache owned by one worker thread (`&mut self`: no locks, no atomics).
@@ -171,7 +171,7 @@ impl SignatureCache {
         Ok((&way.rdata[..len], Outcome::Miss))
     }
 
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.stats
     }
 
@@ -185,7 +185,8 @@ impl SignatureCache {
     }
 
     /// Entries the cache can hold (the requested capacity rounded up).
-    pub fn capacity(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
         self.ways.len()
     }
 }

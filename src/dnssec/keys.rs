@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 /// DNSKEY flags of a zone-signing key (Zone Key bit).
 pub const FLAGS_ZSK: u16 = 256;
 /// DNSKEY flags of a key-signing key (Zone Key + Secure Entry Point bits).
-pub const FLAGS_KSK: u16 = 257;
+pub(crate) const FLAGS_KSK: u16 = 257;
 
 /// DNSSEC algorithms dnsteer signs with (IANA numbers). RSA is left out on purpose: slow to
 /// sign online and large answers.
@@ -30,14 +30,14 @@ pub enum Algorithm {
 
 impl Algorithm {
     /// The IANA algorithm number, as carried in DNSKEY, RRSIG and DS.
-    pub fn number(self) -> u8 {
+    pub(crate) fn number(self) -> u8 {
         match self {
             Algorithm::EcdsaP256Sha256 => 13,
             Algorithm::Ed25519 => 15,
         }
     }
 
-    pub fn from_number(number: u8) -> Option<Self> {
+    pub(crate) fn from_number(number: u8) -> Option<Self> {
         match number {
             13 => Some(Algorithm::EcdsaP256Sha256),
             15 => Some(Algorithm::Ed25519),
@@ -46,7 +46,7 @@ impl Algorithm {
     }
 
     /// The mnemonic BIND writes after the number on the `Algorithm:` line.
-    pub fn mnemonic(self) -> &'static str {
+    pub(crate) fn mnemonic(self) -> &'static str {
         match self {
             Algorithm::EcdsaP256Sha256 => "ECDSAP256SHA256",
             Algorithm::Ed25519 => "ED25519",
@@ -54,7 +54,7 @@ impl Algorithm {
     }
 
     /// Bytes of one signature: both are fixed-size, so an RRSIG's size is known before signing.
-    pub fn signature_len(self) -> usize {
+    pub(crate) fn signature_len(self) -> usize {
         64
     }
 }
@@ -159,13 +159,13 @@ pub struct SigningKey {
 // One key is shared by all workers behind an `Arc`.
 const _: () = {
     const fn shareable<T: Send + Sync>() {}
-    shareable::<SigningKey>()
+    shareable::<SigningKey>();
 };
 
 impl SigningKey {
     /// Reads BIND `Private-key-format: v1.2` text (what `pdnsutil export-zone-key` prints).
     /// Timing lines (Created, Publish, Activate, ...) are accepted and ignored.
-    pub fn from_private_key_file(text: &str) -> Result<Self, KeyError> {
+    pub(crate) fn from_private_key_file(text: &str) -> Result<Self, KeyError> {
         let mut format = None;
         let mut algorithm = None;
         let mut private_key: Option<&str> = None;
@@ -233,7 +233,10 @@ impl SigningKey {
     }
 
     /// A key from its raw private part: the P-256 scalar or the Ed25519 seed, 32 bytes each.
-    pub fn from_private_bytes(algorithm: Algorithm, private: &[u8]) -> Result<Self, KeyError> {
+    pub(crate) fn from_private_bytes(
+        algorithm: Algorithm,
+        private: &[u8],
+    ) -> Result<Self, KeyError> {
         let secret: Zeroizing<[u8; 32]> =
             Zeroizing::new(private.try_into().map_err(|_| KeyError::WrongKeyLength {
                 algorithm: algorithm.number(),
@@ -291,7 +294,7 @@ impl SigningKey {
     /// The key in BIND `Private-key-format: v1.2` text, readable by
     /// [`SigningKey::from_private_key_file`] and by `pdnsutil import-zone-key`. The caller writes
     /// it with mode 0600.
-    pub fn to_private_key_file(&self) -> String {
+    pub(crate) fn to_private_key_file(&self) -> String {
         format!(
             "Private-key-format: v1.2\nAlgorithm: {} ({})\nPrivateKey: {}\n",
             self.algorithm.number(),
@@ -310,7 +313,7 @@ impl SigningKey {
     }
 
     /// DNSKEY RDATA: flags, protocol 3, algorithm, public key (RFC 4034 §2.1).
-    pub fn dnskey_rdata(&self, flags: u16) -> Vec<u8> {
+    pub(crate) fn dnskey_rdata(&self, flags: u16) -> Vec<u8> {
         let mut rdata = Vec::with_capacity(4 + self.public_key.len());
         rdata.extend_from_slice(&flags.to_be_bytes());
         rdata.push(3);
@@ -325,7 +328,7 @@ impl SigningKey {
     }
 
     /// Signs `data` (RRSIG RDATA without the signature || the canonical RRset).
-    pub fn sign(&self, data: &[u8]) -> Result<Vec<u8>, SignFailed> {
+    pub(crate) fn sign(&self, data: &[u8]) -> Result<Vec<u8>, SignFailed> {
         Ok(match &self.pair {
             Pair::P256(pair) => pair
                 .sign(&self.rng, data)
@@ -338,7 +341,7 @@ impl SigningKey {
 
     /// Whether `signature` over `data` verifies against this key's public half: checked on a
     /// key's first signature before its answers go out.
-    pub fn verify(&self, data: &[u8], signature: &[u8]) -> bool {
+    pub(crate) fn verify(&self, data: &[u8], signature: &[u8]) -> bool {
         verify(self.algorithm, &self.public_key, data, signature)
     }
 }

@@ -9,11 +9,9 @@ mod keys;
 mod sign;
 mod zone;
 
-pub use cache::{CacheStats, Outcome, SignatureCache};
+pub use cache::{Outcome, SignatureCache};
 pub(crate) use keys::key_tag;
-pub use keys::{Algorithm, FLAGS_KSK, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
-pub use sign::{
-    RrsetToSign, SignError, ValidityWindow, format_dnssec_time, label_count, lowercase_name_wire,
-    rrset_spread_hash, rrsig_rdata,
-};
-pub use zone::{Published, SignerState, ZoneSigner, choose, next_change, self_check};
+pub use keys::{Algorithm, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
+pub(crate) use sign::rrset_spread_hash;
+pub use sign::{RrsetToSign, SignError, ValidityWindow, rrsig_rdata};
+pub(crate) use zone::{Published, SignerState, ZoneSigner, choose, next_change, self_check};

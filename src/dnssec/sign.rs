@@ -74,7 +74,7 @@ impl ValidityWindow {
     /// "Thursday cliff". `spread_secs` is capped at a week, beyond which the window would skip
     /// a week ahead. `rrset_hash` should be stable per RRset ([`rrset_spread_hash`]) so an RRset
     /// switches once, not back and forth.
-    pub fn for_rrset(now: u32, spread_secs: u32, rrset_hash: u64) -> Self {
+    pub(crate) fn for_rrset(now: u32, spread_secs: u32, rrset_hash: u64) -> Self {
         let spread = u64::from(spread_secs.min(WEEK));
         let offset = if spread == 0 {
             0
@@ -86,7 +86,8 @@ impl ValidityWindow {
 
     /// Whether a signature with this window verifies at `now` (RFC 4034 §3.1.5, serial
     /// arithmetic).
-    pub fn is_valid_at(&self, now: u32) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_valid_at(&self, now: u32) -> bool {
         now.wrapping_sub(self.inception) as i32 >= 0 && self.expiration.wrapping_sub(now) as i32 > 0
     }
 }
@@ -94,7 +95,7 @@ impl ValidityWindow {
 /// A stable hash of an RRset's identity (owner, any case, and type) for
 /// [`ValidityWindow::for_rrset`]. Fixed seed: every worker and every restart must pick the same
 /// switch time for the same RRset.
-pub fn rrset_spread_hash(owner_wire: &[u8], rtype: u16) -> u64 {
+pub(crate) fn rrset_spread_hash(owner_wire: &[u8], rtype: u16) -> u64 {
     let mut hasher = foldhash::quality::FixedState::with_seed(0x5eed_d15c_0000_0001).build_hasher();
     for &byte in owner_wire {
         hasher.write_u8(byte.to_ascii_lowercase());
@@ -105,7 +106,8 @@ pub fn rrset_spread_hash(owner_wire: &[u8], rtype: u16) -> u64 {
 
 /// `YYYYMMDDHHMMSS` (UTC), the presentation form of RRSIG times (RFC 4034 §3.2). For logs and
 /// tests, not the packet path.
-pub fn format_dnssec_time(unix: u32) -> String {
+#[cfg(test)]
+pub(crate) fn format_dnssec_time(unix: u32) -> String {
     let days = i64::from(unix / DAY);
     let secs = unix % DAY;
     // Howard Hinnant's civil_from_days (days since 1970-01-01 to a proleptic Gregorian date).
@@ -174,14 +176,15 @@ fn lowercase_name_in_place(wire: &mut [u8]) -> Option<usize> {
 
 /// The canonical (lower-case) form of an uncompressed wire name; `None` unless `name` is
 /// exactly one well-formed name.
-pub fn lowercase_name_wire(name: &[u8]) -> Option<Vec<u8>> {
+#[cfg(test)]
+pub(crate) fn lowercase_name_wire(name: &[u8]) -> Option<Vec<u8>> {
     let mut out = name.to_vec();
     (lowercase_name_in_place(&mut out)? == name.len()).then_some(out)
 }
 
 /// The RRSIG Labels field of an owner name: labels not counting the root nor a leading `*`
 /// (RFC 4034 §3.1.3); `None` unless `name` is exactly one well-formed name.
-pub fn label_count(name: &[u8]) -> Option<u8> {
+pub(crate) fn label_count(name: &[u8]) -> Option<u8> {
     if name_len(name)? != name.len() {
         return None;
     }

@@ -8,13 +8,13 @@ use super::sign::{RrsetToSign, ValidityWindow, rrsig_rdata};
 
 /// A live signer for one zone: the key, how it is published, and the zone apex (signer name).
 #[derive(Debug)]
-pub struct ZoneSigner {
-    pub key: Arc<SigningKey>,
+pub(crate) struct ZoneSigner {
+    pub(crate) key: Arc<SigningKey>,
     /// DNSKEY flags the key is published with (256 ZSK, 257 KSK).
     pub flags: u16,
     pub key_tag: u16,
     /// Zone apex, lower-case uncompressed wire.
-    pub signer_wire: Vec<u8>,
+    pub(crate) signer_wire: Vec<u8>,
 }
 
 impl PartialEq for ZoneSigner {
@@ -28,17 +28,17 @@ impl PartialEq for ZoneSigner {
 
 /// What PowerDNS publishes for a zone, as learned with DO=1.
 #[derive(Debug, Clone, Copy)]
-pub struct Published<'a> {
+pub(crate) struct Published<'a> {
     /// DNSKEY RDATAs at the apex.
-    pub dnskeys: &'a [Vec<u8>],
-    pub dnskey_ttl: u32,
+    pub(crate) dnskeys: &'a [Vec<u8>],
+    pub(crate) dnskey_ttl: u32,
     /// Key tags of the RRSIGs PowerDNS puts on the apex SOA: the keys it signs answers with.
     pub signing_tags: &'a [u16],
 }
 
 /// Whether a zone is signed in-process, and if not, why (for `/status` and the logs).
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum SignerState {
+pub(crate) enum SignerState {
     Live(Arc<ZoneSigner>),
     /// No `[[dnssec.keys]]` entry for the zone.
     #[default]
@@ -56,7 +56,7 @@ pub enum SignerState {
 }
 
 impl SignerState {
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             SignerState::Live(_) => "signing",
             SignerState::NoKey => "no_key",
@@ -65,7 +65,7 @@ impl SignerState {
         }
     }
 
-    pub fn signer(&self) -> Option<&Arc<ZoneSigner>> {
+    pub(crate) fn signer(&self) -> Option<&Arc<ZoneSigner>> {
         match self {
             SignerState::Live(s) => Some(s),
             _ => None,
@@ -82,7 +82,7 @@ impl SignerState {
 /// 3. else nothing: DO=1 queries for the zone go to PowerDNS.
 ///
 /// A key missing from the DNSKEY RRset is never used, whatever it signed before.
-pub fn choose(
+pub(crate) fn choose(
     apex_wire: &[u8],
     keys: &[Arc<SigningKey>],
     published: Published<'_>,
@@ -131,7 +131,7 @@ pub fn choose(
 /// future time a published key preferred over the current choice outlives its DNSKEY TTL. A
 /// key waiting behind a live, less preferred one is not visible in the [`SignerState`], so the
 /// control plane asks this to know when to decide again.
-pub fn next_change(
+pub(crate) fn next_change(
     keys: &[Arc<SigningKey>],
     published: Published<'_>,
     first_seen: impl Fn(&[u8]) -> Option<u64>,
@@ -172,7 +172,7 @@ fn live(key: &Arc<SigningKey>, flags: u16, key_tag: u16, apex_wire: &[u8]) -> Si
 /// Signs a throwaway RRset with `key` and checks the signature against the key's public half:
 /// run once per key before it goes live, so a key that cannot produce valid signatures (a
 /// broken file, a crypto failure) never reaches a resolver.
-pub fn self_check(key: &SigningKey) -> bool {
+pub(crate) fn self_check(key: &SigningKey) -> bool {
     let owner = b"\x05check\x07dnsteer\x00";
     let rdata: &[u8] = &[192, 0, 2, 1];
     let rrset = RrsetToSign {

@@ -35,19 +35,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 
 use arc_swap::ArcSwap;
+use prometheus::proto::{MetricFamily, MetricType};
 use tokio::time::Instant;
 
 use crate::config::{CacheConfig, ClientAddress, UpstreamConfig};
 use crate::dns::cached::{self, StoredAnswer, Ttls};
 use crate::dns::{Added, Query, rcode};
-use crate::telemetry::metrics::{CacheSkip, WorkerMetrics};
+use crate::telemetry::metrics::{CacheSkip, Metrics, WorkerMetrics, family, scalar};
 
 /// Bytes counted per entry besides its answer: the entry, its slot and its index entry.
-pub const ENTRY_OVERHEAD: usize = 160;
+pub(crate) const ENTRY_OVERHEAD: usize = 160;
 /// Larger answers are not cached (`reason="too_big"`).
-pub const MAX_ANSWER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// TTL of a stale answer (RFC 8767 §4).
-pub const STALE_ANSWER_TTL: u32 = 30;
+pub(crate) const STALE_ANSWER_TTL: u32 = 30;
 
 /// What PowerDNS saw of the client: the part of the key an answer may depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ enum Seen {
 
 /// A query as the cache looks at it; built once per lookup or insert.
 #[derive(Debug, Clone, Copy)]
-pub struct Request {
+pub(crate) struct Request {
     base: u64,
     flags: u8,
     seen: Seen,
@@ -71,7 +72,7 @@ pub struct Request {
 
 /// How a lookup was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Served {
+pub(crate) enum Served {
     Fresh,
     /// Past its lifetime, within `stale_ttl`: TTLs set to 30.
     Stale,
@@ -148,7 +149,7 @@ pub struct PacketCache {
 
 impl PacketCache {
     /// A cache sized by `cfg`, knowing the zones whose entries `invalidate_zone` drops.
-    pub fn new(cfg: &CacheConfig, zones: &[String]) -> PacketCache {
+    pub(crate) fn new(cfg: &CacheConfig, zones: &[String]) -> PacketCache {
         // About 1024 entries and at least 64 KiB per shard, at most 64 shards.
         let shards = (cfg.max_entries / 1024)
             .min(cfg.max_bytes / (64 << 10))
@@ -178,7 +179,12 @@ impl PacketCache {
 
     /// Builds the cache's view of a query from `client` (None for queries never cached:
     /// TSIG-signed ones and zone transfers).
-    pub fn request(&self, q: &Query, client: IpAddr, up: &UpstreamConfig) -> Option<Request> {
+    pub(crate) fn request(
+        &self,
+        q: &Query,
+        client: IpAddr,
+        up: &UpstreamConfig,
+    ) -> Option<Request> {
         if q.signed || q.qtype == 251 || q.qtype == 252 {
             return None;
         }
@@ -228,7 +234,7 @@ impl PacketCache {
     /// Writes the cached answer to `q` (the client's packet `pkt`) into `out`. Only fresh
     /// entries unless `allow_stale`. `max_udp`: the client's UDP limit (None over TCP).
     #[allow(clippy::too_many_arguments)]
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         req: &Request,
         q: &Query,
@@ -269,7 +275,7 @@ impl PacketCache {
     }
 
     /// Stores PowerDNS's answer `resp` to `q` (forwarded with `added`), or counts why not.
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         req: &Request,
         q: &Query,
@@ -375,7 +381,7 @@ impl PacketCache {
     }
 
     /// Drops every entry of `zone` (lower-case, absolute), registering it if it is new.
-    pub fn invalidate_zone(&self, zone: &str) {
+    pub(crate) fn invalidate_zone(&self, zone: &str) {
         let Ok(apex) = crate::dns::name_from_text(zone) else {
             return;
         };
@@ -406,7 +412,7 @@ impl PacketCache {
     }
 
     /// (entries, bytes, evictions) over all shards, for `/metrics`.
-    pub fn stats(&self) -> (u64, u64, u64) {
+    pub(crate) fn stats(&self) -> (u64, u64, u64) {
         self.shards.iter().fold((0, 0, 0), |(e, b, v), s| {
             (
                 e + s.entries.load(Ordering::Relaxed),
@@ -657,6 +663,71 @@ fn is_under(name: &[u8], apex: &[u8]) -> bool {
         off += len + 1;
     }
     false
+}
+
+/// The cache's families: size and evictions read from the shards (zeros when `[cache]` is
+/// off), hits, misses, stale answers and skipped inserts summed from the workers' counters.
+pub(crate) fn families(cache: Option<&PacketCache>, workers: &Metrics) -> Vec<MetricFamily> {
+    let (entries, bytes, evictions) = cache.map_or((0, 0, 0), PacketCache::stats);
+    let mut out = vec![
+        scalar(
+            "dnsteer_cache_entries",
+            "Entries in the packet cache (answers and scope markers).",
+            MetricType::GAUGE,
+            entries as f64,
+        ),
+        scalar(
+            "dnsteer_cache_bytes",
+            "Bytes the packet cache holds (answers plus per-entry overhead).",
+            MetricType::GAUGE,
+            bytes as f64,
+        ),
+        scalar(
+            "dnsteer_cache_evictions_total",
+            "Packet cache entries removed to make room.",
+            MetricType::COUNTER,
+            evictions as f64,
+        ),
+    ];
+    for (name, help, get) in [
+        (
+            "dnsteer_cache_hits_total",
+            "Queries answered from the packet cache with a fresh entry.",
+            (|w: &WorkerMetrics| w.cache_hits.get()) as fn(&WorkerMetrics) -> u64,
+        ),
+        (
+            "dnsteer_cache_misses_total",
+            "Packet cache lookups that found no usable entry (the query was forwarded).",
+            |w| w.cache_misses.get(),
+        ),
+        (
+            "dnsteer_cache_stale_served_total",
+            "Expired packet cache entries served (TTL 30) because PowerDNS could not answer.",
+            |w| w.cache_stale.get(),
+        ),
+    ] {
+        out.push(scalar(
+            name,
+            help,
+            MetricType::COUNTER,
+            workers.sum(get) as f64,
+        ));
+    }
+    out.push(family(
+        "dnsteer_cache_insert_skipped_total",
+        "Answers from PowerDNS not put in the packet cache, by reason.",
+        MetricType::COUNTER,
+        CacheSkip::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    vec![("reason", r.label().to_string())],
+                    workers.sum(|w| w.cache_skipped[r as usize].get()) as f64,
+                )
+            })
+            .collect(),
+    ));
+    out
 }
 
 #[cfg(test)]

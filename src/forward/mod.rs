@@ -2,5 +2,6 @@
 //! tables, TCP pool, packet cache.
 
 pub mod cache;
-pub mod udp;
-pub mod upstream;
+pub(crate) mod metrics;
+pub(crate) mod udp;
+pub(crate) mod upstream;

@@ -22,12 +22,12 @@ use crate::forward::upstream::{
 
 /// In-flight UDP queries per server and front thread; beyond this a query gets SERVFAIL
 /// (counted as `pending_full`): a dead server cannot grow the table without bound.
-pub const MAX_PENDING_PER_SERVER: usize = 16_384;
+pub(crate) const MAX_PENDING_PER_SERVER: usize = 16_384;
 
 type PendingTable = HashMap<u16, Pending, foldhash::fast::RandomState>;
 
 /// One server as one front thread sees it.
-pub struct UdpServer {
+pub(crate) struct UdpServer {
     pub server: Arc<UpstreamServer>,
     pub counters: Arc<ServerCounters>,
     /// Connected: the kernel only delivers datagrams from the server's address and port.
@@ -66,13 +66,13 @@ impl UdpServer {
         })
     }
 
-    pub fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.sock.as_raw_fd()
     }
 }
 
 /// A front thread's view of the pool.
-pub struct UdpUpstreams {
+pub(crate) struct UdpUpstreams {
     set: Arc<UpstreamSet>,
     /// The set's servers in its order (`active` of them), then servers a reload removed that
     /// still have queries in flight. Indices are stable between `update`s.
@@ -93,7 +93,7 @@ pub struct UdpUpstreams {
 
 impl UdpUpstreams {
     /// Opens a socket per server of `set`. `max_pending`: see [`MAX_PENDING_PER_SERVER`].
-    pub fn build(
+    pub(crate) fn build(
         set: Arc<UpstreamSet>,
         max_pending: usize,
         buffer: usize,
@@ -117,21 +117,21 @@ impl UdpUpstreams {
     }
 
     /// Caps the queries in flight per server (see [`MAX_PENDING_PER_SERVER`]).
-    pub fn set_max_pending(&mut self, max: usize) {
+    pub(crate) fn set_max_pending(&mut self, max: usize) {
         self.max_pending = max;
     }
 
-    pub fn set(&self) -> &Arc<UpstreamSet> {
+    pub(crate) fn set(&self) -> &Arc<UpstreamSet> {
         &self.set
     }
 
     /// Every server still polled (the pool's and those draining), by index.
-    pub fn servers(&self) -> &[UdpServer] {
+    pub(crate) fn servers(&self) -> &[UdpServer] {
         &self.servers
     }
 
     /// Queries in flight on every server.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.servers.iter().map(|s| s.pending.len()).sum()
     }
 
@@ -139,7 +139,7 @@ impl UdpUpstreams {
     /// sockets and pending queries of servers that stay and of removed ones still in flight
     /// (their attempts keep their deadlines). Also closes removed servers once drained.
     /// Returns whether indices changed; on a socket error nothing changed.
-    pub fn update(&mut self, set: &Arc<UpstreamSet>) -> std::io::Result<bool> {
+    pub(crate) fn update(&mut self, set: &Arc<UpstreamSet>) -> std::io::Result<bool> {
         let drained = self.servers[self.active..]
             .iter()
             .any(|s| s.pending.is_empty());
@@ -210,7 +210,7 @@ impl UdpUpstreams {
     }
 
     /// Picks a server of the pool for an attempt (see [`pick_server`]).
-    pub fn pick(&mut self, tried: u64) -> Option<usize> {
+    pub(crate) fn pick(&mut self, tried: u64) -> Option<usize> {
         let servers = &self.servers[..self.active];
         pick_server(
             self.set.config.policy,
@@ -225,7 +225,7 @@ impl UdpUpstreams {
     /// Records `p` as in flight on server `idx` (from `pick`) under a fresh ID and writes the
     /// query to send into `out` (after a PROXY header naming the client, in proxy mode). Returns the ID; the caller sends `out` on that server's
     /// socket and reports a failed send with `send_failed`.
-    pub fn start_attempt(
+    pub(crate) fn start_attempt(
         &mut self,
         idx: usize,
         mut p: Pending,
@@ -258,7 +258,7 @@ impl UdpUpstreams {
     }
 
     /// Attempt `id` on server `idx` did not leave the socket: it is no longer in flight.
-    pub fn send_failed(&mut self, idx: usize, id: u16) -> Option<Pending> {
+    pub(crate) fn send_failed(&mut self, idx: usize, id: u16) -> Option<Pending> {
         let ws = self.servers.get_mut(idx)?;
         let p = ws.pending.remove(&id)?;
         ws.counters.errors.inc();
@@ -267,7 +267,7 @@ impl UdpUpstreams {
 
     /// Removes and returns the pending query of server `idx` that `resp` answers: the ID it
     /// carries, with the same question. Anything else is left alone (None).
-    pub fn take_matching(&mut self, idx: usize, resp: &[u8]) -> Option<Pending> {
+    pub(crate) fn take_matching(&mut self, idx: usize, resp: &[u8]) -> Option<Pending> {
         if resp.len() < dns::HEADER_LEN {
             return None;
         }
@@ -287,7 +287,7 @@ impl UdpUpstreams {
 
     /// Pops every attempt whose deadline passed and is still pending, with the index of the
     /// server that attempt went to (the one that timed out, not the first one tried).
-    pub fn expired(&mut self, now: Instant, out: &mut Vec<(usize, Pending)>) {
+    pub(crate) fn expired(&mut self, now: Instant, out: &mut Vec<(usize, Pending)>) {
         let timeout = self.set.config.timeout;
         while let Some(&(sent_at, idx, id)) = self.sent.front() {
             if sent_at + timeout > now {
@@ -308,7 +308,7 @@ impl UdpUpstreams {
 
     /// When the next attempt in flight runs out; attempts already settled are dropped from
     /// the front of the queue on the way, so an idle thread does not wake up for them.
-    pub fn next_deadline(&mut self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
         let timeout = self.set.config.timeout;
         while let Some(&(sent_at, idx, id)) = self.sent.front() {
             let live = self
@@ -348,7 +348,6 @@ mod tests {
         Pending {
             client: UdpClient {
                 addr: "192.0.2.1:53000".parse().unwrap(),
-                listener: 0,
                 local: "127.0.0.1:53".parse().unwrap(),
             },
             orig_id: query.id,

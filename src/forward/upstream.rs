@@ -25,24 +25,24 @@ use crate::telemetry::metrics::{Cnt, Hist};
 
 /// Counters one thread keeps for one server (single writer), summed at scrape.
 #[derive(Default)]
-pub struct ServerCounters {
-    pub requests: Cnt,
-    pub responses: Cnt,
+pub(crate) struct ServerCounters {
+    pub(crate) requests: Cnt,
+    pub(crate) responses: Cnt,
     pub timeouts: Cnt,
-    pub errors: Cnt,
+    pub(crate) errors: Cnt,
     pub latency: Hist,
 }
 
 /// One PowerDNS replica, shared by all workers. Health is written by the checker task.
-pub struct UpstreamServer {
+pub(crate) struct UpstreamServer {
     pub addr: SocketAddr,
     healthy: AtomicBool,
     /// Set when a reload removed this server: its checker stops.
     retired: AtomicBool,
-    pub consecutive_failures: AtomicU32,
-    pub consecutive_successes: AtomicU32,
-    pub checks: AtomicU64,
-    pub check_failures: AtomicU64,
+    pub(crate) consecutive_failures: AtomicU32,
+    pub(crate) consecutive_successes: AtomicU32,
+    pub(crate) checks: AtomicU64,
+    pub(crate) check_failures: AtomicU64,
     /// Every worker's counters for this server.
     counters: Mutex<Vec<Arc<ServerCounters>>>,
 }
@@ -63,7 +63,7 @@ impl UpstreamServer {
         })
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
@@ -72,14 +72,17 @@ impl UpstreamServer {
         let c = Arc::new(ServerCounters::default());
         self.counters
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(c.clone());
         c
     }
 
     /// Sums of every worker's counters: (requests, responses, timeouts, errors).
-    pub fn totals(&self) -> (u64, u64, u64, u64) {
-        let list = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn totals(&self) -> (u64, u64, u64, u64) {
+        let list = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         list.iter().fold((0, 0, 0, 0), |acc, c| {
             (
                 acc.0 + c.requests.get(),
@@ -91,11 +94,11 @@ impl UpstreamServer {
     }
 
     /// Latency histogram summed over workers: (bucket counts, sum in ns).
-    pub fn latency(&self, counts: &mut [u64], sum_ns: &mut u64) {
+    pub(crate) fn latency(&self, counts: &mut [u64], sum_ns: &mut u64) {
         for c in self
             .counters
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
         {
             c.latency.add_into(counts, sum_ns);
@@ -104,14 +107,14 @@ impl UpstreamServer {
 }
 
 /// The configured pool, swapped as a whole on reload (servers keep their identity by address).
-pub struct UpstreamSet {
+pub(crate) struct UpstreamSet {
     pub servers: Vec<Arc<UpstreamServer>>,
     pub config: UpstreamConfig,
 }
 
 impl UpstreamSet {
     /// Builds the pool, reusing `previous` servers with the same address (health kept).
-    pub fn new(config: &UpstreamConfig, previous: Option<&UpstreamSet>) -> Arc<UpstreamSet> {
+    pub(crate) fn new(config: &UpstreamConfig, previous: Option<&UpstreamSet>) -> Arc<UpstreamSet> {
         let servers = config
             .servers
             .iter()
@@ -128,7 +131,7 @@ impl UpstreamSet {
     }
 
     /// ECS to add for a client, per config (None when switched off).
-    pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
+    pub(crate) fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
         let c = &self.config;
         if !c.add_ecs() {
             return None;
@@ -142,7 +145,7 @@ impl UpstreamSet {
     }
 
     /// Marks servers not in `next` as retired so their checkers stop.
-    pub fn retire_missing(&self, next: &UpstreamSet) {
+    pub(crate) fn retire_missing(&self, next: &UpstreamSet) {
         for s in &self.servers {
             if !next.servers.iter().any(|n| Arc::ptr_eq(n, s)) {
                 s.retired.store(true, Ordering::Relaxed);
@@ -158,7 +161,7 @@ impl UpstreamSet {
 /// Runs the health check of one server until it is retired. A SOA query for
 /// `health_check_name` every interval; any well-formed matching response is healthy (REFUSED
 /// included) unless `must_resolve`, then NOERROR is required.
-pub async fn health_check_loop(
+pub(crate) async fn health_check_loop(
     server: Arc<UpstreamServer>,
     current: impl Fn() -> Arc<UpstreamSet>,
 ) {
@@ -208,32 +211,31 @@ async fn check_once(addr: SocketAddr, cfg: &UpstreamConfig, id: u16) -> bool {
 
 /// Where a UDP answer goes back to.
 #[derive(Clone, Copy)]
-pub struct UdpClient {
+pub(crate) struct UdpClient {
     pub addr: SocketAddr,
-    /// Index of the listen socket the query arrived on (replies leave from it).
-    pub listener: usize,
-    /// That socket's address (the destination in a PROXY header).
-    pub local: SocketAddr,
+    /// The listen socket's address (replies leave from the thread that owns it; the
+    /// destination in a PROXY header).
+    pub(crate) local: SocketAddr,
 }
 
 /// A forwarded UDP query waiting for its answer.
-pub struct Pending {
-    pub client: UdpClient,
-    pub orig_id: u16,
-    pub added: Added,
-    pub query: Query,
+pub(crate) struct Pending {
+    pub(crate) client: UdpClient,
+    pub(crate) orig_id: u16,
+    pub(crate) added: Added,
+    pub(crate) query: Query,
     /// The client's packet, kept for a retry on another server and for SERVFAIL.
-    pub packet: Vec<u8>,
-    pub attempt: usize,
+    pub(crate) packet: Vec<u8>,
+    pub(crate) attempt: usize,
     /// Bit i set: server i of the worker's list was tried.
-    pub tried: u64,
-    pub sent_at: Instant,
-    pub received_at: Instant,
-    pub sampled: bool,
+    pub(crate) tried: u64,
+    pub(crate) sent_at: Instant,
+    pub(crate) received_at: Instant,
+    pub(crate) sampled: bool,
 }
 
 /// One server as one worker's TCP forwarding sees it.
-pub struct WorkerServer {
+pub(crate) struct WorkerServer {
     pub server: Arc<UpstreamServer>,
     pub counters: Arc<ServerCounters>,
     pub tcp: TcpPool,
@@ -241,7 +243,7 @@ pub struct WorkerServer {
 
 /// A worker's view of the pool for TCP. Rebuilt (keeping the connections of unchanged
 /// servers) when the shared `UpstreamSet` changes.
-pub struct WorkerUpstreams {
+pub(crate) struct WorkerUpstreams {
     pub set: Arc<UpstreamSet>,
     pub servers: Vec<Rc<WorkerServer>>,
     rr: Cell<usize>,
@@ -292,7 +294,7 @@ pub(crate) fn pick_server(
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
+pub(crate) enum ForwardError {
     #[error("no upstream server left to try")]
     NoServer,
     #[error("too many queries in flight")]
@@ -302,7 +304,7 @@ pub enum ForwardError {
 }
 
 impl ForwardError {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             ForwardError::NoServer => "no_server",
             ForwardError::PendingFull => "pending_full",
@@ -313,7 +315,10 @@ impl ForwardError {
 
 impl WorkerUpstreams {
     /// The worker's view of `set`, reusing the TCP pools of `previous` for servers that stay.
-    pub fn build(set: Arc<UpstreamSet>, previous: Option<&WorkerUpstreams>) -> WorkerUpstreams {
+    pub(crate) fn build(
+        set: Arc<UpstreamSet>,
+        previous: Option<&WorkerUpstreams>,
+    ) -> WorkerUpstreams {
         let servers = set
             .servers
             .iter()
@@ -339,7 +344,7 @@ impl WorkerUpstreams {
 
     /// Picks a server for a TCP attempt (see [`pick_server`]); least-outstanding counts the
     /// queries in flight on this worker's connections to each.
-    pub fn pick(&self, tried: u64) -> Option<usize> {
+    pub(crate) fn pick(&self, tried: u64) -> Option<usize> {
         let mut rr = self.rr.get();
         let picked = pick_server(
             self.set.config.policy,
@@ -354,7 +359,7 @@ impl WorkerUpstreams {
     }
 
     /// ECS to add for a client, per config (None when switched off).
-    pub fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
+    pub(crate) fn ecs_for(&self, client: IpAddr) -> Option<(IpAddr, u8)> {
         self.set.ecs_for(client)
     }
 }
@@ -392,7 +397,7 @@ struct TcpConn {
 }
 
 /// Reused TCP connections to one server; queries are pipelined and matched by ID.
-pub struct TcpPool {
+pub(crate) struct TcpPool {
     addr: SocketAddr,
     /// Written first on each new connection (a PROXY header), or empty.
     preamble: Vec<u8>,
@@ -406,7 +411,7 @@ const TCP_CONN_QUEUE: usize = 64;
 
 /// A query sent on a pooled connection, waiting for its answer. Dropping it (answered, timed
 /// out or failed) frees its ID and its place in the connection's in-flight count.
-pub struct TcpWaiter {
+pub(crate) struct TcpWaiter {
     id: u16,
     token: u64,
     rx: oneshot::Receiver<Vec<u8>>,
@@ -415,12 +420,12 @@ pub struct TcpWaiter {
 
 impl TcpWaiter {
     /// The ID the query was sent with (the answer must carry it).
-    pub fn id(&self) -> u16 {
+    pub(crate) fn id(&self) -> u16 {
         self.id
     }
 
     /// The raw answer; an error if the connection closed first.
-    pub async fn answer(&mut self) -> Result<Vec<u8>, oneshot::error::RecvError> {
+    pub(crate) async fn answer(&mut self) -> Result<Vec<u8>, oneshot::error::RecvError> {
         (&mut self.rx).await
     }
 }
@@ -456,7 +461,7 @@ impl TcpPool {
 
     /// A pool whose connections start with `preamble`: with a PROXY header, one TCP client's
     /// own connection(s) to PowerDNS (a header speaks for the whole connection).
-    pub fn with_preamble(addr: SocketAddr, size: usize, preamble: Vec<u8>) -> TcpPool {
+    pub(crate) fn with_preamble(addr: SocketAddr, size: usize, preamble: Vec<u8>) -> TcpPool {
         TcpPool {
             addr,
             preamble,
@@ -469,7 +474,11 @@ impl TcpPool {
     /// Sends `query` with its ID replaced by one free on the chosen connection. A connection
     /// opened here, or one that goes without any answer for `timeout` while answers are owed,
     /// is given that long (a half-dead server cannot keep it, and its waiters, forever).
-    pub fn send(&self, mut query: Vec<u8>, timeout: Duration) -> Result<TcpWaiter, ForwardError> {
+    pub(crate) fn send(
+        &self,
+        mut query: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<TcpWaiter, ForwardError> {
         if query.len() < dns::HEADER_LEN {
             return Err(ForwardError::Send(std::io::ErrorKind::InvalidInput));
         }
@@ -511,7 +520,7 @@ impl TcpPool {
     }
 
     /// Queries waiting for an answer on this pool's open connections.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.conns
             .borrow()
             .iter()
@@ -709,7 +718,8 @@ mod tests {
             let mut waiters: Vec<_> = (0..3)
                 .map(|_| pool.send(query.clone(), timeout).unwrap())
                 .collect();
-            let ids: std::collections::HashSet<u16> = waiters.iter().map(|w| w.id()).collect();
+            let ids: std::collections::HashSet<u16> =
+                waiters.iter().map(super::TcpWaiter::id).collect();
             assert_eq!(ids.len(), 3, "one connection, three distinct IDs");
             assert_eq!(pool.in_flight(), 3);
             for w in &mut waiters {

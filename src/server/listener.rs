@@ -22,6 +22,7 @@ use crate::dns::{self, rcode};
 use crate::forward::upstream::{TcpPool, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
+use crate::server::udp_batch;
 use crate::server::udp_front::UdpFront;
 use crate::state::{Shared, Snapshot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
@@ -31,7 +32,7 @@ use crate::telemetry::querylog::{Event, Sampler};
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Sockets bound before the workers start, so bind errors surface at start-up.
-pub struct BoundSockets {
+pub(crate) struct BoundSockets {
     /// Per listen address: one UDP socket and one TCP listener per worker.
     pub udp: Vec<Vec<std::net::UdpSocket>>,
     pub tcp: Vec<Vec<std::net::TcpListener>>,
@@ -63,7 +64,7 @@ fn reuseport_socket(
 
 /// Largest UDP payload for which IPv4 answers leave with DF set (RFC 9715's recommended
 /// maximum DNS/UDP payload): above it the operator chose fragmentable answers.
-pub const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
+pub(crate) const DONT_FRAGMENT_MAX_PAYLOAD: u16 = 1400;
 
 /// IPv4 UDP answers with the Don't Fragment bit and no path-MTU state (RFC 9715 R4:
 /// fragmented DNS answers are dropped or spoofed on the way, and forged ICMP "fragmentation
@@ -75,26 +76,15 @@ fn set_dont_fragment(s: &Socket, addr: SocketAddr) {
         // IPv6 routers never fragment; the source only does for answers over the path MTU.
         return;
     }
-    let v: libc::c_int = libc::IP_PMTUDISC_PROBE;
-    // SAFETY: plain integer option on a socket we own.
-    let r = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_MTU_DISCOVER,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "IP_MTU_DISCOVER not set");
+    if let Err(e) = udp_batch::set_ip_mtu_discover(s.as_raw_fd(), libc::IP_PMTUDISC_PROBE) {
+        tracing::debug!(error = %e, "IP_MTU_DISCOVER not set");
     }
 }
 
 /// Binds `workers` UDP sockets and TCP listeners on every address. For port 0, one port free
 /// for both UDP and TCP is found first, then every worker binds it. `dont_fragment`: see
 /// [`DONT_FRAGMENT_MAX_PAYLOAD`].
-pub fn bind_all(
+pub(crate) fn bind_all(
     listen: &[SocketAddr],
     workers: usize,
     buffer: usize,
@@ -115,7 +105,7 @@ pub fn bind_all(
                     break;
                 }
                 Err(e) if want.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
-                    last_err = Some(e)
+                    last_err = Some(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -226,7 +216,7 @@ impl Worker {
 }
 
 /// Runs one worker until `stop` turns true and its in-flight work is done.
-pub fn run_worker(
+pub(crate) fn run_worker(
     index: usize,
     shared: Arc<Shared>,
     udp: Vec<std::net::UdpSocket>,
@@ -394,21 +384,12 @@ async fn tcp_connection(
     // With `client_address = "proxy"`: this client's own upstream connections, made on its
     // first forwarded query and closed with it.
     let own = Rc::new(ClientPools::new(peer, local));
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, wr) = stream.into_split();
     // Responses are written by one task; the queue is bounded by the in-flight limit, and a
     // client that does not read stalls only itself: its permits stay taken, we stop reading.
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight_per_connection);
     let idle = limits.idle_timeout;
-    let writer = tokio::task::spawn_local(async move {
-        let mut frame = Vec::with_capacity(514);
-        while let Some(msg) = rx.recv().await {
-            match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
-                Ok(Ok(())) => {}
-                _ => return,
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    let writer = tokio::task::spawn_local(tcp_writer(wr, rx, idle));
     let permits = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
     let mut served: u64 = 0;
     let mut out = Vec::with_capacity(1024);
@@ -420,30 +401,9 @@ async fn tcp_connection(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let len = tokio::select! {
-            r = tokio::time::timeout(idle, rd.read_u16()) => match r {
-                Ok(Ok(n)) => n as usize,
-                Ok(Err(_)) => break,
-                Err(_) => {
-                    w.metrics.tcp_closed_idle.inc();
-                    break;
-                }
-            },
-            _ = stop.changed() => break,
-        };
-        if len < dns::HEADER_LEN {
-            w.metrics.dropped(DropReason::TcpFrame);
+        let Some(msg) = read_tcp_query(&w, &mut rd, idle, &mut stop).await else {
             break;
-        }
-        let mut msg = vec![0u8; len];
-        // The body must follow promptly: a slow trickle is treated like an idle client.
-        match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
-            Ok(Ok(_)) => {}
-            _ => {
-                w.metrics.dropped(DropReason::TcpFrame);
-                break;
-            }
-        }
+        };
         served += 1;
         let received = Instant::now();
         let snap = w.snapshot();
@@ -458,30 +418,20 @@ async fn tcp_connection(
             Action::Drop => drop(permit),
             Action::Forward { query, sampled } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
-                let ups = w.upstreams(&snap);
-                let tx = tx.clone();
-                let w2 = w.clone();
-                let own = own.clone();
-                tokio::task::spawn_local(async move {
-                    let resp = forward_tcp(&w2, &ups, &own, &msg, &query, peer).await;
-                    let snap = w2.snapshot();
-                    pipeline::forwarded_done(
-                        &snap,
-                        &w2.metrics,
-                        &w2.shared.log,
-                        &pipeline::Forwarded {
-                            transport: Transport::Tcp,
-                            client: peer.ip(),
-                            query: &query,
-                            received,
-                            sampled,
-                        },
-                        &resp.0,
-                        resp.1,
-                    );
-                    let _ = tx.send(resp.0).await;
-                    drop(permit);
-                });
+                let forward = TcpForward {
+                    msg,
+                    query,
+                    peer,
+                    received,
+                    sampled,
+                    own: own.clone(),
+                };
+                tokio::task::spawn_local(forward.run(
+                    w.clone(),
+                    w.upstreams(&snap),
+                    tx.clone(),
+                    permit,
+                ));
             }
         }
     }
@@ -491,6 +441,104 @@ async fn tcp_connection(
         .await;
     drop(tx);
     let _ = writer.await;
+    linger(&mut rd).await;
+}
+
+/// Writes the connection's answers in order; stops on a client that does not read within
+/// `idle`. Shuts the write side down once every sender is gone.
+async fn tcp_writer(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    idle: Duration,
+) {
+    let mut frame = Vec::with_capacity(514);
+    while let Some(msg) = rx.recv().await {
+        match tokio::time::timeout(idle, dns::write_frame(&mut wr, &msg, &mut frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+/// Reads one length-prefixed query; `None` closes the connection (client closed, idle, a bad
+/// frame, or stop).
+async fn read_tcp_query(
+    w: &Worker,
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    idle: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<u8>> {
+    let len = tokio::select! {
+        r = tokio::time::timeout(idle, rd.read_u16()) => match r {
+            Ok(Ok(n)) => n as usize,
+            Ok(Err(_)) => return None,
+            Err(_) => {
+                w.metrics.tcp_closed_idle.inc();
+                return None;
+            }
+        },
+        _ = stop.changed() => return None,
+    };
+    if len < dns::HEADER_LEN {
+        w.metrics.dropped(DropReason::TcpFrame);
+        return None;
+    }
+    let mut msg = vec![0u8; len];
+    // The body must follow promptly: a slow trickle is treated like an idle client.
+    match tokio::time::timeout(idle, rd.read_exact(&mut msg)).await {
+        Ok(Ok(_)) => Some(msg),
+        _ => {
+            w.metrics.dropped(DropReason::TcpFrame);
+            None
+        }
+    }
+}
+
+/// A TCP query on its way to PowerDNS.
+struct TcpForward {
+    msg: Vec<u8>,
+    query: dns::Query,
+    peer: SocketAddr,
+    received: Instant,
+    sampled: bool,
+    /// The client's own upstream connections (`client_address = "proxy"`).
+    own: Rc<ClientPools>,
+}
+
+impl TcpForward {
+    /// Forwards, accounts the answer (or SERVFAIL) and queues it for the writer; the permit
+    /// is released once it is queued.
+    async fn run(
+        self,
+        w: Rc<Worker>,
+        ups: Rc<WorkerUpstreams>,
+        tx: mpsc::Sender<Vec<u8>>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let resp = forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
+        let snap = w.snapshot();
+        pipeline::forwarded_done(
+            &snap,
+            &w.metrics,
+            &w.shared.log,
+            &pipeline::Forwarded {
+                transport: Transport::Tcp,
+                client: self.peer.ip(),
+                query: &self.query,
+                received: self.received,
+                sampled: self.sampled,
+            },
+            &resp.0,
+            resp.1,
+        );
+        let _ = tx.send(resp.0).await;
+        drop(permit);
+    }
+}
+
+/// After our FIN: discards what the client still sends, briefly, so the close is not an RST.
+async fn linger(rd: &mut tokio::net::tcp::OwnedReadHalf) {
     // Our FIN is out. Discard what the client sent that we will not answer (pipelined queries
     // after a stop or a query cap) until it closes too, briefly: closing with unread data makes
     // the kernel send RST, and an RST can destroy answers the client has not read yet.
@@ -559,12 +607,9 @@ async fn forward_tcp(
             _ => None,
         };
         let pool = proxied.as_deref().unwrap_or(&ws.tcp);
-        let mut waiter = match pool.send(buf.clone(), timeout) {
-            Ok(w) => w,
-            Err(_) => {
-                ws.counters.errors.inc();
-                continue;
-            }
+        let Ok(mut waiter) = pool.send(buf.clone(), timeout) else {
+            ws.counters.errors.inc();
+            continue;
         };
         match tokio::time::timeout(timeout, waiter.answer()).await {
             Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {
@@ -626,20 +671,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     fn mtu_discover(s: &std::net::UdpSocket) -> libc::c_int {
-        let mut v: libc::c_int = -1;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: reads one integer option into a local of the right size.
-        let r = unsafe {
-            libc::getsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                (&mut v as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
-        v
+        udp_batch::ip_mtu_discover(s.as_raw_fd()).unwrap()
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The packet path: sockets and worker threads, the UDP front end on batched syscalls, TCP
 //! connections, and the per-query decision shared by UDP and TCP.
 
-pub mod listener;
+pub(crate) mod listener;
 pub mod pipeline;
 pub mod signing;
-pub mod udp_batch;
+pub(crate) mod udp_batch;
 pub mod udp_front;

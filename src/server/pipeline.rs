@@ -5,6 +5,7 @@
 //! (metrics, sampled log). Forwarded queries are accounted when their answer comes back.
 
 use std::net::{IpAddr, SocketAddr};
+use std::ops::ControlFlow;
 
 use tokio::time::Instant;
 
@@ -15,7 +16,7 @@ use crate::forward::cache::{PacketCache, Served};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Snapshot;
-use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome};
+use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome, RecordSet, ZoneInfo};
 use crate::telemetry::metrics::{
     Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
 };
@@ -77,42 +78,8 @@ pub fn handle(
 
     // Limit before parsing: a blocked source costs a table lookup, nothing more. The receive
     // time is reused: one clock read per packet.
-    match ctx.limiter.check_at(src_ip, received.into_std()) {
-        Verdict::Allow | Verdict::Exempt => {}
-        Verdict::WouldLimit { block_started } => {
-            ctx.metrics.would_limit.inc();
-            if block_started {
-                ctx.log.event(Event::BlockStarted {
-                    source: src_ip,
-                    prefix: limiter_prefix(ctx, src_ip),
-                    dry_run: true,
-                });
-            }
-        }
-        Verdict::Limited { block_started } => {
-            if block_started {
-                ctx.log.event(Event::BlockStarted {
-                    source: src_ip,
-                    prefix: limiter_prefix(ctx, src_ip),
-                    dry_run: false,
-                });
-            }
-            let action = ctx.snap.config.ratelimit.action;
-            // TCP already proved the source address: truncation means "come back over TCP",
-            // so a limited TCP query under `truncate` is answered normally.
-            if !(action == LimitAction::Truncate && t == Transport::Tcp) {
-                ctx.metrics.limited_by_action[action as usize].inc();
-                ctx.metrics.query(t, Decision::Limited);
-                return match action {
-                    LimitAction::Drop => {
-                        ctx.metrics.dropped(DropReason::RateLimited);
-                        Action::Drop
-                    }
-                    LimitAction::Refused => reply_error(ctx, pkt, rcode::REFUSED, false, t, out),
-                    LimitAction::Truncate => reply_error(ctx, pkt, rcode::NOERROR, true, t, out),
-                };
-            }
-        }
+    if let Some(action) = rate_limit(ctx, pkt, src_ip, t, received, out) {
+        return action;
     }
 
     // Borrowed from the Result: the Query is only copied when it is forwarded.
@@ -125,34 +92,136 @@ pub fn handle(
         return notify(ctx, pkt, src_ip, t, out);
     }
 
-    let sampled = ctx.sampler.sample(ctx.snap.sample_threshold);
-    let client = Client {
-        bestwho: q.edns.and_then(|e| e.ecs).map_or_else(
-            || ctx.snap.config.upstream.client_identity(src_ip),
-            |e| e.addr,
-        ),
-        ecs_source_prefix: q.edns.and_then(|e| e.ecs).map(|e| e.source_prefix),
+    let asked = Asked {
+        pkt,
+        q,
+        src_ip,
+        t,
+        sampled: ctx.sampler.sample(ctx.snap.sample_threshold),
+        max_size: match t {
+            Transport::Udp => q.max_udp_response(ctx.max_udp_payload),
+            Transport::Tcp => usize::from(u16::MAX),
+        },
+        udp_size: ctx.max_udp_payload,
+        dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
     };
-    let max_size = match t {
-        Transport::Udp => q.max_udp_response(ctx.max_udp_payload),
-        Transport::Tcp => u16::MAX as usize,
-    };
-    let edns_reply = |scope: u8| {
-        q.edns.map(|e| EdnsReply {
-            udp_size: ctx.max_udp_payload,
+    match answer(ctx, &asked, received, out) {
+        ControlFlow::Continue((decision, rc, answers)) => {
+            account_answer(ctx, &asked, decision, rc, answers, received);
+            Action::Reply
+        }
+        ControlFlow::Break(action) => action,
+    }
+}
+
+/// One parsed query on its way to an answer made here, and what that answer must respect.
+struct Asked<'q> {
+    pkt: &'q [u8],
+    q: &'q Query,
+    src_ip: IpAddr,
+    t: Transport,
+    /// Whether the query log gets this query.
+    sampled: bool,
+    /// Largest response the client takes.
+    max_size: usize,
+    /// Our EDNS UDP size.
+    udp_size: u16,
+    dnssec_ok: bool,
+}
+
+impl Asked<'_> {
+    /// The OPT record of the answer (if the query had one), with ECS `scope`.
+    #[inline]
+    fn edns_reply(&self, scope: u8) -> Option<EdnsReply> {
+        self.q.edns.map(|e| EdnsReply {
+            udp_size: self.udp_size,
             dnssec_ok: e.dnssec_ok,
             ecs: e.ecs.map(|ecs| (ecs, scope)),
             ext_rcode: 0,
         })
-    };
+    }
 
-    let dnssec_ok = q.edns.is_some_and(|e| e.dnssec_ok);
-    let forward_dnssec = |ctx: &mut Ctx<'_>, why: DnssecForward| {
+    #[inline]
+    fn forward(&self) -> Action {
+        Action::Forward {
+            query: *self.q,
+            sampled: self.sampled,
+        }
+    }
+
+    /// Sent to PowerDNS because dnsteer cannot sign the answer (counted by `why`).
+    #[inline]
+    fn forward_dnssec(&self, ctx: &Ctx<'_>, why: DnssecForward) -> Action {
         ctx.metrics.dnssec_forwarded[why as usize].inc();
-        Action::Forward { query: *q, sampled }
-    };
-    let (decision, rc, answers) = match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
-        Lookup::Miss if from_cache(ctx, pkt, q, src_ip, received, max_size, out) => {
+        self.forward()
+    }
+}
+
+/// The rate limiter's verdict on `src_ip`: `Some` when the query ends here (dropped, or
+/// answered REFUSED or TC=1 into `out`).
+#[inline]
+fn rate_limit(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src_ip: IpAddr,
+    t: Transport,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Option<Action> {
+    match ctx.limiter.check_at(src_ip, received.into_std()) {
+        Verdict::Allow | Verdict::Exempt => None,
+        Verdict::WouldLimit { block_started } => {
+            ctx.metrics.would_limit.inc();
+            if block_started {
+                ctx.log.event(Event::BlockStarted {
+                    source: src_ip,
+                    prefix: limiter_prefix(ctx, src_ip),
+                    dry_run: true,
+                });
+            }
+            None
+        }
+        Verdict::Limited { block_started } => {
+            if block_started {
+                ctx.log.event(Event::BlockStarted {
+                    source: src_ip,
+                    prefix: limiter_prefix(ctx, src_ip),
+                    dry_run: false,
+                });
+            }
+            let action = ctx.snap.config.ratelimit.action;
+            // TCP already proved the source address: truncation means "come back over TCP",
+            // so a limited TCP query under `truncate` is answered normally.
+            if action == LimitAction::Truncate && t == Transport::Tcp {
+                return None;
+            }
+            ctx.metrics.limited_by_action[action as usize].inc();
+            ctx.metrics.query(t, Decision::Limited);
+            Some(match action {
+                LimitAction::Drop => {
+                    ctx.metrics.dropped(DropReason::RateLimited);
+                    Action::Drop
+                }
+                LimitAction::Refused => reply_error(ctx, pkt, rcode::REFUSED, false, t, out),
+                LimitAction::Truncate => reply_error(ctx, pkt, rcode::NOERROR, true, t, out),
+            })
+        }
+    }
+}
+
+/// The answer made here, if there is one (an in-process record, or the packet cache for
+/// names PowerDNS answers): `Continue` with (decision, rcode, answer count) once it is in
+/// `out`, `Break` when the query goes to PowerDNS instead or its answer was already accounted.
+#[inline]
+fn answer(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> ControlFlow<Action, (Decision, u8, u16)> {
+    let q = a.q;
+    ControlFlow::Continue(match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
+        Lookup::Miss if from_cache(ctx, a, received, out) => {
             note_truncation(ctx, out, 0);
             let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
             let answers = out
@@ -160,91 +229,122 @@ pub fn handle(
                 .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
             (Decision::Cache, rc, answers)
         }
-        Lookup::Miss if dnssec_ok => return forward_dnssec(ctx, DnssecForward::NotInProcess),
-        Lookup::Miss => return Action::Forward { query: *q, sampled },
+        Lookup::Miss if a.dnssec_ok => {
+            return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NotInProcess));
+        }
+        Lookup::Miss => return ControlFlow::Break(a.forward()),
         // A signed zone never gets an unsigned in-process answer to a DO=1 query: it is signed
         // here or, when that is not possible, sent to PowerDNS (which signs it and proves
         // denials).
-        Lookup::NoData(z) if z.signed && dnssec_ok => {
-            return forward_dnssec(ctx, DnssecForward::NoData);
+        Lookup::NoData(z) if z.signed && a.dnssec_ok => {
+            return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NoData));
         }
-        Lookup::Hit(_, Some(z)) if z.signed && dnssec_ok && z.signer.signer().is_none() => {
+        Lookup::Hit(_, Some(z)) if z.signed && a.dnssec_ok && z.signer.signer().is_none() => {
             let why = match z.signer {
                 SignerState::NotPublished { .. } => DnssecForward::KeyNotPublished,
                 SignerState::Waiting { .. } => DnssecForward::WaitingForDnskeyTtl,
                 _ => DnssecForward::NoKey,
             };
-            return forward_dnssec(ctx, why);
+            return ControlFlow::Break(a.forward_dnssec(ctx, why));
         }
-        Lookup::Hit(set, zone) => {
-            let signer = zone
-                .filter(|z| z.signed && dnssec_ok)
-                .and_then(|z| z.signer.signer());
-            let mut b = ResponseBuilder::new(out, pkt, q, rcode::NOERROR, true);
-            ctx.sign.start();
-            let mut sink = Sink {
-                b: &mut b,
-                ttl: set.ttl,
-                n: 0,
-                keep: signer.is_some().then_some(&mut *ctx.sign),
-            };
-            match set.evaluate(&client, &mut sink) {
-                Ok(ev) => {
-                    let n = sink.n;
-                    let empty = ev.outcome == Outcome::Empty || n == 0;
-                    if empty && signer.is_some() {
-                        return forward_dnssec(ctx, DnssecForward::Empty);
-                    }
-                    if let Some(s) = signer {
-                        let signed =
-                            ctx.sign
-                                .sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
-                                    b.answer(TYPE_RRSIG, set.ttl, rrsig)
-                                });
-                        if !signed {
-                            let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
-                            b.finish(edns_reply(0), max_size);
-                            ctx.metrics.query(t, Decision::Error);
-                            ctx.metrics.response(t, rcode::SERVFAIL);
-                            return Action::Reply;
-                        }
-                        ctx.metrics.dnssec_signed.inc();
-                    }
-                    if empty && let Some(z) = zone {
-                        b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
-                    }
-                    let len = b.finish(edns_reply(ev.scope), max_size);
-                    let (d, kind) = match ev.outcome {
-                        Outcome::Primary => (Decision::Rule, AnswerKind::Primary),
-                        Outcome::Backup => (Decision::Backup, AnswerKind::Backup),
-                        Outcome::Empty => (Decision::Empty, AnswerKind::Empty),
-                    };
-                    set.stats.count(ctx.worker, kind);
-                    note_truncation(ctx, out, len);
-                    (d, rcode::NOERROR, n)
-                }
-                Err(e) => {
-                    set.stats.count(ctx.worker, AnswerKind::Error);
-                    let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
-                    b.finish(edns_reply(0), max_size);
-                    ctx.log.event(Event::ServFail {
-                        client: src_ip,
-                        qname: q.qname,
-                        qtype: q.qtype,
-                        reason: e.kind(),
-                    });
-                    (Decision::Error, rcode::SERVFAIL, 0)
-                }
-            }
-        }
+        Lookup::Hit(set, zone) => return answer_record(ctx, a, set, zone, out),
         Lookup::NoData(z) => {
-            let mut b = ResponseBuilder::new(out, pkt, q, rcode::NOERROR, true);
+            let mut b = ResponseBuilder::new(out, a.pkt, q, rcode::NOERROR, true);
             b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
-            b.finish(edns_reply(0), max_size);
+            b.finish(a.edns_reply(0), a.max_size);
             (Decision::Empty, rcode::NOERROR, 0)
         }
-    };
+    })
+}
 
+/// Evaluates a record set into `out`, signed when its zone signs DO=1 answers here.
+#[inline]
+fn answer_record(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    set: &RecordSet,
+    zone: Option<&ZoneInfo>,
+    out: &mut Vec<u8>,
+) -> ControlFlow<Action, (Decision, u8, u16)> {
+    let (pkt, q, t) = (a.pkt, a.q, a.t);
+    let client = Client {
+        bestwho: q.edns.and_then(|e| e.ecs).map_or_else(
+            || ctx.snap.config.upstream.client_identity(a.src_ip),
+            |e| e.addr,
+        ),
+        ecs_source_prefix: q.edns.and_then(|e| e.ecs).map(|e| e.source_prefix),
+    };
+    let signer = zone
+        .filter(|z| z.signed && a.dnssec_ok)
+        .and_then(|z| z.signer.signer());
+    let mut b = ResponseBuilder::new(out, pkt, q, rcode::NOERROR, true);
+    ctx.sign.start();
+    let mut sink = Sink {
+        b: &mut b,
+        ttl: set.ttl,
+        n: 0,
+        keep: signer.is_some().then_some(&mut *ctx.sign),
+    };
+    let ev = match set.evaluate(&client, &mut sink) {
+        Ok(ev) => ev,
+        Err(e) => {
+            set.stats.count(ctx.worker, AnswerKind::Error);
+            let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
+            b.finish(a.edns_reply(0), a.max_size);
+            ctx.log.event(Event::ServFail {
+                client: a.src_ip,
+                qname: q.qname,
+                qtype: q.qtype,
+                reason: e.kind(),
+            });
+            return ControlFlow::Continue((Decision::Error, rcode::SERVFAIL, 0));
+        }
+    };
+    let n = sink.n;
+    let empty = ev.outcome == Outcome::Empty || n == 0;
+    if empty && signer.is_some() {
+        return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::Empty));
+    }
+    if let Some(s) = signer {
+        let signed = ctx
+            .sign
+            .sign(s, q.qname.as_bytes(), set.ttl, ctx.metrics, |rrsig| {
+                b.answer(TYPE_RRSIG, set.ttl, rrsig);
+            });
+        if !signed {
+            let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
+            b.finish(a.edns_reply(0), a.max_size);
+            ctx.metrics.query(t, Decision::Error);
+            ctx.metrics.response(t, rcode::SERVFAIL);
+            return ControlFlow::Break(Action::Reply);
+        }
+        ctx.metrics.dnssec_signed.inc();
+    }
+    if empty && let Some(z) = zone {
+        b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
+    }
+    let len = b.finish(a.edns_reply(ev.scope), a.max_size);
+    let (d, kind) = match ev.outcome {
+        Outcome::Primary => (Decision::Rule, AnswerKind::Primary),
+        Outcome::Backup => (Decision::Backup, AnswerKind::Backup),
+        Outcome::Empty => (Decision::Empty, AnswerKind::Empty),
+    };
+    set.stats.count(ctx.worker, kind);
+    note_truncation(ctx, out, len);
+    ControlFlow::Continue((d, rcode::NOERROR, n))
+}
+
+/// Metrics, latency and the sampled log line for an answer made here.
+#[inline]
+fn account_answer(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    decision: Decision,
+    rc: u8,
+    answers: u16,
+    received: Instant,
+) {
+    let t = a.t;
     ctx.metrics.query(t, decision);
     ctx.metrics.response(t, rc);
     match &mut ctx.latency {
@@ -254,35 +354,26 @@ pub fn handle(
         }
         Latency::Batch { answered } => *answered += 1,
     }
-    if sampled {
+    if a.sampled {
         let latency = received.elapsed().as_nanos() as u64;
         ctx.log.query(entry(
-            ctx.snap, t, src_ip, q, decision, rc, answers, latency, None,
+            ctx.snap, t, a.src_ip, a.q, decision, rc, answers, latency, None,
         ));
     }
-    Action::Reply
 }
 
 /// Answers `q` from the packet cache into `out` if it holds a fresh entry (or a stale one
 /// while no PowerDNS server is healthy: forwarding could only time out). Never used for
 /// in-process records: they follow probe state.
-fn from_cache(
-    ctx: &Ctx<'_>,
-    pkt: &[u8],
-    q: &Query,
-    src: IpAddr,
-    now: Instant,
-    max_size: usize,
-    out: &mut Vec<u8>,
-) -> bool {
+fn from_cache(ctx: &Ctx<'_>, a: &Asked<'_>, now: Instant, out: &mut Vec<u8>) -> bool {
     let Some(cache) = ctx.cache else {
         return false;
     };
-    let Some(req) = cache.request(q, src, &ctx.snap.config.upstream) else {
+    let Some(req) = cache.request(a.q, a.src_ip, &ctx.snap.config.upstream) else {
         return false;
     };
     let all_down = ctx.snap.upstream.servers.iter().all(|s| !s.is_healthy());
-    match cache.lookup(&req, q, pkt, now, all_down, Some(max_size), out) {
+    match cache.lookup(&req, a.q, a.pkt, now, all_down, Some(a.max_size), out) {
         Some(Served::Fresh) => ctx.metrics.cache_hits.inc(),
         Some(Served::Stale) => ctx.metrics.cache_stale.inc(),
         None => {
@@ -295,7 +386,7 @@ fn from_cache(
 
 /// A forwarded query that could not be answered by PowerDNS: its stale cache entry, if the
 /// cache has one within `stale_ttl` (RFC 8767), written into `out`.
-pub fn stale_answer(
+pub(crate) fn stale_answer(
     cache: Option<&PacketCache>,
     snap: &Snapshot,
     metrics: &WorkerMetrics,
@@ -318,16 +409,16 @@ pub fn stale_answer(
 }
 
 /// A forwarded query, as its accounting needs it.
-pub struct Forwarded<'q> {
-    pub transport: Transport,
+pub(crate) struct Forwarded<'q> {
+    pub(crate) transport: Transport,
     pub client: IpAddr,
     pub query: &'q Query,
-    pub received: Instant,
+    pub(crate) received: Instant,
     pub sampled: bool,
 }
 
 /// Accounting for a forwarded query's answer (or its SERVFAIL) on its way to the client.
-pub fn forwarded_done(
+pub(crate) fn forwarded_done(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,
@@ -367,7 +458,7 @@ pub fn forwarded_done(
 /// A forwarded UDP query that gets SERVFAIL instead (no server left, pending table full, send
 /// refused, out of attempts): counted, logged, and the answer written into `out`. False if
 /// the packet cannot carry an error answer (then nothing is sent).
-pub fn servfail_forwarded(
+pub(crate) fn servfail_forwarded(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
     log: &QueryLog,

@@ -4,15 +4,17 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::dnssec::{
     Outcome, RrsetToSign, SignError, SignatureCache, ValidityWindow, ZoneSigner, rrset_spread_hash,
     rrsig_rdata,
 };
 use crate::state::Shared;
-use crate::telemetry::metrics::WorkerMetrics;
+use crate::telemetry::metrics::{DnssecForward, Metrics, WorkerMetrics, family, scalar};
 
 /// RRSIG, RFC 4034.
-pub const TYPE_RRSIG: u16 = 46;
+pub(crate) const TYPE_RRSIG: u16 = 46;
 /// Each RRset moves to the next week's validity window at a point spread over this last part
 /// of the week (the next window is already valid: its inception is this week's start).
 const WINDOW_SPREAD_SECS: u32 = 86_400;
@@ -34,7 +36,7 @@ impl SignState {
     /// The state for one of the packet threads sharing `shared`'s settings: its part of
     /// `[dnssec].signature_cache_entries` (read at start) among the UDP front-end threads (one
     /// per worker and listen address) and the workers' TCP runtimes.
-    pub fn for_thread(shared: &Shared) -> Self {
+    pub(crate) fn for_thread(shared: &Shared) -> Self {
         let total = shared.snapshot.load().config.dnssec.signature_cache_entries;
         let threads = shared.restart.workers.max(1) * (shared.restart.listen.len() + 1);
         Self::new(total / threads)
@@ -57,7 +59,7 @@ impl SignState {
     }
 
     /// Keeps one answer RR's RDATA for signing.
-    pub fn keep(&mut self, rtype: u16, rdata: &[u8]) {
+    pub(crate) fn keep(&mut self, rtype: u16, rdata: &[u8]) {
         let start = self.bytes.len();
         self.bytes.extend_from_slice(rdata);
         self.spans.push((rtype, start, self.bytes.len()));
@@ -66,7 +68,7 @@ impl SignState {
     /// Appends to `push` one RRSIG per RRset kept since [`start`](Self::start), each covering
     /// the RRs of one type at `owner_wire` with `ttl`. Returns false (and pushes nothing more)
     /// if signing failed, which the caller answers as SERVFAIL.
-    pub fn sign(
+    pub(crate) fn sign(
         &mut self,
         signer: &ZoneSigner,
         owner_wire: &[u8],
@@ -117,46 +119,70 @@ impl SignState {
                 WINDOW_SPREAD_SECS,
                 rrset_spread_hash(owner_wire, rtype),
             );
-            let Some(cache) = cache.as_deref_mut() else {
-                match rrsig_rdata(
-                    &signer.key,
-                    signer.key_tag,
-                    &signer.signer_wire,
-                    &rrset,
-                    window,
-                ) {
-                    Ok(rrsig) => {
-                        metrics.dnssec_sig_misses.inc();
-                        push(&rrsig);
-                        continue;
-                    }
-                    Err(e) => return sign_failed(&e, metrics),
-                }
-            };
-            let evictions = cache.stats().evictions;
-            match cache.get_or_sign(
-                &signer.key,
-                signer.key_tag,
-                &signer.signer_wire,
+            if !sign_rrset(
+                cache.as_deref_mut(),
+                signer,
                 &rrset,
                 window,
+                metrics,
+                &mut push,
             ) {
-                Ok((rrsig, outcome)) => {
-                    match outcome {
-                        Outcome::Hit => metrics.dnssec_sig_hits.inc(),
-                        Outcome::Miss => metrics.dnssec_sig_misses.inc(),
-                    }
-                    push(rrsig);
-                }
-                Err(e) => return sign_failed(&e, metrics),
-            }
-            let evicted = cache.stats().evictions - evictions;
-            if evicted > 0 {
-                metrics.dnssec_sig_evictions.add(evicted);
+                return false;
             }
         }
         true
     }
+}
+
+/// One RRSIG for `rrset` to `push`, from the thread's cache when it has one (counting hits,
+/// misses and evictions); false if signing failed.
+#[inline]
+fn sign_rrset(
+    cache: Option<&mut SignatureCache>,
+    signer: &ZoneSigner,
+    rrset: &RrsetToSign<'_>,
+    window: ValidityWindow,
+    metrics: &WorkerMetrics,
+    push: &mut impl FnMut(&[u8]),
+) -> bool {
+    let Some(cache) = cache else {
+        match rrsig_rdata(
+            &signer.key,
+            signer.key_tag,
+            &signer.signer_wire,
+            rrset,
+            window,
+        ) {
+            Ok(rrsig) => {
+                metrics.dnssec_sig_misses.inc();
+                push(&rrsig);
+                return true;
+            }
+            Err(e) => return sign_failed(&e, metrics),
+        }
+    };
+    let evictions = cache.stats().evictions;
+    match cache.get_or_sign(
+        &signer.key,
+        signer.key_tag,
+        &signer.signer_wire,
+        rrset,
+        window,
+    ) {
+        Ok((rrsig, outcome)) => {
+            match outcome {
+                Outcome::Hit => metrics.dnssec_sig_hits.inc(),
+                Outcome::Miss => metrics.dnssec_sig_misses.inc(),
+            }
+            push(rrsig);
+        }
+        Err(e) => return sign_failed(&e, metrics),
+    }
+    let evicted = cache.stats().evictions - evictions;
+    if evicted > 0 {
+        metrics.dnssec_sig_evictions.add(evicted);
+    }
+    true
 }
 
 fn sign_failed(e: &SignError, metrics: &WorkerMetrics) -> bool {
@@ -169,6 +195,61 @@ fn unix_now() -> u32 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// The workers' DNSSEC families: DO=1 queries left to PowerDNS, answers signed here, and the
+/// signature caches' work.
+pub(crate) fn families(workers: &Metrics) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    out.push(family(
+        "dnsteer_dnssec_forwarded_total",
+        "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
+        MetricType::COUNTER,
+        DnssecForward::ALL
+            .iter()
+            .map(|&r| {
+                (
+                    vec![("reason", r.label().to_string())],
+                    workers.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
+                )
+            })
+            .collect(),
+    ));
+    for (name, help, get) in [
+        (
+            "dnsteer_dnssec_signed_answers_total",
+            "DO=1 answers of in-process records signed here.",
+            (|w: &WorkerMetrics| w.dnssec_signed.get()) as fn(&WorkerMetrics) -> u64,
+        ),
+        (
+            "dnsteer_dnssec_signature_cache_hits_total",
+            "RRSIGs served from a packet thread's signature cache.",
+            |w| w.dnssec_sig_hits.get(),
+        ),
+        (
+            "dnsteer_dnssec_signatures_made_total",
+            "RRSIGs made (signature cache misses).",
+            |w| w.dnssec_sig_misses.get(),
+        ),
+        (
+            "dnsteer_dnssec_signature_cache_evictions_total",
+            "Cached RRSIGs replaced to make room.",
+            |w| w.dnssec_sig_evictions.get(),
+        ),
+        (
+            "dnsteer_dnssec_sign_errors_total",
+            "Signing failures (answered SERVFAIL).",
+            |w| w.dnssec_sign_errors.get(),
+        ),
+    ] {
+        out.push(scalar(
+            name,
+            help,
+            MetricType::COUNTER,
+            workers.sum(get) as f64,
+        ));
+    }
+    out
 }
 
 #[cfg(test)]

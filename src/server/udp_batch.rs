@@ -7,6 +7,9 @@
 //!
 //! `poll(2)` is here too: the UDP front thread's event loop waits on its client socket and its
 //! upstream sockets with it, then reads each ready one in batches.
+//! The crate's one place for `unsafe` (the lint denies it everywhere else): these system calls
+//! and the raw socket option the listener sets.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
@@ -17,9 +20,50 @@ use std::time::Duration;
 use socket2::SockAddr;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 /// Largest datagram read; longer ones are flagged truncated by the kernel and dropped.
-pub const SLOT: usize = 4096;
+pub(crate) const SLOT: usize = 4096;
+
+/// Sets the `IP_MTU_DISCOVER` option (`libc::IP_PMTUDISC_*`) of an IPv4 socket.
+pub(crate) fn set_ip_mtu_discover(fd: RawFd, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain integer option, read from a local of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const mode).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `IP_MTU_DISCOVER` option of an IPv4 socket.
+#[cfg(test)]
+pub(crate) fn ip_mtu_discover(fd: RawFd) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads one integer option into a local of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw mut v).cast(),
+            &raw mut len,
+        )
+    };
+    if r == 0 {
+        Ok(v)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Points message header `h` at one buffer (`iov`) and one address.
 fn fill(
@@ -50,7 +94,7 @@ fn empty_tables() -> (Vec<libc::iovec>, Vec<libc::mmsghdr>) {
 }
 
 /// Receive side: `BATCH` buffers and their source addresses.
-pub struct RecvBatch {
+pub(crate) struct RecvBatch {
     /// Bytes per datagram buffer.
     slot: usize,
     bufs: Vec<u8>,
@@ -69,7 +113,7 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// `BATCH` buffers of `slot` bytes each (a datagram longer than `slot` is flagged and
     /// not handed out).
-    pub fn with_slot(slot: usize) -> Self {
+    pub(crate) fn with_slot(slot: usize) -> Self {
         // SAFETY: all-zero is a valid value for this plain C struct.
         let zero_storage = unsafe { MaybeUninit::<libc::sockaddr_storage>::zeroed().assume_init() };
         let (iovs, hdrs) = empty_tables();
@@ -86,14 +130,8 @@ impl RecvBatch {
 
 impl RecvBatch {
     /// Reads up to `BATCH` datagrams without blocking; `WouldBlock` when none is waiting.
-    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.recv_flags(fd, libc::MSG_DONTWAIT)
-    }
-
-    /// On a blocking socket: waits for one datagram (up to the socket's receive timeout, then
-    /// `WouldBlock`), then takes whatever else is queued, up to `BATCH`, without waiting.
-    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
-        self.recv_flags(fd, libc::MSG_WAITFORONE)
     }
 
     fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
@@ -130,7 +168,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv`: the bytes that fit the slot and whether the datagram
     /// was longer (then only its start is here). None past the batch.
-    pub fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
+    pub(crate) fn get_prefix(&self, i: usize) -> Option<(&[u8], bool)> {
         if i >= self.count {
             return None;
         }
@@ -144,7 +182,7 @@ impl RecvBatch {
 
     /// Datagram `i` of the last `recv` and its source; None if it was truncated (longer than
     /// the slot) or its address is not IP.
-    pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    pub(crate) fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         match self.get_prefix(i)? {
             (_, true) => None,
             (pkt, false) => Some((pkt, to_socket_addr(&self.addrs[i])?)),
@@ -155,7 +193,7 @@ impl RecvBatch {
 /// The IPv4 or IPv6 address the kernel wrote into `ss`.
 fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-    match ss.ss_family as libc::c_int {
+    match libc::c_int::from(ss.ss_family) {
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it is large
             // enough and aligned for.
@@ -182,7 +220,7 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 /// Send side: answers queued during a batch, sent with one `sendmmsg`.
-pub struct SendBatch {
+pub(crate) struct SendBatch {
     bufs: Vec<Vec<u8>>,
     addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
@@ -206,31 +244,31 @@ impl Default for SendBatch {
 
 impl SendBatch {
     /// The buffer for the next answer (cleared); `commit` queues it. None when full.
-    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+    pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
         let b = self.bufs.get_mut(self.count)?;
         b.clear();
         Some(b)
     }
 
     /// Queues the buffer last returned by `next_buf` for `to`.
-    pub fn commit(&mut self, to: SocketAddr) {
+    pub(crate) fn commit(&mut self, to: SocketAddr) {
         if self.count < BATCH {
             self.addrs[self.count] = SockAddr::from(to);
             self.count += 1;
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.count
     }
 
     /// Sends the queued answers without blocking. Returns how many left the socket; the rest
     /// (socket buffer full) are discarded, and the batch is empty afterwards.
-    pub fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
         let total = self.count;
         let mut sent = 0;
         let mut result = Ok(());
@@ -283,7 +321,7 @@ impl SendBatch {
 /// Send side for a connected socket (an upstream server's): queries queued during an
 /// iteration of the event loop, sent with one `sendmmsg` and no addresses. Each message carries
 /// a tag (the query's upstream ID) so the caller can settle the ones the socket refused.
-pub struct ConnectedSendBatch {
+pub(crate) struct ConnectedSendBatch {
     bufs: Vec<Vec<u8>>,
     tags: Vec<u16>,
     iovs: Vec<libc::iovec>,
@@ -306,25 +344,25 @@ impl Default for ConnectedSendBatch {
 
 impl ConnectedSendBatch {
     /// The buffer for the next message (cleared); `commit` queues it. None when full.
-    pub fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+    pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
         let b = self.bufs.get_mut(self.count)?;
         b.clear();
         Some(b)
     }
 
     /// Queues the buffer last returned by `next_buf`, tagged `tag`.
-    pub fn commit(&mut self, tag: u16) {
+    pub(crate) fn commit(&mut self, tag: u16) {
         if self.count < BATCH {
             self.tags[self.count] = tag;
             self.count += 1;
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.count == 0
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.count == BATCH
     }
 
@@ -334,7 +372,7 @@ impl ConnectedSendBatch {
     ///
     /// On a connected UDP socket an ICMP error from an earlier datagram (ECONNREFUSED) is
     /// reported by the next send, which then did not go out: that message is tried once more.
-    pub fn flush(&mut self, fd: RawFd, mut unsent: impl FnMut(u16, io::ErrorKind)) -> usize {
+    pub(crate) fn flush(&mut self, fd: RawFd, mut unsent: impl FnMut(u16, io::ErrorKind)) -> usize {
         let total = self.count;
         // Messages before `at` are settled (sent or reported unsent).
         let mut at = 0;
@@ -395,18 +433,18 @@ impl ConnectedSendBatch {
 
 /// The descriptors one `poll(2)` waits on, for readability, and what it reported.
 #[derive(Default)]
-pub struct PollSet {
+pub(crate) struct PollSet {
     fds: Vec<libc::pollfd>,
 }
 
 impl PollSet {
     /// Forgets the descriptors of the previous wait.
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.fds.clear();
     }
 
     /// Adds `fd`; its position is the index `ready` takes.
-    pub fn add(&mut self, fd: RawFd) {
+    pub(crate) fn add(&mut self, fd: RawFd) {
         self.fds.push(libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -417,7 +455,7 @@ impl PollSet {
     /// Waits until one descriptor is readable or has an error pending, at most `timeout`
     /// (rounded up to whole milliseconds, so a deadline is not woken for early). Returns how
     /// many are ready; `Interrupted` on a signal.
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> io::Result<usize> {
         let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
         // SAFETY: the pointer and length describe `self.fds`, which the kernel writes
         // `revents` into and which outlives the call.
@@ -433,7 +471,7 @@ impl PollSet {
 
     /// Whether descriptor `i` of the last `wait` is worth reading: data, or an error the read
     /// reports (and clears).
-    pub fn ready(&self, i: usize) -> bool {
+    pub(crate) fn ready(&self, i: usize) -> bool {
         self.fds.get(i).is_some_and(|f| f.revents != 0)
     }
 }

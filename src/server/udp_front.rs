@@ -106,7 +106,6 @@ impl UdpFront {
             sends: ups.servers().iter().map(|_| Default::default()).collect(),
             ups,
             client_fd: fd,
-            listener,
             local,
             tx: Box::default(),
             expired: Vec::new(),
@@ -200,7 +199,6 @@ struct Forwarder {
     shared: Arc<Shared>,
     metrics: Arc<WorkerMetrics>,
     client_fd: RawFd,
-    listener: usize,
     /// The client socket's address (the destination in a PROXY header).
     local: std::net::SocketAddr,
     ups: UdpUpstreams,
@@ -246,7 +244,6 @@ impl Forwarder {
                     let p = Pending {
                         client: UdpClient {
                             addr: src,
-                            listener: self.listener,
                             local: self.local,
                         },
                         orig_id: query.id,
@@ -327,12 +324,9 @@ impl Forwarder {
     fn upstream_answers(&mut self, snap: &Snapshot, idx: usize, rx: &mut RecvBatch, now: Instant) {
         let fd = self.ups.servers()[idx].fd();
         for _ in 0..UPSTREAM_BATCHES_PER_TURN {
-            let n = match rx.recv(fd) {
-                Ok(n) => n,
-                // WouldBlock: drained. ECONNREFUSED from an ICMP port unreachable (the read
-                // clears it): the queries time out and are retried.
-                Err(_) => return,
-            };
+            // An error is WouldBlock (drained) or ECONNREFUSED from an ICMP port unreachable
+            // (the read clears it; the queries time out and are retried): either way, done.
+            let Ok(n) = rx.recv(fd) else { return };
             for i in 0..n {
                 let Some((resp, too_big)) = rx.get_prefix(i) else {
                     continue;
@@ -436,7 +430,11 @@ impl Forwarder {
         match self.ups.update(set) {
             Ok(false) => {}
             Ok(true) => {
-                debug_assert!(self.sends.iter().all(|s| s.is_empty()));
+                debug_assert!(
+                    self.sends
+                        .iter()
+                        .all(super::udp_batch::ConnectedSendBatch::is_empty)
+                );
                 self.sends
                     .resize_with(self.ups.servers().len(), Default::default);
             }
@@ -457,7 +455,7 @@ fn reply_slot<'t>(tx: &'t mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) -> 
 }
 
 /// Sends a batch's queued answers, if any; those the socket would not take are counted.
-pub fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
+pub(crate) fn flush_counted(tx: &mut SendBatch, fd: RawFd, metrics: &WorkerMetrics) {
     if tx.is_empty() {
         return;
     }

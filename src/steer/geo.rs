@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Deserialize;
 
 /// Label used in errors for databases given as bytes rather than a path.
+#[cfg(test)]
 const IN_MEMORY: &str = "(in-memory database)";
 
 /// Databases whose type does not say City are still accepted when one of this many of their
@@ -108,7 +109,8 @@ impl GeoDb {
     }
 
     /// As [`GeoDb::open`], from bytes already in memory.
-    pub fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, GeoError> {
+    #[cfg(test)]
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<GeoDb, GeoError> {
         GeoDb::build(bytes, IN_MEMORY.to_owned())
     }
 
@@ -155,18 +157,19 @@ impl GeoDb {
     }
 
     /// The `database_type` from the file's metadata, e.g. "GeoLite2-City".
-    pub fn database_type(&self) -> &str {
+    pub(crate) fn database_type(&self) -> &str {
         &self.reader.metadata().database_type
     }
 
     /// Records that failed to decode so far (each located as unknown). Nonzero means a
     /// damaged file.
-    pub fn decode_errors(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn decode_errors(&self) -> u64 {
         self.decode_errors.load(Ordering::Relaxed)
     }
 
     /// None when the address is not in the database or its record has no location.
-    pub fn locate(&self, ip: IpAddr) -> Option<Location> {
+    pub(crate) fn locate(&self, ip: IpAddr) -> Option<Location> {
         let ip = ip.to_canonical();
         let found = self.reader.lookup(ip).ok()?;
         let offset = found.offset()?;

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 /// Bob Jenkins' 1996 "lookup2" hash (`burtle()` in PowerDNS). Key words are read little-endian
 /// whatever the host, as PowerDNS does on the x86/arm hosts the answers were observed on.
-pub fn lookup2(key: &[u8], initval: u32) -> u32 {
+pub(crate) fn lookup2(key: &[u8], initval: u32) -> u32 {
     let mut a: u32 = 0x9e37_79b9;
     let mut b: u32 = 0x9e37_79b9;
     let mut c: u32 = initval;
@@ -50,7 +50,7 @@ fn mix(mut a: u32, mut b: u32, mut c: u32) -> (u32, u32, u32) {
 }
 
 /// `ComboAddress::addressOnlyHash`: lookup2 over the raw address bytes (4 or 16), initval 0.
-pub fn addr_hash(ip: IpAddr) -> u32 {
+pub(crate) fn addr_hash(ip: IpAddr) -> u32 {
     match ip {
         IpAddr::V4(v4) => lookup2(&v4.octets(), 0),
         IpAddr::V6(v6) => lookup2(&v6.octets(), 0),
@@ -64,14 +64,14 @@ const BUCKETS: [usize; 12] = [
 ];
 
 /// Largest weighted list whose PowerDNS iteration order we can reproduce.
-pub const MAX_WEIGHTED_ENTRIES: usize = 42043;
+pub(crate) const MAX_WEIGHTED_ENTRIES: usize = 42043;
 
 /// Iteration order of the libstdc++ `unordered_map<int, …>` PowerDNS fills with keys 1..=n from a
 /// weighted Lua list: returns written indices (0-based) in the order PowerDNS walks them. Each new
 /// key is prepended; a rehash (n exceeds the bucket count) first reverses the list. So n ≤ 13 is
 /// the reverse written order, 14..=29 is `n-1, …, 13, 0, …, 12`, and so on.
 /// None when n exceeds [`MAX_WEIGHTED_ENTRIES`].
-pub fn libstdcxx_order(n: usize) -> Option<Vec<usize>> {
+pub(crate) fn libstdcxx_order(n: usize) -> Option<Vec<usize>> {
     if n > MAX_WEIGHTED_ENTRIES {
         return None;
     }
@@ -90,7 +90,7 @@ pub fn libstdcxx_order(n: usize) -> Option<Vec<usize>> {
 }
 
 /// The ring points of one `pickchashed` entry: lookup2 of `"<entry>-<i>"` for i in 0..weight.
-pub fn chashed_points(entry: &[u8], weight: u32) -> Vec<u32> {
+pub(crate) fn chashed_points(entry: &[u8], weight: u32) -> Vec<u32> {
     let mut key = Vec::with_capacity(entry.len() + 11);
     (0..weight)
         .map(|i| {

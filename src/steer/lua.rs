@@ -16,10 +16,10 @@ use crate::steer::hash;
 use crate::steer::probes::{Check, CheckOptions, ProbeSpec};
 
 /// An answer value in RDATA wire format.
-pub type Rdata = Box<[u8]>;
+pub(crate) type Rdata = Box<[u8]>;
 
 /// PowerDNS's default probe User-Agent, kept so targets' allow-lists keep working.
-pub const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
+pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view";
@@ -30,7 +30,7 @@ const MAX_DEPTH: usize = 16;
 const MAX_CHASHED_POINTS: u64 = 1_000_000;
 
 #[derive(Debug, thiserror::Error)]
-pub enum LuaError {
+pub(crate) enum LuaError {
     /// The text is not Lua we can read; `col` is 1-based, in characters of the body.
     #[error("syntax error at column {col} of the lua body: {message}")]
     Syntax { col: usize, message: String },
@@ -43,7 +43,8 @@ pub enum LuaError {
 }
 
 impl LuaError {
-    pub fn kind(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             LuaError::Syntax { .. } => "syntax",
             LuaError::Unsupported(_) => "unsupported",
@@ -66,7 +67,7 @@ fn unsupported<T>(message: impl Into<String>) -> Result<T, LuaError> {
 
 /// How `ifurlup`/`ifportup`/`ifurlextup` choose among candidates (`selector`, `backupSelector`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selector {
+pub(crate) enum Selector {
     Random,
     Hashed,
     PickClosest,
@@ -89,61 +90,56 @@ impl Selector {
             _ => return None,
         })
     }
-
-    /// Whether the choice depends on who asks (then the ECS scope is not 0).
-    pub fn client_dependent(self) -> bool {
-        matches!(self, Selector::Hashed | Selector::PickClosest)
-    }
 }
 
 /// One health-checked address.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub addr: IpAddr,
     pub probe: ProbeSpec,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct IfUp {
+pub(crate) struct IfUp {
     /// Candidates in written order, group after group.
-    pub candidates: Vec<Candidate>,
+    pub(crate) candidates: Vec<Candidate>,
     /// Start index in `candidates` of each group, ascending; the first is 0.
-    pub group_starts: Vec<usize>,
-    pub selector: Selector,
-    pub backup: Selector,
+    pub(crate) group_starts: Vec<usize>,
+    pub(crate) selector: Selector,
+    pub(crate) backup: Selector,
     /// SERVFAIL while no candidate has completed a probe.
-    pub fail_on_incomplete: bool,
+    pub(crate) fail_on_incomplete: bool,
 }
 
 /// Weighted values in the order PowerDNS walks them, with running weight sums.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Weighted {
+pub(crate) struct Weighted {
     /// (running sum including this entry, value); the last sum is the total (> 0).
-    pub entries: Vec<(u64, Rdata)>,
+    pub(crate) entries: Vec<(u64, Rdata)>,
 }
 
 impl Weighted {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.entries.last().map_or(0, |e| e.0)
     }
 }
 
 /// `pickchashed` ring: points sorted by hash, each naming a value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Ring {
-    pub points: Vec<(u32, u32)>,
-    pub values: Vec<Rdata>,
+pub(crate) struct Ring {
+    pub(crate) points: Vec<(u32, u32)>,
+    pub(crate) values: Vec<Rdata>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ViewRule {
+pub(crate) struct ViewRule {
     pub nets: Vec<IpNet>,
-    pub values: Vec<Rdata>,
+    pub(crate) values: Vec<Rdata>,
 }
 
 /// A compiled record body.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Rule {
+pub(crate) enum Rule {
     /// A literal (or `content`): the same values for everyone; empty means NODATA.
     Static(Vec<Rdata>),
     All(Vec<Rdata>),
@@ -164,7 +160,7 @@ pub enum Rule {
 
 impl Rule {
     /// Probes this rule needs, with duplicates.
-    pub fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
+    pub(crate) fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
         let cands: &[Candidate] = match self {
             Rule::IfUp(u) => &u.candidates,
             _ => &[],
@@ -581,7 +577,7 @@ impl<'a> Parser<'a> {
                     args: vec![Expr::Str(s)],
                 })
             }
-            Tok::Op(".") | Tok::Op(":") | Tok::Punct('[') => unsupported(format!(
+            Tok::Op("." | ":") | Tok::Punct('[') => unsupported(format!(
                 "unsupported construct: field or method access on '{name}'"
             )),
             _ => unsupported(format!("unsupported construct: variable '{name}'")),
@@ -624,7 +620,7 @@ impl<'a> Parser<'a> {
             };
             fields.push(field);
             match self.tok {
-                Tok::Punct(',') | Tok::Punct(';') => {
+                Tok::Punct(',' | ';') => {
                     self.bump()?;
                 }
                 Tok::Punct('}') => {}
@@ -669,6 +665,22 @@ fn unsupported_operator<T>(op: &str) -> Result<T, LuaError> {
     ))
 }
 
+/// `name()` takes `min` to `max` arguments.
+fn arity(name: &str, args: &[Expr], min: usize, max: usize) -> Result<(), LuaError> {
+    if args.len() < min || args.len() > max {
+        let want = if min == max {
+            format!("{min}")
+        } else {
+            format!("{min} to {max}")
+        };
+        return invalid(format!(
+            "{name}() takes {want} argument(s), got {}",
+            args.len()
+        ));
+    }
+    Ok(())
+}
+
 fn describe(t: &Tok) -> String {
     match t {
         Tok::Str(_) => "a string".into(),
@@ -686,7 +698,11 @@ fn describe(t: &Tok) -> String {
 
 /// Compiles a LUA record body (the text inside `LUA <TYPE> "..."`, verbatim) for `rtype`.
 /// `defaults` give probe settings the body does not set.
-pub fn compile(body: &str, rtype: RecordType, defaults: &ProbeDefaults) -> Result<Rule, LuaError> {
+pub(crate) fn compile(
+    body: &str,
+    rtype: RecordType,
+    defaults: &ProbeDefaults,
+) -> Result<Rule, LuaError> {
     // PowerDNS splits record text on every `"`: such a body never reaches Lua intact.
     if let Some(i) = body.find('"') {
         return unsupported(format!(
@@ -757,53 +773,10 @@ impl Compiler<'_> {
     }
 
     fn call(&self, name: &str, args: &[Expr]) -> Result<Rule, LuaError> {
-        let arity = |min: usize, max: usize| -> Result<(), LuaError> {
-            if args.len() < min || args.len() > max {
-                let want = if min == max {
-                    format!("{min}")
-                } else {
-                    format!("{min} to {max}")
-                };
-                return invalid(format!(
-                    "{name}() takes {want} argument(s), got {}",
-                    args.len()
-                ));
-            }
-            Ok(())
-        };
+        let arity = |min, max| arity(name, args, min, max);
         let values = |e: &Expr| self.values(e, &format!("the list given to {name}()"), false);
         match name {
-            "ifurlup" => {
-                arity(2, 3)?;
-                let url = self.url(&args[0], name)?;
-                let opts = self.options(args.get(2), name, true)?;
-                let check = Check::Http { url };
-                let groups = self.groups(&args[1], name)?;
-                self.if_up(
-                    groups
-                        .into_iter()
-                        .map(|g| g.into_iter().map(|a| (a, check.clone())).collect()),
-                    opts,
-                )
-            }
-            "ifportup" => {
-                arity(2, 3)?;
-                let port = self.port(&args[0])?;
-                let opts = self.options(args.get(2), name, false)?;
-                let groups = self.groups(&args[1], name)?;
-                self.if_up(
-                    groups
-                        .into_iter()
-                        .map(|g| g.into_iter().map(|a| (a, Check::Tcp { port })).collect()),
-                    opts,
-                )
-            }
-            "ifurlextup" => {
-                arity(1, 2)?;
-                let opts = self.options(args.get(1), name, true)?;
-                let groups = self.ext_groups(&args[0])?;
-                self.if_up(groups, opts)
-            }
+            "ifurlup" | "ifportup" | "ifurlextup" => self.if_up_call(name, args),
             "pickrandom" => {
                 arity(1, 1)?;
                 Ok(Rule::Random(values(&args[0])?))
@@ -855,6 +828,44 @@ impl Compiler<'_> {
             "view" => {
                 arity(1, 1)?;
                 self.view(&args[0])
+            }
+            other => unsupported_function(other),
+        }
+    }
+
+    /// `ifurlup`, `ifportup` and `ifurlextup`: addresses with their health checks.
+    fn if_up_call(&self, name: &str, args: &[Expr]) -> Result<Rule, LuaError> {
+        match name {
+            "ifurlup" => {
+                arity(name, args, 2, 3)?;
+                let url = self.url(&args[0], name)?;
+                let opts = self.options(args.get(2), name, true)?;
+                let check = Check::Http { url };
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, check.clone())).collect()),
+                    opts,
+                )
+            }
+            "ifportup" => {
+                arity(name, args, 2, 3)?;
+                let port = self.port(&args[0])?;
+                let opts = self.options(args.get(2), name, false)?;
+                let groups = self.groups(&args[1], name)?;
+                self.if_up(
+                    groups
+                        .into_iter()
+                        .map(|g| g.into_iter().map(|a| (a, Check::Tcp { port })).collect()),
+                    opts,
+                )
+            }
+            "ifurlextup" => {
+                arity(name, args, 1, 2)?;
+                let opts = self.options(args.get(1), name, true)?;
+                let groups = self.ext_groups(&args[0])?;
+                self.if_up(groups, opts)
             }
             other => unsupported_function(other),
         }
@@ -972,13 +983,10 @@ impl Compiler<'_> {
             };
             let mut group = Vec::with_capacity(fields.len());
             for f in fields {
-                let key = match &f.key {
-                    Some(Key::Expr(k)) => k,
-                    _ => {
-                        return invalid(format!(
-                            "{what_} map addresses to URLs: write {{['192.0.2.1']='https://…'}}"
-                        ));
-                    }
+                let Some(Key::Expr(key)) = &f.key else {
+                    return invalid(format!(
+                        "{what_} map addresses to URLs: write {{['192.0.2.1']='https://…'}}"
+                    ));
                 };
                 let addr = self.address(key, "ifurlextup")?;
                 let url = self.url(&f.value, "ifurlextup")?;
@@ -1188,8 +1196,30 @@ impl Compiler<'_> {
 
     /// The options table of an `if*up` call, typed, with `[probes]` defaults filled in.
     fn options(&self, e: Option<&Expr>, func: &str, http: bool) -> Result<Options, LuaError> {
+        let mut o = self.default_options();
+        let Some(e) = e else { return Ok(o) };
+        let Expr::Table(fields) = e else {
+            return invalid(format!("{func}() options must be a table, got {}", what(e)));
+        };
+        for f in fields {
+            let name = match &f.key {
+                Some(Key::Name(n)) => n.clone(),
+                Some(Key::Expr(Expr::Str(s))) => show(s),
+                _ => {
+                    return invalid(format!(
+                        "{func}() options must be name=value pairs, like {{selector='all'}}"
+                    ));
+                }
+            };
+            self.set_option(&mut o, &name, &f.value, func, http)?;
+        }
+        Ok(o)
+    }
+
+    /// Options as PowerDNS has them when none are given (probe timings from `[probes]`).
+    fn default_options(&self) -> Options {
         let d = self.defaults;
-        let mut o = Options {
+        Options {
             selector: Selector::Random,
             backup: Selector::Random,
             fail_on_incomplete: false,
@@ -1205,102 +1235,94 @@ impl Compiler<'_> {
                 headers: Vec::new(),
                 source: None,
             },
-        };
-        let Some(e) = e else { return Ok(o) };
-        let Expr::Table(fields) = e else {
-            return invalid(format!("{func}() options must be a table, got {}", what(e)));
-        };
-        for f in fields {
-            let name = match &f.key {
-                Some(Key::Name(n)) => n.clone(),
-                Some(Key::Expr(Expr::Str(s))) => show(s),
-                _ => {
+        }
+    }
+
+    /// Applies option `name` = `v` of `func()`; `http`: whether it makes HTTP checks.
+    fn set_option(
+        &self,
+        o: &mut Options,
+        name: &str,
+        v: &Expr,
+        func: &str,
+        http: bool,
+    ) -> Result<(), LuaError> {
+        match name {
+            "selector" => o.selector = self.selector(v, name)?,
+            "backupSelector" => o.backup = self.selector(v, name)?,
+            "timeout" => {
+                let secs = self.seconds(v, name)?;
+                if secs == 0.0 {
+                    return invalid(
+                        "option 'timeout' is 0: PowerDNS then probes without any timeout; give a positive number of seconds",
+                    );
+                }
+                o.check.timeout = Duration::from_secs_f64(secs);
+            }
+            "interval" => {
+                let secs = self.seconds(v, name)?;
+                if secs < 0.1 {
+                    return invalid("option 'interval' must be at least 0.1 seconds");
+                }
+                o.check.interval = Duration::from_secs_f64(secs);
+            }
+            // PowerDNS 5.0 reads 0 as 1.
+            "minimumFailures" => o.check.fall = self.integer(v, name, 0, 1000)?.max(1) as u32,
+            "rise" => o.check.rise = self.integer(v, name, 1, 1000)? as u32,
+            "stringmatch" | "useragent" | "byteslimit" | "httpcode" | "headers" => {
+                if !http {
                     return invalid(format!(
-                        "{func}() options must be name=value pairs, like {{selector='all'}}"
+                        "option '{name}' has no effect on {func}() (HTTP checks only)"
                     ));
                 }
-            };
-            let v = &f.value;
-            let http_only = |o: &str| -> Result<(), LuaError> {
-                if http {
-                    Ok(())
-                } else {
-                    invalid(format!(
-                        "option '{o}' has no effect on {func}() (HTTP checks only)"
-                    ))
-                }
-            };
-            match name.as_str() {
-                "selector" => o.selector = self.selector(v, &name)?,
-                "backupSelector" => o.backup = self.selector(v, &name)?,
-                "timeout" => {
-                    let secs = self.seconds(v, &name)?;
-                    if secs == 0.0 {
+                self.set_http_option(&mut o.check, name, v)?;
+            }
+            "failOnIncompleteCheck" => {
+                o.fail_on_incomplete = match v {
+                    Expr::Bool(b) => *b,
+                    Expr::Str(s) if s == b"true" => true,
+                    Expr::Str(s) if s == b"false" => false,
+                    _ => {
                         return invalid(
-                            "option 'timeout' is 0: PowerDNS then probes without any timeout; give a positive number of seconds",
+                            "option 'failOnIncompleteCheck' must be true, false, 'true' or 'false'",
                         );
                     }
-                    o.check.timeout = Duration::from_secs_f64(secs);
-                }
-                "interval" => {
-                    let secs = self.seconds(v, &name)?;
-                    if secs < 0.1 {
-                        return invalid("option 'interval' must be at least 0.1 seconds");
-                    }
-                    o.check.interval = Duration::from_secs_f64(secs);
-                }
-                // PowerDNS 5.0 reads 0 as 1.
-                "minimumFailures" => o.check.fall = self.integer(v, &name, 0, 1000)?.max(1) as u32,
-                "rise" => o.check.rise = self.integer(v, &name, 1, 1000)? as u32,
-                "stringmatch" => {
-                    http_only(&name)?;
-                    o.check.stringmatch = Some(self.string(v, &name)?);
-                }
-                "useragent" => {
-                    http_only(&name)?;
-                    o.check.useragent = self.string(v, &name)?;
-                }
-                "byteslimit" => {
-                    http_only(&name)?;
-                    o.check.byteslimit = self.integer(v, &name, 0, i64::MAX)? as u64;
-                }
-                "httpcode" => {
-                    http_only(&name)?;
-                    o.check.httpcode = self.integer(v, &name, 100, 599)? as u16;
-                }
-                "headers" => {
-                    http_only(&name)?;
-                    o.check.headers = self.headers(v)?;
-                }
-                "failOnIncompleteCheck" => {
-                    o.fail_on_incomplete = match v {
-                        Expr::Bool(b) => *b,
-                        Expr::Str(s) if s == b"true" => true,
-                        Expr::Str(s) if s == b"false" => false,
-                        _ => {
-                            return invalid(
-                                "option 'failOnIncompleteCheck' must be true, false, 'true' or 'false'",
-                            );
-                        }
-                    }
-                }
-                "source" => {
-                    let s = self.string(v, &name)?;
-                    let Ok(addr) = s.parse::<IpAddr>() else {
-                        return invalid(format!("option 'source' '{s}' is not an IP address"));
-                    };
-                    o.check.source = Some(addr);
-                }
-                // PowerDNS silently ignores unknown option names, so a typo such as
-                // `selecter='all'` quietly changes behaviour there; here it is an error.
-                other => {
-                    return invalid(format!(
-                        "unknown option '{other}' for {func}() (known: selector, backupSelector, timeout, interval, minimumFailures, rise, stringmatch, useragent, byteslimit, httpcode, headers, failOnIncompleteCheck, source)"
-                    ));
                 }
             }
+            "source" => {
+                let s = self.string(v, name)?;
+                let Ok(addr) = s.parse::<IpAddr>() else {
+                    return invalid(format!("option 'source' '{s}' is not an IP address"));
+                };
+                o.check.source = Some(addr);
+            }
+            // PowerDNS silently ignores unknown option names, so a typo such as
+            // `selecter='all'` quietly changes behaviour there; here it is an error.
+            other => {
+                return invalid(format!(
+                    "unknown option '{other}' for {func}() (known: selector, backupSelector, timeout, interval, minimumFailures, rise, stringmatch, useragent, byteslimit, httpcode, headers, failOnIncompleteCheck, source)"
+                ));
+            }
         }
-        Ok(o)
+        Ok(())
+    }
+
+    /// The options only HTTP checks read.
+    fn set_http_option(
+        &self,
+        check: &mut CheckOptions,
+        name: &str,
+        v: &Expr,
+    ) -> Result<(), LuaError> {
+        match name {
+            "stringmatch" => check.stringmatch = Some(self.string(v, name)?),
+            "useragent" => check.useragent = self.string(v, name)?,
+            "byteslimit" => check.byteslimit = self.integer(v, name, 0, i64::MAX)? as u64,
+            "httpcode" => check.httpcode = self.integer(v, name, 100, 599)? as u16,
+            "headers" => check.headers = self.headers(v)?,
+            _ => unreachable!("not an HTTP option: {name}"),
+        }
+        Ok(())
     }
 
     fn selector(&self, v: &Expr, name: &str) -> Result<Selector, LuaError> {
@@ -1409,7 +1431,7 @@ struct Options {
 
 /// A value returned by a LUA body, as PowerDNS converts it: the presentation format of the
 /// type, with TXT values read as if in double quotes and CNAME targets taken as absolute.
-pub fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String> {
+pub(crate) fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String> {
     match rtype {
         RecordType::Txt => {
             let bytes = unescape_txt(text)?;
@@ -1425,7 +1447,7 @@ pub fn encode_lua_value(rtype: RecordType, text: &[u8]) -> Result<Rdata, String>
 
 /// A `content = [...]` value in presentation format. TXT: one or more `"quoted"` strings, or
 /// bare text taken as one string.
-pub fn encode_content(rtype: RecordType, value: &str) -> Result<Rdata, String> {
+pub(crate) fn encode_content(rtype: RecordType, value: &str) -> Result<Rdata, String> {
     if rtype != RecordType::Txt {
         return encode_presentation(rtype, value);
     }

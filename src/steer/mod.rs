@@ -2,7 +2,7 @@
 //! hashes, GeoIP and the probe pool that feeds health.
 
 pub mod geo;
-pub mod hash;
-pub mod lua;
+pub(crate) mod hash;
+pub(crate) mod lua;
 pub mod probes;
 pub mod records;

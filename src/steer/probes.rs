@@ -38,6 +38,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, Uri};
 use hyper_util::rt::TokioIo;
+use prometheus::proto::{MetricFamily, MetricType};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -52,6 +53,7 @@ use tokio_rustls::TlsConnector;
 use tracing::{debug, info};
 
 use crate::config::ProbeDefaults;
+use crate::telemetry::metrics::{family, scalar};
 
 /// What is checked. Part of a probe's identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -127,11 +129,11 @@ impl Health {
     }
 
     /// Unknown counts as UP: dnsteer never answers from an unknown state on purpose, see README.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.state() != HealthState::Down
     }
 
-    pub fn set(&self, s: HealthState) {
+    pub(crate) fn set(&self, s: HealthState) {
         self.0.store(s as u8, Ordering::Relaxed);
     }
 }
@@ -145,7 +147,7 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Why one probe failed. Every variant maps to a static label for metrics.
 #[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
+pub(crate) enum ProbeError {
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("connection refused")]
@@ -169,7 +171,7 @@ pub enum ProbeError {
 }
 
 /// Every label [`ProbeError::kind`] can return, in the order of [`ProbeCounters::failures`].
-pub const ERROR_KINDS: [&str; 10] = [
+pub(crate) const ERROR_KINDS: [&str; 10] = [
     "timeout",
     "refused",
     "connect",
@@ -183,7 +185,7 @@ pub const ERROR_KINDS: [&str; 10] = [
 ];
 
 impl ProbeError {
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         ERROR_KINDS[self.kind_index()]
     }
 
@@ -240,10 +242,10 @@ pub struct ProbeStatus {
     pub interval_ms: u64,
     pub timeout_ms: u64,
     pub state: HealthState,
-    pub consecutive_failures: u32,
-    pub consecutive_successes: u32,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) consecutive_successes: u32,
     /// Duration of the most recent probe (connect to verdict).
-    pub last_latency_ms: Option<f64>,
+    pub(crate) last_latency_ms: Option<f64>,
     /// Error kind of the most recent probe; None when it succeeded or none ran yet.
     pub last_error: Option<&'static str>,
     /// Unix time (seconds) of the last state change.
@@ -252,9 +254,83 @@ pub struct ProbeStatus {
     pub probes_run: u64,
 }
 
+impl ProbeStatus {
+    /// The target's metric labels: kind, address, and the URL or port checked (from the
+    /// config, so bounded).
+    fn labels(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("kind", self.kind.to_string()),
+            ("target", self.addr.to_string()),
+            (
+                "check",
+                self.url
+                    .clone()
+                    .unwrap_or_else(|| self.port.map_or_else(String::new, |port| port.to_string())),
+            ),
+        ]
+    }
+}
+
+/// Per target: up, consecutive failures, last latency, state changes, last error.
+fn target_families(table: &[ProbeStatus]) -> Vec<MetricFamily> {
+    let mut out = Vec::new();
+    out.push(family(
+        "dnsteer_probe_up",
+        "1 if the target is UP, 0 if DOWN or not probed to completion yet.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), f64::from(u8::from(p.state == HealthState::Up))))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_consecutive_failures",
+        "Consecutive failed probes of the target.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), f64::from(p.consecutive_failures)))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_last_latency_seconds",
+        "Duration of the target's most recent probe.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .map(|p| (p.labels(), p.last_latency_ms.unwrap_or(0.0) / 1000.0))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_state_changes_total",
+        "State changes of the target (UP/DOWN transitions).",
+        MetricType::COUNTER,
+        table
+            .iter()
+            .map(|p| (p.labels(), p.state_changes as f64))
+            .collect(),
+    ));
+    out.push(family(
+        "dnsteer_probe_last_error",
+        "1 for the error kind of the target's most recent failed probe.",
+        MetricType::GAUGE,
+        table
+            .iter()
+            .filter_map(|p| {
+                p.last_error.map(|e| {
+                    let mut l = p.labels();
+                    l.push(("error", e.to_string()));
+                    (l, 1.0)
+                })
+            })
+            .collect(),
+    ));
+    out
+}
+
 /// Per-target fall/rise state machine, fed one probe result at a time.
 #[derive(Debug, Clone)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     state: HealthState,
     fall: u32,
     rise: u32,
@@ -264,7 +340,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// `fall` and `rise` below 1 are taken as 1.
-    pub fn new(fall: u32, rise: u32) -> Self {
+    pub(crate) fn new(fall: u32, rise: u32) -> Self {
         Tracker {
             state: HealthState::Unknown,
             fall: fall.max(1),
@@ -274,12 +350,12 @@ impl Tracker {
         }
     }
 
-    pub fn state(&self) -> HealthState {
+    pub(crate) fn state(&self) -> HealthState {
         self.state
     }
 
     /// Records one result; returns the new state when it changed.
-    pub fn observe(&mut self, ok: bool) -> Option<HealthState> {
+    pub(crate) fn observe(&mut self, ok: bool) -> Option<HealthState> {
         let next = if ok {
             self.failures = 0;
             self.successes = self.successes.saturating_add(1);
@@ -472,6 +548,43 @@ impl ProbePool {
     /// Pool-wide counters for the metrics collector.
     pub fn counters(&self) -> &ProbeCounters {
         &self.shared.counters
+    }
+
+    /// Probe targets by state, state changes and probe latency, from the pool's status table.
+    /// Target labels come from the config (address and URL or port), so they stay bounded.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        let table = self.status();
+        let by_state = [HealthState::Up, HealthState::Down, HealthState::Unknown]
+            .iter()
+            .map(|s| {
+                let n = table.iter().filter(|p| p.state == *s).count();
+                (vec![("state", s.as_str().to_string())], n as f64)
+            })
+            .collect();
+        out.push(family(
+            "dnsteer_probe_targets",
+            "Probe targets by health state.",
+            MetricType::GAUGE,
+            by_state,
+        ));
+        out.extend(target_families(&table));
+        let c = self.counters();
+        out.push(scalar(
+            "dnsteer_probes_total",
+            "Probes run.",
+            MetricType::COUNTER,
+            c.probes_run() as f64,
+        ));
+        out.push(family(
+            "dnsteer_probe_failures_total",
+            "Failed probes, by error kind.",
+            MetricType::COUNTER,
+            c.failures()
+                .map(|(k, n)| (vec![("error", k.to_string())], n as f64))
+                .collect(),
+        ));
+        out
     }
 
     /// Stops every probe task. Health flags keep their last value; a later `sync` only hands
@@ -740,7 +853,10 @@ impl Url {
             Some(p) => format!("{written}:{}", p.as_str()),
             None => written.to_owned(),
         };
-        let path = match uri.path_and_query().map(|p| p.as_str()) {
+        let path = match uri
+            .path_and_query()
+            .map(hyper::http::uri::PathAndQuery::as_str)
+        {
             Some(p) if !p.is_empty() => p.to_owned(),
             _ => "/".to_owned(),
         };

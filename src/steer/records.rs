@@ -11,33 +11,38 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::config::{Config, ConfigError, ProbeDefaults, RecordBody, RecordSpec, RecordType};
+use prometheus::proto::{MetricFamily, MetricType};
+
+use crate::config::{
+    Config, ConfigError, ProbeDefaults, RecordBody, RecordOrigin, RecordSpec, RecordType,
+};
 use crate::dns;
 use crate::steer::geo::{GeoDb, Location};
 use crate::steer::hash;
 use crate::steer::lua::{self, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
+use crate::telemetry::metrics::family;
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct ZoneInfo {
     /// Zone apex, lower-case wire format.
-    pub apex_wire: Vec<u8>,
+    pub(crate) apex_wire: Vec<u8>,
     /// SOA RDATA in wire format, uncompressed.
     pub soa_rdata: Vec<u8>,
     /// TTL to give the SOA in a NODATA answer: min(SOA TTL, SOA minimum).
-    pub negative_ttl: u32,
+    pub(crate) negative_ttl: u32,
     /// The zone has a DNSKEY at its apex: DO=1 queries must go to PowerDNS.
     pub signed: bool,
     /// TTL of the SOA record itself (refresh period of these facts).
-    pub soa_ttl: u32,
+    pub(crate) soa_ttl: u32,
     /// DNSKEY RDATAs at the apex, as PowerDNS serves them (empty when unsigned).
-    pub dnskeys: Vec<Vec<u8>>,
-    pub dnskey_ttl: u32,
+    pub(crate) dnskeys: Vec<Vec<u8>>,
+    pub(crate) dnskey_ttl: u32,
     /// Key tags of the RRSIGs on the apex SOA: the keys PowerDNS signs answers with.
     pub signing_tags: Vec<u16>,
     /// Whether DO=1 answers are signed here, and with what (set when the snapshot is linked).
-    pub signer: crate::dnssec::SignerState,
+    pub(crate) signer: crate::dnssec::SignerState,
 }
 
 /// Zone facts by zone apex (lower-case presentation, trailing dot).
@@ -128,13 +133,13 @@ struct CompiledSet {
 impl Compiled {
     /// Every probe the records need (deduplicated by identity: address, check and options;
     /// selectors are not part of it).
-    pub fn probe_specs(&self) -> Vec<ProbeSpec> {
+    pub(crate) fn probe_specs(&self) -> Vec<ProbeSpec> {
         self.probes.clone()
     }
 
     /// Distinct record owner names (lower-case, trailing dot), sorted: the SOA learner finds
     /// the zone apex of each by asking the upstream.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.sets.iter().map(|s| s.name.clone()).collect();
         names.sort();
         names.dedup();
@@ -153,9 +158,19 @@ impl Compiled {
 
 /// A record spec from a zone transfer that dnsteer leaves to PowerDNS, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     pub spec: RecordSpec,
     pub reason: String,
+}
+
+impl Rejected {
+    /// The transferred zone the record came from; empty for a record of the config file.
+    pub(crate) fn zone(&self) -> &str {
+        match &self.spec.origin {
+            RecordOrigin::Zone { zone } => zone,
+            RecordOrigin::Config { .. } => "",
+        }
+    }
 }
 
 /// Compiles every record of `config` (errors name the record, line and construct).
@@ -166,7 +181,7 @@ pub fn compile(config: &Config) -> Result<Compiled, ConfigError> {
 /// Compiles `config`'s records plus specs read by zone transfer into one table. A bad config
 /// record fails the whole load; a bad transferred spec is left out and listed with its reason
 /// (the query is then forwarded to PowerDNS, which runs it itself).
-pub fn compile_with(
+pub(crate) fn compile_with(
     config: &Config,
     transferred: &[RecordSpec],
 ) -> Result<(Compiled, Vec<Rejected>), ConfigError> {
@@ -181,7 +196,8 @@ pub fn compile_with(
 /// Compiles record specs from elsewhere (zone transfer): the ones that compile, and the rest
 /// with their reasons. `geoip`: whether a GeoIP database is configured (else `pickclosest`
 /// records are rejected).
-pub fn compile_specs(
+#[cfg(test)]
+pub(crate) fn compile_specs(
     specs: &[RecordSpec],
     defaults: &ProbeDefaults,
     geoip: bool,
@@ -309,7 +325,7 @@ fn uses_pickclosest(rule: &Rule) -> bool {
 
 /// What an in-process answer was, for per-record metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AnswerKind {
+pub(crate) enum AnswerKind {
     Primary = 0,
     Backup = 1,
     Empty = 2,
@@ -317,14 +333,14 @@ pub enum AnswerKind {
 }
 
 impl AnswerKind {
-    pub const ALL: [AnswerKind; 4] = [
+    pub(crate) const ALL: [AnswerKind; 4] = [
         AnswerKind::Primary,
         AnswerKind::Backup,
         AnswerKind::Empty,
         AnswerKind::Error,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             AnswerKind::Primary => "primary",
             AnswerKind::Backup => "backup",
@@ -341,17 +357,17 @@ struct StatShard([AtomicU64; 4]);
 /// Answers of one record set by kind. Sharded by worker so two workers answering the same
 /// record do not bounce one cache line; kept across table rebuilds (`adopt_stats`).
 #[derive(Default)]
-pub struct AnswerStats {
+pub(crate) struct AnswerStats {
     shards: [StatShard; 8],
 }
 
 impl AnswerStats {
     #[inline]
-    pub fn count(&self, worker: usize, kind: AnswerKind) {
+    pub(crate) fn count(&self, worker: usize, kind: AnswerKind) {
         self.shards[worker & 7].0[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn totals(&self) -> [u64; 4] {
+    pub(crate) fn totals(&self) -> [u64; 4] {
         let mut t = [0u64; 4];
         for s in &self.shards {
             for (i, c) in s.0.iter().enumerate() {
@@ -366,12 +382,12 @@ impl AnswerStats {
 pub struct RecordSet {
     /// Owner name, presentation form (lower case, absolute): metrics label and /status.
     pub name: String,
-    pub stats: Arc<AnswerStats>,
+    pub(crate) stats: Arc<AnswerStats>,
     /// The smallest TTL of the records (an RRset has one TTL).
     pub ttl: u32,
     pub rtype: u16,
     /// Type name, for metric labels.
-    pub type_name: &'static str,
+    pub(crate) type_name: &'static str,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -481,13 +497,40 @@ impl RecordTable {
     }
 
     /// Every record set (for metrics and /status).
-    pub fn sets(&self) -> impl Iterator<Item = &RecordSet> {
+    pub(crate) fn sets(&self) -> impl Iterator<Item = &RecordSet> {
         self.names.values().flat_map(|e| e.sets.iter())
+    }
+
+    /// In-process answers per record set, by outcome.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut answers: Vec<_> = self
+            .sets()
+            .flat_map(|set| {
+                let totals = set.stats.totals();
+                AnswerKind::ALL.iter().map(move |k| {
+                    (
+                        vec![
+                            ("name", set.name.clone()),
+                            ("type", set.type_name.to_string()),
+                            ("outcome", k.label().to_string()),
+                        ],
+                        totals[*k as usize] as f64,
+                    )
+                })
+            })
+            .collect();
+        answers.sort_by(|a, b| a.0.cmp(&b.0));
+        vec![family(
+            "dnsteer_record_answers_total",
+            "In-process answers per record (name and type from the config or a transferred zone), by outcome; kept across reloads.",
+            MetricType::COUNTER,
+            answers,
+        )]
     }
 
     /// Takes over the answer counters of `previous` for sets with the same name and type, so
     /// a reload does not reset them.
-    pub fn adopt_stats(&mut self, previous: &RecordTable) {
+    pub(crate) fn adopt_stats(&mut self, previous: &RecordTable) {
         for (key, entry) in self.names.iter_mut() {
             let Some(prev) = previous.names.get(key) else {
                 continue;

@@ -14,16 +14,16 @@ use prometheus::proto::{
 
 /// A counter written by exactly one thread and read by the scraper.
 #[derive(Default)]
-pub struct Cnt(AtomicU64);
+pub(crate) struct Cnt(AtomicU64);
 
 impl Cnt {
     #[inline]
-    pub fn inc(&self) {
+    pub(crate) fn inc(&self) {
         self.add(1);
     }
 
     #[inline]
-    pub fn add(&self, n: u64) {
+    pub(crate) fn add(&self, n: u64) {
         // Single writer: load+store is enough and avoids a locked read-modify-write.
         self.0.store(
             self.0.load(Ordering::Relaxed).wrapping_add(n),
@@ -31,7 +31,7 @@ impl Cnt {
         );
     }
 
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
 }
@@ -43,7 +43,7 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+    pub(crate) const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -55,7 +55,7 @@ impl Transport {
 
 /// What happened to a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Answered in-process from a rule's first choice.
     Rule = 0,
     /// Answered in-process by a backup selector (nothing was up).
@@ -78,7 +78,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    pub const ALL: [Decision; 9] = [
+    pub(crate) const ALL: [Decision; 9] = [
         Decision::Rule,
         Decision::Backup,
         Decision::Empty,
@@ -90,7 +90,7 @@ impl Decision {
         Decision::Cache,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Decision::Rule => "rule",
             Decision::Backup => "backup",
@@ -107,7 +107,7 @@ impl Decision {
 
 /// Why a packet or query was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
+pub(crate) enum DropReason {
     TooShort = 0,
     IsResponse = 1,
     RateLimited = 2,
@@ -120,7 +120,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub(crate) const ALL: [DropReason; 9] = [
         DropReason::TooShort,
         DropReason::IsResponse,
         DropReason::RateLimited,
@@ -132,7 +132,7 @@ impl DropReason {
         DropReason::Draining,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DropReason::TooShort => "too_short",
             DropReason::IsResponse => "is_response",
@@ -149,7 +149,7 @@ impl DropReason {
 
 /// Malformed-input outcomes answered by us (each also counts as `Decision::Error`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Malformed {
+pub(crate) enum Malformed {
     FormErr = 0,
     NotImp = 1,
     BadVers = 2,
@@ -158,7 +158,7 @@ pub enum Malformed {
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 5] = [
+    pub(crate) const ALL: [Malformed; 5] = [
         Malformed::FormErr,
         Malformed::NotImp,
         Malformed::BadVers,
@@ -166,7 +166,7 @@ impl Malformed {
         Malformed::MismatchedUpstreamResponse,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Malformed::FormErr => "formerr",
             Malformed::NotImp => "notimp",
@@ -177,13 +177,13 @@ impl Malformed {
     }
 }
 
-pub const RCODE_LABELS: [&str; 16] = [
+pub(crate) const RCODE_LABELS: [&str; 16] = [
     "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN", "YXRRSET",
     "NXRRSET", "NOTAUTH", "NOTZONE", "RCODE11", "RCODE12", "RCODE13", "RCODE14", "RCODE15",
 ];
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 14] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.5, 1.0,
 ];
@@ -201,20 +201,20 @@ const LATENCY_BUCKETS_NS: [u64; 14] = {
 
 /// A histogram with fixed buckets, written by one thread.
 #[derive(Default)]
-pub struct Hist {
+pub(crate) struct Hist {
     buckets: [Cnt; LATENCY_BUCKETS.len() + 1],
     sum_ns: Cnt,
 }
 
 impl Hist {
     #[inline]
-    pub fn observe_ns(&self, ns: u64) {
+    pub(crate) fn observe_ns(&self, ns: u64) {
         self.observe_many_ns(ns, 1);
     }
 
     /// `n` observations of the same latency (a batch answered together).
     #[inline]
-    pub fn observe_many_ns(&self, ns: u64, n: u64) {
+    pub(crate) fn observe_many_ns(&self, ns: u64, n: u64) {
         let i = LATENCY_BUCKETS_NS
             .iter()
             .position(|b| ns <= *b)
@@ -223,7 +223,7 @@ impl Hist {
         self.sum_ns.add(ns.wrapping_mul(n));
     }
 
-    pub fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
+    pub(crate) fn add_into(&self, counts: &mut [u64], sum_ns: &mut u64) {
         for (c, b) in counts.iter_mut().zip(&self.buckets) {
             *c += b.get();
         }
@@ -242,32 +242,32 @@ pub enum Path {
 #[repr(align(128))]
 #[derive(Default)]
 pub struct WorkerMetrics {
-    pub queries: [[Cnt; Decision::ALL.len()]; 2],
-    pub responses: [[Cnt; 16]; 2],
-    pub drops: [Cnt; 9],
-    pub malformed: [Cnt; 5],
-    pub limited_by_action: [Cnt; 3],
-    pub would_limit: Cnt,
-    pub latency: [Hist; 2],
-    pub tcp_accepted: Cnt,
-    pub tcp_closed_idle: Cnt,
-    pub tcp_closed_query_cap: Cnt,
-    pub dnssec_forwarded: [Cnt; DnssecForward::ALL.len()],
-    pub dnssec_signed: Cnt,
-    pub dnssec_sig_hits: Cnt,
-    pub dnssec_sig_misses: Cnt,
-    pub dnssec_sig_evictions: Cnt,
-    pub dnssec_sign_errors: Cnt,
-    pub truncated: Cnt,
-    pub cache_hits: Cnt,
-    pub cache_misses: Cnt,
-    pub cache_stale: Cnt,
-    pub cache_skipped: [Cnt; CacheSkip::ALL.len()],
+    pub(crate) queries: [[Cnt; Decision::ALL.len()]; 2],
+    pub(crate) responses: [[Cnt; 16]; 2],
+    pub(crate) drops: [Cnt; 9],
+    pub(crate) malformed: [Cnt; 5],
+    pub(crate) limited_by_action: [Cnt; 3],
+    pub(crate) would_limit: Cnt,
+    pub(crate) latency: [Hist; 2],
+    pub(crate) tcp_accepted: Cnt,
+    pub(crate) tcp_closed_idle: Cnt,
+    pub(crate) tcp_closed_query_cap: Cnt,
+    pub(crate) dnssec_forwarded: [Cnt; DnssecForward::ALL.len()],
+    pub(crate) dnssec_signed: Cnt,
+    pub(crate) dnssec_sig_hits: Cnt,
+    pub(crate) dnssec_sig_misses: Cnt,
+    pub(crate) dnssec_sig_evictions: Cnt,
+    pub(crate) dnssec_sign_errors: Cnt,
+    pub(crate) truncated: Cnt,
+    pub(crate) cache_hits: Cnt,
+    pub(crate) cache_misses: Cnt,
+    pub(crate) cache_stale: Cnt,
+    pub(crate) cache_skipped: [Cnt; CacheSkip::ALL.len()],
 }
 
 /// Why an answer from PowerDNS was not put in the packet cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheSkip {
+pub(crate) enum CacheSkip {
     ServFail = 0,
     Truncated = 1,
     Malformed = 2,
@@ -283,7 +283,7 @@ pub enum CacheSkip {
 }
 
 impl CacheSkip {
-    pub const ALL: [CacheSkip; 8] = [
+    pub(crate) const ALL: [CacheSkip; 8] = [
         CacheSkip::ServFail,
         CacheSkip::Truncated,
         CacheSkip::Malformed,
@@ -294,7 +294,7 @@ impl CacheSkip {
         CacheSkip::Busy,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             CacheSkip::ServFail => "servfail",
             CacheSkip::Truncated => "truncated",
@@ -310,7 +310,7 @@ impl CacheSkip {
 
 /// Why a DO=1 query was sent to PowerDNS instead of being answered and signed here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DnssecForward {
+pub(crate) enum DnssecForward {
     /// The name (or type) is not answered in-process at all.
     NotInProcess = 0,
     /// A signed zone with no `[[dnssec.keys]]` entry.
@@ -326,7 +326,7 @@ pub enum DnssecForward {
 }
 
 impl DnssecForward {
-    pub const ALL: [DnssecForward; 6] = [
+    pub(crate) const ALL: [DnssecForward; 6] = [
         DnssecForward::NotInProcess,
         DnssecForward::NoKey,
         DnssecForward::KeyNotPublished,
@@ -335,7 +335,7 @@ impl DnssecForward {
         DnssecForward::NoData,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             DnssecForward::NotInProcess => "not_in_process",
             DnssecForward::NoKey => "no_key",
@@ -349,22 +349,22 @@ impl DnssecForward {
 
 impl WorkerMetrics {
     #[inline]
-    pub fn query(&self, t: Transport, d: Decision) {
+    pub(crate) fn query(&self, t: Transport, d: Decision) {
         self.queries[t as usize][d as usize].inc();
     }
 
     #[inline]
-    pub fn response(&self, t: Transport, rcode: u8) {
+    pub(crate) fn response(&self, t: Transport, rcode: u8) {
         self.responses[t as usize][(rcode & 0xf) as usize].inc();
     }
 
     #[inline]
-    pub fn dropped(&self, r: DropReason) {
+    pub(crate) fn dropped(&self, r: DropReason) {
         self.drops[r as usize].inc();
     }
 
     #[inline]
-    pub fn malformed(&self, m: Malformed) {
+    pub(crate) fn malformed(&self, m: Malformed) {
         self.malformed[m as usize].inc();
     }
 }
@@ -381,70 +381,32 @@ impl Metrics {
         let w = Arc::new(WorkerMetrics::default());
         self.workers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(w.clone());
         w
     }
 
-    fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+    /// One counter summed over every worker.
+    pub(crate) fn sum(&self, f: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         self.workers
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|w| f(w))
             .sum()
     }
 
     /// Total queries seen (all transports and decisions); used by tests and `/status`.
-    pub fn total_queries(&self) -> u64 {
+    pub(crate) fn total_queries(&self) -> u64 {
         self.sum(|w| w.queries.iter().flatten().map(Cnt::get).sum())
     }
 
-    /// Queries with one decision, summed over transports.
-    pub fn decision_total(&self, d: Decision) -> u64 {
-        self.sum(|w| w.queries.iter().map(|t| t[d as usize].get()).sum())
-    }
-
-    /// Hot-path families, summed across workers.
-    pub fn gather(&self, out: &mut Vec<MetricFamily>) {
-        let mut queries = Vec::new();
-        let mut responses = Vec::new();
-        for t in Transport::ALL {
-            for d in Decision::ALL {
-                let v = self.sum(|w| w.queries[t as usize][d as usize].get());
-                queries.push((
-                    vec![
-                        ("transport", t.label().to_string()),
-                        ("decision", d.label().to_string()),
-                    ],
-                    v as f64,
-                ));
-            }
-            for (rc, name) in RCODE_LABELS.iter().enumerate() {
-                let v = self.sum(|w| w.responses[t as usize][rc].get());
-                if v > 0 || rc <= 5 {
-                    responses.push((
-                        vec![
-                            ("transport", t.label().to_string()),
-                            ("rcode", name.to_string()),
-                        ],
-                        v as f64,
-                    ));
-                }
-            }
-        }
-        out.push(family(
-            "dnsteer_queries_total",
-            "Queries received, by transport and what was done with them.",
-            MetricType::COUNTER,
-            queries,
-        ));
-        out.push(family(
-            "dnsteer_responses_total",
-            "Responses sent to clients, by transport and rcode.",
-            MetricType::COUNTER,
-            responses,
-        ));
+    /// The query path's families (queries, responses, drops, malformed input, truncation, TCP
+    /// connections, latency), summed across workers. The rate limiter's, DNSSEC signing's and
+    /// the packet cache's counters live here too but are exported by `RateLimiter::families`,
+    /// `server::signing::families` and `forward::cache::families`.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        let mut out = Vec::from(self.queries_and_responses());
         out.push(family(
             "dnsteer_dropped_total",
             "Packets or queries not answered, by reason.",
@@ -466,113 +428,6 @@ impl Metrics {
             Malformed::ALL
                 .iter()
                 .map(|m| (vec![("kind", m.label().to_string())], self.sum(|w| w.malformed[*m as usize].get()) as f64))
-                .collect(),
-        ));
-        out.push(family(
-            "dnsteer_ratelimit_limited_total",
-            "Queries limited by the per-source rate limit, by action applied.",
-            MetricType::COUNTER,
-            ["drop", "refused", "truncate"]
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    (
-                        vec![("action", a.to_string())],
-                        self.sum(|w| w.limited_by_action[i].get()) as f64,
-                    )
-                })
-                .collect(),
-        ));
-        out.push(scalar(
-            "dnsteer_ratelimit_dry_run_total",
-            "Queries that would have been limited in dry-run mode.",
-            MetricType::COUNTER,
-            self.sum(|w| w.would_limit.get()) as f64,
-        ));
-        out.push(family(
-            "dnsteer_dnssec_forwarded_total",
-            "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
-            MetricType::COUNTER,
-            DnssecForward::ALL
-                .iter()
-                .map(|&r| {
-                    (
-                        vec![("reason", r.label().to_string())],
-                        self.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
-                    )
-                })
-                .collect(),
-        ));
-        for (name, help, get) in [
-            (
-                "dnsteer_dnssec_signed_answers_total",
-                "DO=1 answers of in-process records signed here.",
-                (|w: &WorkerMetrics| w.dnssec_signed.get()) as fn(&WorkerMetrics) -> u64,
-            ),
-            (
-                "dnsteer_dnssec_signature_cache_hits_total",
-                "RRSIGs served from a packet thread's signature cache.",
-                |w| w.dnssec_sig_hits.get(),
-            ),
-            (
-                "dnsteer_dnssec_signatures_made_total",
-                "RRSIGs made (signature cache misses).",
-                |w| w.dnssec_sig_misses.get(),
-            ),
-            (
-                "dnsteer_dnssec_signature_cache_evictions_total",
-                "Cached RRSIGs replaced to make room.",
-                |w| w.dnssec_sig_evictions.get(),
-            ),
-            (
-                "dnsteer_dnssec_sign_errors_total",
-                "Signing failures (answered SERVFAIL).",
-                |w| w.dnssec_sign_errors.get(),
-            ),
-        ] {
-            out.push(scalar(
-                name,
-                help,
-                MetricType::COUNTER,
-                self.sum(get) as f64,
-            ));
-        }
-        for (name, help, get) in [
-            (
-                "dnsteer_cache_hits_total",
-                "Queries answered from the packet cache with a fresh entry.",
-                (|w: &WorkerMetrics| w.cache_hits.get()) as fn(&WorkerMetrics) -> u64,
-            ),
-            (
-                "dnsteer_cache_misses_total",
-                "Packet cache lookups that found no usable entry (the query was forwarded).",
-                |w| w.cache_misses.get(),
-            ),
-            (
-                "dnsteer_cache_stale_served_total",
-                "Expired packet cache entries served (TTL 30) because PowerDNS could not answer.",
-                |w| w.cache_stale.get(),
-            ),
-        ] {
-            out.push(scalar(
-                name,
-                help,
-                MetricType::COUNTER,
-                self.sum(get) as f64,
-            ));
-        }
-        out.push(family(
-            "dnsteer_cache_insert_skipped_total",
-            "Answers from PowerDNS not put in the packet cache, by reason.",
-            MetricType::COUNTER,
-            CacheSkip::ALL
-                .iter()
-                .map(|&r| {
-                    (
-                        vec![("reason", r.label().to_string())],
-                        self.sum(|w| w.cache_skipped[r as usize].get()) as f64,
-                    )
-                })
                 .collect(),
         ));
         out.push(scalar(
@@ -600,6 +455,56 @@ impl Metrics {
                 ),
             ],
         ));
+        out.push(self.duration());
+        out
+    }
+
+    /// Queries by transport and decision; responses by transport and rcode.
+    fn queries_and_responses(&self) -> [MetricFamily; 2] {
+        let mut queries = Vec::new();
+        let mut responses = Vec::new();
+        for t in Transport::ALL {
+            for d in Decision::ALL {
+                let v = self.sum(|w| w.queries[t as usize][d as usize].get());
+                queries.push((
+                    vec![
+                        ("transport", t.label().to_string()),
+                        ("decision", d.label().to_string()),
+                    ],
+                    v as f64,
+                ));
+            }
+            for (rc, name) in RCODE_LABELS.iter().enumerate() {
+                let v = self.sum(|w| w.responses[t as usize][rc].get());
+                if v > 0 || rc <= 5 {
+                    responses.push((
+                        vec![
+                            ("transport", t.label().to_string()),
+                            ("rcode", name.to_string()),
+                        ],
+                        v as f64,
+                    ));
+                }
+            }
+        }
+        [
+            family(
+                "dnsteer_queries_total",
+                "Queries received, by transport and what was done with them.",
+                MetricType::COUNTER,
+                queries,
+            ),
+            family(
+                "dnsteer_responses_total",
+                "Responses sent to clients, by transport and rcode.",
+                MetricType::COUNTER,
+                responses,
+            ),
+        ]
+    }
+
+    /// Query latency by path (in-process, forwarded), all workers' histograms merged.
+    fn duration(&self) -> MetricFamily {
         let mut hists = Vec::new();
         for (p, label) in [
             (Path::InProcess, "in_process"),
@@ -610,7 +515,7 @@ impl Metrics {
             for w in self
                 .workers
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .iter()
             {
                 w.latency[p as usize].add_into(&mut counts, &mut sum_ns);
@@ -621,19 +526,16 @@ impl Metrics {
                 sum_ns as f64 * 1e-9,
             ));
         }
-        let mut f = MetricFamily::default();
-        f.set_name("dnsteer_query_duration_seconds".into());
-        f.set_help(
-            "Time from receiving a query to sending its answer, in-process or forwarded.".into(),
-        );
-        f.set_field_type(MetricType::HISTOGRAM);
-        f.set_metric(hists);
-        out.push(f);
+        histogram_family(
+            "dnsteer_query_duration_seconds",
+            "Time from receiving a query to sending its answer, in-process or forwarded.",
+            hists,
+        )
     }
 }
 
 /// Builds a labelled family of counters or gauges.
-pub fn family(
+pub(crate) fn family(
     name: &str,
     help: &str,
     kind: MetricType,
@@ -668,7 +570,7 @@ pub fn family(
 }
 
 /// Builds an unlabelled counter or gauge.
-pub fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
+pub(crate) fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
     family(name, help, kind, vec![(Vec::new(), v)])
 }
 
@@ -679,7 +581,17 @@ fn label(k: &str, v: String) -> LabelPair {
     l
 }
 
-pub fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
+/// Builds a histogram family from its series (see [`histogram_metric`]).
+pub(crate) fn histogram_family(name: &str, help: &str, series: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(MetricType::HISTOGRAM);
+    f.set_metric(series);
+    f
+}
+
+pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
     let mut h = Histogram::default();
     let mut cumulative = 0;
     let mut buckets = Vec::with_capacity(LATENCY_BUCKETS.len());
@@ -736,9 +648,7 @@ mod tests {
         b.query(Transport::Udp, Decision::Forwarded);
         b.response(Transport::Tcp, 3);
         a.latency[Path::InProcess as usize].observe_ns(30_000);
-        let mut fams = Vec::new();
-        m.gather(&mut fams);
-        let text = encode(&fams);
+        let text = encode(&m.families());
         assert!(
             text.contains("dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"} 2"),
             "{text}"

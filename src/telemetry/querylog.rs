@@ -11,32 +11,34 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus::proto::{MetricFamily, MetricType};
+
 use crate::dns::WireName;
-use crate::telemetry::metrics::{Decision, Transport};
+use crate::telemetry::metrics::{Decision, Transport, scalar};
 
 /// Lines buffered between workers and the logger thread.
 const QUEUE_LEN: usize = 65_536;
 
 /// One sampled query, complete when its answer was sent.
 #[derive(Clone, Copy)]
-pub struct QueryEntry {
-    pub transport: Transport,
+pub(crate) struct QueryEntry {
+    pub(crate) transport: Transport,
     /// Client address masked to the ECS prefix lengths (privacy: a prefix, not a host).
     pub client: IpAddr,
-    pub client_prefix: u8,
+    pub(crate) client_prefix: u8,
     pub ecs: Option<(IpAddr, u8)>,
     pub qname: WireName,
     pub qtype: u16,
-    pub decision: Decision,
+    pub(crate) decision: Decision,
     pub rcode: u8,
     pub answers: u16,
-    pub latency_ns: u64,
+    pub(crate) latency_ns: u64,
     pub upstream: Option<SocketAddr>,
 }
 
 /// Always-logged events.
 #[derive(Clone, Copy)]
-pub enum Event {
+pub(crate) enum Event {
     BlockStarted {
         source: IpAddr,
         prefix: u8,
@@ -88,20 +90,20 @@ impl QueryLog {
             dropped: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             window: AtomicU64::new(0),
-            event_limit: AtomicU64::new(event_limit as u64),
+            event_limit: AtomicU64::new(u64::from(event_limit)),
             start: Instant::now(),
         })
     }
 
-    pub fn set_event_limit(&self, limit: u32) {
-        self.event_limit.store(limit as u64, Ordering::Relaxed);
+    pub(crate) fn set_event_limit(&self, limit: u32) {
+        self.event_limit.store(u64::from(limit), Ordering::Relaxed);
     }
 
-    pub fn query(&self, e: QueryEntry) {
+    pub(crate) fn query(&self, e: QueryEntry) {
         self.send(Line::Query(Box::new(e)));
     }
 
-    pub fn event(&self, e: Event) {
+    pub(crate) fn event(&self, e: Event) {
         if self.event_allowed() {
             self.send(Line::Event(Box::new(e)));
         } else {
@@ -112,7 +114,7 @@ impl QueryLog {
     fn send(&self, line: Line) {
         match self.tx.try_send(line) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -142,13 +144,31 @@ impl QueryLog {
     }
 
     /// Lines dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
     /// Events not logged because of the per-second cap.
-    pub fn suppressed(&self) -> u64 {
+    pub(crate) fn suppressed(&self) -> u64 {
         self.suppressed.load(Ordering::Relaxed)
+    }
+
+    /// Log lines lost: dropped on a full queue, or events over the per-second cap.
+    pub(crate) fn families(&self) -> Vec<MetricFamily> {
+        vec![
+            scalar(
+                "dnsteer_log_lines_dropped_total",
+                "Log lines dropped because the log queue was full.",
+                MetricType::COUNTER,
+                self.dropped() as f64,
+            ),
+            scalar(
+                "dnsteer_log_events_suppressed_total",
+                "Always-logged events not logged because of the per-second cap.",
+                MetricType::COUNTER,
+                self.suppressed() as f64,
+            ),
+        ]
     }
 }
 
@@ -169,17 +189,17 @@ impl Sampler {
     /// `threshold` = rate × 2^32 (see `threshold`).
     #[inline]
     pub fn sample(&mut self, threshold: u64) -> bool {
-        threshold != 0 && (self.rng.u32(..) as u64) < threshold
+        threshold != 0 && u64::from(self.rng.u32(..)) < threshold
     }
 }
 
 /// Converts a sample rate in 0.0–1.0 to the sampler's threshold.
-pub fn threshold(rate: f64) -> u64 {
-    (rate.clamp(0.0, 1.0) * (u32::MAX as f64 + 1.0)) as u64
+pub(crate) fn threshold(rate: f64) -> u64 {
+    (rate.clamp(0.0, 1.0) * (f64::from(u32::MAX) + 1.0)) as u64
 }
 
 /// Presentation form of a lower-case wire name, for logs.
-pub fn name_to_string(wire: &[u8]) -> String {
+pub(crate) fn name_to_string(wire: &[u8]) -> String {
     let mut out = String::with_capacity(wire.len() + 1);
     let _ = crate::dns::name::write_name(wire, &mut out);
     out
@@ -237,7 +257,7 @@ fn log_event(e: &Event) {
             "source over its rate: blocked"
         ),
         Event::FormErr { client, reason } => {
-            tracing::info!(target: "dnsteer::query", client = %client, reason, "malformed query answered FORMERR")
+            tracing::info!(target: "dnsteer::query", client = %client, reason, "malformed query answered FORMERR");
         }
         Event::ServFail {
             client,

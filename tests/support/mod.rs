@@ -572,6 +572,7 @@ impl ChildGuard {
     }
 
     /// Sends a signal (e.g. `libc::SIGHUP` to make dnsteer reload).
+    #[allow(unsafe_code, reason = "kill(2)")]
     pub fn signal(&self, sig: libc::c_int) {
         if let Some(pid) = self
             .child
@@ -605,6 +606,7 @@ impl Drop for ChildGuard {
 /// PR_SET_PDEATHSIG fires when the *thread* that forked exits, and test threads (or tokio's
 /// blocking pool) come and go; so every spawn happens on one helper thread that lives as long
 /// as the process.
+#[allow(unsafe_code, reason = "a pre_exec hook")]
 pub fn spawn_guarded(mut cmd: Command) -> io::Result<ChildGuard> {
     use std::sync::OnceLock;
     use std::sync::mpsc;
@@ -633,7 +635,7 @@ pub fn spawn_guarded(mut cmd: Command) -> io::Result<ChildGuard> {
     let (reply_tx, reply_rx) = mpsc::channel();
     spawner
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send((cmd, reply_tx))
         .map_err(|_| io::Error::other("spawner thread gone"))?;
     let child = reply_rx
@@ -643,6 +645,7 @@ pub fn spawn_guarded(mut cmd: Command) -> io::Result<ChildGuard> {
 }
 
 /// SIGTERM, wait up to 5 s, then SIGKILL; always reaps the child so its PID is gone.
+#[allow(unsafe_code, reason = "kill(2)")]
 fn terminate(mut child: Child) -> Option<std::process::ExitStatus> {
     if let Ok(pid) = libc::pid_t::try_from(child.id()) {
         // SAFETY: plain kill(2) on our own, not yet reaped child.

@@ -121,7 +121,7 @@ impl SignedPdns {
                 "default-ksk-algorithm=ecdsa256".into(),
                 "default-zsk-algorithm=ecdsa256".into(),
             ];
-            conf.extend(extra_conf.iter().map(|s| s.to_string()));
+            conf.extend(extra_conf.iter().map(ToString::to_string));
             let conf_refs: Vec<&str> = conf.iter().map(String::as_str).collect();
             let started = std::panic::catch_unwind(|| Pdns::start(zones, &conf_refs));
             match started {
@@ -143,7 +143,7 @@ impl SignedPdns {
                     let msg = e
                         .downcast_ref::<String>()
                         .cloned()
-                        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .or_else(|| e.downcast_ref::<&str>().map(ToString::to_string))
                         .unwrap_or_default();
                     if !msg.contains("Address already in use") {
                         std::panic::resume_unwind(e);
