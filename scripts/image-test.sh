@@ -82,7 +82,7 @@ if ((!runtime_ok)); then
   # The image itself is still checked: user and entrypoint, and the files in it.
   podman image inspect --format 'user={{.Config.User}} entrypoint={{json .Config.Entrypoint}} cmd={{json .Config.Cmd}}' "$IMAGE"
   mnt=$(podman image mount "$IMAGE") || die "podman image mount failed"
-  find "$mnt" -type f -printf '  %p %m %s\n'
+  find "$mnt" -type f -printf '  /%P %m %s\n'
   # The image's own libraries suffice for the binary (chroot: no container runtime needed).
   chroot --userspec="65532:65532" "$mnt" /usr/local/bin/dnsteer --version ||
     { podman image unmount "$IMAGE" >/dev/null; die "dnsteer --version fails in a chroot of the image"; }
@@ -107,7 +107,8 @@ mkdir -p "$CFG"
 # write_config VERSION ADDRESS: a new timestamped dir holding dnsteer.toml, then swap ..data to
 # it the way the kubelet does (symlink ..data_tmp, rename over ..data), and drop the old dir.
 write_config() {
-  local dir="..$(date +%Y_%m_%d_%H_%M_%S).$1" old=""
+  local dir old=""
+  dir="..$(date +%Y_%m_%d_%H_%M_%S).$1"
   mkdir "$CFG/$dir"
   cat >"$CFG/$dir/dnsteer.toml" <<EOF
 # scripts/image-test.sh, config version $1
