@@ -9,7 +9,8 @@
 #  2b. deploy/monitoring/ (Prometheus Operator CRDs, which the validator has no schemas for):
 #     structure against the CRD fields used (scripts/check-monitoring.py), the ServiceMonitor
 #     finds its Service and port, every metric an alert uses is in README's metrics table, and
-#     `promtool check rules` on the rule groups when promtool is installed (Debian: prometheus);
+#     `promtool check rules` on the rule groups and `promtool test rules` on
+#     deploy/monitoring/tests/ when promtool is installed (Debian package: prometheus);
 #  3. the dnsteer.toml inside the ConfigMap passes `dnsteer check-config` (and so does
 #     config/demo/dnsteer.toml);
 #  4. the example PowerDNS ConfigMap really serves its zone: its pdns.conf/named.conf/zone are
@@ -135,6 +136,18 @@ if command -v promtool >/dev/null 2>&1; then
   else
     tail_log "$RUN_DIR/promtool.out"
     fail "promtool check rules"
+  fi
+  # The alerts fire on the series shapes dnsteer exports, and stay quiet where they must.
+  tests=()
+  for t in deploy/monitoring/tests/*.test.yaml; do
+    cp "$t" "$RUN_DIR/"
+    tests+=("$RUN_DIR/$(basename "$t")")
+  done
+  if promtool test rules "${tests[@]}" >"$RUN_DIR/promtool-test.out" 2>&1; then
+    log "ok: promtool test rules (deploy/monitoring/tests)"
+  else
+    tail_log "$RUN_DIR/promtool-test.out" 40
+    fail "promtool test rules"
   fi
 else
   log "promtool not installed (apt-get install prometheus): PromQL syntax of the alerts not checked"
