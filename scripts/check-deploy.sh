@@ -3,12 +3,19 @@
 #  1. every manifest against the Kubernetes OpenAPI schemas (kubernetes-validate from PyPI, in a
 #     venv under target/; it ships the schemas, so validation itself is offline), strict mode:
 #     unknown fields are errors;
-#  2. kustomization.yaml lists existing files, and every manifest except the dnsperf Job;
+#  2. kustomization.yaml lists existing files, and every manifest except the dnsperf Job (the
+#     same for deploy/monitoring/); the Deployment's config mount, args, PriorityClass and
+#     topology spread;
+#  2b. deploy/monitoring/ (Prometheus Operator CRDs, which the validator has no schemas for):
+#     structure against the CRD fields used (scripts/check-monitoring.py), the ServiceMonitor
+#     finds its Service and port, every metric an alert uses is in README's metrics table, and
+#     `promtool check rules` on the rule groups and `promtool test rules` on
+#     deploy/monitoring/tests/ when promtool is installed (Debian package: prometheus);
 #  3. the dnsteer.toml inside the ConfigMap passes `dnsteer check-config` (and so does
 #     config/demo/dnsteer.toml);
 #  4. the example PowerDNS ConfigMap really serves its zone: its pdns.conf/named.conf/zone are
 #     started on a loopback port with pdns_server and asked for the zone's SOA;
-#  5. the Dockerfile has the expected stages, user and entrypoint.
+#  5. the Dockerfile and the Containerfile have the expected stages, user and entrypoint.
 #
 #   scripts/check-deploy.sh            # exit 0 when everything holds
 # Env: K8S_VERSION (schema version, default: the validator's newest), DNSTEER_BIN (skip build).
@@ -59,6 +66,14 @@ for r in listed:
 for f in sorted(os.listdir(deploy)):
     if f.endswith(".yaml") and f not in ("kustomization.yaml", "dnsperf-job.yaml") and f not in listed:
         errors.append(f"{f} is not listed in kustomization.yaml")
+mon = os.path.join(deploy, "monitoring")
+mon_listed = yaml.safe_load(open(os.path.join(mon, "kustomization.yaml"))).get("resources", [])
+for r in mon_listed:
+    if not os.path.isfile(os.path.join(mon, r)):
+        errors.append(f"monitoring/kustomization.yaml lists missing file {r}")
+for f in sorted(os.listdir(mon)):
+    if f.endswith(".yaml") and f != "kustomization.yaml" and f not in mon_listed:
+        errors.append(f"monitoring/{f} is not listed in monitoring/kustomization.yaml")
 
 def configmap(name):
     for f in sorted(os.listdir(deploy)):
@@ -87,11 +102,55 @@ for doc in yaml.safe_load_all(open(os.path.join(deploy, "dnsteer-deployment.yaml
         errors.append("dnsteer-deployment.yaml: config must not be mounted with subPath")
     if c.get("args") != ["--config", "/etc/dnsteer/dnsteer.toml"]:
         errors.append("dnsteer-deployment.yaml: args must be --config /etc/dnsteer/dnsteer.toml")
+    pod = doc["spec"]["template"]["spec"]
+    pod_labels = doc["spec"]["template"]["metadata"]["labels"]
+    pcs = [d["metadata"]["name"] for f in sorted(os.listdir(deploy)) if f.endswith(".yaml")
+           for d in yaml.safe_load_all(open(os.path.join(deploy, f)))
+           if d and d.get("kind") == "PriorityClass"]
+    if pod.get("priorityClassName") not in pcs:
+        errors.append(f"dnsteer-deployment.yaml: priorityClassName {pod.get('priorityClassName')!r} "
+                      f"is not a PriorityClass in deploy/ ({pcs})")
+    spread = {t.get("topologyKey"): t for t in pod.get("topologySpreadConstraints", [])}
+    for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+        t = spread.get(key)
+        if t is None:
+            errors.append(f"dnsteer-deployment.yaml: no topologySpreadConstraint on {key}")
+        elif any(pod_labels.get(k) != v for k, v in t["labelSelector"]["matchLabels"].items()):
+            errors.append(f"dnsteer-deployment.yaml: spread on {key} does not select the pods")
 for e in errors:
     print("  " + e, file=sys.stderr)
 sys.exit(1 if errors else 0)
 PY
   fail "kustomization / manifest structure"
+fi
+
+# ---- 2b. Prometheus Operator objects -------------------------------------------------------
+if "$VENV/bin/python" scripts/check-monitoring.py deploy README.md "$RUN_DIR"; then
+  log "ok: deploy/monitoring structure, ServiceMonitor target, alert metrics in README"
+else
+  fail "deploy/monitoring"
+fi
+if command -v promtool >/dev/null 2>&1; then
+  if promtool check rules "$RUN_DIR/rules.yaml" >"$RUN_DIR/promtool.out" 2>&1; then
+    log "ok: promtool check rules ($(grep -o '[0-9]* rules found' "$RUN_DIR/promtool.out"))"
+  else
+    tail_log "$RUN_DIR/promtool.out"
+    fail "promtool check rules"
+  fi
+  # The alerts fire on the series shapes dnsteer exports, and stay quiet where they must.
+  tests=()
+  for t in deploy/monitoring/tests/*.test.yaml; do
+    cp "$t" "$RUN_DIR/"
+    tests+=("$RUN_DIR/$(basename "$t")")
+  done
+  if promtool test rules "${tests[@]}" >"$RUN_DIR/promtool-test.out" 2>&1; then
+    log "ok: promtool test rules (deploy/monitoring/tests)"
+  else
+    tail_log "$RUN_DIR/promtool-test.out" 40
+    fail "promtool test rules"
+  fi
+else
+  log "promtool not installed (apt-get install prometheus): PromQL syntax of the alerts not checked"
 fi
 
 # ---- 3. dnsteer check-config --------------------------------------------------------------
@@ -148,6 +207,13 @@ grep -Eq '^FROM (gcr.io/distroless/cc|debian:bookworm-slim)' "$df" || fail "Dock
 grep -q '^USER 65532' "$df" || fail "Dockerfile: non-root USER"
 grep -q '^ENTRYPOINT \["/usr/local/bin/dnsteer"\]' "$df" || fail "Dockerfile: ENTRYPOINT"
 grep -q '^CMD \["--config", "/etc/dnsteer/dnsteer.toml"\]' "$df" || fail "Dockerfile: CMD"
+# The local image (scripts/image.sh; scripts/image-test.sh runs it): nothing pulled, same user
+# and entrypoint as the Dockerfile's.
+cf=deploy/Containerfile
+[[ $(grep '^FROM' "$cf") == "FROM scratch" ]] || fail "Containerfile: a single FROM scratch"
+grep -q '^USER 65532:65532' "$cf" || fail "Containerfile: non-root USER"
+grep -q '^ENTRYPOINT \["/usr/local/bin/dnsteer"\]' "$cf" || fail "Containerfile: ENTRYPOINT"
+grep -q '^CMD \["--config", "/etc/dnsteer/dnsteer.toml"\]' "$cf" || fail "Containerfile: CMD"
 
 if ((failures)); then
   log "check-deploy: $failures check(s) failed"
