@@ -12,6 +12,6 @@ mod zone;
 pub use cache::{Outcome, SignatureCache};
 pub(crate) use keys::key_tag;
 pub use keys::{Algorithm, FLAGS_ZSK, KeyError, SignFailed, SigningKey};
-pub(crate) use sign::rrset_spread_hash;
 pub use sign::{RrsetToSign, SignError, ValidityWindow, rrsig_rdata};
+pub(crate) use sign::{format_dnssec_time, rrset_spread_hash};
 pub(crate) use zone::{Published, SignerState, ZoneSigner, choose, next_change, self_check};

@@ -106,7 +106,6 @@ pub(crate) fn rrset_spread_hash(owner_wire: &[u8], rtype: u16) -> u64 {
 
 /// `YYYYMMDDHHMMSS` (UTC), the presentation form of RRSIG times (RFC 4034 §3.2). For logs and
 /// tests, not the packet path.
-#[cfg(test)]
 pub(crate) fn format_dnssec_time(unix: u32) -> String {
     let days = i64::from(unix / DAY);
     let secs = unix % DAY;
