@@ -78,27 +78,9 @@ pub(crate) async fn build_snapshot(
     force_geo_reload: bool,
     transferred: &[RecordSpec],
 ) -> Result<Snapshot, BuildError> {
-    // A name/type defined in the TOML wins over the same name/type from a zone.
-    let transferred: Vec<_> = transferred
-        .iter()
-        .filter(|t| {
-            let overridden = config.records.iter().any(|c| c.name == t.name && c.rtype == t.rtype);
-            if overridden {
-                tracing::warn!(name = %t.name, rtype = t.rtype.name(), "record defined in the config and in a transferred zone: the config wins");
-            }
-            !overridden
-        })
-        .cloned()
-        .collect();
-    let (compiled, rejected) = records::compile_with(&config, &transferred)?;
-    for r in &rejected {
-        tracing::info!(name = %r.spec.name, rtype = r.spec.rtype.name(), reason = %r.reason, "transferred LUA record left to PowerDNS");
-    }
+    let (compiled, rejected) = compile(&config, transferred)?;
     let geo = if force_geo_reload {
-        match &config.geoip {
-            Some(g) => Some(Arc::new(GeoDb::open(&g.database)?)),
-            None => None,
-        }
+        open_geo(&config)?
     } else {
         load_geo(&config, previous)?
     };
@@ -115,35 +97,14 @@ pub(crate) async fn build_snapshot(
         &previous_zones,
     )
     .await;
-    // First-seen times: this process's own (in memory), else those persisted by an earlier
-    // one (so a restart does not restart a key's wait), else now.
-    let state_dir = config.dnssec.own_key.as_ref().map(|o| o.state_dir.clone());
-    let persisted = state_dir
-        .as_deref()
-        .map(super::own_key::read_first_seen)
-        .unwrap_or_default();
-    let mut known = persisted.clone();
-    if let Some(p) = previous {
-        known.extend(p.dnskey_first_seen.iter().map(|(k, v)| (k.clone(), *v)));
-    }
-    let now = super::unix_now();
-    let dnskey_first_seen = link_signers(&mut zones, &keys, Some(&known), now);
-    if let Some(dir) = &state_dir
-        && dnskey_first_seen != persisted
-    {
-        super::own_key::write_first_seen(dir, &dnskey_first_seen);
-    }
+    let (dnskey_first_seen, now) = link_keys(&config, previous, &mut zones, &keys);
     let signer_review_unix = signer_review(&zones, &keys, &dnskey_first_seen, now);
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
     let mut records = RecordTable::link(&compiled, &health, locate, &zones);
     if let Some(prev) = previous {
         records.adopt_stats(&prev.records);
     }
-    // An unchanged [upstream] keeps its pool, so workers keep their sockets and pending tables.
-    let upstream = match previous {
-        Some(p) if p.upstream.config == config.upstream => p.upstream.clone(),
-        _ => UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref())),
-    };
+    let upstream = upstream_pool(&config, previous);
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),
         config: Arc::new(config),
@@ -156,6 +117,77 @@ pub(crate) async fn build_snapshot(
         dnskey_first_seen,
         signer_review_unix,
     })
+}
+
+/// Compiles the records of the config and of the transferred zones. A name/type defined in
+/// both is the config's; transferred LUA records that do not compile are left to PowerDNS
+/// (returned, and logged).
+fn compile(
+    config: &Config,
+    transferred: &[RecordSpec],
+) -> Result<(records::Compiled, Vec<records::Rejected>), ConfigError> {
+    let transferred: Vec<_> = transferred
+        .iter()
+        .filter(|t| {
+            let overridden = config.records.iter().any(|c| c.name == t.name && c.rtype == t.rtype);
+            if overridden {
+                tracing::warn!(name = %t.name, rtype = t.rtype.name(), "record defined in the config and in a transferred zone: the config wins");
+            }
+            !overridden
+        })
+        .cloned()
+        .collect();
+    let (compiled, rejected) = records::compile_with(config, &transferred)?;
+    for r in &rejected {
+        tracing::info!(name = %r.spec.name, rtype = r.spec.rtype.name(), reason = %r.reason, "transferred LUA record left to PowerDNS");
+    }
+    Ok((compiled, rejected))
+}
+
+/// Opens the GeoIP database of `config` anew (the reload loop saw the file replaced).
+fn open_geo(config: &Config) -> Result<Option<Arc<GeoDb>>, GeoError> {
+    match &config.geoip {
+        Some(g) => Ok(Some(Arc::new(GeoDb::open(&g.database)?))),
+        None => Ok(None),
+    }
+}
+
+/// Decides each zone's signer (`link_signers`) and returns when each DNSKEY was first seen,
+/// with the time it took as now. First-seen times: this process's own (in memory), else those
+/// persisted by an earlier one (so a restart does not restart a key's wait), else now; they
+/// are persisted again when they changed.
+fn link_keys(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    zones: &mut records::Zones,
+    keys: &HashMap<String, Vec<Arc<SigningKey>>>,
+) -> (HashMap<(String, Vec<u8>), u64>, u64) {
+    let state_dir = config.dnssec.own_key.as_ref().map(|o| o.state_dir.clone());
+    let persisted = state_dir
+        .as_deref()
+        .map(super::own_key::read_first_seen)
+        .unwrap_or_default();
+    let mut known = persisted.clone();
+    if let Some(p) = previous {
+        known.extend(p.dnskey_first_seen.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+    let now = super::unix_now();
+    let first_seen = link_signers(zones, keys, Some(&known), now);
+    if let Some(dir) = &state_dir
+        && first_seen != persisted
+    {
+        super::own_key::write_first_seen(dir, &first_seen);
+    }
+    (first_seen, now)
+}
+
+/// The forwarding pool. An unchanged `[upstream]` keeps its pool, so workers keep their
+/// sockets and pending tables.
+fn upstream_pool(config: &Config, previous: Option<&Snapshot>) -> Arc<UpstreamSet> {
+    match previous {
+        Some(p) if p.upstream.config == config.upstream => p.upstream.clone(),
+        _ => UpstreamSet::new(&config.upstream, previous.map(|p| p.upstream.as_ref())),
+    }
 }
 
 /// Every key a zone may sign with, most preferred first: dnsteer's own keys (newest first),

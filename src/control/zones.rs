@@ -2,13 +2,18 @@
 //! and answered in-process (see `xfr` for the wire side); this loop also re-learns the zone
 //! facts (`zone_facts`) on their SOA TTL.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::proto::{MetricFamily, MetricType};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
+use super::Control;
 use super::zone_facts::{is_subdomain, learn_all};
+use crate::config::Config;
 use crate::steer::records::{Rejected, Zones};
 use crate::telemetry::metrics::family;
 
@@ -224,28 +229,62 @@ fn facts_interval(zones: &Zones, names: &[String]) -> Duration {
 /// Keeps the transferred zones current: polls SOA serials every `refresh`, transfers on a
 /// change or a NOTIFY, retries failures with backoff, and rebuilds the record table when a
 /// zone's records changed.
-pub(crate) async fn run(
-    ctl: std::sync::Arc<super::Control>,
-    mut notify: tokio::sync::mpsc::Receiver<String>,
-) {
-    let mut backoff: HashMap<String, (Duration, tokio::time::Instant)> = HashMap::new();
-    // Zones named by a NOTIFY: transferred without trusting the serial (PowerDNS's packet
-    // cache may still serve the old SOA for up to its cache-ttl).
-    let mut forced: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let first = ctl.data.snapshot.load_full();
-    let mut facts_due =
-        tokio::time::Instant::now() + facts_interval(&first.zones, &first.record_names);
-    drop(first);
+pub(crate) async fn run(ctl: Arc<Control>, mut notify: mpsc::Receiver<String>) {
+    let mut schedule = Schedule::new(&ctl);
     loop {
         let config = ctl.data.snapshot.load().config.clone();
-        let refresh = config.zones.refresh;
         let mut changed = ctl.transfers.retain(&config.zones.transfer);
-        let now = tokio::time::Instant::now();
+        changed |= schedule.refresh_zones(&ctl, &config).await;
+        if !changed && Instant::now() >= schedule.facts_due {
+            changed = schedule.relearn_facts(&ctl, &config).await;
+        }
+        changed |= signer_change_due(&ctl);
+        if changed && let Err(e) = crate::control::reload::rebuild(&ctl).await {
+            tracing::error!(target: "dnsteer::control::zones", error = %e, "cannot rebuild the record table after a zone change");
+        }
+        let wait = tokio::time::sleep(schedule.next_wait(&ctl, &config));
+        tokio::pin!(wait);
+        tokio::select! {
+            _ = &mut wait => {}
+            Some(zone) = notify.recv() => schedule.notified(zone),
+        }
+    }
+}
+
+/// When the transfer loop next looks at each zone and at the zone facts.
+struct Schedule {
+    /// Zones whose last refresh failed: the current backoff, and when to try again.
+    backoff: HashMap<String, (Duration, Instant)>,
+    /// Zones named by a NOTIFY: transferred without trusting the serial (PowerDNS's packet
+    /// cache may still serve the old SOA for up to its cache-ttl).
+    forced: HashSet<String>,
+    facts_due: Instant,
+}
+
+impl Schedule {
+    fn new(ctl: &Control) -> Schedule {
+        let first = ctl.data.snapshot.load_full();
+        Schedule {
+            backoff: HashMap::new(),
+            forced: HashSet::new(),
+            facts_due: Instant::now() + facts_interval(&first.zones, &first.record_names),
+        }
+    }
+
+    /// Refreshes every zone of `config` that is not backing off; true when the records of
+    /// one changed.
+    async fn refresh_zones(&mut self, ctl: &Control, config: &Config) -> bool {
+        let mut changed = false;
+        let now = Instant::now();
         for zone in &config.zones.transfer {
-            if backoff.get(zone).is_some_and(|(_, until)| *until > now) {
+            if self
+                .backoff
+                .get(zone)
+                .is_some_and(|(_, until)| *until > now)
+            {
                 continue;
             }
-            let force = forced.remove(zone);
+            let force = self.forced.remove(zone);
             match ctl
                 .transfers
                 .refresh(
@@ -263,64 +302,75 @@ pub(crate) async fn run(
                         cache.invalidate_zone(zone);
                     }
                     changed |= c;
-                    backoff.remove(zone);
+                    self.backoff.remove(zone);
                 }
-                Err(_) => {
-                    let next = backoff.get(zone).map_or(Duration::from_secs(1), |(d, _)| {
-                        (*d * 2).min(refresh.max(Duration::from_secs(1)))
-                    });
-                    backoff.insert(zone.clone(), (next, now + next));
-                }
+                Err(_) => self.back_off(zone, config.zones.refresh, now),
             }
         }
-        if !changed && tokio::time::Instant::now() >= facts_due {
-            // SOA/DNSKEY facts of the zones holding in-process records, on the SOA TTL.
-            let snap = ctl.data.snapshot.load_full();
-            let fresh = learn_all(
-                &config.upstream.servers,
-                config.upstream.proxies_own_queries(),
-                &snap.record_names,
-                config.upstream.timeout,
-                &snap.zones,
-            )
-            .await;
-            changed = facts_changed(&fresh, &snap.zones);
-            facts_due = tokio::time::Instant::now() + facts_interval(&fresh, &snap.record_names);
-        }
-        // A published key whose DNSKEY TTL has now passed goes live with a rebuild.
-        let snap = ctl.data.snapshot.load();
-        changed |= signer_due(&snap.zones, super::unix_now())
-            || snap
-                .signer_review_unix
-                .is_some_and(|at| at <= super::unix_now());
-        drop(snap);
-        if changed && let Err(e) = crate::control::reload::rebuild(&ctl).await {
-            tracing::error!(target: "dnsteer::control::zones", error = %e, "cannot rebuild the record table after a zone change");
-        }
+        changed
+    }
+
+    /// After a failed refresh of `zone`: waits 1 s, then twice as long each time, up to
+    /// `refresh`.
+    fn back_off(&mut self, zone: &str, refresh: Duration, now: Instant) {
+        let next = self
+            .backoff
+            .get(zone)
+            .map_or(Duration::from_secs(1), |(d, _)| {
+                (*d * 2).min(refresh.max(Duration::from_secs(1)))
+            });
+        self.backoff.insert(zone.to_owned(), (next, now + next));
+    }
+
+    /// Re-learns the SOA/DNSKEY facts of the zones holding in-process records (due on their
+    /// SOA TTL); true when they changed.
+    async fn relearn_facts(&mut self, ctl: &Control, config: &Config) -> bool {
+        let snap = ctl.data.snapshot.load_full();
+        let fresh = learn_all(
+            &config.upstream.servers,
+            config.upstream.proxies_own_queries(),
+            &snap.record_names,
+            config.upstream.timeout,
+            &snap.zones,
+        )
+        .await;
+        let changed = facts_changed(&fresh, &snap.zones);
+        self.facts_due = Instant::now() + facts_interval(&fresh, &snap.record_names);
+        changed
+    }
+
+    /// How long the loop sleeps unless a NOTIFY comes: until the next serial poll, the zone
+    /// facts' due time, or a waiting key becoming usable (so signing starts on time).
+    fn next_wait(&self, ctl: &Control, config: &Config) -> Duration {
         let poll = if config.zones.transfer.is_empty() {
             Duration::from_secs(5)
         } else {
-            refresh
+            config.zones.refresh
         };
-        // Wake when a waiting key becomes usable too, so signing starts on time.
         let review = ctl.data.snapshot.load().signer_review_unix.map(|at| {
             Duration::from_secs(at.saturating_sub(super::unix_now()))
                 .max(Duration::from_millis(100))
         });
-        let wait = tokio::time::sleep(
-            poll.min(facts_due.saturating_duration_since(tokio::time::Instant::now()))
-                .min(review.unwrap_or(poll)),
-        );
-        tokio::pin!(wait);
-        tokio::select! {
-            _ = &mut wait => {}
-            Some(zone) = notify.recv() => {
-                tracing::info!(target: "dnsteer::control::zones", zone = %zone, "NOTIFY received: transferring the zone now");
-                backoff.remove(&zone);
-                forced.insert(zone);
-            }
-        }
+        poll.min(self.facts_due.saturating_duration_since(Instant::now()))
+            .min(review.unwrap_or(poll))
     }
+
+    /// A NOTIFY for `zone`: transferred on the next pass, whatever its serial and backoff.
+    fn notified(&mut self, zone: String) {
+        tracing::info!(target: "dnsteer::control::zones", zone = %zone, "NOTIFY received: transferring the zone now");
+        self.backoff.remove(&zone);
+        self.forced.insert(zone);
+    }
+}
+
+/// Whether a rebuild is due for signing: a published key whose DNSKEY TTL has now passed
+/// goes live.
+fn signer_change_due(ctl: &Control) -> bool {
+    let snap = ctl.data.snapshot.load();
+    signer_due(&snap.zones, super::unix_now())
+        || snap
+            .signer_review_unix
+            .is_some_and(|at| at <= super::unix_now())
 }
 
 /// Whether freshly learned facts differ from the linked ones (whose signer state is derived,

@@ -39,7 +39,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 use tokio::time::Instant;
 
 use crate::config::{CacheConfig, ClientAddress, UpstreamConfig};
-use crate::dns::cached::{self, StoredAnswer, Ttls};
+use crate::dns::cached::{self, AnswerFacts, StoredAnswer, Ttls};
 use crate::dns::{Added, Query, rcode};
 use crate::telemetry::metrics::{CacheSkip, Metrics, WorkerMetrics, family, scalar};
 
@@ -59,6 +59,29 @@ enum Seen {
     Subnet { addr: IpAddr, source: u8 },
     /// The whole address, by PROXY header.
     Address(IpAddr),
+}
+
+impl Seen {
+    /// The client address PowerDNS saw (0.0.0.0 when it saw none).
+    #[inline]
+    fn addr(self) -> IpAddr {
+        match self {
+            Seen::Subnet { addr, .. } | Seen::Address(addr) => addr,
+            Seen::Nobody => IpAddr::from([0u8; 4]),
+        }
+    }
+
+    /// How many bits of the client's address an answer depends on, given the ECS scope
+    /// PowerDNS echoed: never more than the source prefix it was sent; with the whole address
+    /// (PROXY), all of it.
+    #[inline]
+    fn scope(self, ecs_scope: Option<u8>) -> u8 {
+        match self {
+            Seen::Nobody => 0,
+            Seen::Subnet { source, .. } => ecs_scope.unwrap_or(0).min(source),
+            Seen::Address(a) => full_width(a),
+        }
+    }
 }
 
 /// A query as the cache looks at it; built once per lookup or insert.
@@ -298,6 +321,47 @@ impl PacketCache {
         now: Instant,
     ) -> Result<(), CacheSkip> {
         let (facts, stored) = cached::prepare(resp, added).map_err(|_| CacheSkip::Malformed)?;
+        let life = self.lifetime(facts, &stored, q)?;
+        let scope = req.seen.scope(facts.ecs_scope);
+        let expires = now + life;
+        let entry = |key, body| Entry {
+            key,
+            flags: req.flags,
+            zone_gen: req.zone_gen,
+            body,
+            inserted: now,
+            expires,
+            dead_at: expires + self.cfg.stale_ttl,
+            referenced: false,
+        };
+        let addr = req.seen.addr();
+        if scope == 0 {
+            let body = Body::Answer {
+                stored,
+                subnet: addr,
+                scope: 0,
+            };
+            return self.put(entry(req.base, body), now);
+        }
+        let subnet = cut(addr, scope);
+        let (v4, v6) = self.marker_widths(req, addr.is_ipv4(), scope);
+        self.put(entry(req.base, Body::Scoped { v4, v6 }), now)?;
+        let body = Body::Answer {
+            stored,
+            subnet,
+            scope,
+        };
+        self.put(entry(self.sub_key(req.base, subnet, scope), body), now)
+    }
+
+    /// How long an answer may be served fresh, or why it is not cached at all.
+    #[inline]
+    fn lifetime(
+        &self,
+        facts: AnswerFacts,
+        stored: &StoredAnswer,
+        q: &Query,
+    ) -> Result<std::time::Duration, CacheSkip> {
         if facts.truncated {
             return Err(CacheSkip::Truncated);
         }
@@ -306,7 +370,7 @@ impl PacketCache {
             rcode::SERVFAIL => return Err(CacheSkip::ServFail),
             _ => return Err(CacheSkip::Rcode),
         }
-        if !cached::answers(&stored, q) {
+        if !cached::answers(stored, q) {
             return Err(CacheSkip::Malformed);
         }
         let ttl = facts.ttl.ok_or(CacheSkip::NoSoa)?;
@@ -324,37 +388,15 @@ impl PacketCache {
         {
             return Err(CacheSkip::TooBig);
         }
-        let scope = match req.seen {
-            Seen::Nobody => 0,
-            Seen::Subnet { source, .. } => facts.ecs_scope.unwrap_or(0).min(source),
-            Seen::Address(a) => full_width(a),
-        };
-        let expires = now + life;
-        let entry = |key, body| Entry {
-            key,
-            flags: req.flags,
-            zone_gen: req.zone_gen,
-            body,
-            inserted: now,
-            expires,
-            dead_at: expires + self.cfg.stale_ttl,
-            referenced: false,
-        };
-        let addr = match req.seen {
-            Seen::Subnet { addr, .. } | Seen::Address(addr) => addr,
-            Seen::Nobody => IpAddr::from([0u8; 4]),
-        };
-        if scope == 0 {
-            let body = Body::Answer {
-                stored,
-                subnet: addr,
-                scope: 0,
-            };
-            return self.put(entry(req.base, body), now);
-        }
-        let subnet = cut(addr, scope);
+        Ok(life)
+    }
+
+    /// The widths the scope marker at `req`'s key holds once an answer scoped to `scope` bits
+    /// of an IPv4 (or IPv6) address is stored. The marker keeps the other family's width (an
+    /// answer may be scoped per family).
+    #[inline]
+    fn marker_widths(&self, req: &Request, ipv4: bool, scope: u8) -> (u8, u8) {
         let (mut v4, mut v6) = (0, 0);
-        // The marker keeps the other family's width (an answer may be scoped per family).
         let _ = self.with_entry(req.base, |e| {
             if let Some(Entry {
                 body: Body::Scoped { v4: a, v6: b },
@@ -366,18 +408,12 @@ impl PacketCache {
                 (v4, v6) = (*a, *b);
             }
         });
-        if addr.is_ipv4() {
+        if ipv4 {
             v4 = scope;
         } else {
             v6 = scope;
         }
-        self.put(entry(req.base, Body::Scoped { v4, v6 }), now)?;
-        let body = Body::Answer {
-            stored,
-            subnet,
-            scope,
-        };
-        self.put(entry(self.sub_key(req.base, subnet, scope), body), now)
+        (v4, v6)
     }
 
     /// Drops every entry of `zone` (lower-case, absolute), registering it if it is new.

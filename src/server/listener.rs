@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::ClientAddress;
 use crate::dns::{self, rcode};
-use crate::forward::upstream::{TcpPool, WorkerUpstreams};
+use crate::forward::upstream::{TcpPool, WorkerServer, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
 use crate::server::signing::SignState;
 use crate::server::udp_batch;
@@ -598,48 +598,77 @@ async fn forward_tcp(
         // ID 0 here: the pool sets one that is free on the connection it picks.
         let added =
             dns::rewrite_for_upstream(msg, q, 0, ups.ecs_for(peer.ip().to_canonical()), &mut buf);
-        ws.counters.requests.inc();
-        let sent = Instant::now();
-        let timeout = ups.set.config.timeout;
-        // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
-        let proxied = match ups.set.config.client_address {
-            ClientAddress::Proxy => Some(own.pool(ws.server.addr)),
-            _ => None,
-        };
-        let pool = proxied.as_deref().unwrap_or(&ws.tcp);
-        let Ok(mut waiter) = pool.send(buf.clone(), timeout) else {
-            ws.counters.errors.inc();
+        let Some(resp) = ask_tcp(w, ups, own, ws, &buf, q).await else {
             continue;
         };
-        match tokio::time::timeout(timeout, waiter.answer()).await {
-            Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {
-                ws.counters.responses.inc();
-                ws.counters
-                    .latency
-                    .observe_ns(sent.elapsed().as_nanos() as u64);
-                if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
-                    let snap = w.snapshot();
-                    cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
-                    return (out, Some(ws.server.addr));
-                }
-                w.metrics.malformed(Malformed::BadUpstreamResponse);
-                ws.counters.errors.inc();
-            }
-            Ok(Ok(_)) => {
-                w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
-                ws.counters.errors.inc();
-            }
-            Ok(Err(_)) => ws.counters.errors.inc(),
-            Err(_) => {
-                ws.counters.timeouts.inc();
-                w.shared.log.event(Event::UpstreamTimeout {
-                    server: ws.server.addr,
-                    qname: q.qname,
-                    qtype: q.qtype,
-                });
-            }
+        if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
+            let snap = w.snapshot();
+            cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
+            return (out, Some(ws.server.addr));
+        }
+        w.metrics.malformed(Malformed::BadUpstreamResponse);
+        ws.counters.errors.inc();
+    }
+    (unanswered_tcp(w, msg, q, peer, out), None)
+}
+
+/// One attempt on server `ws` with the rewritten query `buf`: PowerDNS's answer to it, or
+/// None (counted against the server) when none that matches `q` came in time.
+async fn ask_tcp(
+    w: &Worker,
+    ups: &WorkerUpstreams,
+    own: &ClientPools,
+    ws: &WorkerServer,
+    buf: &[u8],
+    q: &dns::Query,
+) -> Option<Vec<u8>> {
+    ws.counters.requests.inc();
+    let sent = Instant::now();
+    let timeout = ups.set.config.timeout;
+    // Dropped at the end of the attempt, whatever its outcome: that frees its ID.
+    let proxied = match ups.set.config.client_address {
+        ClientAddress::Proxy => Some(own.pool(ws.server.addr)),
+        _ => None,
+    };
+    let pool = proxied.as_deref().unwrap_or(&ws.tcp);
+    let Ok(mut waiter) = pool.send(buf.to_vec(), timeout) else {
+        ws.counters.errors.inc();
+        return None;
+    };
+    match tokio::time::timeout(timeout, waiter.answer()).await {
+        Ok(Ok(resp)) if dns::response_matches(&resp, waiter.id(), q) => {
+            ws.counters.responses.inc();
+            ws.counters
+                .latency
+                .observe_ns(sent.elapsed().as_nanos() as u64);
+            return Some(resp);
+        }
+        Ok(Ok(_)) => {
+            w.metrics.malformed(Malformed::MismatchedUpstreamResponse);
+            ws.counters.errors.inc();
+        }
+        Ok(Err(_)) => ws.counters.errors.inc(),
+        Err(_) => {
+            ws.counters.timeouts.inc();
+            w.shared.log.event(Event::UpstreamTimeout {
+                server: ws.server.addr,
+                qname: q.qname,
+                qtype: q.qtype,
+            });
         }
     }
+    None
+}
+
+/// The answer to a TCP query no server answered: its stale cache entry if there is one,
+/// else SERVFAIL (counted and logged). Written into `out`, which it returns.
+fn unanswered_tcp(
+    w: &Worker,
+    msg: &[u8],
+    q: &dns::Query,
+    peer: SocketAddr,
+    mut out: Vec<u8>,
+) -> Vec<u8> {
     let snap = w.snapshot();
     let cache = w.shared.cache.as_ref();
     if pipeline::stale_answer(
@@ -651,7 +680,7 @@ async fn forward_tcp(
         None,
         &mut out,
     ) {
-        return (out, None);
+        return out;
     }
     w.metrics.dropped(DropReason::UpstreamUnavailable);
     w.shared.log.event(Event::ServFail {
@@ -662,7 +691,7 @@ async fn forward_tcp(
     });
     out.clear();
     dns::write_error(msg, rcode::SERVFAIL, &mut out);
-    (out, None)
+    out
 }
 
 #[cfg(test)]

@@ -90,107 +90,107 @@ impl UdpFront {
             mut stop,
             ups,
         } = self;
-        let fd = sock.as_raw_fd();
-        let local = sock
-            .local_addr()
-            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let metrics = shared.metrics.register_worker();
+        let mut fw = Forwarder::new(&shared, &metrics, &sock, ups);
         let mut snap_cache = arc_swap::Cache::new(shared.snapshot.clone());
-        let mut sampler = Sampler::default();
-        let mut sign = SignState::for_thread(&shared);
-        let mut queries = Box::new(RecvBatch::default());
-        // Answers up to what a client may be sent, with room for the ECS option we added.
-        let slot = (usize::from(shared.restart.max_udp_payload) + 512).max(SLOT);
-        let mut answers = Box::new(RecvBatch::with_slot(slot));
-        let mut fw = Forwarder {
-            sends: ups.servers().iter().map(|_| Default::default()).collect(),
-            ups,
-            client_fd: fd,
-            local,
-            tx: Box::default(),
-            expired: Vec::new(),
-            unsent: Vec::new(),
-            max_udp_payload: shared.restart.max_udp_payload,
-            metrics: metrics.clone(),
-            shared: shared.clone(),
-            rejected: None,
-        };
+        let mut clients = Clients::new(worker, &shared, &metrics);
+        let mut answers = Box::new(RecvBatch::with_slot(answer_slot(
+            shared.restart.max_udp_payload,
+        )));
         let mut poll = PollSet::default();
         // Set once stopping: until when queries in flight are waited for.
         let mut stopping: Option<Instant> = None;
-        loop {
-            if stopping.is_none() && stopped(&mut stop) {
-                stopping = Some(Instant::now() + settle_bound(fw.ups.set()));
-            }
-            if let Some(until) = stopping
-                && (fw.ups.in_flight() == 0 || Instant::now() >= until)
-            {
-                break;
-            }
+        while !finished(&mut stop, &mut stopping, &fw.ups) {
             let reading = stopping.is_none();
-            poll.clear();
-            if reading {
-                poll.add(fd);
-            }
-            for s in fw.ups.servers() {
-                poll.add(s.fd());
-            }
-            let wait = fw.ups.next_deadline().map_or(STOP_POLL, |d| {
-                d.saturating_duration_since(Instant::now()).min(STOP_POLL)
-            });
-            if let Err(e) = poll.wait(wait) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::warn!(worker, error = %e, "poll failed");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+            if !fw.wait_ready(&mut poll, reading, worker) {
                 continue;
             }
             // One clock read and one snapshot load per turn.
             let now = Instant::now();
             // Borrowed from the per-thread cache: no shared refcount touched per turn.
             let snap = snap_cache.load();
-            let first_upstream = usize::from(reading);
-            for idx in 0..fw.ups.servers().len() {
-                if poll.ready(first_upstream + idx) {
-                    fw.upstream_answers(snap, idx, &mut answers, now);
-                }
-            }
-            let mut answered = 0;
-            if reading && poll.ready(0) {
-                let mut ctx = Ctx {
-                    snap,
-                    limiter: &shared.limiter,
-                    metrics: &metrics,
-                    log: &shared.log,
-                    sampler: &mut sampler,
-                    max_udp_payload: shared.restart.max_udp_payload,
-                    notify: &shared.notify_tx,
-                    worker,
-                    latency: Latency::Batch { answered: 0 },
-                    sign: &mut sign,
-                    cache: shared.cache.as_ref(),
-                };
-                fw.client_queries(&mut ctx, &mut queries, now);
-                if let Latency::Batch { answered: n } = ctx.latency {
-                    answered = n;
-                }
-            }
-            fw.expire(snap, now);
-            fw.flush_upstreams(snap);
-            flush_counted(&mut fw.tx, fd, &metrics);
-            if answered > 0 {
-                let ns = now.elapsed().as_nanos() as u64;
-                metrics.latency[Path::InProcess as usize].observe_many_ns(ns, answered);
-            }
-            fw.follow_reload(&snap.upstream);
+            fw.ready_upstreams(snap, &poll, usize::from(reading), &mut answers, now);
+            let answered = if reading && poll.ready(0) {
+                clients.serve(&mut fw, snap, now)
+            } else {
+                0
+            };
+            fw.end_turn(snap, now, answered);
         }
         tracing::debug!(worker, listener, "UDP front end stopped");
     }
 }
 
+/// Whether the loop is done. Once `stop` is seen, the queries in flight are waited for, up
+/// to `settle_bound`, with no new ones read.
+#[inline]
+fn finished(
+    stop: &mut watch::Receiver<bool>,
+    stopping: &mut Option<Instant>,
+    ups: &UdpUpstreams,
+) -> bool {
+    if stopping.is_none() && stopped(stop) {
+        *stopping = Some(Instant::now() + settle_bound(ups.set()));
+    }
+    stopping.is_some_and(|until| ups.in_flight() == 0 || Instant::now() >= until)
+}
+
+/// The size of an answer buffer: up to what a client may be sent, with room for the ECS
+/// option we added.
+fn answer_slot(max_udp_payload: u16) -> usize {
+    (usize::from(max_udp_payload) + 512).max(SLOT)
+}
+
 /// How long forwarded queries may still take: every attempt, plus a margin.
 fn settle_bound(set: &UpstreamSet) -> Duration {
     set.config.timeout * set.config.attempts as u32 + STOP_POLL
+}
+
+/// The thread's query half: what the pipeline reads besides the snapshot, kept across turns.
+struct Clients<'a> {
+    worker: usize,
+    shared: &'a Shared,
+    metrics: &'a WorkerMetrics,
+    sampler: Sampler,
+    sign: SignState,
+    queries: Box<RecvBatch>,
+}
+
+impl<'a> Clients<'a> {
+    fn new(worker: usize, shared: &'a Shared, metrics: &'a WorkerMetrics) -> Clients<'a> {
+        Clients {
+            worker,
+            shared,
+            metrics,
+            sampler: Sampler::default(),
+            sign: SignState::for_thread(shared),
+            queries: Box::new(RecvBatch::default()),
+        }
+    }
+
+    /// One batch of client queries through the pipeline; returns how many were answered
+    /// in-process (their latency is observed once the batch is sent).
+    #[inline]
+    fn serve(&mut self, fw: &mut Forwarder, snap: &Snapshot, now: Instant) -> u64 {
+        let mut ctx = Ctx {
+            snap,
+            limiter: &self.shared.limiter,
+            metrics: self.metrics,
+            log: &self.shared.log,
+            sampler: &mut self.sampler,
+            max_udp_payload: self.shared.restart.max_udp_payload,
+            notify: &self.shared.notify_tx,
+            worker: self.worker,
+            latency: Latency::Batch { answered: 0 },
+            sign: &mut self.sign,
+            cache: self.shared.cache.as_ref(),
+        };
+        fw.client_queries(&mut ctx, &mut self.queries, now);
+        match ctx.latency {
+            Latency::Batch { answered } => answered,
+            Latency::PerQuery => 0,
+        }
+    }
 }
 
 /// The thread's forwarding half: the pool's sockets and pending tables, the batches leaving
@@ -214,6 +214,88 @@ struct Forwarder {
 }
 
 impl Forwarder {
+    fn new(
+        shared: &Arc<Shared>,
+        metrics: &Arc<WorkerMetrics>,
+        sock: &std::net::UdpSocket,
+        ups: UdpUpstreams,
+    ) -> Forwarder {
+        let local = sock
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        Forwarder {
+            sends: ups.servers().iter().map(|_| Default::default()).collect(),
+            ups,
+            client_fd: sock.as_raw_fd(),
+            local,
+            tx: Box::default(),
+            expired: Vec::new(),
+            unsent: Vec::new(),
+            max_udp_payload: shared.restart.max_udp_payload,
+            metrics: metrics.clone(),
+            shared: shared.clone(),
+            rejected: None,
+        }
+    }
+
+    /// Waits until a socket is readable or the next forwarded query runs out of time, at
+    /// most [`STOP_POLL`]. Poll slot 0 is the client socket while `reading`, then one per
+    /// server. False when the wait failed: the turn is skipped.
+    #[inline]
+    fn wait_ready(&mut self, poll: &mut PollSet, reading: bool, worker: usize) -> bool {
+        poll.clear();
+        if reading {
+            poll.add(self.client_fd);
+        }
+        for s in self.ups.servers() {
+            poll.add(s.fd());
+        }
+        let wait = self.ups.next_deadline().map_or(STOP_POLL, |d| {
+            d.saturating_duration_since(Instant::now()).min(STOP_POLL)
+        });
+        let Err(e) = poll.wait(wait) else {
+            return true;
+        };
+        if e.kind() != io::ErrorKind::Interrupted {
+            tracing::warn!(worker, error = %e, "poll failed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    /// Reads the answers of every server whose socket `poll` found readable (server `idx` in
+    /// slot `first + idx`).
+    #[inline]
+    fn ready_upstreams(
+        &mut self,
+        snap: &Snapshot,
+        poll: &PollSet,
+        first: usize,
+        rx: &mut RecvBatch,
+        now: Instant,
+    ) {
+        for idx in 0..self.ups.servers().len() {
+            if poll.ready(first + idx) {
+                self.upstream_answers(snap, idx, rx, now);
+            }
+        }
+    }
+
+    /// Ends a turn: attempts past their deadline retried or failed, every batch sent, the
+    /// in-process answers' latency observed (they left with the client batch), and a pool a
+    /// reload published taken up while the server batches are empty.
+    #[inline]
+    fn end_turn(&mut self, snap: &Snapshot, now: Instant, answered: u64) {
+        self.expire(snap, now);
+        self.flush_upstreams(snap);
+        flush_counted(&mut self.tx, self.client_fd, &self.metrics);
+        if answered > 0 {
+            let ns = now.elapsed().as_nanos() as u64;
+            self.metrics.latency[Path::InProcess as usize].observe_many_ns(ns, answered);
+        }
+        self.follow_reload(&snap.upstream);
+    }
+
     /// One batch of client queries through the pipeline.
     fn client_queries(&mut self, ctx: &mut Ctx<'_>, rx: &mut RecvBatch, received: Instant) {
         let n = match rx.recv(self.client_fd) {
