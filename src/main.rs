@@ -96,12 +96,19 @@ fn check(path: &std::path::Path) -> Result<String, String> {
     // Key files are read and self-checked as at load (never printed).
     dnsteer::control::build::load_keys(&config.dnssec)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(format!(
+    let own = dnsteer::control::own_key::check(&config.dnssec)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut summary = format!(
         "{} records, {} upstream servers, listen {:?}",
         config.records.len(),
         config.upstream.servers.len(),
         config.restart.listen
-    ))
+    );
+    for line in own {
+        summary.push_str("; ");
+        summary.push_str(&line);
+    }
+    Ok(summary)
 }
 
 /// A key made once and shared by every replica (e.g. stored in a Kubernetes Secret). Prints the

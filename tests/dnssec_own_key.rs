@@ -565,3 +565,65 @@ fn generate_key(dir: &Path) -> u16 {
         .and_then(|t| t.trim().parse().ok())
         .unwrap_or_else(|| panic!("no key tag in {text}"))
 }
+
+/// `dnsteer check-config` reads what `[dnssec.own_key]` will need: the API key file and every
+/// key already in key_dir (a broken one is named), so a bad Secret fails before a rollout.
+#[test]
+fn check_config_reads_the_own_key_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_dir = dir.path().join("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    let api_key = dir.path().join("api-key");
+    let cfg = dir.path().join("dnsteer.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[upstream]\nservers = [\"127.0.0.1:5353\"]\n\
+             [dnssec.own_key]\nzones = [\"{ZONE}\"]\nkey_dir = \"{}\"\n\
+             api_url = \"http://127.0.0.1:8081\"\napi_key_file = \"{}\"\n",
+            key_dir.display(),
+            api_key.display()
+        ),
+    )
+    .unwrap();
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dnsteer"))
+            .arg("check-config")
+            .arg(&cfg)
+            .output()
+            .expect("run dnsteer check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+
+    let (ok, text) = check();
+    assert!(!ok && text.contains("api_key_file"), "{text}");
+
+    std::fs::write(&api_key, "secret\n").unwrap();
+    let (ok, text) = check();
+    assert!(ok && text.contains("no own key yet"), "{text}");
+
+    let tag = generate_key(&key_dir);
+    let (ok, text) = check();
+    assert!(ok && text.contains(&format!("own keys {tag}")), "{text}");
+
+    let broken = key_dir.join(format!("{}-1.private", ZONE.trim_end_matches('.')));
+    std::fs::write(
+        &broken,
+        "Private-key-format: v1.2\nAlgorithm: 13 (ECDSAP256SHA256)\n",
+    )
+    .unwrap();
+    let (ok, text) = check();
+    assert!(!ok && text.contains("-1.private"), "{text}");
+    std::fs::remove_file(&broken).unwrap();
+
+    std::fs::remove_file(key_dir.join(format!("{}-{tag}.private", ZONE.trim_end_matches('.'))))
+        .unwrap();
+    std::fs::remove_dir(&key_dir).unwrap();
+    let (ok, text) = check();
+    assert!(!ok && text.contains("not a directory"), "{text}");
+}

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use prometheus::proto::{MetricFamily, MetricType};
 use zeroize::Zeroizing;
 
-use super::pdns_api::ApiError;
+use super::pdns_api::{ApiError, PdnsApi};
 use super::unix_now;
 use crate::config::OwnKeyConfig;
 use crate::dnssec::{Algorithm, FLAGS_ZSK, KeyError, SigningKey};
@@ -393,6 +393,35 @@ pub(crate) fn load_for_build(cfg: Option<&OwnKeyConfig>) -> HashMap<String, Vec<
         }
     }
     out
+}
+
+/// `check-config`'s part for `[dnssec.own_key]`: every key file already in key_dir loads and
+/// verifies, the API key file reads and is not empty, and a zone without a key has a key_dir
+/// that exists (at run time its key is generated there). Returns what was found, per zone.
+pub fn check(cfg: &crate::config::DnssecConfig) -> Result<Vec<String>, String> {
+    let Some(cfg) = cfg.own_key.as_ref() else {
+        return Ok(Vec::new());
+    };
+    PdnsApi::new(&cfg.api, &cfg.server_id, &cfg.api_key_file)
+        .map_err(|e| format!("dnssec.own_key.api_key_file: {e}"))?;
+    let mut found = Vec::new();
+    for zone in &cfg.zones {
+        let keys =
+            read_zone_keys(&cfg.key_dir, zone).map_err(|e| format!("dnssec.own_key: {e}"))?;
+        if keys.is_empty() && !cfg.key_dir.is_dir() {
+            return Err(format!(
+                "dnssec.own_key.key_dir {} is not a directory and holds no key for {zone}",
+                cfg.key_dir.display()
+            ));
+        }
+        let tags: Vec<String> = keys.iter().map(|k| k.tag.to_string()).collect();
+        found.push(if tags.is_empty() {
+            format!("{zone}: no own key yet (one will be generated)")
+        } else {
+            format!("{zone}: own keys {}", tags.join(", "))
+        });
+    }
+    Ok(found)
 }
 
 #[cfg(test)]
