@@ -29,6 +29,17 @@
 #                  verbose (`-v`, one line per answer with its latency), and the tables gain
 #                  p50/p99/p99.9 latency per run (medians over rounds); pick N below every
 #                  server's saturation so the percentiles show service time, not queueing
+#      CLIENT_ADDRESS=none|ecs|proxy  dnsteer [upstream].client_address (default: ecs with ECS=1,
+#                  else none). "proxy" puts dnsteer behind a second PowerDNS, `pdns-pp`, started
+#                  with proxy-protocol-from=127.0.0.0/8 (it then requires the PROXY v2 header, so
+#                  dnsperf and dnsdist keep using the plain one); its CPU is dnsteer's backend CPU
+#      ALSO_PROXY=1  forward mode: also start `dnsteer-proxy` (client_address = "proxy", behind
+#                  pdns-pp), measured interleaved with the others (ecs vs proxy in one run)
+#      SOURCES=N   many clients: each measurement runs N dnsperf processes in parallel, process i
+#                  sending from 127.0.i.1 (N <= 250, one /24 each) with -c ceil(CLIENTS/N) -T 1
+#                  -q max(1, OUTSTANDING/N) and -Q RATE/N; QPS and completed queries are summed
+#      DNSTEER_B_LEGACY=1  write `add_ecs` instead of `client_address` (and no [cache]) for
+#                  DNSTEER_BIN_B: binaries before c6e6738 reject client_address
 #      LOG_SAMPLE=0.01  dnsteer logging.query_sample_rate (the default; the log goes to a file)
 #      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
 #      SETS="..."  lua mode: which query sets (default "static health lua")
@@ -37,6 +48,11 @@
 #                  with the first (A/B of two builds in one run)
 #      ONLY="..."  measure only these servers (e.g. ONLY="gdnsd dnsteer"); the others still
 #                  start when another server needs them (PowerDNS behind the proxies)
+# Also recorded per run: dnsperf's own CPU per query (client_us_q), the whole machine's busy
+# share of its 2 cores over the run from /proc/stat (busy_pct: 100 = both cores saturated, other
+# users included), the 1-minute load average at the start (load1) and the packet-cache hit rate
+# of the PowerDNS that answered (pdns_pc_hit_pct, from `pdns_control show packetcache-hit/-miss`). At the end, dnsteer's
+# dnsteer_cache_* counters of every dnsteer instance are printed (hit rate) when CACHE=1.
 # On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
 # QPS second (shared/notes/rust-stack.md §8).
 set -euo pipefail
@@ -49,6 +65,10 @@ RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
 MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" RATE="${RATE:-}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
+SOURCES="${SOURCES:-1}" ALSO_PROXY="${ALSO_PROXY:-0}"
+CLIENT_ADDRESS="${CLIENT_ADDRESS:-$([[ $ECS == 1 ]] && echo ecs || echo none)}"
+case $CLIENT_ADDRESS in none | ecs | proxy) ;; *) die "CLIENT_ADDRESS must be none, ecs or proxy" ;; esac
+[[ $SOURCES =~ ^[0-9]+$ ]] && ((SOURCES >= 1 && SOURCES <= 250)) || die "SOURCES must be 1..250"
 SETS="${SETS:-static health lua}"
 case $MODE in forward | lua) ;; *) die "MODE must be forward or lua" ;; esac
 for v in RUNS DURATION WARMUP CLIENTS THREADS OUTSTANDING WORKERS MAX_SECONDS; do
@@ -73,10 +93,11 @@ fi
 make_run_dir dnsteer-bench
 install_cleanup
 TCK=$(getconf CLK_TCK)
+TIMEFORMAT='%U %S'
 RESULTS="$RUN_DIR/results.tsv"
-printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_us_per_q\tp50_ms\tp99_ms\tp999_ms\n' >"$RESULTS"
+printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_us_per_q\tp50_ms\tp99_ms\tp999_ms\tclient_us_q\tbusy_pct\tload1\tpdns_pc_hit_pct\n' >"$RESULTS"
 
-declare -A PORT PID BACKEND
+declare -A PORT PID BACKEND MPORT PDNS_DIR
 SERVERS=()
 
 # ---- health-check target for ifportup / multifo (free port; 127.0.0.3 stays DOWN) ---------
@@ -94,8 +115,9 @@ while True:
 ' "$TCP_PORT"
 
 # ---- servers ------------------------------------------------------------------------------
-start_pdns() {  # start_pdns NAME LUA-SETTING
+start_pdns() {  # start_pdns NAME LUA-SETTING [EXTRA-SETTING...]
   local name="$1" lua="$2" dir="$RUN_DIR/$1" port
+  shift 2
   mkdir -p "$dir"
   port=$(free_port)
   render_pdns_conf "$dir" "$port"
@@ -103,9 +125,15 @@ start_pdns() {  # start_pdns NAME LUA-SETTING
   # Fair on 2 cores: two SO_REUSEPORT receivers, defaults otherwise (packet cache included:
   # it is part of how PowerDNS is run).
   printf '%s\n' "receiver-threads=2" "reuseport=yes" "distributor-threads=2" "loglevel=3" \
-    "enable-lua-records=$lua" >>"$dir/pdns.conf"
+    "enable-lua-records=$lua" "$@" >>"$dir/pdns.conf"
   start_bg "$name" "$dir/pdns.log" "$(pdns_server_bin)" --config-dir="$dir"
-  PORT[$name]=$port PID[$name]=$LAST_PID
+  PORT[$name]=$port PID[$name]=$LAST_PID PDNS_DIR[$name]=$dir
+  if [[ " $* " == *" proxy-protocol-from="* ]]; then
+    # requires a PROXY header: dig cannot check it; dnsteer's readiness (its probe) will.
+    sleep 1
+    alive "$LAST_PID" || { tail_log "$dir/pdns.log"; die "$name did not start"; }
+    return 0  # not a measured server: dnsperf cannot talk to it
+  fi
   wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/pdns.log"; die "$name did not start"; }
   SERVERS+=("$name")
 }
@@ -131,13 +159,15 @@ start_dnsdist() {  # start_dnsdist NAME MAXQPS(or empty): forwards to pdns
     true
   } >"$dir/dnsdist.conf"
   start_bg "$name" "$dir/dnsdist.log" dnsdist --supervised --disable-syslog -C "$dir/dnsdist.conf"
-  PORT[$name]=$port PID[$name]=$LAST_PID BACKEND[$name]=${PID[pdns]}
+  PORT[$name]=$port PID[$name]=$LAST_PID BACKEND[$name]=${PID[pdns]} PDNS_DIR[$name]=${PDNS_DIR[pdns]}
   wait_dns "$port" demo.test SOA "$LAST_PID" 20 || { tail_log "$dir/dnsdist.log"; die "$name did not start"; }
   SERVERS+=("$name")
 }
 
-start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINARY]
-  local name="$1" records="$2" maxqps="$3" bin="${4:-$BIN}" dir="$RUN_DIR/$1" port mport cfg
+start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINARY [CLIENT-ADDRESS [LEGACY]]]
+  local name="$1" records="$2" maxqps="$3" bin="${4:-$BIN}" ca="${5:-$CLIENT_ADDRESS}" legacy="${6:-0}"
+  local dir="$RUN_DIR/$1" port mport cfg backend=pdns
+  [[ $ca == proxy ]] && backend=pdns-pp
   mkdir -p "$dir"
   port=$(free_port) mport=$(free_port)
   cfg="$dir/dnsteer.toml"
@@ -150,9 +180,14 @@ start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINA
     else
       printf '[ratelimit]\nenabled = false\n\n'
     fi
-    printf '[upstream]\nservers = ["127.0.0.1:%s"]\nclient_address = "%s"\n\n' "${PORT[pdns]}" \
-      "$([[ $ECS == 1 ]] && echo ecs || echo none)"
-    if [[ $CACHE == 1 ]]; then
+    if ((legacy)); then
+      [[ $ca != proxy ]] || die "a legacy dnsteer binary cannot use client_address = proxy"
+      printf '[upstream]\nservers = ["127.0.0.1:%s"]\nadd_ecs = %s\n\n' "${PORT[$backend]}" \
+        "$([[ $ca == ecs ]] && echo true || echo false)"
+    else
+      printf '[upstream]\nservers = ["127.0.0.1:%s"]\nclient_address = "%s"\n\n' "${PORT[$backend]}" "$ca"
+    fi
+    if [[ $CACHE == 1 ]] && ! ((legacy)); then
       printf '[cache]\nenabled = true\nmax_entries = 100000\nmax_ttl = "60s"\n\n'
     fi
     printf '[probes]\ninterval = "2s"\ntimeout = "1s"\n'
@@ -187,8 +222,8 @@ EOF
     fi
   } >"$cfg"
   start_bg "$name" "$dir/dnsteer.log" "$bin" --config "$cfg"
-  PORT[$name]=$port PID[$name]=$LAST_PID
-  [[ $records == 1 ]] || BACKEND[$name]=${PID[pdns]}
+  PORT[$name]=$port PID[$name]=$LAST_PID MPORT[$name]=$mport
+  [[ $records == 1 ]] || BACKEND[$name]=${PID[$backend]} PDNS_DIR[$name]=${PDNS_DIR[$backend]}
   wait_http "http://127.0.0.1:$mport/readyz" "$LAST_PID" 30 || { tail_log "$dir/dnsteer.log"; die "$name not ready"; }
   SERVERS+=("$name")
 }
@@ -258,6 +293,14 @@ servers_for() {
   done
 }
 
+# pdns_pc DIR: "HITS MISSES" of the PowerDNS packet cache whose control socket is in DIR
+pdns_pc() {
+  local h m
+  h=$(pdns_control --socket-dir="$1" show packetcache-hit 2>/dev/null) || h=0
+  m=$(pdns_control --socket-dir="$1" show packetcache-miss 2>/dev/null) || m=0
+  echo "${h:-0} ${m:-0}"
+}
+
 # ---- one measurement ----------------------------------------------------------------------
 run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
   local set="$1" s="$2" run="$3" secs="$4" record="$5" out t0 t1 b0=0 b1=0 pid backend
@@ -265,17 +308,52 @@ run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
   ((SECONDS + secs + 30 <= DEADLINE)) || die "MAX_SECONDS=$MAX_SECONDS would be exceeded: stopping"
 
   out="$RUN_DIR/dnsperf-$set-$s-$run.txt"
+  local load1 st0 st1 tfile="$RUN_DIR/time-$set-$s-$run.txt"
+  load1=$(cut -d' ' -f1 /proc/loadavg)
+  st0=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+  local pdir=${PDNS_DIR[$s]:-} pc0="0 0" pc1="0 0"
+  [[ -n $pdir ]] && pc0=$(pdns_pc "$pdir")
   t0=$(cpu_ticks "$pid")
   [[ -n $backend ]] && b0=$(cpu_ticks "$backend")
-  local rate=()
-  [[ -n $RATE ]] && rate=(-Q "$RATE" -v)
-  timeout $((secs + 30)) dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$RUN_DIR/queries/$set" \
-    -l "$secs" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -t 2 "${rate[@]}" >"$out" 2>&1 ||
-    { tail_log "$out"; die "dnsperf failed against $s"; }
+  local rate=() i rc=0
+  if ((SOURCES == 1)); then
+    [[ -n $RATE ]] && rate=(-Q "$RATE" -v)
+    { time timeout $((secs + 30)) dnsperf -s 127.0.0.1 -p "${PORT[$s]}" -d "$RUN_DIR/queries/$set" \
+      -l "$secs" -c "$CLIENTS" -T "$THREADS" -q "$OUTSTANDING" -t 2 "${rate[@]}" >"$out" 2>&1; } 2>"$tfile" || rc=$?
+  else
+    # one dnsperf per source address 127.0.i.1 (a /24 each), all at once; outputs concatenated
+    local c=$(((CLIENTS + SOURCES - 1) / SOURCES)) q=$((OUTSTANDING / SOURCES))
+    ((q >= 1)) || q=1
+    [[ -n $RATE ]] && rate=(-Q "$(((RATE + SOURCES - 1) / SOURCES))" -v)
+    { time (
+      pids=()
+      for ((i = 1; i <= SOURCES; i++)); do
+        timeout $((secs + 30)) dnsperf -a "127.0.$i.1" -s 127.0.0.1 -p "${PORT[$s]}" -d "$RUN_DIR/queries/$set" \
+          -l "$secs" -c "$c" -T 1 -q "$q" -t 2 "${rate[@]}" >"$out.$i" 2>&1 &
+        pids+=($!)
+      done
+      r=0
+      for p in "${pids[@]}"; do wait "$p" || r=1; done
+      exit $r
+    ); } 2>"$tfile" || rc=$?
+    for ((i = 1; i <= SOURCES; i++)); do cat "$out.$i"; done >"$out"
+    rm -f "$out".*
+  fi
+  ((rc == 0)) || { tail_log "$out"; die "dnsperf failed against $s"; }
   t1=$(cpu_ticks "$pid")
   [[ -n $backend ]] && b1=$(cpu_ticks "$backend")
+  st1=$(awk '/^cpu / { print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6 }' /proc/stat)
+  [[ -n $pdir ]] && pc1=$(pdns_pc "$pdir")
   alive "$pid" || die "$s died during the run"
   ((record)) || return 0
+  # bash `time` (TIMEFORMAT '%U %S'): user and system seconds of dnsperf (all its processes)
+  local client_s busy pchit
+  # PowerDNS packet-cache hit rate over the run (the PowerDNS this server is or forwards to)
+  pchit=$(awk -v a="$pc0" -v b="$pc1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    h = y[1] - x[1]; m = y[2] - x[2]; if (h + m > 0) printf "%.2f", 100 * h / (h + m); else printf "-" }')
+  client_s=$(awk 'NF == 2 { print $1 + $2 }' "$tfile" | tail -n1)
+  busy=$(awk -v a="$st0" -v b="$st1" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    tot = y[1] - x[1]; idle = y[2] - x[2]; printf "%.0f", (tot > 0 ? 100 * (tot - idle) / tot : 0) }')
   local pct="-\t-\t-"
   if [[ -n $RATE ]]; then
     # `-v` prints "> RCODE NAME TYPE SECONDS" per answer: percentiles of the last field.
@@ -290,27 +368,36 @@ run_one() {  # run_one SET SERVER RUN SECONDS RECORD(0|1)
         }
       }')
   fi
+  # Summed over the dnsperf processes (one with SOURCES=1): queries, QPS; latency weighted.
   awk -v set="$set" -v s="$s" -v run="$run" -v d="$((t1 - t0))" -v bd="$((b1 - b0))" \
-    -v tck="$TCK" -v has_backend="${backend:+1}" -v pct="$pct" '
-    /Queries completed:/ { done = $3 }
-    /Queries lost:/      { lost = $4; gsub(/[()%]/, "", lost) }
-    /Queries per second:/ { qps = $4 }
-    /Average Latency \(s\):/ { lat = $4 * 1000 }
+    -v tck="$TCK" -v has_backend="${backend:+1}" -v pct="$pct" -v cs="$client_s" -v busy="$busy" -v load1="$load1" -v pchit="$pchit" '
+    /Queries sent:/      { sent += $3 }
+    /Queries completed:/ { done += $3; lastdone = $3 }
+    /Queries lost:/      { lostn += $3 }
+    /Queries per second:/ { qps += $4 }
+    /Average Latency \(s\):/ { latsum += $4 * 1000 * lastdone }
     END {
       if (done == 0) { print "no queries completed for " s > "/dev/stderr"; exit 1 }
       cpu = d / tck * 1e6 / done
       bcpu = has_backend ? sprintf("%.3f", bd / tck * 1e6 / done) : "-"
-      printf "%s\t%s\t%s\t%.0f\t%.3f\t%s\t%.3f\t%s\t%s\n", set, s, run, qps, lat, lost, cpu, bcpu, pct
+      lost = sent > 0 ? 100 * lostn / sent : 0
+      printf "%s\t%s\t%s\t%.0f\t%.3f\t%.2f\t%.3f\t%s\t%s\t%.3f\t%s\t%s\t%s\n", set, s, run, qps, latsum / done, lost, cpu, bcpu, pct,
+        cs * 1e6 / done, busy, load1, pchit
     }' "$out" >>"$RESULTS"
-  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  %-8s %-12s run %s: %8s qps  %7s ms  lost %5s%%  cpu %7s us/q  backend %s us/q", $1, $2, $3, $4, $5, $6, $7, $8; if ($9 != "-") printf "  p50/p99/p99.9 %s/%s/%s ms", $9, $10, $11; printf "\n" }' >&2
+  tail -n1 "$RESULTS" | awk -F'\t' '{ printf "  %-8s %-13s run %s: %8s qps  %7s ms  lost %5s%%  cpu %7s us/q  backend %s us/q  dnsperf %s us/q  busy %s%%  load %s  pdns-pc-hit %s%%", $1, $2, $3, $4, $5, $6, $7, $8, $12, $13, $14, $15; if ($9 != "-") printf "  p50/p99/p99.9 %s/%s/%s ms", $9, $10, $11; printf "\n" }' >&2
 }
 
 # ---- main ---------------------------------------------------------------------------------
 if [[ $MODE == forward ]]; then
   start_pdns pdns yes
+  if [[ $CLIENT_ADDRESS == proxy || $ALSO_PROXY == 1 ]]; then
+    start_pdns pdns-pp yes "proxy-protocol-from=127.0.0.0/8"
+  fi
   start_dnsdist dnsdist ""
   start_dnsteer dnsteer 0 ""
-  [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 0 "" "$DNSTEER_BIN_B"
+  [[ -z ${DNSTEER_BIN_B:-} ]] ||
+    start_dnsteer dnsteer-b 0 "" "$DNSTEER_BIN_B" "$CLIENT_ADDRESS" "${DNSTEER_B_LEGACY:-0}"
+  [[ $ALSO_PROXY != 1 || $CLIENT_ADDRESS == proxy ]] || start_dnsteer dnsteer-proxy 0 "" "$BIN" proxy
   if [[ -n $MAXQPS ]]; then
     start_dnsdist dnsdist-rl "$MAXQPS"
     start_dnsteer dnsteer-rl 0 "$MAXQPS"
@@ -350,11 +437,23 @@ done
 mkdir -p "$TARGET_DIR/bench"
 keep="$TARGET_DIR/bench/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).tsv"
 cp "$RESULTS" "$keep"
+# dnsteer's packet-cache counters over the whole run (warm-up included)
+for s in "${SERVERS[@]}"; do
+  [[ -n ${MPORT[$s]:-} ]] || continue
+  curl -fsS --max-time 2 "http://127.0.0.1:${MPORT[$s]}/metrics" >"$RUN_DIR/metrics-$s.txt" 2>/dev/null || continue
+  grep '^dnsteer_cache_' "$RUN_DIR/metrics-$s.txt" >"${keep%.tsv}-$s-cache.prom" || true
+  awk -v s="$s" '/^dnsteer_cache_hits_total / { h = $2 } /^dnsteer_cache_misses_total / { m = $2 }
+    END { if (h + m > 0) printf "%s cache: %d hits, %d misses, hit rate %.4f%%\n", s, h, m, 100 * h / (h + m) }' \
+    "$RUN_DIR/metrics-$s.txt" >&2
+done
 
 python3 - "$RESULTS" "$MODE" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 mode = sys.argv[2]
+for r in rows:  # server + its PowerDNS (PowerDNS direct: itself)
+    b = r["backend_cpu_us_per_q"]
+    r["cpu_total"] = float(r["cpu_us_per_q"]) + (float(b) if b not in ("-", "") else 0.0)
 def med(vals):
     vals = [float(v) for v in vals if v not in ("-", "")]
     return statistics.median(vals) if vals else None
@@ -363,15 +462,16 @@ for r in rows:
     table.setdefault((r["set"], r["server"]), []).append(r)
 print()
 print(f"Medians ({mode} mode; CPU = server process time per completed query)")
-print(f"{'set':<8} {'server':<12} {'qps':>10} {'lat ms':>8} {'lost %':>7} {'cpu us/q':>9} {'+pdns us/q':>11}")
+print(f"{'set':<8} {'server':<13} {'qps':>10} {'lat ms':>8} {'lost %':>7} {'cpu us/q':>9} {'+pdns us/q':>11} {'dnsperf us/q':>12} {'busy %':>6} {'load1':>5} {'pdns pc hit %':>13}")
 stats = {}
 for (st, sv), rs in table.items():
-    m = {k: med([r[k] for r in rs]) for k in ("qps", "latency_ms", "lost_pct", "cpu_us_per_q", "backend_cpu_us_per_q", "p50_ms", "p99_ms", "p999_ms")}
+    m = {k: med([r.get(k, "-") for r in rs]) for k in ("qps", "latency_ms", "lost_pct", "cpu_us_per_q", "backend_cpu_us_per_q", "p50_ms", "p99_ms", "p999_ms", "client_us_q", "busy_pct", "load1", "pdns_pc_hit_pct")}
     stats[(st, sv)] = m
     b = m["backend_cpu_us_per_q"]
     pct = "" if m["p50_ms"] is None else f"   p50/p99/p99.9 ms {m['p50_ms']:.3f}/{m['p99_ms']:.3f}/{m['p999_ms']:.3f}"
-    print(f"{st:<8} {sv:<12} {m['qps']:>10.0f} {m['latency_ms']:>8.3f} {m['lost_pct']:>7.2f} "
-          f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11}{pct}")
+    print(f"{st:<8} {sv:<13} {m['qps']:>10.0f} {m['latency_ms']:>8.3f} {m['lost_pct']:>7.2f} "
+          f"{m['cpu_us_per_q']:>9.2f} {('%.2f' % b) if b is not None else '-':>11} {m['client_us_q']:>12.2f} "
+          f"{m['busy_pct']:>6.0f} {m['load1']:>5.2f} {('%.2f' % m['pdns_pc_hit_pct']) if m['pdns_pc_hit_pct'] is not None else '-':>13}   total {med([r['cpu_total'] for r in rs]):.2f} us/q{pct}")
 print()
 print("Ratios A/B: median over rounds of the ratio within one round (A and B measured back to")
 print("back in the same round); qps higher is better for A, cpu/query lower is better for A")
@@ -392,6 +492,7 @@ for st in sorted({st for (st, _) in stats}):
             continue
         q, n = ratio(st, a, b, "qps")
         c, _ = ratio(st, a, b, "cpu_us_per_q")
-        print(f"  {st:<8} {a}/{b:<12} qps x{q:.2f}   cpu/query x{c:.2f}   ({n} rounds)")
+        t, _ = ratio(st, a, b, "cpu_total")
+        print(f"  {st:<8} {a}/{b:<12} qps x{q:.2f}   cpu/query x{c:.2f}   +pdns cpu/query x{t:.2f}   ({n} rounds)")
 PY
 log "raw results: $keep"
