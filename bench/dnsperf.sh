@@ -408,7 +408,7 @@ else
   start_pdns pdns-shared shared
   start_gdnsd
   start_dnsteer dnsteer 1 ""
-  [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 1 "" "$DNSTEER_BIN_B"
+  [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 1 "" "$DNSTEER_BIN_B" "$CLIENT_ADDRESS" "${DNSTEER_B_LEGACY:-0}"
   read -r -a sets <<<"$SETS"
 fi
 write_queries

@@ -219,25 +219,79 @@ fn to_socket_addr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Send side: answers queued during a batch, sent with one `sendmmsg`.
-pub(crate) struct SendBatch {
+/// What both send sides share: `BATCH` buffers queued for one `sendmmsg` and the tables the
+/// kernel reads.
+struct Outbox {
     bufs: Vec<Vec<u8>>,
-    addrs: Vec<SockAddr>,
     iovs: Vec<libc::iovec>,
     hdrs: Vec<libc::mmsghdr>,
     count: usize,
 }
 
-impl Default for SendBatch {
-    fn default() -> Self {
-        let any: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+impl Outbox {
+    fn new(capacity: usize) -> Self {
         let (iovs, hdrs) = empty_tables();
-        SendBatch {
-            bufs: (0..BATCH).map(|_| Vec::with_capacity(1232)).collect(),
-            addrs: vec![SockAddr::from(any); BATCH],
+        Outbox {
+            bufs: (0..BATCH).map(|_| Vec::with_capacity(capacity)).collect(),
             iovs,
             hdrs,
             count: 0,
+        }
+    }
+
+    /// The buffer for the next message (cleared). None when full.
+    fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
+        let b = self.bufs.get_mut(self.count)?;
+        b.clear();
+        Some(b)
+    }
+
+    /// One non-blocking `sendmmsg` of the queued messages from `at` on, each to `addrs[k]` (or
+    /// no address: a connected socket). Returns how many the kernel took.
+    fn send_from(&mut self, fd: RawFd, at: usize, addrs: Option<&[SockAddr]>) -> io::Result<usize> {
+        let n = self.count - at;
+        for i in 0..n {
+            let k = at + i;
+            self.iovs[i] = libc::iovec {
+                iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
+                iov_len: self.bufs[k].len(),
+            };
+            let (name, len) = match addrs {
+                Some(a) => (a[k].as_ptr() as *mut libc::c_void, a[k].len()),
+                None => (std::ptr::null_mut(), 0),
+            };
+            fill(&mut self.hdrs[i], &mut self.iovs[i], name, len);
+        }
+        // SAFETY: headers point into `self`'s buffers and the caller's addresses, valid for
+        // the call.
+        let r = unsafe {
+            libc::sendmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+}
+
+/// Send side: answers queued during a batch, sent with one `sendmmsg`.
+pub(crate) struct SendBatch {
+    out: Outbox,
+    addrs: Vec<SockAddr>,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        let any: SocketAddr = "0.0.0.0:0".parse().expect("literal");
+        SendBatch {
+            out: Outbox::new(1232),
+            addrs: vec![SockAddr::from(any); BATCH],
         }
     }
 }
@@ -245,73 +299,44 @@ impl Default for SendBatch {
 impl SendBatch {
     /// The buffer for the next answer (cleared); `commit` queues it. None when full.
     pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
-        let b = self.bufs.get_mut(self.count)?;
-        b.clear();
-        Some(b)
+        self.out.next_buf()
     }
 
     /// Queues the buffer last returned by `next_buf` for `to`.
     pub(crate) fn commit(&mut self, to: SocketAddr) {
-        if self.count < BATCH {
-            self.addrs[self.count] = SockAddr::from(to);
-            self.count += 1;
+        if self.out.count < BATCH {
+            self.addrs[self.out.count] = SockAddr::from(to);
+            self.out.count += 1;
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
+        self.out.count == 0
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.count
+        self.out.count
     }
 
     /// Sends the queued answers without blocking. Returns how many left the socket; the rest
     /// (socket buffer full) are discarded, and the batch is empty afterwards.
     pub(crate) fn flush(&mut self, fd: RawFd) -> io::Result<usize> {
-        let total = self.count;
+        let total = self.out.count;
         let mut sent = 0;
         let mut result = Ok(());
         while sent < total {
-            let n = total - sent;
-            for i in 0..n {
-                let k = sent + i;
-                self.iovs[i] = libc::iovec {
-                    iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
-                    iov_len: self.bufs[k].len(),
-                };
-                fill(
-                    &mut self.hdrs[i],
-                    &mut self.iovs[i],
-                    self.addrs[k].as_ptr() as *mut libc::c_void,
-                    self.addrs[k].len(),
-                );
-            }
-            // SAFETY: headers point into `self`'s buffers and addresses, valid for the call.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
+            match self.out.send_from(fd, sent, Some(&self.addrs)) {
+                Ok(r) => sent += r,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // A bad destination fails only its own message: skip it and go on.
-                if e.kind() != io::ErrorKind::WouldBlock && n > 1 {
-                    sent += 1;
-                    continue;
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock && total - sent > 1 => sent += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
-                result = Err(e);
-                break;
             }
-            sent += r as usize;
         }
-        self.count = 0;
+        self.out.count = 0;
         result
             .map(|()| sent)
             .or_else(|e| if sent > 0 { Ok(sent) } else { Err(e) })
@@ -322,22 +347,15 @@ impl SendBatch {
 /// iteration of the event loop, sent with one `sendmmsg` and no addresses. Each message carries
 /// a tag (the query's upstream ID) so the caller can settle the ones the socket refused.
 pub(crate) struct ConnectedSendBatch {
-    bufs: Vec<Vec<u8>>,
+    out: Outbox,
     tags: Vec<u16>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    count: usize,
 }
 
 impl Default for ConnectedSendBatch {
     fn default() -> Self {
-        let (iovs, hdrs) = empty_tables();
         ConnectedSendBatch {
-            bufs: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(),
+            out: Outbox::new(512),
             tags: vec![0; BATCH],
-            iovs,
-            hdrs,
-            count: 0,
         }
     }
 }
@@ -345,25 +363,23 @@ impl Default for ConnectedSendBatch {
 impl ConnectedSendBatch {
     /// The buffer for the next message (cleared); `commit` queues it. None when full.
     pub(crate) fn next_buf(&mut self) -> Option<&mut Vec<u8>> {
-        let b = self.bufs.get_mut(self.count)?;
-        b.clear();
-        Some(b)
+        self.out.next_buf()
     }
 
     /// Queues the buffer last returned by `next_buf`, tagged `tag`.
     pub(crate) fn commit(&mut self, tag: u16) {
-        if self.count < BATCH {
-            self.tags[self.count] = tag;
-            self.count += 1;
+        if self.out.count < BATCH {
+            self.tags[self.out.count] = tag;
+            self.out.count += 1;
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0
+        self.out.count == 0
     }
 
     pub(crate) fn is_full(&self) -> bool {
-        self.count == BATCH
+        self.out.count == BATCH
     }
 
     /// Sends the queued messages without blocking; `unsent` gets the tag of each one the
@@ -373,42 +389,20 @@ impl ConnectedSendBatch {
     /// On a connected UDP socket an ICMP error from an earlier datagram (ECONNREFUSED) is
     /// reported by the next send, which then did not go out: that message is tried once more.
     pub(crate) fn flush(&mut self, fd: RawFd, mut unsent: impl FnMut(u16, io::ErrorKind)) -> usize {
-        let total = self.count;
+        let total = self.out.count;
         // Messages before `at` are settled (sent or reported unsent).
         let mut at = 0;
         let mut sent = 0;
         let mut retry_refused = true;
         while at < total {
-            let n = total - at;
-            for i in 0..n {
-                let k = at + i;
-                self.iovs[i] = libc::iovec {
-                    iov_base: self.bufs[k].as_ptr() as *mut libc::c_void,
-                    iov_len: self.bufs[k].len(),
-                };
-                fill(
-                    &mut self.hdrs[i],
-                    &mut self.iovs[i],
-                    std::ptr::null_mut(),
-                    0,
-                );
-            }
-            // SAFETY: headers point into `self`'s buffers, valid for the call; no addresses
-            // (the socket is connected).
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.hdrs.as_mut_ptr(),
-                    n as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
+            let e = match self.out.send_from(fd, at, None) {
+                Ok(r) => {
+                    at += r;
+                    sent += r;
+                    continue;
+                }
+                Err(e) => e,
             };
-            if r >= 0 {
-                at += r as usize;
-                sent += r as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => {}
                 io::ErrorKind::ConnectionRefused if retry_refused => retry_refused = false,
@@ -426,7 +420,7 @@ impl ConnectedSendBatch {
                 }
             }
         }
-        self.count = 0;
+        self.out.count = 0;
         sent
     }
 }
