@@ -211,6 +211,14 @@ mod tests {
         rr(&QNAME_POINTER, TYPE_SOA, 1, ttl, &rdata)
     }
 
+    /// The query as dnsteer forwards it (ID 9, ECS 192.0.2.1/24 added) and what was added.
+    fn as_forwarded(pkt: &[u8], q: &Query) -> (Vec<u8>, Added) {
+        let mut up = Vec::new();
+        let added =
+            rewrite_for_upstream(pkt, q, 9, Some(("192.0.2.1".parse().unwrap(), 24)), &mut up);
+        (up, added)
+    }
+
     fn answer_to(pkt: &[u8], flags: u16, an: &[Vec<u8>], ns: &[Vec<u8>], tail: &[u8]) -> Vec<u8> {
         let q = parse_query(pkt).unwrap();
         let ar = u16::from(!tail.is_empty());
@@ -231,14 +239,7 @@ mod tests {
     fn positive_answer_ttl_scope_and_the_client_form() {
         let pkt = query("WwW.Example", &[opt(1232, 0, false, &[])]);
         let q = parse_query(&pkt).unwrap();
-        let mut up = Vec::new();
-        let added = rewrite_for_upstream(
-            &pkt,
-            &q,
-            9,
-            Some(("192.0.2.1".parse().unwrap(), 24)),
-            &mut up,
-        );
+        let (up, added) = as_forwarded(&pkt, &q);
         let echo = option(OPT_ECS, &ecs_data(1, 24, 24, &[192, 0, 2]));
         let resp = answer_to(
             &up,
@@ -282,14 +283,7 @@ mod tests {
     fn negative_answer_lives_min_of_soa_ttl_and_minimum() {
         let pkt = query("nope.example", &[]);
         let q = parse_query(&pkt).unwrap();
-        let mut up = Vec::new();
-        let added = rewrite_for_upstream(
-            &pkt,
-            &q,
-            9,
-            Some(("192.0.2.1".parse().unwrap(), 24)),
-            &mut up,
-        );
+        let (up, added) = as_forwarded(&pkt, &q);
         assert_eq!(added, Added::OptRecord);
         let resp = answer_to(&up, 0x0403, &[], &[soa(300, 60)], &opt(1232, 0, false, &[]));
         let (facts, stored) = prepare(&resp, added).unwrap();
