@@ -71,6 +71,7 @@ fn ctx_for<'a>(
         latency: pipeline::Latency::Batch { answered: 0 },
         sign,
         cache: None,
+        tap: None,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::ratelimit::RateLimiter;
 use crate::server::listener;
 use crate::state::{Shared, TcpCounts};
 use crate::steer::probes::ProbePool;
+use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::querylog::QueryLog;
 use std::net::SocketAddr;
@@ -145,6 +146,10 @@ impl App {
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
+        // After the workers: nothing is queued any more, so STOP follows the last frame.
+        if let Some(tap) = &self.control_plane.data.dnstap {
+            tap.shutdown();
+        }
         if let Some(rt) = self.runtime.take() {
             self.control_plane.probes.shutdown();
             rt.shutdown_background();
@@ -211,6 +216,12 @@ fn first_state(
             .cache
             .enabled
             .then(|| PacketCache::new(&restart.cache, &snap_zones)),
+        dnstap: restart
+            .dnstap
+            .as_ref()
+            .map(Dnstap::start)
+            .transpose()
+            .map_err(StartError::Runtime)?,
     });
     let ctl = Arc::new(Control {
         data: shared.clone(),

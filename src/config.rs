@@ -14,6 +14,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
+/// Default fraction of queries the query log and dnstap take.
+const DEFAULT_SAMPLE_RATE: f64 = 0.01;
+
 /// A config problem, located in the file where possible.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -94,6 +97,9 @@ pub struct Config {
     pub(crate) hash: String,
     pub restart: RestartSettings,
     pub logging: LoggingConfig,
+    /// `[dnstap].sample_rate`: fraction of queries sent to the dnstap collector (hot-reloaded;
+    /// the output itself is in `restart.dnstap`).
+    pub(crate) dnstap_sample_rate: f64,
     pub ratelimit: RateLimitConfig,
     pub upstream: UpstreamConfig,
     pub geoip: Option<GeoIpConfig>,
@@ -123,6 +129,21 @@ pub struct RestartSettings {
     pub shutdown_grace: Duration,
     /// `[cache]`: the packet cache is sized once, at start.
     pub(crate) cache: CacheConfig,
+    /// `[dnstap]`: the collector connection is made once, at start (None: off).
+    pub(crate) dnstap: Option<DnstapOutput>,
+}
+
+/// `[dnstap]` without its sample rate: where frames go and what they say about the sender.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct DnstapOutput {
+    /// Unix stream socket a Frame Streams collector listens on (dnsteer connects, as sender).
+    pub(crate) socket: PathBuf,
+    /// Query/answer pairs buffered between the packet path and the writer thread.
+    pub(crate) queue: usize,
+    /// The `identity` field of every frame; None: the host name, read at start.
+    pub(crate) identity: Option<String>,
+    /// The `version` field of every frame.
+    pub(crate) version: String,
 }
 
 /// `[cache]`: the packet cache for answers from PowerDNS (see `forward::cache`).
@@ -433,6 +454,17 @@ struct RawConfig {
     reload: RawReload,
     #[serde(default)]
     cache: RawCache,
+    dnstap: Option<Spanned<RawDnstap>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDnstap {
+    socket: S<String>,
+    sample_rate: S<f64>,
+    queue: S<i64>,
+    identity: S<String>,
+    version: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -708,12 +740,18 @@ impl Config {
         let v = Validator { map: &map };
         let mut restart = v.restart(&raw.server, &raw.metrics)?;
         restart.cache = v.cache(&raw.cache)?;
+        let (dnstap, dnstap_sample_rate) = match &raw.dnstap {
+            Some(d) => v.dnstap(d, base)?,
+            None => (None, DEFAULT_SAMPLE_RATE),
+        };
+        restart.dnstap = dnstap;
         let upstream = v.upstream(&raw.upstream)?;
         let cfg = Config {
             path: path.to_path_buf(),
             hash: hex_sha256(text.as_bytes()),
             restart,
             logging: v.logging(&raw.logging)?,
+            dnstap_sample_rate,
             ratelimit: v.ratelimit(&raw.ratelimit)?,
             zones: v.zones(&raw.zones)?,
             dnssec: v.dnssec(&raw.dnssec, base)?,
@@ -926,6 +964,7 @@ impl Validator<'_> {
                 Duration::ZERO,
             )?,
             cache: self.cache(&RawCache::default())?,
+            dnstap: None,
         })
     }
 
@@ -1084,20 +1123,7 @@ impl Validator<'_> {
                 }
             },
         };
-        let rate = match &l.query_sample_rate {
-            None => 0.01,
-            Some(r) => {
-                let v = *r.get_ref();
-                if !(0.0..=1.0).contains(&v) {
-                    return self.err(
-                        r.span(),
-                        "logging.query_sample_rate",
-                        format!("{v} is not within 0.0–1.0"),
-                    );
-                }
-                v
-            }
-        };
+        let rate = self.rate(&l.query_sample_rate, "logging.query_sample_rate")?;
         let level = match &l.level {
             None => "info".to_string(),
             Some(s) => {
@@ -1124,6 +1150,67 @@ impl Validator<'_> {
                 1_000_000,
             )? as u32,
         })
+    }
+
+    /// A sample rate in 0.0–1.0 (default: the query log's default).
+    fn rate(&self, r: &S<f64>, key: &str) -> Result<f64, ConfigError> {
+        let Some(r) = r else {
+            return Ok(DEFAULT_SAMPLE_RATE);
+        };
+        let v = *r.get_ref();
+        if !(0.0..=1.0).contains(&v) {
+            return self.err(r.span(), key, format!("{v} is not within 0.0–1.0"));
+        }
+        Ok(v)
+    }
+
+    /// `[dnstap]`: present means on, and then `socket` is required.
+    fn dnstap(
+        &self,
+        table: &Spanned<RawDnstap>,
+        base: &Path,
+    ) -> Result<(Option<DnstapOutput>, f64), ConfigError> {
+        let d = table.get_ref();
+        let rate = self.rate(&d.sample_rate, "dnstap.sample_rate")?;
+        let Some(sock) = &d.socket else {
+            return self.err(
+                table.span(),
+                "dnstap.socket",
+                "required when [dnstap] is present (the collector's Unix socket)",
+            );
+        };
+        if sock.get_ref().is_empty() {
+            return self.err(sock.span(), "dnstap.socket", "must not be empty");
+        }
+        let socket = resolve_path(base, sock.get_ref());
+        // sun_path holds 108 bytes, the terminating NUL included.
+        if socket.as_os_str().len() > 107 {
+            return self.err(
+                sock.span(),
+                "dnstap.socket",
+                format!(
+                    "\"{}\" is longer than a Unix socket path may be (107 bytes)",
+                    socket.display()
+                ),
+            );
+        }
+        let text = |v: &S<String>, key: &str| -> Result<Option<String>, ConfigError> {
+            match v {
+                Some(s) if s.get_ref().is_empty() || s.get_ref().len() > 255 => {
+                    self.err(s.span(), key, "must be 1 to 255 bytes")
+                }
+                Some(s) => Ok(Some(s.get_ref().clone())),
+                None => Ok(None),
+            }
+        };
+        let out = DnstapOutput {
+            socket,
+            queue: self.int(&d.queue, "dnstap.queue", 4096, 1, 1 << 20)? as usize,
+            identity: text(&d.identity, "dnstap.identity")?,
+            version: text(&d.version, "dnstap.version")?
+                .unwrap_or_else(|| format!("dnsteer {}", env!("CARGO_PKG_VERSION"))),
+        };
+        Ok((Some(out), rate))
     }
 
     fn nets(&self, v: &Spanned<Vec<String>>, key: &str) -> Result<Vec<IpNet>, ConfigError> {
@@ -1581,6 +1668,28 @@ mod tests {
         assert_eq!(c.probes.timeout, Duration::from_secs(2));
         assert_eq!(c.zones.refresh, Duration::from_secs(30));
         assert!(c.geoip.is_none());
+        assert!(c.restart.dnstap.is_none());
+    }
+
+    #[test]
+    fn dnstap_defaults_and_relative_socket() {
+        let c = parse("[dnstap]\nsocket = \"run/tap.sock\"\n").unwrap();
+        let d = c.restart.dnstap.unwrap();
+        assert_eq!(d.socket, PathBuf::from("/etc/dnsteer/run/tap.sock"));
+        assert_eq!(d.queue, 4096);
+        assert_eq!(d.identity, None);
+        assert_eq!(d.version, format!("dnsteer {}", env!("CARGO_PKG_VERSION")));
+        assert_eq!(c.dnstap_sample_rate, 0.01);
+        let c = parse(
+            "[dnstap]\nsocket = \"/t.sock\"\nsample_rate = 1.0\nqueue = 8\nidentity = \"ns1\"\nversion = \"x\"\n",
+        )
+        .unwrap();
+        let d = c.restart.dnstap.unwrap();
+        assert_eq!(
+            (d.queue, d.identity.as_deref(), d.version.as_str()),
+            (8, Some("ns1"), "x")
+        );
+        assert_eq!(c.dnstap_sample_rate, 1.0);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::forward::upstream::UpstreamSet;
 use crate::ratelimit::RateLimiter;
 use crate::steer::geo::GeoDb;
 use crate::steer::records::{self, RecordTable, Zones};
+use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::querylog::QueryLog;
 
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub(crate) zones: Zones,
     pub(crate) upstream: Arc<UpstreamSet>,
     pub(crate) sample_threshold: u64,
+    /// `[dnstap].sample_rate` as a sampler threshold.
+    pub(crate) dnstap_threshold: u64,
     /// Transferred LUA records left to PowerDNS because they do not compile here, and why.
     pub(crate) rejected: Vec<records::Rejected>,
     /// Owner names of the in-process records (their zones' facts are refreshed on SOA TTL).
@@ -50,6 +53,8 @@ pub struct Shared {
     pub notify_tx: tokio::sync::mpsc::Sender<String>,
     /// The packet cache for answers from PowerDNS (`[cache].enabled`).
     pub(crate) cache: Option<PacketCache>,
+    /// dnstap output (`[dnstap]`; None: off).
+    pub(crate) dnstap: Option<Dnstap>,
 }
 
 /// Connection counts shared by all workers (touched on accept and close only).

@@ -87,6 +87,7 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
     out.extend(ctl.own_keys.families(snap.config.dnssec.own_key.as_ref()));
     out.extend(snap.records.families());
     out.extend(data.log.families());
+    out.extend(crate::telemetry::dnstap::families(data.dnstap.as_ref()));
     out.extend(control_families(ctl));
     out
 }

@@ -107,6 +107,7 @@ pub(crate) async fn build_snapshot(
     let upstream = upstream_pool(&config, previous);
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),
+        dnstap_threshold: querylog::threshold(config.dnstap_sample_rate),
         config: Arc::new(config),
         records,
         geo,

@@ -299,5 +299,10 @@ pub(crate) fn restart_diff(running: &RestartSettings, file: &RestartSettings) ->
             || running.shutdown_grace != file.shutdown_grace,
     );
     check("cache.*", running.cache != file.cache);
+    // The sample rate reloads; where frames go and what they say do not.
+    check(
+        "dnstap.socket/queue/identity/version",
+        running.dnstap != file.dnstap,
+    );
     out
 }

@@ -232,6 +232,8 @@ pub(crate) struct Pending {
     pub(crate) sent_at: Instant,
     pub(crate) received_at: Instant,
     pub(crate) sampled: bool,
+    /// dnstap gets the query and its answer.
+    pub(crate) tapped: bool,
 }
 
 /// One server as one worker's TCP forwarding sees it.

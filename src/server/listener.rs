@@ -196,6 +196,7 @@ impl Worker {
             latency: pipeline::Latency::PerQuery,
             sign: &mut sign,
             cache: self.shared.cache.as_ref(),
+            tap: self.shared.dnstap.as_ref(),
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }
@@ -416,7 +417,11 @@ async fn tcp_connection(
                 drop(permit);
             }
             Action::Drop => drop(permit),
-            Action::Forward { query, sampled } => {
+            Action::Forward {
+                query,
+                sampled,
+                tapped,
+            } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
                 let forward = TcpForward {
                     msg,
@@ -424,6 +429,7 @@ async fn tcp_connection(
                     peer,
                     received,
                     sampled,
+                    tapped,
                     own: own.clone(),
                 };
                 tokio::task::spawn_local(forward.run(
@@ -502,6 +508,7 @@ struct TcpForward {
     peer: SocketAddr,
     received: Instant,
     sampled: bool,
+    tapped: bool,
     /// The client's own upstream connections (`client_address = "proxy"`).
     own: Rc<ClientPools>,
 }
@@ -521,13 +528,15 @@ impl TcpForward {
         pipeline::forwarded_done(
             &snap,
             &w.metrics,
-            &w.shared.log,
+            &w.shared,
             &pipeline::Forwarded {
                 transport: Transport::Tcp,
-                client: self.peer.ip(),
+                client: self.peer,
                 query: &self.query,
+                packet: &self.msg,
                 received: self.received,
                 sampled: self.sampled,
+                tapped: self.tapped,
             },
             &resp.0,
             resp.1,

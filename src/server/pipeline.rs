@@ -2,7 +2,7 @@
 //! rate limit → parse → in-process record, NODATA, or forward to PowerDNS.
 //!
 //! `handle` decides and, for answers made here, writes the response and does the accounting
-//! (metrics, sampled log). Forwarded queries are accounted when their answer comes back.
+//! (metrics, sampled log, dnstap). Forwarded queries are accounted when their answer comes back.
 
 use std::net::{IpAddr, SocketAddr};
 use std::ops::ControlFlow;
@@ -15,8 +15,10 @@ use crate::dnssec::SignerState;
 use crate::forward::cache::{PacketCache, Served};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
+use crate::state::Shared;
 use crate::state::Snapshot;
 use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome, RecordSet, ZoneInfo};
+use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::{
     Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
 };
@@ -28,8 +30,13 @@ use crate::telemetry::querylog::{Event, QueryEntry, QueryLog, Sampler};
 pub enum Action {
     /// Send `out` to the client.
     Reply,
-    /// Send to PowerDNS; `sampled` says whether to log the query when it completes.
-    Forward { query: Query, sampled: bool },
+    /// Send to PowerDNS; `sampled` says whether to log the query when it completes, `tapped`
+    /// whether to send it and its answer to dnstap then.
+    Forward {
+        query: Query,
+        sampled: bool,
+        tapped: bool,
+    },
     /// Send nothing.
     Drop,
 }
@@ -52,6 +59,8 @@ pub struct Ctx<'a> {
     pub sign: &'a mut SignState,
     /// The packet cache for forwarded answers (None: `[cache]` off).
     pub cache: Option<&'a PacketCache>,
+    /// dnstap output (None: `[dnstap]` off).
+    pub tap: Option<&'a Dnstap>,
 }
 
 /// Latency accounting for in-process answers.
@@ -73,6 +82,31 @@ pub fn handle(
     t: Transport,
     received: Instant,
     out: &mut Vec<u8>,
+) -> Action {
+    // dnstap's decision comes first and costs one RNG draw; only a tapped query is copied.
+    let tapped = ctx.tap.is_some() && ctx.sampler.sample(ctx.snap.dnstap_threshold);
+    let action = decide(ctx, pkt, src, t, received, out, tapped);
+    if tapped && let Some(tap) = ctx.tap {
+        match action {
+            Action::Reply => tap.exchange(t, src, received, pkt, Some(out)),
+            Action::Drop => tap.exchange(t, src, received, pkt, None),
+            // Tapped with its answer, in `forwarded_done`.
+            Action::Forward { .. } => {}
+        }
+    }
+    action
+}
+
+/// [`handle`] without dnstap: `tapped` only travels with a forwarded query.
+#[inline]
+fn decide(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src: SocketAddr,
+    t: Transport,
+    received: Instant,
+    out: &mut Vec<u8>,
+    tapped: bool,
 ) -> Action {
     let src_ip = src.ip().to_canonical();
 
@@ -98,6 +132,7 @@ pub fn handle(
         src_ip,
         t,
         sampled: ctx.sampler.sample(ctx.snap.sample_threshold),
+        tapped,
         max_size: match t {
             Transport::Udp => q.max_udp_response(ctx.max_udp_payload),
             Transport::Tcp => usize::from(u16::MAX),
@@ -122,6 +157,8 @@ struct Asked<'q> {
     t: Transport,
     /// Whether the query log gets this query.
     sampled: bool,
+    /// Whether dnstap gets this query and its answer.
+    tapped: bool,
     /// Largest response the client takes.
     max_size: usize,
     /// Our EDNS UDP size.
@@ -146,6 +183,7 @@ impl Asked<'_> {
         Action::Forward {
             query: *self.q,
             sampled: self.sampled,
+            tapped: self.tapped,
         }
     }
 
@@ -411,17 +449,20 @@ pub(crate) fn stale_answer(
 /// A forwarded query, as its accounting needs it.
 pub(crate) struct Forwarded<'q> {
     pub(crate) transport: Transport,
-    pub client: IpAddr,
+    pub client: SocketAddr,
     pub query: &'q Query,
+    /// The client's packet, verbatim (for dnstap).
+    pub packet: &'q [u8],
     pub(crate) received: Instant,
     pub sampled: bool,
+    pub tapped: bool,
 }
 
 /// Accounting for a forwarded query's answer (or its SERVFAIL) on its way to the client.
 pub(crate) fn forwarded_done(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
-    log: &QueryLog,
+    shared: &Shared,
     f: &Forwarded<'_>,
     response: &[u8],
     upstream: Option<SocketAddr>,
@@ -430,9 +471,15 @@ pub(crate) fn forwarded_done(
         transport: t,
         client,
         query: q,
+        packet,
         received,
         sampled,
+        tapped,
     } = *f;
+    if tapped && let Some(tap) = &shared.dnstap {
+        tap.exchange(t, client, received, packet, Some(response));
+    }
+    let client = client.ip();
     let rc = response.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0f);
     metrics.response(t, rc);
     let latency = received.elapsed().as_nanos() as u64;
@@ -441,7 +488,7 @@ pub(crate) fn forwarded_done(
         let answers = response
             .get(6..8)
             .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        log.query(entry(
+        shared.log.query(entry(
             snap,
             t,
             client,
@@ -461,25 +508,27 @@ pub(crate) fn forwarded_done(
 pub(crate) fn servfail_forwarded(
     snap: &Snapshot,
     metrics: &WorkerMetrics,
-    log: &QueryLog,
-    cache: Option<&PacketCache>,
+    shared: &Shared,
     p: &crate::forward::upstream::Pending,
     e: &crate::forward::upstream::ForwardError,
     out: &mut Vec<u8>,
 ) -> bool {
+    let (log, cache) = (&shared.log, shared.cache.as_ref());
     let f = Forwarded {
         transport: Transport::Udp,
-        client: p.client.addr.ip(),
+        client: p.client.addr,
         query: &p.query,
+        packet: &p.packet,
         received: p.received_at,
         sampled: p.sampled,
+        tapped: p.tapped,
     };
     let max = p
         .query
         .max_udp_response(snap.config.restart.max_udp_payload);
     let asked = (&p.query, p.client.addr.ip());
     if stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
-        forwarded_done(snap, metrics, log, &f, out, None);
+        forwarded_done(snap, metrics, shared, &f, out, None);
         return true;
     }
     metrics.dropped(match e {
@@ -495,7 +544,7 @@ pub(crate) fn servfail_forwarded(
     if !dns::write_error(&p.packet, rcode::SERVFAIL, out) {
         return false;
     }
-    forwarded_done(snap, metrics, log, &f, out, None);
+    forwarded_done(snap, metrics, shared, &f, out, None);
     true
 }
 

@@ -184,6 +184,7 @@ impl<'a> Clients<'a> {
             latency: Latency::Batch { answered: 0 },
             sign: &mut self.sign,
             cache: self.shared.cache.as_ref(),
+            tap: self.shared.dnstap.as_ref(),
         };
         fw.client_queries(&mut ctx, &mut self.queries, now);
         match ctx.latency {
@@ -321,7 +322,11 @@ impl Forwarder {
             match pipeline::handle(ctx, pkt, src, Transport::Udp, received, reply) {
                 Action::Reply => self.tx.commit(src),
                 Action::Drop => {}
-                Action::Forward { query, sampled } => {
+                Action::Forward {
+                    query,
+                    sampled,
+                    tapped,
+                } => {
                     self.metrics.query(Transport::Udp, Decision::Forwarded);
                     let p = Pending {
                         client: UdpClient {
@@ -337,6 +342,7 @@ impl Forwarder {
                         sent_at: received,
                         received_at: received,
                         sampled,
+                        tapped,
                     };
                     self.forward(ctx.snap, p);
                 }
@@ -366,8 +372,7 @@ impl Forwarder {
     /// SERVFAIL to its client.
     fn fail(&mut self, snap: &Snapshot, p: Pending, e: ForwardError) {
         let out = reply_slot(&mut self.tx, self.client_fd, &self.metrics);
-        let (log, cache) = (&self.shared.log, self.shared.cache.as_ref());
-        if pipeline::servfail_forwarded(snap, &self.metrics, log, cache, &p, &e, out) {
+        if pipeline::servfail_forwarded(snap, &self.metrics, &self.shared, &p, &e, out) {
             self.tx.commit(p.client.addr);
         }
     }
@@ -471,13 +476,15 @@ impl Forwarder {
         pipeline::forwarded_done(
             snap,
             &self.metrics,
-            &self.shared.log,
+            &self.shared,
             &pipeline::Forwarded {
                 transport: Transport::Udp,
-                client: p.client.addr.ip(),
+                client: p.client.addr,
                 query: &p.query,
+                packet: &p.packet,
                 received: p.received_at,
                 sampled: p.sampled,
+                tapped: p.tapped,
             },
             reply,
             Some(server.server.addr),

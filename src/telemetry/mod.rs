@@ -1,5 +1,6 @@
-//! What the packet path reports: per-worker counters and histograms, and the sampled query log
-//! (both written without locks or blocking, read by the control plane).
+//! What the packet path reports: per-worker counters and histograms, the sampled query log and
+//! dnstap output (all written without locks or blocking, read by the control plane).
 
+pub mod dnstap;
 pub mod metrics;
 pub mod querylog;
