@@ -8,6 +8,7 @@ pub mod own_key;
 pub(crate) mod own_key_loop;
 pub(crate) mod pdns_api;
 pub(crate) mod reload;
+pub(crate) mod status_page;
 pub mod xfr;
 pub(crate) mod zone_facts;
 pub(crate) mod zones;
