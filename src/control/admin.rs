@@ -1,6 +1,7 @@
-//! Operator HTTP endpoints on `[metrics].listen`: `/metrics` (Prometheus text), `/healthz`
-//! (process alive), `/readyz` (first probe round done, sockets bound, not draining) and
-//! `/status` (JSON). Runs on the control-plane runtime, never on a worker.
+//! Operator HTTP endpoints on `[metrics].listen`: `/` (the status page, `status_page`),
+//! `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (first probe round done,
+//! sockets bound, not draining) and `/status` (JSON). Runs on the control-plane runtime, never
+//! on a worker.
 
 use std::convert::Infallible;
 use std::sync::Arc;
