@@ -18,6 +18,7 @@ PACKAGES=(
   # backend's bind-dnssec-db is built into pdns-backend-bind (it links libsqlite3 itself), so
   # neither pdns-backend-sqlite3 nor the sqlite3 CLI is needed.
   unbound python3-dnspython python3-cryptography
+  chromium chromium-driver                             # tests/status_page.rs: the status page in headless Chromium over WebDriver
 )
 SERVICES=(pdns dnsdist gdnsd unbound)
 
@@ -71,7 +72,7 @@ for s in "${SERVICES[@]}"; do
   fi
 done
 
-for b in pdns_server pdns_control pdnsutil dnsperf dnsdist gdnsd dig curl python3 unbound unbound-control; do
+for b in pdns_server pdns_control pdnsutil dnsperf dnsdist gdnsd dig curl python3 unbound unbound-control chromium chromedriver; do
   command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || { echo "install-deps: $b still missing" >&2; exit 1; }
 done
 /usr/bin/python3 -c 'import dns.dnssec, cryptography' || { echo "install-deps: python3-dnspython/python3-cryptography not importable by /usr/bin/python3" >&2; exit 1; }
