@@ -21,6 +21,7 @@ PACKAGES=(
   # dnstap test: fstrm_capture is the Frame Streams collector (Debian's dnstap-ldns 0.2 reads
   # files only), dnstap-ldns decodes what it captured.
   fstrm-bin dnstap-ldns
+  chromium chromium-driver                             # tests/status_page.rs: the status page in headless Chromium over WebDriver
 )
 SERVICES=(pdns dnsdist gdnsd unbound)
 
@@ -74,7 +75,7 @@ for s in "${SERVICES[@]}"; do
   fi
 done
 
-for b in pdns_server pdns_control pdnsutil dnsperf dnsdist gdnsd dig curl python3 unbound unbound-control fstrm_capture dnstap-ldns; do
+for b in pdns_server pdns_control pdnsutil dnsperf dnsdist gdnsd dig curl python3 unbound unbound-control fstrm_capture dnstap-ldns chromium chromedriver; do
   command -v "$b" >/dev/null 2>&1 || [[ -x /usr/sbin/$b ]] || { echo "install-deps: $b still missing" >&2; exit 1; }
 done
 /usr/bin/python3 -c 'import dns.dnssec, cryptography' || { echo "install-deps: python3-dnspython/python3-cryptography not importable by /usr/bin/python3" >&2; exit 1; }

@@ -236,6 +236,7 @@ fn first_state(
         listen_addrs: Mutex::new(Vec::new()),
         transfers,
         own_keys: crate::control::own_key::OwnKeys::default(),
+        history: crate::control::history::History::default(),
     });
     Ok((ctl, notify_rx))
 }
@@ -294,6 +295,7 @@ fn spawn_control_tasks(
     control.spawn(zones::run(ctl.clone(), notify_rx));
     control.spawn(crate::control::own_key_loop::run(ctl.clone()));
     control.spawn(crate::control::log_block_ends(shared.clone()));
+    control.spawn(crate::control::history::run(ctl.clone()));
 }
 
 async fn rt_spawn_reload(ctl: Arc<Control>, path: PathBuf) -> Result<bool, String> {

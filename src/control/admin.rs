@@ -1,6 +1,7 @@
-//! Operator HTTP endpoints on `[metrics].listen`: `/metrics` (Prometheus text), `/healthz`
-//! (process alive), `/readyz` (first probe round done, sockets bound, not draining) and
-//! `/status` (JSON). Runs on the control-plane runtime, never on a worker.
+//! Operator HTTP endpoints on `[metrics].listen`: `/` (the status page, `status_page`),
+//! `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (first probe round done,
+//! sockets bound, not draining) and `/status` (JSON). Runs on the control-plane runtime, never
+//! on a worker.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::proto::{MetricFamily, MetricType};
 use tokio::net::TcpListener;
 
-use super::Control;
+use super::{Control, status_page, unix_now};
 use crate::forward;
 use crate::server::signing;
 use crate::telemetry::metrics::{encode, family, scalar};
@@ -41,6 +42,7 @@ pub(crate) async fn serve(listener: TcpListener, ctl: Arc<Control>) {
 
 fn route(req: &Request<Incoming>, ctl: &Control) -> Response<Full<Bytes>> {
     match req.uri().path() {
+        "/" => status_page::reply(),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -58,7 +60,14 @@ fn route(req: &Request<Incoming>, ctl: &Control) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/status" => reply(StatusCode::OK, "application/json", status_json(ctl)),
+        "/status" => {
+            let mut r = reply(StatusCode::OK, "application/json", status_json(ctl));
+            r.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                hyper::header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
@@ -157,23 +166,6 @@ fn status_json(ctl: &Control) -> String {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    let upstreams: Vec<_> = snap
-        .upstream
-        .servers
-        .iter()
-        .map(|s| {
-            let (requests, responses, timeouts, errors) = s.totals();
-            serde_json::json!({
-                "address": s.addr.to_string(),
-                "healthy": s.is_healthy(),
-                "consecutive_failures": s.consecutive_failures.load(Ordering::Relaxed),
-                "requests": requests,
-                "responses": responses,
-                "timeouts": timeouts,
-                "errors": errors,
-            })
-        })
-        .collect();
     let listeners: Vec<String> = ctl
         .listen_addrs
         .lock()
@@ -189,8 +181,8 @@ fn status_json(ctl: &Control) -> String {
         "config": st,
         "listeners": listeners,
         "workers": ctl.data.restart.workers,
-        "upstreams": upstreams,
-        "probes": ctl.probes.status(),
+        "upstreams": upstreams_status(ctl, &snap),
+        "probes": probes_status(ctl),
         "records_in_process": records_status(&snap),
         "zones": ctl.transfers.status(),
         "dnssec": dnssec_status(&snap, &ctl.own_keys),
@@ -201,8 +193,72 @@ fn status_json(ctl: &Control) -> String {
             "event_rate_limit": snap.config.logging.event_rate_limit,
         },
         "queries_total": ctl.data.metrics.total_queries(),
+        "queries_by_decision": ctl
+            .data
+            .metrics
+            .queries_by_decision()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n.into()))
+            .collect::<serde_json::Map<_, _>>(),
+        "reloads": {
+            "ok": ctl.reloads_ok.load(Ordering::Relaxed),
+            "failed": ctl.reloads_failed.load(Ordering::Relaxed),
+        },
+        "now_unix": unix_now(),
+        "history": ctl.history.status(),
     });
     serde_json::to_string_pretty(&v).unwrap_or_default()
+}
+
+/// Each PowerDNS server: health, counters, and response time (mean since start, and over the
+/// most recent second it answered in).
+fn upstreams_status(ctl: &Control, snap: &crate::state::Snapshot) -> Vec<serde_json::Value> {
+    snap.upstream
+        .servers
+        .iter()
+        .map(|s| {
+            let (requests, responses, timeouts, errors) = s.totals();
+            let mut counts = vec![0u64; crate::telemetry::metrics::LATENCY_BUCKETS.len() + 1];
+            let mut sum_ns = 0u64;
+            s.latency(&mut counts, &mut sum_ns);
+            let answered: u64 = counts.iter().sum();
+            let mean_ms = (answered > 0).then(|| sum_ns as f64 / answered as f64 / 1e6);
+            serde_json::json!({
+                "address": s.addr.to_string(),
+                "healthy": s.is_healthy(),
+                "consecutive_failures": s.consecutive_failures.load(Ordering::Relaxed),
+                "requests": requests,
+                "responses": responses,
+                "timeouts": timeouts,
+                "errors": errors,
+                "latency_mean_ms": mean_ms,
+                "latency_recent_ms": ctl.history.upstream_recent_ms(s.addr),
+            })
+        })
+        .collect()
+}
+
+/// The probe table, each target with a stable `key` (kind, address, and port or URL) that the
+/// status page uses as its row id.
+fn probes_status(ctl: &Control) -> Vec<serde_json::Value> {
+    ctl.probes
+        .status()
+        .into_iter()
+        .map(|p| {
+            let key = match (&p.url, p.port) {
+                (Some(url), _) => format!("{} {} {url}", p.kind, p.addr),
+                (None, Some(port)) => {
+                    format!("{} {}", p.kind, std::net::SocketAddr::new(p.addr, port))
+                }
+                (None, None) => format!("{} {}", p.kind, p.addr),
+            };
+            let mut v = serde_json::to_value(&p).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("key".into(), key.into());
+            }
+            v
+        })
+        .collect()
 }
 
 /// Each in-process record set with its answers by outcome.

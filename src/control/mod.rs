@@ -3,10 +3,12 @@
 
 pub(crate) mod admin;
 pub mod build;
+pub(crate) mod history;
 pub mod own_key;
 pub(crate) mod own_key_loop;
 pub(crate) mod pdns_api;
 pub(crate) mod reload;
+pub(crate) mod status_page;
 pub mod xfr;
 pub(crate) mod zone_facts;
 pub(crate) mod zones;
@@ -49,6 +51,8 @@ pub(crate) struct Control {
     pub(crate) transfers: Arc<zones::Transfers>,
     /// `[dnssec.own_key]` state per zone.
     pub(crate) own_keys: own_key::OwnKeys,
+    /// Recent query rate and latency, for the status page.
+    pub(crate) history: history::History,
 }
 
 pub fn unix_now() -> u64 {

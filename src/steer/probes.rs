@@ -248,6 +248,8 @@ pub struct ProbeStatus {
     pub(crate) last_latency_ms: Option<f64>,
     /// Error kind of the most recent probe; None when it succeeded or none ran yet.
     pub last_error: Option<&'static str>,
+    /// Unix time (seconds) the most recent probe finished.
+    pub(crate) last_check_unix: Option<u64>,
     /// Unix time (seconds) of the last state change.
     pub last_change_unix: Option<u64>,
     pub state_changes: u64,
@@ -642,6 +644,7 @@ struct TargetStats {
     probes_run: u64,
     last_latency: Option<Duration>,
     last_error: Option<&'static str>,
+    last_check: Option<SystemTime>,
     last_change: Option<SystemTime>,
     changes: u64,
 }
@@ -656,6 +659,7 @@ impl TargetCore {
         let mut st = lock(&self.stats);
         st.probes_run += 1;
         st.last_latency = Some(latency);
+        st.last_check = Some(SystemTime::now());
         st.last_error = result.as_ref().err().map(ProbeError::kind);
         let Some(state) = st.tracker.observe(result.is_ok()) else {
             return;
@@ -709,14 +713,16 @@ impl TargetCore {
             consecutive_successes: st.tracker.successes,
             last_latency_ms: st.last_latency.map(|d| d.as_secs_f64() * 1000.0),
             last_error: st.last_error,
-            last_change_unix: st
-                .last_change
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map(|d| d.as_secs()),
+            last_check_unix: st.last_check.and_then(unix_secs),
+            last_change_unix: st.last_change.and_then(unix_secs),
             state_changes: st.changes,
             probes_run: st.probes_run,
         }
     }
+}
+
+fn unix_secs(t: SystemTime) -> Option<u64> {
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -743,6 +749,7 @@ impl Target {
                 probes_run: 0,
                 last_latency: None,
                 last_error: None,
+                last_check: None,
                 last_change: None,
                 changes: 0,
             }),

@@ -503,6 +503,36 @@ impl Metrics {
         ]
     }
 
+    /// One path's latency histogram merged over every worker: bucket counts (the last one is
+    /// over the largest bound) and the sum in nanoseconds.
+    pub(crate) fn latency_totals(&self, p: Path) -> (Vec<u64>, u64) {
+        let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
+        let mut sum_ns = 0u64;
+        for w in self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            w.latency[p as usize].add_into(&mut counts, &mut sum_ns);
+        }
+        (counts, sum_ns)
+    }
+
+    /// Queries by decision label (both transports), every decision listed.
+    pub(crate) fn queries_by_decision(&self) -> Vec<(&'static str, u64)> {
+        Decision::ALL
+            .iter()
+            .map(|d| {
+                let i = *d as usize;
+                (
+                    d.label(),
+                    self.sum(|w| w.queries.iter().map(|t| t[i].get()).sum()),
+                )
+            })
+            .collect()
+    }
+
     /// Query latency by path (in-process, forwarded), all workers' histograms merged.
     fn duration(&self) -> MetricFamily {
         let mut hists = Vec::new();
@@ -510,16 +540,7 @@ impl Metrics {
             (Path::InProcess, "in_process"),
             (Path::Forwarded, "forwarded"),
         ] {
-            let mut counts = vec![0u64; LATENCY_BUCKETS.len() + 1];
-            let mut sum_ns = 0u64;
-            for w in self
-                .workers
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .iter()
-            {
-                w.latency[p as usize].add_into(&mut counts, &mut sum_ns);
-            }
+            let (counts, sum_ns) = self.latency_totals(p);
             hists.push(histogram_metric(
                 vec![("path", label.to_string())],
                 &counts,
