@@ -359,6 +359,7 @@ mod tests {
             sent_at: Instant::now(),
             received_at: Instant::now(),
             sampled: false,
+            zone: crate::telemetry::dns_metrics::ZoneSlot::OTHER,
         }
     }
 

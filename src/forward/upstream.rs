@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{UpstreamConfig, UpstreamPolicy};
 use crate::dns::{self, Added, Query};
+use crate::telemetry::dns_metrics::ZoneSlot;
 use crate::telemetry::metrics::{Cnt, Hist};
 
 /// Counters one thread keeps for one server (single writer), summed at scrape.
@@ -232,6 +233,8 @@ pub(crate) struct Pending {
     pub(crate) sent_at: Instant,
     pub(crate) received_at: Instant,
     pub(crate) sampled: bool,
+    /// Where the DNS metrics count its answer.
+    pub(crate) zone: ZoneSlot,
 }
 
 /// One server as one worker's TCP forwarding sees it.

@@ -25,6 +25,7 @@ use crate::server::signing::SignState;
 use crate::server::udp_batch;
 use crate::server::udp_front::UdpFront;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::dns_metrics::{AnswerPath, ZoneSlot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
@@ -416,7 +417,11 @@ async fn tcp_connection(
                 drop(permit);
             }
             Action::Drop => drop(permit),
-            Action::Forward { query, sampled } => {
+            Action::Forward {
+                query,
+                sampled,
+                zone,
+            } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
                 let forward = TcpForward {
                     msg,
@@ -424,6 +429,7 @@ async fn tcp_connection(
                     peer,
                     received,
                     sampled,
+                    zone,
                     own: own.clone(),
                 };
                 tokio::task::spawn_local(forward.run(
@@ -502,6 +508,7 @@ struct TcpForward {
     peer: SocketAddr,
     received: Instant,
     sampled: bool,
+    zone: ZoneSlot,
     /// The client's own upstream connections (`client_address = "proxy"`).
     own: Rc<ClientPools>,
 }
@@ -516,7 +523,8 @@ impl TcpForward {
         tx: mpsc::Sender<Vec<u8>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let resp = forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
+        let (resp, server, path) =
+            forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
         let snap = w.snapshot();
         pipeline::forwarded_done(
             &snap,
@@ -528,11 +536,13 @@ impl TcpForward {
                 query: &self.query,
                 received: self.received,
                 sampled: self.sampled,
+                zone: self.zone,
+                path,
             },
-            &resp.0,
-            resp.1,
+            &resp,
+            server,
         );
-        let _ = tx.send(resp.0).await;
+        let _ = tx.send(resp).await;
         drop(permit);
     }
 }
@@ -579,7 +589,8 @@ impl ClientPools {
 }
 
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
-/// servers; returns the client's response (SERVFAIL if every attempt failed) and the server.
+/// servers; returns the client's response (stale or SERVFAIL if every attempt failed), the
+/// server that answered, and the path that made the response.
 async fn forward_tcp(
     w: &Worker,
     ups: &WorkerUpstreams,
@@ -587,7 +598,7 @@ async fn forward_tcp(
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
-) -> (Vec<u8>, Option<SocketAddr>) {
+) -> (Vec<u8>, Option<SocketAddr>, AnswerPath) {
     let mut tried = 0u64;
     let mut buf = Vec::with_capacity(msg.len() + 32);
     let mut out = Vec::with_capacity(512);
@@ -604,12 +615,13 @@ async fn forward_tcp(
         if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
             let snap = w.snapshot();
             cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
-            return (out, Some(ws.server.addr));
+            return (out, Some(ws.server.addr), AnswerPath::Forwarded);
         }
         w.metrics.malformed(Malformed::BadUpstreamResponse);
         ws.counters.errors.inc();
     }
-    (unanswered_tcp(w, msg, q, peer, out), None)
+    let (out, path) = unanswered_tcp(w, msg, q, peer, out);
+    (out, None, path)
 }
 
 /// One attempt on server `ws` with the rewritten query `buf`: PowerDNS's answer to it, or
@@ -661,26 +673,20 @@ async fn ask_tcp(
 }
 
 /// The answer to a TCP query no server answered: its stale cache entry if there is one,
-/// else SERVFAIL (counted and logged). Written into `out`, which it returns.
+/// else SERVFAIL (counted and logged). Written into `out`, which it returns with its path.
 fn unanswered_tcp(
     w: &Worker,
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
     mut out: Vec<u8>,
-) -> Vec<u8> {
+) -> (Vec<u8>, AnswerPath) {
     let snap = w.snapshot();
     let cache = w.shared.cache.as_ref();
-    if pipeline::stale_answer(
-        cache,
-        &snap,
-        &w.metrics,
-        (q, peer.ip()),
-        msg,
-        None,
-        &mut out,
-    ) {
-        return out;
+    let asked = (q, peer.ip());
+    if let Some(path) = pipeline::stale_answer(cache, &snap, &w.metrics, asked, msg, None, &mut out)
+    {
+        return (out, path);
     }
     w.metrics.dropped(DropReason::UpstreamUnavailable);
     w.shared.log.event(Event::ServFail {
@@ -691,7 +697,7 @@ fn unanswered_tcp(
     });
     out.clear();
     dns::write_error(msg, rcode::SERVFAIL, &mut out);
-    out
+    (out, AnswerPath::Error)
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::server::pipeline::{self, Action, Ctx, Latency};
 use crate::server::signing::SignState;
 use crate::server::udp_batch::{BATCH, ConnectedSendBatch, PollSet, RecvBatch, SLOT, SendBatch};
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::dns_metrics::AnswerPath;
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
@@ -321,7 +322,11 @@ impl Forwarder {
             match pipeline::handle(ctx, pkt, src, Transport::Udp, received, reply) {
                 Action::Reply => self.tx.commit(src),
                 Action::Drop => {}
-                Action::Forward { query, sampled } => {
+                Action::Forward {
+                    query,
+                    sampled,
+                    zone,
+                } => {
                     self.metrics.query(Transport::Udp, Decision::Forwarded);
                     let p = Pending {
                         client: UdpClient {
@@ -337,6 +342,7 @@ impl Forwarder {
                         sent_at: received,
                         received_at: received,
                         sampled,
+                        zone,
                     };
                     self.forward(ctx.snap, p);
                 }
@@ -478,6 +484,8 @@ impl Forwarder {
                 query: &p.query,
                 received: p.received_at,
                 sampled: p.sampled,
+                zone: p.zone,
+                path: AnswerPath::Forwarded,
             },
             reply,
             Some(server.server.addr),

@@ -12,6 +12,8 @@ use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
 
+use crate::telemetry::dns_metrics::{self, DnsCounters, ZoneTable};
+
 /// A counter written by exactly one thread and read by the scraper.
 #[derive(Default)]
 pub(crate) struct Cnt(AtomicU64);
@@ -263,6 +265,8 @@ pub struct WorkerMetrics {
     pub(crate) cache_misses: Cnt,
     pub(crate) cache_stale: Cnt,
     pub(crate) cache_skipped: [Cnt; CacheSkip::ALL.len()],
+    /// The `dnsteer_dns_*` families (CoreDNS's shape).
+    pub(crate) dns: DnsCounters,
 }
 
 /// Why an answer from PowerDNS was not put in the packet cache.
@@ -394,6 +398,16 @@ impl Metrics {
             .iter()
             .map(|w| f(w))
             .sum()
+    }
+
+    /// The `dnsteer_dns_*` families, with zone names from `zones`' registry.
+    pub(crate) fn dns_families(&self, zones: &ZoneTable) -> Vec<MetricFamily> {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let threads: Vec<&DnsCounters> = workers.iter().map(|w| &w.dns).collect();
+        dns_metrics::families(&threads, zones)
     }
 
     /// Total queries seen (all transports and decisions); used by tests and `/status`.
@@ -548,8 +562,7 @@ pub(crate) fn family(
     f.set_metric(
         rows.into_iter()
             .map(|(labels, v)| {
-                let mut m =
-                    Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
+                let mut m = Metric::from_label(label_pairs(labels));
                 match kind {
                     MetricType::COUNTER => {
                         let mut c = Counter::default();
@@ -572,6 +585,10 @@ pub(crate) fn family(
 /// Builds an unlabelled counter or gauge.
 pub(crate) fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
     family(name, help, kind, vec![(Vec::new(), v)])
+}
+
+pub(crate) fn label_pairs(labels: Vec<(&str, String)>) -> Vec<LabelPair> {
+    labels.into_iter().map(|(k, v)| label(k, v)).collect()
 }
 
 fn label(k: &str, v: String) -> LabelPair {
@@ -606,7 +623,7 @@ pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum:
     h.set_bucket(buckets);
     h.set_sample_count(cumulative);
     h.set_sample_sum(sum);
-    let mut m = Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
+    let mut m = Metric::from_label(label_pairs(labels));
     m.set_histogram(h);
     m
 }
