@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
-use crate::telemetry::metrics::{Cnt, Transport, family, histogram_family, label_pairs};
+use crate::telemetry::prom::{Cnt, Transport, family, histogram_family, label_pairs};
 
 /// Named zones a process can count separately; later ones count as `"other"`.
 pub(crate) const MAX_ZONES: usize = 62;
@@ -508,7 +508,7 @@ fn size_histogram(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::metrics::encode;
+    use crate::telemetry::prom::encode;
 
     fn wire(name: &str) -> Vec<u8> {
         crate::dns::name_from_text(name).unwrap()

@@ -3,4 +3,5 @@
 
 pub mod dns_metrics;
 pub mod metrics;
+pub(crate) mod prom;
 pub mod querylog;
