@@ -7,7 +7,11 @@ here against the subset of the operator's monitoring.coreos.com/v1 schema they u
   - the ServiceMonitor selects a Service in deploy/ whose ports include every endpoint port;
   - every alert has severity and summary/description, and every dnsteer_* metric its expression
     names is in README's metrics table (histogram _bucket/_sum/_count allowed);
-  - the rule groups are written to OUT/rules.yaml for `promtool check rules`.
+  - the rule groups are written to OUT/rules.yaml for `promtool check rules`;
+  - the Grafana dashboard (dnsteer-grafana-dashboard.json) parses as JSON, has a unique id
+    and gridPos per panel and a datasource on every target, every dnsteer_* metric its PromQL
+    names is in README's metrics table, and monitoring/kustomization.yaml generates its
+    ConfigMap.
 
   python check-monitoring.py DEPLOY_DIR README OUT_DIR      # exit 1 listing every problem
 """
@@ -136,6 +140,58 @@ def readme_metrics(readme):
     return set(re.findall(r"^\| `(dnsteer_[a-z0-9_]+)` \|", open(readme).read(), re.M))
 
 
+DASHBOARD = "dnsteer-grafana-dashboard.json"
+
+
+def walk_exprs(node, out):
+    """Every PromQL string in a dashboard: panel targets and template variable queries."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in ("expr", "definition") and isinstance(v, str):
+                out.append(v)
+            else:
+                walk_exprs(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            walk_exprs(v, out)
+
+
+def check_dashboard(mon_dir, known):
+    import json
+    errors = []
+    path = os.path.join(mon_dir, DASHBOARD)
+    try:
+        dash = json.load(open(path))
+    except (OSError, ValueError) as e:
+        return [f"monitoring/{DASHBOARD}: {e}"]
+    for key in ("title", "uid", "panels", "templating"):
+        if key not in dash:
+            errors.append(f"monitoring/{DASHBOARD}: no {key}")
+    ids = []
+    for p in dash.get("panels", []):
+        ids.append(p.get("id"))
+        if not {"h", "w", "x", "y"} <= set(p.get("gridPos", {})):
+            errors.append(f"{DASHBOARD}: panel {p.get('title')!r}: gridPos needs h, w, x, y")
+        if p.get("type") != "row" and not p.get("targets"):
+            errors.append(f"{DASHBOARD}: panel {p.get('title')!r} has no targets")
+        for t in p.get("targets", []):
+            if not t.get("expr") or not t.get("datasource"):
+                errors.append(f"{DASHBOARD}: panel {p.get('title')!r}: target without expr or datasource")
+    if len(ids) != len(set(ids)):
+        errors.append(f"{DASHBOARD}: panel ids are not unique")
+    exprs = []
+    walk_exprs(dash, exprs)
+    for m in sorted({m for e in exprs for m in re.findall(r"\bdnsteer_[a-z0-9_]+", e)}):
+        base = re.sub(r"_(bucket|sum|count)$", "", m)
+        if m not in known and base not in known:
+            errors.append(f"{DASHBOARD}: metric {m} is not in README's metrics table")
+    kust = yaml.safe_load(open(os.path.join(mon_dir, "kustomization.yaml")))
+    files = [f for g in kust.get("configMapGenerator", []) for f in g.get("files", [])]
+    if DASHBOARD not in files:
+        errors.append(f"monitoring/kustomization.yaml: no configMapGenerator for {DASHBOARD}")
+    return errors
+
+
 def main(deploy, readme, out):
     errors = []
     mon_dir = os.path.join(deploy, "monitoring")
@@ -191,6 +247,7 @@ def main(deploy, readme, out):
                         if m not in known and base not in known:
                             errors.append(f"{name}: metric {m} is not in README's metrics table")
 
+    errors.extend(check_dashboard(mon_dir, known))
     for kind in SCHEMAS:
         if kind not in seen:
             errors.append(f"monitoring/: no {kind}")

@@ -13,6 +13,7 @@ use crate::forward::upstream::UpstreamSet;
 use crate::ratelimit::RateLimiter;
 use crate::steer::geo::GeoDb;
 use crate::steer::records::{self, RecordTable, Zones};
+use crate::telemetry::dns_metrics::ZoneTable;
 use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::querylog::QueryLog;
@@ -38,6 +39,8 @@ pub struct Snapshot {
     /// When the signer choice of some zone may next change by itself (a published key, preferred
     /// over the one signing, outlives its DNSKEY TTL): the zone loop rebuilds then.
     pub(crate) signer_review_unix: Option<u64>,
+    /// The zones DNS metrics are labelled with (slots shared with earlier snapshots).
+    pub(crate) dns_zones: ZoneTable,
 }
 
 /// The handles workers share: read per packet, written without locks.

@@ -87,6 +87,7 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
     let data = &ctl.data;
     let snap = data.snapshot.load();
     let mut out = data.metrics.families();
+    out.extend(data.metrics.dns_families(&snap.dns_zones));
     out.extend(data.limiter.families(&data.metrics));
     out.extend(signing::families(&data.metrics));
     out.extend(forward::metrics::families(&snap.upstream.servers));

@@ -12,6 +12,7 @@ use crate::state::Snapshot;
 use crate::steer::geo::{GeoDb, GeoError};
 use crate::steer::probes::ProbePool;
 use crate::steer::records::{self, RecordTable};
+use crate::telemetry::dns_metrics::ZoneTable;
 use crate::telemetry::querylog;
 
 /// Why a snapshot could not be built (nothing was published).
@@ -105,6 +106,7 @@ pub(crate) async fn build_snapshot(
         records.adopt_stats(&prev.records);
     }
     let upstream = upstream_pool(&config, previous);
+    let dns_zones = metric_zones(&config, &zones, previous);
     Ok(Snapshot {
         sample_threshold: querylog::threshold(config.logging.query_sample_rate),
         dnstap_threshold: querylog::threshold(config.dnstap_sample_rate),
@@ -117,7 +119,20 @@ pub(crate) async fn build_snapshot(
         record_names,
         dnskey_first_seen,
         signer_review_unix,
+        dns_zones,
     })
+}
+
+/// Every zone dnsteer knows of (learned for in-process records, transferred, signed here): the
+/// `zone` label values of the DNS metrics.
+fn metric_zones(config: &Config, zones: &records::Zones, previous: Option<&Snapshot>) -> ZoneTable {
+    let dnssec = &config.dnssec;
+    let apexes = zones
+        .keys()
+        .chain(&config.zones.transfer)
+        .chain(dnssec.keys.iter().map(|k| &k.zone))
+        .chain(dnssec.own_key.iter().flat_map(|o| &o.zones));
+    ZoneTable::build(previous.map(|p| &p.dns_zones), apexes.map(String::as_str))
 }
 
 /// Compiles the records of the config and of the transferred zones. A name/type defined in

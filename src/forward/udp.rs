@@ -360,6 +360,7 @@ mod tests {
             received_at: Instant::now(),
             sampled: false,
             tapped: false,
+            zone: crate::telemetry::dns_metrics::ZoneSlot::OTHER,
         }
     }
 

@@ -25,6 +25,7 @@ use crate::server::signing::SignState;
 use crate::server::udp_batch;
 use crate::server::udp_front::UdpFront;
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::dns_metrics::{AnswerPath, ZoneSlot};
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
@@ -421,6 +422,7 @@ async fn tcp_connection(
                 query,
                 sampled,
                 tapped,
+                zone,
             } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
                 let forward = TcpForward {
@@ -430,6 +432,7 @@ async fn tcp_connection(
                     received,
                     sampled,
                     tapped,
+                    zone,
                     own: own.clone(),
                 };
                 tokio::task::spawn_local(forward.run(
@@ -509,6 +512,7 @@ struct TcpForward {
     received: Instant,
     sampled: bool,
     tapped: bool,
+    zone: ZoneSlot,
     /// The client's own upstream connections (`client_address = "proxy"`).
     own: Rc<ClientPools>,
 }
@@ -523,7 +527,8 @@ impl TcpForward {
         tx: mpsc::Sender<Vec<u8>>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) {
-        let resp = forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
+        let (resp, server, path) =
+            forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
         let snap = w.snapshot();
         pipeline::forwarded_done(
             &snap,
@@ -537,11 +542,13 @@ impl TcpForward {
                 received: self.received,
                 sampled: self.sampled,
                 tapped: self.tapped,
+                zone: self.zone,
+                path,
             },
-            &resp.0,
-            resp.1,
+            &resp,
+            server,
         );
-        let _ = tx.send(resp.0).await;
+        let _ = tx.send(resp).await;
         drop(permit);
     }
 }
@@ -588,7 +595,8 @@ impl ClientPools {
 }
 
 /// Forwards a TCP client's query over the pooled TCP connections, trying up to `attempts`
-/// servers; returns the client's response (SERVFAIL if every attempt failed) and the server.
+/// servers; returns the client's response (stale or SERVFAIL if every attempt failed), the
+/// server that answered, and the path that made the response.
 async fn forward_tcp(
     w: &Worker,
     ups: &WorkerUpstreams,
@@ -596,7 +604,7 @@ async fn forward_tcp(
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
-) -> (Vec<u8>, Option<SocketAddr>) {
+) -> (Vec<u8>, Option<SocketAddr>, AnswerPath) {
     let mut tried = 0u64;
     let mut buf = Vec::with_capacity(msg.len() + 32);
     let mut out = Vec::with_capacity(512);
@@ -613,12 +621,13 @@ async fn forward_tcp(
         if dns::restore_response(&resp, q.id, added, None, &mut out).is_ok() {
             let snap = w.snapshot();
             cache_answer(w, &snap, q, peer.ip(), &resp, added, Instant::now());
-            return (out, Some(ws.server.addr));
+            return (out, Some(ws.server.addr), AnswerPath::Forwarded);
         }
         w.metrics.malformed(Malformed::BadUpstreamResponse);
         ws.counters.errors.inc();
     }
-    (unanswered_tcp(w, msg, q, peer, out), None)
+    let (out, path) = unanswered_tcp(w, msg, q, peer, out);
+    (out, None, path)
 }
 
 /// One attempt on server `ws` with the rewritten query `buf`: PowerDNS's answer to it, or
@@ -670,26 +679,20 @@ async fn ask_tcp(
 }
 
 /// The answer to a TCP query no server answered: its stale cache entry if there is one,
-/// else SERVFAIL (counted and logged). Written into `out`, which it returns.
+/// else SERVFAIL (counted and logged). Written into `out`, which it returns with its path.
 fn unanswered_tcp(
     w: &Worker,
     msg: &[u8],
     q: &dns::Query,
     peer: SocketAddr,
     mut out: Vec<u8>,
-) -> Vec<u8> {
+) -> (Vec<u8>, AnswerPath) {
     let snap = w.snapshot();
     let cache = w.shared.cache.as_ref();
-    if pipeline::stale_answer(
-        cache,
-        &snap,
-        &w.metrics,
-        (q, peer.ip()),
-        msg,
-        None,
-        &mut out,
-    ) {
-        return out;
+    let asked = (q, peer.ip());
+    if let Some(path) = pipeline::stale_answer(cache, &snap, &w.metrics, asked, msg, None, &mut out)
+    {
+        return (out, path);
     }
     w.metrics.dropped(DropReason::UpstreamUnavailable);
     w.shared.log.event(Event::ServFail {
@@ -700,7 +703,7 @@ fn unanswered_tcp(
     });
     out.clear();
     dns::write_error(msg, rcode::SERVFAIL, &mut out);
-    out
+    (out, AnswerPath::Error)
 }
 
 #[cfg(test)]

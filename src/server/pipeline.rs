@@ -18,6 +18,7 @@ use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Shared;
 use crate::state::Snapshot;
 use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome, RecordSet, ZoneInfo};
+use crate::telemetry::dns_metrics::{AnswerPath, Site, ZoneSlot};
 use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::{
     Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
@@ -31,11 +32,12 @@ pub enum Action {
     /// Send `out` to the client.
     Reply,
     /// Send to PowerDNS; `sampled` says whether to log the query when it completes, `tapped`
-    /// whether to send it and its answer to dnstap then.
+    /// whether to send it and its answer to dnstap then, `zone` where its answer is counted.
     Forward {
         query: Query,
         sampled: bool,
         tapped: bool,
+        zone: ZoneSlot,
     },
     /// Send nothing.
     Drop,
@@ -85,7 +87,7 @@ pub fn handle(
 ) -> Action {
     // dnstap's decision comes first and costs one RNG draw; only a tapped query is copied.
     let tapped = ctx.tap.is_some() && ctx.sampler.sample(ctx.snap.dnstap_threshold);
-    let action = decide(ctx, pkt, src, t, received, out, tapped);
+    let action = counted(ctx, pkt, src, t, received, out, tapped);
     if tapped && let Some(tap) = ctx.tap {
         match action {
             Action::Reply => tap.exchange(t, src, received, pkt, Some(out)),
@@ -97,9 +99,10 @@ pub fn handle(
     action
 }
 
-/// [`handle`] without dnstap: `tapped` only travels with a forwarded query.
+/// [`handle`] without dnstap (`tapped` only travels with a forwarded query): decides, and
+/// counts every answer made here once; forwarded ones are counted in `forwarded_done`.
 #[inline]
-fn decide(
+fn counted(
     ctx: &mut Ctx<'_>,
     pkt: &[u8],
     src: SocketAddr,
@@ -109,19 +112,52 @@ fn decide(
     tapped: bool,
 ) -> Action {
     let src_ip = src.ip().to_canonical();
+    let mut site = Site {
+        proto: t,
+        v6: src_ip.is_ipv6(),
+        zone: ZoneSlot::DROPPED,
+    };
+    let (action, path) = decide(ctx, pkt, src_ip, &mut site, received, out, tapped);
+    if let Action::Reply = action {
+        let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
+        ctx.metrics.dns.response(site, rc, path, out.len());
+    }
+    action
+}
 
+/// [`counted`] without the DNS response count: the action, and which path wrote `out`.
+#[inline]
+fn decide(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src_ip: IpAddr,
+    site: &mut Site,
+    received: Instant,
+    out: &mut Vec<u8>,
+    tapped: bool,
+) -> (Action, AnswerPath) {
+    let t = site.proto;
     // Limit before parsing: a blocked source costs a table lookup, nothing more. The receive
     // time is reused: one clock read per packet.
     if let Some(action) = rate_limit(ctx, pkt, src_ip, t, received, out) {
-        return action;
+        ctx.metrics.dns.request(*site, None, false, pkt.len());
+        return (action, AnswerPath::RateLimited);
     }
 
     // Borrowed from the Result: the Query is only copied when it is forwarded.
     let parsed = dns::parse_query(pkt);
     let q = match &parsed {
         Ok(q) => q,
-        Err(e) => return malformed(ctx, pkt, src_ip, *e, t, out),
+        Err(e) => {
+            ctx.metrics.dns.request(*site, None, false, pkt.len());
+            return (malformed(ctx, pkt, src_ip, *e, t, out), AnswerPath::Error);
+        }
     };
+    site.zone = ctx.snap.dns_zones.slot_of(q.qname.as_bytes());
+    let dnssec_ok = q.edns.is_some_and(|e| e.dnssec_ok);
+    ctx.metrics
+        .dns
+        .request(*site, Some(q.qtype), dnssec_ok, pkt.len());
     if q.opcode != 0 {
         return notify(ctx, pkt, src_ip, t, out);
     }
@@ -138,14 +174,35 @@ fn decide(
             Transport::Tcp => usize::from(u16::MAX),
         },
         udp_size: ctx.max_udp_payload,
-        dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+        dnssec_ok,
+        zone: site.zone,
     };
     match answer(ctx, &asked, received, out) {
-        ControlFlow::Continue((decision, rc, answers)) => {
-            account_answer(ctx, &asked, decision, rc, answers, received);
-            Action::Reply
+        ControlFlow::Continue(done) => {
+            account_answer(ctx, &asked, done, received);
+            (Action::Reply, done.path)
         }
-        ControlFlow::Break(action) => action,
+        ControlFlow::Break(done) => done,
+    }
+}
+
+/// An answer made here, as its accounting needs it.
+#[derive(Clone, Copy)]
+struct Answered {
+    decision: Decision,
+    rcode: u8,
+    answers: u16,
+    path: AnswerPath,
+}
+
+impl Answered {
+    fn new(decision: Decision, rcode: u8, answers: u16, path: AnswerPath) -> Answered {
+        Answered {
+            decision,
+            rcode,
+            answers,
+            path,
+        }
     }
 }
 
@@ -164,6 +221,8 @@ struct Asked<'q> {
     /// Our EDNS UDP size.
     udp_size: u16,
     dnssec_ok: bool,
+    /// Where the DNS metrics count it.
+    zone: ZoneSlot,
 }
 
 impl Asked<'_> {
@@ -178,18 +237,21 @@ impl Asked<'_> {
         })
     }
 
+    /// Sent to PowerDNS (the path is unused: nothing is answered yet).
     #[inline]
-    fn forward(&self) -> Action {
-        Action::Forward {
+    fn forward(&self) -> (Action, AnswerPath) {
+        let action = Action::Forward {
             query: *self.q,
             sampled: self.sampled,
             tapped: self.tapped,
-        }
+            zone: self.zone,
+        };
+        (action, AnswerPath::Forwarded)
     }
 
     /// Sent to PowerDNS because dnsteer cannot sign the answer (counted by `why`).
     #[inline]
-    fn forward_dnssec(&self, ctx: &Ctx<'_>, why: DnssecForward) -> Action {
+    fn forward_dnssec(&self, ctx: &Ctx<'_>, why: DnssecForward) -> (Action, AnswerPath) {
         ctx.metrics.dnssec_forwarded[why as usize].inc();
         self.forward()
     }
@@ -248,25 +310,29 @@ fn rate_limit(
 }
 
 /// The answer made here, if there is one (an in-process record, or the packet cache for
-/// names PowerDNS answers): `Continue` with (decision, rcode, answer count) once it is in
-/// `out`, `Break` when the query goes to PowerDNS instead or its answer was already accounted.
+/// names PowerDNS answers): `Continue` once it is in `out`, `Break` when the query goes to
+/// PowerDNS instead or its answer was already accounted (with the path that wrote it).
 #[inline]
 fn answer(
     ctx: &mut Ctx<'_>,
     a: &Asked<'_>,
     received: Instant,
     out: &mut Vec<u8>,
-) -> ControlFlow<Action, (Decision, u8, u16)> {
+) -> ControlFlow<(Action, AnswerPath), Answered> {
     let q = a.q;
-    ControlFlow::Continue(match ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype) {
-        Lookup::Miss if from_cache(ctx, a, received, out) => {
-            note_truncation(ctx, out, 0);
-            let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
-            let answers = out
-                .get(6..8)
-                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            (Decision::Cache, rc, answers)
-        }
+    let lookup = ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype);
+    if let Lookup::Miss = lookup
+        && let Some(served) = from_cache(ctx, a, received, out)
+    {
+        note_truncation(ctx, out, 0);
+        let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
+        let answers = out
+            .get(6..8)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let done = Answered::new(Decision::Cache, rc, answers, served_path(served));
+        return ControlFlow::Continue(done);
+    }
+    ControlFlow::Continue(match lookup {
         Lookup::Miss if a.dnssec_ok => {
             return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NotInProcess));
         }
@@ -290,9 +356,18 @@ fn answer(
             let mut b = ResponseBuilder::new(out, a.pkt, q, rcode::NOERROR, true);
             b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
             b.finish(a.edns_reply(0), a.max_size);
-            (Decision::Empty, rcode::NOERROR, 0)
+            Answered::new(Decision::Empty, rcode::NOERROR, 0, AnswerPath::InProcess)
         }
     })
+}
+
+/// The path of an answer from the packet cache.
+#[inline]
+fn served_path(served: Served) -> AnswerPath {
+    match served {
+        Served::Fresh => AnswerPath::Cached,
+        Served::Stale => AnswerPath::Stale,
+    }
 }
 
 /// Evaluates a record set into `out`, signed when its zone signs DO=1 answers here.
@@ -303,7 +378,7 @@ fn answer_record(
     set: &RecordSet,
     zone: Option<&ZoneInfo>,
     out: &mut Vec<u8>,
-) -> ControlFlow<Action, (Decision, u8, u16)> {
+) -> ControlFlow<(Action, AnswerPath), Answered> {
     let (pkt, q, t) = (a.pkt, a.q, a.t);
     let client = Client {
         bestwho: q.edns.and_then(|e| e.ecs).map_or_else(
@@ -335,7 +410,8 @@ fn answer_record(
                 qtype: q.qtype,
                 reason: e.kind(),
             });
-            return ControlFlow::Continue((Decision::Error, rcode::SERVFAIL, 0));
+            let done = Answered::new(Decision::Error, rcode::SERVFAIL, 0, AnswerPath::Error);
+            return ControlFlow::Continue(done);
         }
     };
     let n = sink.n;
@@ -354,7 +430,7 @@ fn answer_record(
             b.finish(a.edns_reply(0), a.max_size);
             ctx.metrics.query(t, Decision::Error);
             ctx.metrics.response(t, rcode::SERVFAIL);
-            return ControlFlow::Break(Action::Reply);
+            return ControlFlow::Break((Action::Reply, AnswerPath::Error));
         }
         ctx.metrics.dnssec_signed.inc();
     }
@@ -369,20 +445,18 @@ fn answer_record(
     };
     set.stats.count(ctx.worker, kind);
     note_truncation(ctx, out, len);
-    ControlFlow::Continue((d, rcode::NOERROR, n))
+    let path = match signer {
+        Some(_) => AnswerPath::Signed,
+        None => AnswerPath::InProcess,
+    };
+    ControlFlow::Continue(Answered::new(d, rcode::NOERROR, n, path))
 }
 
 /// Metrics, latency and the sampled log line for an answer made here.
 #[inline]
-fn account_answer(
-    ctx: &mut Ctx<'_>,
-    a: &Asked<'_>,
-    decision: Decision,
-    rc: u8,
-    answers: u16,
-    received: Instant,
-) {
+fn account_answer(ctx: &mut Ctx<'_>, a: &Asked<'_>, done: Answered, received: Instant) {
     let t = a.t;
+    let (decision, rc, answers) = (done.decision, done.rcode, done.answers);
     ctx.metrics.query(t, decision);
     ctx.metrics.response(t, rc);
     match &mut ctx.latency {
@@ -403,27 +477,21 @@ fn account_answer(
 /// Answers `q` from the packet cache into `out` if it holds a fresh entry (or a stale one
 /// while no PowerDNS server is healthy: forwarding could only time out). Never used for
 /// in-process records: they follow probe state.
-fn from_cache(ctx: &Ctx<'_>, a: &Asked<'_>, now: Instant, out: &mut Vec<u8>) -> bool {
-    let Some(cache) = ctx.cache else {
-        return false;
-    };
-    let Some(req) = cache.request(a.q, a.src_ip, &ctx.snap.config.upstream) else {
-        return false;
-    };
+fn from_cache(ctx: &Ctx<'_>, a: &Asked<'_>, now: Instant, out: &mut Vec<u8>) -> Option<Served> {
+    let cache = ctx.cache?;
+    let req = cache.request(a.q, a.src_ip, &ctx.snap.config.upstream)?;
     let all_down = ctx.snap.upstream.servers.iter().all(|s| !s.is_healthy());
-    match cache.lookup(&req, a.q, a.pkt, now, all_down, Some(a.max_size), out) {
+    let served = cache.lookup(&req, a.q, a.pkt, now, all_down, Some(a.max_size), out);
+    match served {
         Some(Served::Fresh) => ctx.metrics.cache_hits.inc(),
         Some(Served::Stale) => ctx.metrics.cache_stale.inc(),
-        None => {
-            ctx.metrics.cache_misses.inc();
-            return false;
-        }
+        None => ctx.metrics.cache_misses.inc(),
     }
-    true
+    served
 }
 
 /// A forwarded query that could not be answered by PowerDNS: its stale cache entry, if the
-/// cache has one within `stale_ttl` (RFC 8767), written into `out`.
+/// cache has one within `stale_ttl` (RFC 8767), written into `out`; the path it took.
 pub(crate) fn stale_answer(
     cache: Option<&PacketCache>,
     snap: &Snapshot,
@@ -432,18 +500,15 @@ pub(crate) fn stale_answer(
     pkt: &[u8],
     max_udp: Option<usize>,
     out: &mut Vec<u8>,
-) -> bool {
-    let Some(cache) = cache else { return false };
-    let Some(req) = cache.request(q, client, &snap.config.upstream) else {
-        return false;
-    };
-    let served = cache.lookup(&req, q, pkt, Instant::now(), true, max_udp, out);
+) -> Option<AnswerPath> {
+    let cache = cache?;
+    let req = cache.request(q, client, &snap.config.upstream)?;
+    let served = cache.lookup(&req, q, pkt, Instant::now(), true, max_udp, out)?;
     match served {
-        Some(Served::Stale) => metrics.cache_stale.inc(),
-        Some(Served::Fresh) => metrics.cache_hits.inc(),
-        None => return false,
+        Served::Stale => metrics.cache_stale.inc(),
+        Served::Fresh => metrics.cache_hits.inc(),
     }
-    true
+    Some(served_path(served))
 }
 
 /// A forwarded query, as its accounting needs it.
@@ -456,6 +521,9 @@ pub(crate) struct Forwarded<'q> {
     pub(crate) received: Instant,
     pub sampled: bool,
     pub tapped: bool,
+    /// Where the DNS metrics count its answer, and what made that answer.
+    pub(crate) zone: ZoneSlot,
+    pub(crate) path: AnswerPath,
 }
 
 /// Accounting for a forwarded query's answer (or its SERVFAIL) on its way to the client.
@@ -475,6 +543,8 @@ pub(crate) fn forwarded_done(
         received,
         sampled,
         tapped,
+        zone,
+        path,
     } = *f;
     if tapped && let Some(tap) = &shared.dnstap {
         tap.exchange(t, client, received, packet, Some(response));
@@ -482,6 +552,12 @@ pub(crate) fn forwarded_done(
     let client = client.ip();
     let rc = response.get(3).map_or(rcode::SERVFAIL, |b| b & 0x0f);
     metrics.response(t, rc);
+    let site = Site {
+        proto: t,
+        v6: client.is_ipv6(),
+        zone,
+    };
+    metrics.dns.response(site, rc, path, response.len());
     let latency = received.elapsed().as_nanos() as u64;
     metrics.latency[Path::Forwarded as usize].observe_ns(latency);
     if sampled {
@@ -514,7 +590,7 @@ pub(crate) fn servfail_forwarded(
     out: &mut Vec<u8>,
 ) -> bool {
     let (log, cache) = (&shared.log, shared.cache.as_ref());
-    let f = Forwarded {
+    let mut f = Forwarded {
         transport: Transport::Udp,
         client: p.client.addr,
         query: &p.query,
@@ -522,12 +598,15 @@ pub(crate) fn servfail_forwarded(
         received: p.received_at,
         sampled: p.sampled,
         tapped: p.tapped,
+        zone: p.zone,
+        path: AnswerPath::Error,
     };
     let max = p
         .query
         .max_udp_response(snap.config.restart.max_udp_payload);
     let asked = (&p.query, p.client.addr.ip());
-    if stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
+    if let Some(path) = stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
+        f.path = path;
         forwarded_done(snap, metrics, shared, &f, out, None);
         return true;
     }
@@ -574,7 +653,13 @@ fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {
 
 /// NOTIFY (RFC 1996) for a `[zones].transfer` zone from an allowed source: acknowledged and
 /// passed to the transfer loop. Anything else: REFUSED.
-fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Vec<u8>) -> Action {
+fn notify(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src: IpAddr,
+    t: Transport,
+    out: &mut Vec<u8>,
+) -> (Action, AnswerPath) {
     let cfg = &ctx.snap.config;
     let zone = dns::message::parse_notify(pkt).map(|(_, z)| z.to_ascii_lowercase());
     match zone {
@@ -588,14 +673,15 @@ fn notify(ctx: &mut Ctx<'_>, pkt: &[u8], src: IpAddr, t: Transport, out: &mut Ve
             let _ = ctx.notify.try_send(zone);
             if dns::message::notify_ack(pkt, out) {
                 ctx.metrics.response(t, rcode::NOERROR);
-                Action::Reply
+                (Action::Reply, AnswerPath::Notify)
             } else {
-                Action::Drop
+                (Action::Drop, AnswerPath::Notify)
             }
         }
         _ => {
             ctx.metrics.query(t, Decision::Error);
-            reply_error_counted(ctx, pkt, rcode::REFUSED, t, out)
+            let action = reply_error_counted(ctx, pkt, rcode::REFUSED, t, out);
+            (action, AnswerPath::Error)
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::server::pipeline::{self, Action, Ctx, Latency};
 use crate::server::signing::SignState;
 use crate::server::udp_batch::{BATCH, ConnectedSendBatch, PollSet, RecvBatch, SLOT, SendBatch};
 use crate::state::{Shared, Snapshot};
+use crate::telemetry::dns_metrics::AnswerPath;
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Path, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
@@ -326,6 +327,7 @@ impl Forwarder {
                     query,
                     sampled,
                     tapped,
+                    zone,
                 } => {
                     self.metrics.query(Transport::Udp, Decision::Forwarded);
                     let p = Pending {
@@ -343,6 +345,7 @@ impl Forwarder {
                         received_at: received,
                         sampled,
                         tapped,
+                        zone,
                     };
                     self.forward(ctx.snap, p);
                 }
@@ -485,6 +488,8 @@ impl Forwarder {
                 received: p.received_at,
                 sampled: p.sampled,
                 tapped: p.tapped,
+                zone: p.zone,
+                path: AnswerPath::Forwarded,
             },
             reply,
             Some(server.server.addr),

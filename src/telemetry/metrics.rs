@@ -5,53 +5,13 @@
 //! no lock); the scrape sums every worker's copy. Label values come from the static tables
 //! here or from config, never from query content, so label sets stay bounded.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
-/// A counter written by exactly one thread and read by the scraper.
-#[derive(Default)]
-pub(crate) struct Cnt(AtomicU64);
-
-impl Cnt {
-    #[inline]
-    pub(crate) fn inc(&self) {
-        self.add(1);
-    }
-
-    #[inline]
-    pub(crate) fn add(&self, n: u64) {
-        // Single writer: load+store is enough and avoids a locked read-modify-write.
-        self.0.store(
-            self.0.load(Ordering::Relaxed).wrapping_add(n),
-            Ordering::Relaxed,
-        );
-    }
-
-    pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp = 0,
-    Tcp = 1,
-}
-
-impl Transport {
-    pub(crate) const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
+use crate::telemetry::dns_metrics::{self, DnsCounters, ZoneTable};
+pub(crate) use crate::telemetry::prom::{Cnt, family, histogram_family, label_pairs, scalar};
+pub use crate::telemetry::prom::{Transport, encode};
 
 /// What happened to a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +223,8 @@ pub struct WorkerMetrics {
     pub(crate) cache_misses: Cnt,
     pub(crate) cache_stale: Cnt,
     pub(crate) cache_skipped: [Cnt; CacheSkip::ALL.len()],
+    /// The `dnsteer_dns_*` families (CoreDNS's shape).
+    pub(crate) dns: DnsCounters,
 }
 
 /// Why an answer from PowerDNS was not put in the packet cache.
@@ -394,6 +356,16 @@ impl Metrics {
             .iter()
             .map(|w| f(w))
             .sum()
+    }
+
+    /// The `dnsteer_dns_*` families, with zone names from `zones`' registry.
+    pub(crate) fn dns_families(&self, zones: &ZoneTable) -> Vec<MetricFamily> {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let threads: Vec<&DnsCounters> = workers.iter().map(|w| &w.dns).collect();
+        dns_metrics::families(&threads, zones)
     }
 
     /// Total queries seen (all transports and decisions); used by tests and `/status`.
@@ -555,63 +527,6 @@ impl Metrics {
     }
 }
 
-/// Builds a labelled family of counters or gauges.
-pub(crate) fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    rows: Vec<(Vec<(&str, String)>, f64)>,
-) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.into());
-    f.set_help(help.into());
-    f.set_field_type(kind);
-    f.set_metric(
-        rows.into_iter()
-            .map(|(labels, v)| {
-                let mut m =
-                    Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
-                match kind {
-                    MetricType::COUNTER => {
-                        let mut c = Counter::default();
-                        c.set_value(v);
-                        m.set_counter(c);
-                    }
-                    _ => {
-                        let mut g = Gauge::default();
-                        g.set_value(v);
-                        m.set_gauge(g);
-                    }
-                }
-                m
-            })
-            .collect(),
-    );
-    f
-}
-
-/// Builds an unlabelled counter or gauge.
-pub(crate) fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
-    family(name, help, kind, vec![(Vec::new(), v)])
-}
-
-fn label(k: &str, v: String) -> LabelPair {
-    let mut l = LabelPair::default();
-    l.set_name(k.into());
-    l.set_value(v);
-    l
-}
-
-/// Builds a histogram family from its series (see [`histogram_metric`]).
-pub(crate) fn histogram_family(name: &str, help: &str, series: Vec<Metric>) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.into());
-    f.set_help(help.into());
-    f.set_field_type(MetricType::HISTOGRAM);
-    f.set_metric(series);
-    f
-}
-
 pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum: f64) -> Metric {
     let mut h = Histogram::default();
     let mut cumulative = 0;
@@ -627,33 +542,9 @@ pub(crate) fn histogram_metric(labels: Vec<(&str, String)>, counts: &[u64], sum:
     h.set_bucket(buckets);
     h.set_sample_count(cumulative);
     h.set_sample_sum(sum);
-    let mut m = Metric::from_label(labels.into_iter().map(|(k, v)| label(k, v)).collect());
+    let mut m = Metric::from_label(label_pairs(labels));
     m.set_histogram(h);
     m
-}
-
-/// Encodes families in the Prometheus text format.
-///
-/// A family with no series yet (no probe targets, no failed probe) is still declared with its
-/// HELP and TYPE lines: the prometheus encoder rejects it, and would stop the whole output
-/// there, hiding every family after it.
-pub fn encode(families: &[MetricFamily]) -> String {
-    let encoder = prometheus::TextEncoder::new();
-    let mut out = String::new();
-    for f in families {
-        if f.get_metric().is_empty() {
-            let kind = format!("{:?}", f.get_field_type()).to_lowercase();
-            let help = f.help().replace('\\', "\\\\").replace('\n', "\\n");
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n",
-                name = f.name()
-            ));
-        } else {
-            // Fails only for an unnamed family, before writing anything; ours all have names.
-            let _ = encoder.encode_utf8(std::slice::from_ref(f), &mut out);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -706,19 +597,5 @@ mod tests {
         assert_eq!(counts[1], 1);
         assert_eq!(counts[LATENCY_BUCKETS.len()], 3);
         assert_eq!(sum, 25_000 + 25_001 + 6_000_000_000);
-    }
-
-    #[test]
-    fn empty_families_are_declared_and_do_not_cut_the_output() {
-        let fams = vec![
-            family("a_total", "A.", MetricType::COUNTER, Vec::new()),
-            scalar("b_total", "B.", MetricType::COUNTER, 3.0),
-        ];
-        let text = encode(&fams);
-        assert_eq!(
-            text,
-            "# HELP a_total A.\n# TYPE a_total counter\n\
-             # HELP b_total B.\n# TYPE b_total counter\nb_total 3\n"
-        );
     }
 }
