@@ -52,7 +52,8 @@
 # share of its 2 cores over the run from /proc/stat (busy_pct: 100 = both cores saturated, other
 # users included), the 1-minute load average at the start (load1) and the packet-cache hit rate
 # of the PowerDNS that answered (pdns_pc_hit_pct, from `pdns_control show packetcache-hit/-miss`). At the end, dnsteer's
-# dnsteer_cache_* counters of every dnsteer instance are printed (hit rate) when CACHE=1.
+# dnsteer_cache_* counters of every dnsteer instance are printed (hit rate) when CACHE=1, and
+# its upstream requests and errors (a timed-out query holds a dnsperf slot until its retry).
 # On a 2-core machine dnsperf competes with the server for CPU: compare CPU per query first,
 # QPS second (shared/notes/rust-stack.md §8).
 set -euo pipefail
@@ -437,13 +438,17 @@ done
 mkdir -p "$TARGET_DIR/bench"
 keep="$TARGET_DIR/bench/dnsperf-$MODE-$(date +%Y%m%d-%H%M%S).tsv"
 cp "$RESULTS" "$keep"
-# dnsteer's packet-cache counters over the whole run (warm-up included)
+# dnsteer's cache, upstream-error and drop counters over the whole run (warm-up included), kept
+# as target/bench/...-SERVER-counters.prom; the cache hit rate and upstream errors are printed
 for s in "${SERVERS[@]}"; do
   [[ -n ${MPORT[$s]:-} ]] || continue
   curl -fsS --max-time 2 "http://127.0.0.1:${MPORT[$s]}/metrics" >"$RUN_DIR/metrics-$s.txt" 2>/dev/null || continue
-  grep '^dnsteer_cache_' "$RUN_DIR/metrics-$s.txt" >"${keep%.tsv}-$s-cache.prom" || true
+  grep -E '^dnsteer_(cache_|upstream_errors_total|upstream_requests_total|dropped_total)' "$RUN_DIR/metrics-$s.txt" >"${keep%.tsv}-$s-counters.prom" || true
   awk -v s="$s" '/^dnsteer_cache_hits_total / { h = $2 } /^dnsteer_cache_misses_total / { m = $2 }
     END { if (h + m > 0) printf "%s cache: %d hits, %d misses, hit rate %.4f%%\n", s, h, m, 100 * h / (h + m) }' \
+    "$RUN_DIR/metrics-$s.txt" >&2
+  awk -v s="$s" '/^dnsteer_upstream_errors_total/ { e += $2 } /^dnsteer_upstream_requests_total/ { r += $2 }
+    END { if (r > 0) printf "%s upstream: %d requests, %d errors (timeouts, refused, ...)\n", s, r, e }' \
     "$RUN_DIR/metrics-$s.txt" >&2
 done
 
