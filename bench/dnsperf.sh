@@ -17,6 +17,8 @@
 #
 # Env: MODE=forward|lua  RUNS=3  DURATION=10  WARMUP=2  CLIENTS=8  THREADS=2  OUTSTANDING=256
 #      WORKERS=2   dnsteer [server].workers (PowerDNS/dnsdist/gdnsd get 2 threads as well)
+#      UDP_STEERING=hash|cpu  dnsteer [server].udp_steering (default: not written, i.e. hash);
+#                  never written for DNSTEER_BIN_B with DNSTEER_B_LEGACY=1
 #      MAXQPS=N    forward mode: also start dnsdist-rl with addAction(MaxQPSIPRule(N), DropAction())
 #                  and dnsteer-rl with [ratelimit] qps=burst=N, measured interleaved with the
 #                  unlimited dnsdist/dnsteer (cost of the limiter; pick N far above the achieved
@@ -65,6 +67,7 @@ MODE="${MODE:-forward}"
 RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
 MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" RATE="${RATE:-}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
+UDP_STEERING="${UDP_STEERING:-}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
 SOURCES="${SOURCES:-1}" ALSO_PROXY="${ALSO_PROXY:-0}"
 CLIENT_ADDRESS="${CLIENT_ADDRESS:-$([[ $ECS == 1 ]] && echo ecs || echo none)}"
@@ -173,7 +176,9 @@ start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINA
   port=$(free_port) mport=$(free_port)
   cfg="$dir/dnsteer.toml"
   {
-    printf '[server]\nlisten = ["127.0.0.1:%s"]\nworkers = %s\n\n' "$port" "$WORKERS"
+    printf '[server]\nlisten = ["127.0.0.1:%s"]\nworkers = %s\n' "$port" "$WORKERS"
+    if [[ -n $UDP_STEERING ]] && ! ((legacy)); then printf 'udp_steering = "%s"\n' "$UDP_STEERING"; fi
+    printf '\n'
     printf '[metrics]\nlisten = "127.0.0.1:%s"\n\n' "$mport"
     printf '[logging]\nlevel = "warn"\nformat = "text"\nquery_sample_rate = %s\n\n' "$LOG_SAMPLE"
     if [[ -n $maxqps ]]; then

@@ -88,6 +88,7 @@ impl App {
             restart.workers,
             restart.socket_buffer,
             restart.max_udp_payload <= listener::DONT_FRAGMENT_MAX_PAYLOAD,
+            restart.udp_steering,
         )
         .map_err(|source| StartError::Bind {
             what: format!("DNS listeners {:?}", restart.listen),

@@ -125,6 +125,8 @@ pub struct RestartSettings {
     pub max_udp_payload: u16,
     /// SO_RCVBUF/SO_SNDBUF asked for on each UDP socket (the kernel caps it at rmem_max).
     pub(crate) socket_buffer: usize,
+    /// `[server].udp_steering`.
+    pub udp_steering: UdpSteering,
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
     /// `[cache]`: the packet cache is sized once, at start.
@@ -167,6 +169,16 @@ pub(crate) struct CacheConfig {
     /// How long past its expiry an entry may still answer (TTL 30) when PowerDNS cannot
     /// (RFC 8767 serve-stale); 0 turns it off.
     pub(crate) stale_ttl: Duration,
+}
+
+/// `[server].udp_steering`: how the kernel picks a worker's UDP socket for a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpSteering {
+    /// The kernel's SO_REUSEPORT hash of the addresses (even over many client flows).
+    Hash,
+    /// The CPU that received the datagram, mod the workers (follows RSS/RPS; even over few
+    /// flows when receive work is spread across CPUs).
+    Cpu,
 }
 
 /// `[upstream].client_address`: how PowerDNS learns who the client is.
@@ -500,6 +512,7 @@ struct RawServer {
     tcp_max_in_flight_per_connection: S<i64>,
     max_udp_payload: S<i64>,
     socket_buffer: S<i64>,
+    udp_steering: S<String>,
     shutdown_drain: S<String>,
     shutdown_grace: S<String>,
 }
@@ -951,6 +964,7 @@ impl Validator<'_> {
                 0,
                 1 << 30,
             )? as usize,
+            udp_steering: self.udp_steering(s)?,
             shutdown_drain: self.dur(
                 &s.shutdown_drain,
                 "server.shutdown_drain",
@@ -1073,6 +1087,21 @@ impl Validator<'_> {
             );
         }
         Ok(cfg)
+    }
+
+    fn udp_steering(&self, s: &RawServer) -> Result<UdpSteering, ConfigError> {
+        let Some(v) = &s.udp_steering else {
+            return Ok(UdpSteering::Hash);
+        };
+        match v.get_ref().as_str() {
+            "hash" => Ok(UdpSteering::Hash),
+            "cpu" => Ok(UdpSteering::Cpu),
+            other => self.err(
+                v.span(),
+                "server.udp_steering",
+                format!("\"{other}\" is not \"hash\" or \"cpu\""),
+            ),
+        }
     }
 
     fn client_address(&self, u: &RawUpstream) -> Result<ClientAddress, ConfigError> {

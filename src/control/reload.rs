@@ -294,6 +294,10 @@ pub(crate) fn restart_diff(running: &RestartSettings, file: &RestartSettings) ->
         running.socket_buffer != file.socket_buffer,
     );
     check(
+        "server.udp_steering",
+        running.udp_steering != file.udp_steering,
+    );
+    check(
         "server.shutdown_*",
         running.shutdown_drain != file.shutdown_drain
             || running.shutdown_grace != file.shutdown_grace,

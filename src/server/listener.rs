@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::ClientAddress;
+use crate::config::{ClientAddress, UdpSteering};
 use crate::dns::{self, rcode};
 use crate::forward::upstream::{TcpPool, WorkerServer, WorkerUpstreams};
 use crate::server::pipeline::{self, Action, Ctx};
@@ -90,6 +90,7 @@ pub(crate) fn bind_all(
     workers: usize,
     buffer: usize,
     dont_fragment: bool,
+    steering: UdpSteering,
 ) -> std::io::Result<BoundSockets> {
     let mut out = BoundSockets {
         udp: Vec::new(),
@@ -100,7 +101,7 @@ pub(crate) fn bind_all(
         let mut last_err = None;
         let mut bound = None;
         for _ in 0..32 {
-            match bind_one(want, workers, buffer, dont_fragment) {
+            match bind_one(want, workers, buffer, dont_fragment, steering) {
                 Ok(b) => {
                     bound = Some(b);
                     break;
@@ -131,6 +132,7 @@ fn bind_one(
     workers: usize,
     buffer: usize,
     dont_fragment: bool,
+    steering: UdpSteering,
 ) -> std::io::Result<Bound> {
     let first_tcp = reuseport_socket(want, Type::STREAM, Protocol::TCP, buffer)?;
     let addr = first_tcp
@@ -144,6 +146,13 @@ fn bind_one(
         let u = reuseport_socket(addr, Type::DGRAM, Protocol::UDP, buffer)?;
         if dont_fragment {
             set_dont_fragment(&u, addr);
+        }
+        if i == 0 && steering == UdpSteering::Cpu {
+            // One program serves the whole group; a kernel without it keeps hashing.
+            use std::os::fd::AsRawFd;
+            if let Err(e) = udp_batch::steer_reuseport_by_cpu(u.as_raw_fd(), workers as u32) {
+                tracing::warn!(error = %e, %addr, "udp_steering = \"cpu\" not available: hashing");
+            }
         }
         udp.push(std::net::UdpSocket::from(u));
         if i > 0 {
@@ -718,12 +727,50 @@ mod tests {
     #[test]
     fn ipv4_udp_answers_leave_with_dont_fragment_only_when_asked() {
         let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let df = bind_all(&[any], 2, 0, true).unwrap();
+        let df = bind_all(&[any], 2, 0, true, UdpSteering::Hash).unwrap();
         assert_eq!(df.udp[0].len(), 2);
         for s in &df.udp[0] {
             assert_eq!(mtu_discover(s), libc::IP_PMTUDISC_PROBE);
         }
-        let plain = bind_all(&[any], 1, 0, false).unwrap();
+        let plain = bind_all(&[any], 1, 0, false, UdpSteering::Hash).unwrap();
         assert_ne!(mtu_discover(&plain.udp[0][0]), libc::IP_PMTUDISC_PROBE);
+    }
+
+    /// `udp_steering = "cpu"`: a datagram lands on socket (receiving CPU mod workers). On
+    /// loopback the receiving CPU is the sender's, so a sender pinned to CPU c reaches socket
+    /// c mod 2 every time (with the hash, one fixed source reaches one socket whatever its CPU).
+    #[test]
+    fn cpu_steering_sends_each_cpu_to_its_socket() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        if cpus < 2 {
+            eprintln!("one CPU: nothing to steer");
+            return;
+        }
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bound = bind_all(&[any], 2, 0, false, UdpSteering::Cpu).unwrap();
+        let to = bound.addrs[0];
+        let socks = &bound.udp[0];
+        for cpu in 0..2 {
+            std::thread::spawn(move || {
+                udp_batch::pin_to_cpu(cpu).unwrap();
+                // One source port for both CPUs' rounds would hash to one socket; here each
+                // round has its own, and the CPU decides.
+                let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                for _ in 0..20 {
+                    tx.send_to(b"x", to).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = [0usize; 2];
+            let mut buf = [0u8; 16];
+            for (i, s) in socks.iter().enumerate() {
+                while s.recv_from(&mut buf).is_ok() {
+                    got[i] += 1;
+                }
+            }
+            assert_eq!(got[cpu], 20, "sent from CPU {cpu}: {got:?}");
+        }
     }
 }

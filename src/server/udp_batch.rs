@@ -43,6 +43,65 @@ pub(crate) fn set_ip_mtu_discover(fd: RawFd, mode: libc::c_int) -> io::Result<()
     }
 }
 
+/// Steers each datagram arriving for the SO_REUSEPORT group `fd` belongs to, to the group's
+/// socket number (CPU that received the datagram) mod `sockets`, instead of a hash of the
+/// addresses. With few client flows (a benchmark, a handful of big resolvers) the hash can put
+/// most of them on one socket and leave a worker idle; by CPU, the load follows the kernel's
+/// receive spreading (RSS/RPS queues, or the sending CPU on loopback). Sockets are numbered in
+/// the order they joined the group.
+pub(crate) fn steer_reuseport_by_cpu(fd: RawFd, sockets: u32) -> io::Result<()> {
+    let insn = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    // A = the receiving CPU; A %= sockets; return A.
+    let mut code = [
+        insn(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        ),
+        insn(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, sockets.max(1)),
+        insn(libc::BPF_RET | libc::BPF_A, 0),
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as u16,
+        filter: code.as_mut_ptr(),
+    };
+    // SAFETY: `prog` points at `code`, both alive for the call; the kernel copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const prog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Pins the calling thread to one CPU (tests of the CPU steering).
+#[cfg(test)]
+pub(crate) fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET writes inside it; the call reads it.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// The `IP_MTU_DISCOVER` option of an IPv4 socket.
 #[cfg(test)]
 pub(crate) fn ip_mtu_discover(fd: RawFd) -> io::Result<libc::c_int> {
