@@ -358,9 +358,11 @@ mod tests {
             tried: 0,
             sent_at: Instant::now(),
             received_at: Instant::now(),
-            sampled: false,
-            tapped: false,
-            zone: crate::telemetry::dns_metrics::ZoneSlot::OTHER,
+            report: crate::telemetry::Report {
+                sampled: false,
+                tapped: false,
+                zone: crate::telemetry::dns_metrics::ZoneSlot::OTHER,
+            },
         }
     }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::config::{UpstreamConfig, UpstreamPolicy};
 use crate::dns::{self, Added, Query};
-use crate::telemetry::dns_metrics::ZoneSlot;
+use crate::telemetry::Report;
 use crate::telemetry::metrics::{Cnt, Hist};
 
 /// Counters one thread keeps for one server (single writer), summed at scrape.
@@ -232,11 +232,8 @@ pub(crate) struct Pending {
     pub(crate) tried: u64,
     pub(crate) sent_at: Instant,
     pub(crate) received_at: Instant,
-    pub(crate) sampled: bool,
-    /// dnstap gets the query and its answer.
-    pub(crate) tapped: bool,
-    /// Where the DNS metrics count its answer.
-    pub(crate) zone: ZoneSlot,
+    /// Where its answer is reported.
+    pub(crate) report: Report,
 }
 
 /// One server as one worker's TCP forwarding sees it.

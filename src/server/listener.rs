@@ -25,7 +25,8 @@ use crate::server::signing::SignState;
 use crate::server::udp_batch;
 use crate::server::udp_front::UdpFront;
 use crate::state::{Shared, Snapshot};
-use crate::telemetry::dns_metrics::{AnswerPath, ZoneSlot};
+use crate::telemetry::Report;
+use crate::telemetry::dns_metrics::AnswerPath;
 use crate::telemetry::metrics::{Decision, DropReason, Malformed, Transport, WorkerMetrics};
 use crate::telemetry::querylog::{Event, Sampler};
 
@@ -427,21 +428,14 @@ async fn tcp_connection(
                 drop(permit);
             }
             Action::Drop => drop(permit),
-            Action::Forward {
-                query,
-                sampled,
-                tapped,
-                zone,
-            } => {
+            Action::Forward { query, report } => {
                 w.metrics.query(Transport::Tcp, Decision::Forwarded);
                 let forward = TcpForward {
                     msg,
                     query,
                     peer,
                     received,
-                    sampled,
-                    tapped,
-                    zone,
+                    report,
                     own: own.clone(),
                 };
                 tokio::task::spawn_local(forward.run(
@@ -519,9 +513,7 @@ struct TcpForward {
     query: dns::Query,
     peer: SocketAddr,
     received: Instant,
-    sampled: bool,
-    tapped: bool,
-    zone: ZoneSlot,
+    report: Report,
     /// The client's own upstream connections (`client_address = "proxy"`).
     own: Rc<ClientPools>,
 }
@@ -549,9 +541,7 @@ impl TcpForward {
                 query: &self.query,
                 packet: &self.msg,
                 received: self.received,
-                sampled: self.sampled,
-                tapped: self.tapped,
-                zone: self.zone,
+                report: self.report,
                 path,
             },
             &resp,

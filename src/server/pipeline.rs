@@ -18,6 +18,7 @@ use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Shared;
 use crate::state::Snapshot;
 use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome, RecordSet, ZoneInfo};
+use crate::telemetry::Report;
 use crate::telemetry::dns_metrics::{AnswerPath, Site, ZoneSlot};
 use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::metrics::{
@@ -31,14 +32,8 @@ use crate::telemetry::querylog::{Event, QueryEntry, QueryLog, Sampler};
 pub enum Action {
     /// Send `out` to the client.
     Reply,
-    /// Send to PowerDNS; `sampled` says whether to log the query when it completes, `tapped`
-    /// whether to send it and its answer to dnstap then, `zone` where its answer is counted.
-    Forward {
-        query: Query,
-        sampled: bool,
-        tapped: bool,
-        zone: ZoneSlot,
-    },
+    /// Send to PowerDNS; `report` says where its answer is reported when it completes.
+    Forward { query: Query, report: Report },
     /// Send nothing.
     Drop,
 }
@@ -167,15 +162,17 @@ fn decide(
         q,
         src_ip,
         t,
-        sampled: ctx.sampler.sample(ctx.snap.sample_threshold),
-        tapped,
+        report: Report {
+            sampled: ctx.sampler.sample(ctx.snap.sample_threshold),
+            tapped,
+            zone: site.zone,
+        },
         max_size: match t {
             Transport::Udp => q.max_udp_response(ctx.max_udp_payload),
             Transport::Tcp => usize::from(u16::MAX),
         },
         udp_size: ctx.max_udp_payload,
         dnssec_ok,
-        zone: site.zone,
     };
     match answer(ctx, &asked, received, out) {
         ControlFlow::Continue(done) => {
@@ -212,17 +209,13 @@ struct Asked<'q> {
     q: &'q Query,
     src_ip: IpAddr,
     t: Transport,
-    /// Whether the query log gets this query.
-    sampled: bool,
-    /// Whether dnstap gets this query and its answer.
-    tapped: bool,
+    /// Where its answer is reported.
+    report: Report,
     /// Largest response the client takes.
     max_size: usize,
     /// Our EDNS UDP size.
     udp_size: u16,
     dnssec_ok: bool,
-    /// Where the DNS metrics count it.
-    zone: ZoneSlot,
 }
 
 impl Asked<'_> {
@@ -242,9 +235,7 @@ impl Asked<'_> {
     fn forward(&self) -> (Action, AnswerPath) {
         let action = Action::Forward {
             query: *self.q,
-            sampled: self.sampled,
-            tapped: self.tapped,
-            zone: self.zone,
+            report: self.report,
         };
         (action, AnswerPath::Forwarded)
     }
@@ -466,7 +457,7 @@ fn account_answer(ctx: &mut Ctx<'_>, a: &Asked<'_>, done: Answered, received: In
         }
         Latency::Batch { answered } => *answered += 1,
     }
-    if a.sampled {
+    if a.report.sampled {
         let latency = received.elapsed().as_nanos() as u64;
         ctx.log.query(entry(
             ctx.snap, t, a.src_ip, a.q, decision, rc, answers, latency, None,
@@ -519,10 +510,8 @@ pub(crate) struct Forwarded<'q> {
     /// The client's packet, verbatim (for dnstap).
     pub packet: &'q [u8],
     pub(crate) received: Instant,
-    pub sampled: bool,
-    pub tapped: bool,
-    /// Where the DNS metrics count its answer, and what made that answer.
-    pub(crate) zone: ZoneSlot,
+    pub(crate) report: Report,
+    /// What made the answer.
     pub(crate) path: AnswerPath,
 }
 
@@ -541,9 +530,11 @@ pub(crate) fn forwarded_done(
         query: q,
         packet,
         received,
-        sampled,
-        tapped,
-        zone,
+        report: Report {
+            sampled,
+            tapped,
+            zone,
+        },
         path,
     } = *f;
     if tapped && let Some(tap) = &shared.dnstap {
@@ -596,9 +587,7 @@ pub(crate) fn servfail_forwarded(
         query: &p.query,
         packet: &p.packet,
         received: p.received_at,
-        sampled: p.sampled,
-        tapped: p.tapped,
-        zone: p.zone,
+        report: p.report,
         path: AnswerPath::Error,
     };
     let max = p

@@ -323,12 +323,7 @@ impl Forwarder {
             match pipeline::handle(ctx, pkt, src, Transport::Udp, received, reply) {
                 Action::Reply => self.tx.commit(src),
                 Action::Drop => {}
-                Action::Forward {
-                    query,
-                    sampled,
-                    tapped,
-                    zone,
-                } => {
+                Action::Forward { query, report } => {
                     self.metrics.query(Transport::Udp, Decision::Forwarded);
                     let p = Pending {
                         client: UdpClient {
@@ -343,9 +338,7 @@ impl Forwarder {
                         tried: 0,
                         sent_at: received,
                         received_at: received,
-                        sampled,
-                        tapped,
-                        zone,
+                        report,
                     };
                     self.forward(ctx.snap, p);
                 }
@@ -486,9 +479,7 @@ impl Forwarder {
                 query: &p.query,
                 packet: &p.packet,
                 received: p.received_at,
-                sampled: p.sampled,
-                tapped: p.tapped,
-                zone: p.zone,
+                report: p.report,
                 path: AnswerPath::Forwarded,
             },
             reply,
