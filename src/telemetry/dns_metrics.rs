@@ -278,6 +278,9 @@ impl ZoneRegistry {
 pub struct ZoneTable {
     /// Lower-case wire-format apex and its slot.
     zones: Vec<(Box<[u8]>, ZoneSlot)>,
+    /// Bit n set: some apex is n bytes long in wire format (names are at most 255), so most
+    /// suffixes of a query name are skipped without comparing bytes.
+    lengths: [u64; 4],
     registry: Arc<ZoneRegistry>,
 }
 
@@ -292,14 +295,23 @@ impl ZoneTable {
         let mut apexes: Vec<&str> = apexes.into_iter().collect();
         apexes.sort_unstable();
         apexes.dedup();
-        let zones = apexes
+        let zones: Vec<(Box<[u8]>, ZoneSlot)> = apexes
             .into_iter()
             .filter_map(|apex| {
                 let wire = crate::dns::name_from_text(apex).ok()?;
                 Some((wire.into_boxed_slice(), registry.slot(apex)?))
             })
             .collect();
-        ZoneTable { zones, registry }
+        let mut lengths = [0u64; 4];
+        for (apex, _) in &zones {
+            let n = apex.len().min(255);
+            lengths[n / 64] |= 1 << (n % 64);
+        }
+        ZoneTable {
+            zones,
+            lengths,
+            registry,
+        }
     }
 
     /// The slot of the longest apex that is `qname` (lower-case wire format) or one of its
@@ -313,9 +325,12 @@ impl ZoneTable {
         let mut off = 0;
         while let Some(&len) = qname.get(off) {
             let suffix = &qname[off..];
-            for (apex, slot) in &self.zones {
-                if apex.len() == suffix.len() && **apex == *suffix {
-                    return *slot;
+            let n = suffix.len().min(255);
+            if self.lengths[n / 64] & (1 << (n % 64)) != 0 {
+                for (apex, slot) in &self.zones {
+                    if apex.len() == suffix.len() && **apex == *suffix {
+                        return *slot;
+                    }
                 }
             }
             if len == 0 {
