@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::RecordType;
 use support::signed::{SignedPdns, Unbound, dns_query_wire, rrsigs, validate_with_dnspython};
-use support::{Dnsteer, QueryOpts, free_addr, metric_sum};
+use support::{Dnsteer, QueryOpts, free_addr};
 
 const ZONE: &str = "own.test.";
 /// SOA minimum = PowerDNS's DNSKEY TTL: how long a newly published key waits.
@@ -183,12 +183,6 @@ fn dnskey_wire(pdns: &SignedPdns) -> Vec<u8> {
     .expect("DNSKEY")
 }
 
-fn metric(d: &Dnsteer, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let (status, body) = d.get("/metrics");
-    assert_eq!(status, 200);
-    metric_sum(&body, name, labels)
-}
-
 fn zone_status(d: &Dnsteer) -> serde_json::Value {
     let (_, body) = d.get("/status");
     let v: serde_json::Value = serde_json::from_str(&body).expect("/status JSON");
@@ -281,13 +275,13 @@ fn own_key_is_generated_published_and_signs_after_the_dnskey_ttl() {
     wait_for(&d, "waiting state", WAIT, || {
         (zone_status(&d)["state"] == WAITING).then_some(())
     });
-    let waiting_before = metric(&d, FORWARDED_METRIC, &[("reason", WAITING)]);
+    let waiting_before = d.metric(FORWARDED_METRIC, &[("reason", WAITING)]);
     let pdns_before = pdns_do_queries(&pdns);
     let (_, m) = ask_do(&d, NAMES[0].0);
     assert_eq!(tags_of(&m), [zsk], "PowerDNS's answer while waiting: {m:?}");
     assert!(pdns_do_queries(&pdns) > pdns_before, "not forwarded");
     assert!(
-        metric(&d, FORWARDED_METRIC, &[("reason", WAITING)]) > waiting_before,
+        d.metric(FORWARDED_METRIC, &[("reason", WAITING)]) > waiting_before,
         "{FORWARDED_METRIC}{{reason=\"{WAITING}\"}} did not grow"
     );
     assert_secure(&unbound, NAMES[0].0, &d);
@@ -345,7 +339,7 @@ fn a_restart_signs_at_once_and_without_the_state_file_waits_again() {
         "first answer after a restart: {m:?}\n{}",
         d.log()
     );
-    assert_eq!(metric(&d, FORWARDED_METRIC, &[("reason", WAITING)]), 0.0);
+    assert_eq!(d.metric(FORWARDED_METRIC, &[("reason", WAITING)]), 0.0);
     assert_eq!(keys.tags(), [tag], "the restart made no new key");
     drop(d);
 
@@ -355,7 +349,7 @@ fn a_restart_signs_at_once_and_without_the_state_file_waits_again() {
     let (_, m) = ask_do(&d, NAMES[0].0);
     assert_eq!(tags_of(&m), [zsk], "without state: PowerDNS's answer {m:?}");
     assert_eq!(zone_status(&d)["state"], WAITING, "{}", zone_status(&d));
-    assert!(metric(&d, FORWARDED_METRIC, &[("reason", WAITING)]) >= 1.0);
+    assert!(d.metric(FORWARDED_METRIC, &[("reason", WAITING)]) >= 1.0);
     wait_signing(&d, &pdns, tag, WAIT);
 }
 
@@ -386,7 +380,7 @@ fn api_errors_are_reported_and_do_queries_stay_with_powerdns() {
     assert!(err.contains("refused the API key"), "{status}");
     assert!(d.log().contains("refused the API key"), "{}", d.log());
     let labels = [("zone", ZONE), ("kind", "unauthorized")];
-    assert!(metric(&d, ERRORS_METRIC, &labels) >= 2.0);
+    assert!(d.metric(ERRORS_METRIC, &labels) >= 2.0);
     assert_eq!(status["state"], "key_not_published", "{status}");
     let (_, m) = ask_do(&d, NAMES[0].0);
     assert_eq!(tags_of(&m), [zsk], "{m:?}");
@@ -421,7 +415,7 @@ fn api_errors_are_reported_and_do_queries_stay_with_powerdns() {
         "{}",
         d.log()
     );
-    assert!(metric(&d, ERRORS_METRIC, &[("zone", ZONE), ("kind", "connect")]) >= 1.0);
+    assert!(d.metric(ERRORS_METRIC, &[("zone", ZONE), ("kind", "connect")]) >= 1.0);
     let (_, m) = ask_do(&d, NAMES[0].0);
     assert_eq!(tags_of(&m), [zsk], "{m:?}");
     let (_, full_status) = d.get("/status");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use hickory_proto::rr::RecordType;
 use support::{
     ChildGuard, DEMO_ZONE, DEMO_ZONE_NAME, Dnsteer, Pdns, QueryOpts, answer_rdata, dns_ask,
-    metric_sum, spawn_guarded,
+    spawn_guarded,
 };
 
 const CONTENT_TYPE: &str = "protobuf:dnstap.Dnstap";
@@ -73,10 +73,6 @@ fn wait_for(what: &str, within: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn metric(d: &Dnsteer, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_sum(&d.get("/metrics").1, name, labels)
-}
-
 /// `fstrm_capture` listening on `socket`, writing what it receives to `file`.
 fn capture(socket: &Path, file: &Path) -> ChildGuard {
     let mut cmd = Command::new(binary("fstrm_capture"));
@@ -106,7 +102,7 @@ fn collector_gets_auth_query_and_response_for_in_process_and_forwarded_answers()
     );
     let mut d = Dnsteer::start_on_free_ports(|dns, m| config(dns, m, pdns.addr(), &tap));
     wait_for("dnstap connected", Duration::from_secs(10), || {
-        metric(&d, "dnsteer_dnstap_connected", &[]) == 1.0
+        d.metric("dnsteer_dnstap_connected", &[]) == 1.0
     });
 
     let udp = QueryOpts::udp();
@@ -122,7 +118,7 @@ fn collector_gets_auth_query_and_response_for_in_process_and_forwarded_answers()
     );
     assert_eq!(answer_rdata(&tcp), ["192.0.2.10"]);
     wait_for("6 frames written", Duration::from_secs(5), || {
-        metric(&d, "dnsteer_dnstap_frames_total", &[]) == 6.0
+        d.metric("dnsteer_dnstap_frames_total", &[]) == 6.0
     });
 
     // SIGTERM: dnsteer sends STOP and waits for FINISH before it exits.
@@ -185,15 +181,14 @@ fn no_collector_answers_normally_and_counts_drops() {
         &QueryOpts::udp(),
     );
     assert_eq!(answer_rdata(&a), ["192.0.2.80"]);
-    let dropped = metric(
-        &d,
+    let dropped = d.metric(
         "dnsteer_dnstap_dropped_total",
         &[("reason", "disconnected")],
     );
     assert_eq!(dropped, 21.0);
-    assert_eq!(metric(&d, "dnsteer_dnstap_connected", &[]), 0.0);
-    assert!(metric(&d, "dnsteer_dnstap_connect_failures_total", &[]) >= 1.0);
-    assert_eq!(metric(&d, "dnsteer_dnstap_frames_total", &[]), 0.0);
+    assert_eq!(d.metric("dnsteer_dnstap_connected", &[]), 0.0);
+    assert!(d.metric("dnsteer_dnstap_connect_failures_total", &[]) >= 1.0);
+    assert_eq!(d.metric("dnsteer_dnstap_frames_total", &[]), 0.0);
     // Logged once, not once per attempt.
     let logged = d.log().matches("dnstap collector unavailable").count();
     assert_eq!(logged, 1, "{}", d.log());
@@ -282,7 +277,7 @@ fn collector_that_never_reads_fills_the_queue_not_the_packet_path() {
     );
     let mut d = Dnsteer::start_on_free_ports(|dns, m| config(dns, m, pdns.addr(), &tap));
     wait_for("dnstap connected", Duration::from_secs(10), || {
-        metric(&d, "dnsteer_dnstap_connected", &[]) == 1.0
+        d.metric("dnsteer_dnstap_connected", &[]) == 1.0
     });
     let pid = d.pid().expect("dnsteer pid");
     let rss_before = rss_kib(pid);
@@ -303,17 +298,12 @@ fn collector_that_never_reads_fills_the_queue_not_the_packet_path() {
         answered, 3000,
         "answers slowed down behind a stuck collector"
     );
-    let full = metric(
-        &d,
-        "dnsteer_dnstap_dropped_total",
-        &[("reason", "queue_full")],
-    );
-    let gone = metric(
-        &d,
+    let full = d.metric("dnsteer_dnstap_dropped_total", &[("reason", "queue_full")]);
+    let gone = d.metric(
         "dnsteer_dnstap_dropped_total",
         &[("reason", "disconnected")],
     );
-    let frames = metric(&d, "dnsteer_dnstap_frames_total", &[]);
+    let frames = d.metric("dnsteer_dnstap_frames_total", &[]);
     eprintln!("stuck collector: frames {frames}, queue_full {full}, disconnected {gone}");
     assert!(
         full > 0.0,
@@ -348,13 +338,13 @@ fn sample_rate_reloads_and_the_socket_needs_a_restart() {
         );
         assert_eq!(answer_rdata(&a), ["192.0.2.10"]);
     };
-    let dropped = |d: &Dnsteer| metric(d, "dnsteer_dnstap_dropped_total", &[]);
+    let dropped = |d: &Dnsteer| d.metric("dnsteer_dnstap_dropped_total", &[]);
     let reload = |d: &Dnsteer, text: &str| {
-        let ok = metric(d, "dnsteer_config_reloads_total", &[("result", "ok")]);
+        let ok = d.metric("dnsteer_config_reloads_total", &[("result", "ok")]);
         d.rewrite_config(text);
         d.signal_hup();
         wait_for("reload applied", Duration::from_secs(10), || {
-            metric(d, "dnsteer_config_reloads_total", &[("result", "ok")]) > ok
+            d.metric("dnsteer_config_reloads_total", &[("result", "ok")]) > ok
         });
     };
     ask(&d);
@@ -363,7 +353,7 @@ fn sample_rate_reloads_and_the_socket_needs_a_restart() {
     reload(&d, &config(dns, metrics, pdns.addr(), &tap("a.sock", 0.0)));
     ask(&d);
     assert_eq!(dropped(&d), 1.0, "sample_rate 0 applied without a restart");
-    assert_eq!(metric(&d, "dnsteer_config_restart_required", &[]), 0.0);
+    assert_eq!(d.metric("dnsteer_config_restart_required", &[]), 0.0);
 
     reload(&d, &config(dns, metrics, pdns.addr(), &tap("b.sock", 0.0)));
     let status = d.get("/status").1;
@@ -371,7 +361,7 @@ fn sample_rate_reloads_and_the_socket_needs_a_restart() {
         status.contains("dnstap.socket/queue/identity/version"),
         "{status}"
     );
-    assert_eq!(metric(&d, "dnsteer_config_restart_required", &[]), 1.0);
+    assert_eq!(d.metric("dnsteer_config_restart_required", &[]), 1.0);
     let status = d.stop().expect("dnsteer exit status");
     assert!(status.success(), "dnsteer exited with {status}");
 }

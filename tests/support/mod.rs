@@ -981,6 +981,14 @@ impl Dnsteer {
             .unwrap_or_else(|e| panic!("GET {path} from dnsteer: {e}\n{}", self.log()))
     }
 
+    /// The sum of `name`'s samples matching `labels` in a fresh `/metrics` scrape (which must
+    /// answer 200).
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "GET /metrics");
+        metric_sum(&body, name, labels)
+    }
+
     /// Replaces dnsteer.toml (the file dnsteer watches) with `config`; add `self.signal_hup()` to
     /// force a reload at once.
     pub fn rewrite_config(&self, config: &str) {
