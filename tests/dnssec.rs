@@ -673,9 +673,21 @@ fn in_process_answers_are_signed_and_validate() {
         );
     }
 
-    // A LUA CNAME asked as A: Unbound follows it (the target is PowerDNS's) and validates both.
+    // A LUA CNAME asked as A: its target is PowerDNS's, so PowerDNS answers (and signs) the
+    // chain, as it does without dnsteer; Unbound validates both RRsets.
     let cn = assert_secure(&s, "cn.signed.test.", RecordType::A, ResponseCode::NoError);
     assert_eq!(rdata_of(&cn, RecordType::A), ["192.0.2.80"], "{cn:?}");
+    let chased_before = s.forwarded_for("cname_chase");
+    let (_, direct) = s.ask_do("cn.signed.test.", RecordType::A, &udp_do());
+    assert_eq!(
+        rdata_of(&direct, RecordType::A),
+        ["192.0.2.80"],
+        "{direct:?}"
+    );
+    assert!(
+        s.forwarded_for("cname_chase") > chased_before,
+        "cn A DO=1 was not forwarded for the chase"
+    );
 
     // PowerDNS's query log: no in-process name was ever asked there, with DO=1 or not; a
     // forwarded NODATA query is (the log works).

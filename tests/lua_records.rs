@@ -204,6 +204,72 @@ fn answers_equal_powerdns_for_deterministic_records() {
     );
 }
 
+/// A LUA CNAME asked for another type: PowerDNS chases the target inside its zones (spec §1).
+/// dnsteer appends in-process targets itself, answers out-of-zone targets with the bare CNAME,
+/// and leaves targets only PowerDNS holds (here a static A, and a name that does not exist:
+/// NXDOMAIN) to PowerDNS.
+#[test]
+fn a_cname_is_chased_like_powerdns_chases_it() {
+    let chained: &[(&str, &str)] = &[
+        ("c-inproc", "'static.lua.test.'"),
+        ("c-chain", "'c-inproc.lua.test.'"),
+        ("c-out", "'www.example.org.'"),
+        ("c-static", "'plain.lua.test.'"),
+        ("c-missing", "'nowhere.lua.test.'"),
+        ("c-nodata", "'one.lua.test.'"),
+    ];
+    let mut zone = zone_text();
+    zone.push_str("plain IN A 192.0.2.77\n");
+    let mut toml = records_toml();
+    for (name, body) in chained {
+        zone.push_str(&format!("{name} 60 IN LUA CNAME \"{body}\"\n"));
+        toml.push_str(&format!(
+            "[[records]]\nname = \"{name}.lua.test.\"\ntype = \"CNAME\"\nttl = 60\nlua = \"{body}\"\n\n"
+        ));
+    }
+    let pdns = Pdns::start(
+        &[("lua.test.", &zone)],
+        &["enable-lua-records=yes", "edns-subnet-processing=yes"],
+    );
+    let (app, _dir) = start_dnsteer(pdns.addr(), &toml);
+    let front = app.dns_addrs[0];
+    let forwarded = || {
+        inproc::metric(
+            &inproc::scrape(&app),
+            "dnsteer_queries_total{transport=\"udp\",decision=\"forwarded\"}",
+        )
+    };
+    for (name, _) in chained {
+        let before = forwarded();
+        let fqdn = format!("{name}.lua.test.");
+        let opts = QueryOpts::udp().ecs("192.0.2.0/24");
+        let direct = dns_query(pdns.addr(), &fqdn, RecordType::A, &opts).unwrap();
+        let via = dns_query(front, &fqdn, RecordType::A, &opts).unwrap();
+        assert_eq!(
+            via.metadata.response_code, direct.metadata.response_code,
+            "{fqdn}"
+        );
+        let named = |m: &Message| {
+            let mut v: Vec<String> = m
+                .answers
+                .iter()
+                .map(|r| format!("{} {} {} {}", r.name, r.ttl, r.record_type(), r.data))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(named(&via), named(&direct), "{fqdn}");
+        assert_eq!(authorities(&via), authorities(&direct), "{fqdn}");
+        let went = forwarded() - before;
+        let want = if matches!(*name, "c-static" | "c-missing") {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(went, want, "{fqdn}: forwarded to PowerDNS");
+    }
+}
+
 #[test]
 fn without_ecs_the_client_is_what_powerdns_would_see_on_the_forward_path() {
     let pdns = Pdns::start(

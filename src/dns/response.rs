@@ -130,6 +130,27 @@ impl<'b> ResponseBuilder<'b> {
         self.ancount = ancount;
     }
 
+    /// Appends an answer record owned by `owner_wire` (uncompressed wire format), e.g. the
+    /// target of a CNAME chased here. Same rules as [`ResponseBuilder::answer`].
+    pub fn answer_owned(&mut self, owner_wire: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
+        let Ok(rdlen) = u16::try_from(rdata.len()) else {
+            return;
+        };
+        let Some(ancount) = self.ancount.checked_add(1) else {
+            return;
+        };
+        let start = self.out.len();
+        self.out.extend_from_slice(owner_wire);
+        push_rr_fixed(self.out, rtype, CLASS_IN, ttl, rdlen);
+        self.out.extend_from_slice(rdata);
+        let len = self.out.len() - start;
+        if self.nscount > 0 {
+            self.out[self.answers_end..].rotate_right(len);
+        }
+        self.answers_end += len;
+        self.ancount = ancount;
+    }
+
     /// Appends an SOA record to the authority section.
     ///
     /// `owner_wire` is written as given (uncompressed wire format).

@@ -388,6 +388,8 @@ fn answer_record(
         ttl: set.ttl,
         n: 0,
         keep: signer.is_some().then_some(&mut *ctx.sign),
+        owner: None,
+        target: CnameTarget::EMPTY,
     };
     let ev = match set.evaluate(&client, &mut sink) {
         Ok(ev) => ev,
@@ -405,7 +407,43 @@ fn answer_record(
             return ControlFlow::Continue(done);
         }
     };
-    let n = sink.n;
+    let mut n = sink.n;
+    let target = sink.target;
+    let mut scope = ev.scope;
+    let mut chased_soa = None;
+    if set.rtype == TYPE_CNAME && q.qtype != TYPE_CNAME && q.qtype != TYPE_ANY && n == 1 {
+        if signer.is_some() {
+            if ctx.snap.dns_zones.slot_of(target.name()) != ZoneSlot::OTHER {
+                return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::CnameChase));
+            }
+        } else {
+            match chase(ctx, &client, q.qtype, target, &mut b) {
+                Chased::End {
+                    pushed,
+                    scope: s,
+                    soa,
+                } => {
+                    n += pushed;
+                    scope = scope.max(s);
+                    chased_soa = soa;
+                }
+                Chased::Forward => return ControlFlow::Break(a.forward()),
+                Chased::Failed(e) => {
+                    let b = ResponseBuilder::new(out, pkt, q, rcode::SERVFAIL, true);
+                    b.finish(a.edns_reply(0), a.max_size);
+                    ctx.log.event(Event::ServFail {
+                        client: a.src_ip,
+                        qname: q.qname,
+                        qtype: q.qtype,
+                        reason: e.kind(),
+                    });
+                    let done =
+                        Answered::new(Decision::Error, rcode::SERVFAIL, 0, AnswerPath::Error);
+                    return ControlFlow::Continue(done);
+                }
+            }
+        }
+    }
     let empty = ev.outcome == Outcome::Empty || n == 0;
     if empty && signer.is_some() {
         return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::Empty));
@@ -427,8 +465,10 @@ fn answer_record(
     }
     if empty && let Some(z) = zone {
         b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
+    } else if let Some(z) = chased_soa {
+        b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
     }
-    let len = b.finish(a.edns_reply(ev.scope), a.max_size);
+    let len = b.finish(a.edns_reply(scope), a.max_size);
     let (d, kind) = match ev.outcome {
         Outcome::Primary => (Decision::Rule, AnswerKind::Primary),
         Outcome::Backup => (Decision::Backup, AnswerKind::Backup),
@@ -622,16 +662,137 @@ struct Sink<'s, 'b> {
     n: u16,
     /// Where RDATAs are kept for signing (a DO=1 answer in a zone signed here).
     keep: Option<&'s mut SignState>,
+    /// Owner of the records pushed (wire format); `None`: the question name.
+    owner: Option<&'s [u8]>,
+    /// The last CNAME pushed, lower-cased: where a chase goes next.
+    target: CnameTarget,
 }
 
 impl AnswerSink for Sink<'_, '_> {
     fn push(&mut self, rtype: u16, rdata: &[u8]) {
-        self.b.answer(rtype, self.ttl, rdata);
+        match self.owner {
+            Some(owner) => self.b.answer_owned(owner, rtype, self.ttl, rdata),
+            None => self.b.answer(rtype, self.ttl, rdata),
+        }
         if let Some(k) = self.keep.as_deref_mut() {
             k.keep(rtype, rdata);
         }
+        if rtype == TYPE_CNAME {
+            self.target = CnameTarget::of(rdata);
+        }
         self.n += 1;
     }
+}
+
+const TYPE_CNAME: u16 = 5;
+const TYPE_ANY: u16 = 255;
+
+/// CNAME targets followed in one answer at most (PowerDNS stops a chain at 10 as well).
+const MAX_CHASE: usize = 10;
+
+/// A CNAME's target name, lower-case wire format, kept without allocating.
+#[derive(Clone, Copy)]
+struct CnameTarget {
+    name: [u8; 255],
+    len: u8,
+}
+
+impl CnameTarget {
+    const EMPTY: CnameTarget = CnameTarget {
+        name: [0; 255],
+        len: 0,
+    };
+
+    /// The RDATA of a CNAME built here is one uncompressed name.
+    fn of(rdata: &[u8]) -> CnameTarget {
+        let mut t = CnameTarget::EMPTY;
+        if let Ok(len) = u8::try_from(rdata.len()) {
+            t.name[..rdata.len()].copy_from_slice(rdata);
+            t.name[..rdata.len()].make_ascii_lowercase();
+            t.len = len;
+        }
+        t
+    }
+
+    fn name(&self) -> &[u8] {
+        &self.name[..usize::from(self.len)]
+    }
+}
+
+/// Where a chase through in-process records ended.
+enum Chased<'t> {
+    /// The answer is complete: `pushed` records of the target(s) were appended (possibly
+    /// none: a target in no zone dnsteer knows is answered as the bare CNAME, as PowerDNS
+    /// answers out-of-zone targets), with `soa` for a target without this type (NODATA).
+    End {
+        pushed: u16,
+        scope: u8,
+        soa: Option<&'t ZoneInfo>,
+    },
+    /// A target in a zone PowerDNS serves but not answered here: PowerDNS answers the whole
+    /// chain (it knows whether the target exists).
+    Forward,
+    Failed(crate::steer::records::EvalError),
+}
+
+/// Follows a LUA CNAME answer to a query of another type, like PowerDNS does inside its own
+/// zones (spec §1 "CNAME chasing"): in-process targets are evaluated and appended here.
+fn chase<'t>(
+    ctx: &Ctx<'t>,
+    client: &Client,
+    qtype: u16,
+    mut target: CnameTarget,
+    b: &mut ResponseBuilder<'_>,
+) -> Chased<'t> {
+    let (mut pushed, mut scope) = (0u16, 0u8);
+    for _ in 0..MAX_CHASE {
+        let name = target.name();
+        let set = match ctx.snap.records.lookup(name, qtype) {
+            Lookup::Hit(set, _) => set,
+            Lookup::NoData(z) => {
+                let soa = Some(z);
+                return Chased::End { pushed, scope, soa };
+            }
+            Lookup::Miss if ctx.snap.dns_zones.slot_of(name) == ZoneSlot::OTHER => {
+                return Chased::End {
+                    pushed,
+                    scope,
+                    soa: None,
+                };
+            }
+            Lookup::Miss => return Chased::Forward,
+        };
+        let mut sink = Sink {
+            b: &mut *b,
+            ttl: set.ttl,
+            n: 0,
+            keep: None,
+            owner: Some(name),
+            target: CnameTarget::EMPTY,
+        };
+        let ev = match set.evaluate(client, &mut sink) {
+            Ok(ev) => ev,
+            Err(e) => return Chased::Failed(e),
+        };
+        let (n, next) = (sink.n, sink.target);
+        pushed += n;
+        scope = scope.max(ev.scope);
+        let kind = match ev.outcome {
+            Outcome::Primary => AnswerKind::Primary,
+            Outcome::Backup => AnswerKind::Backup,
+            Outcome::Empty => AnswerKind::Empty,
+        };
+        set.stats.count(ctx.worker, kind);
+        if set.rtype != TYPE_CNAME || n != 1 {
+            return Chased::End {
+                pushed,
+                scope,
+                soa: None,
+            };
+        }
+        target = next;
+    }
+    Chased::Forward
 }
 
 fn note_truncation(ctx: &Ctx<'_>, out: &[u8], _len: usize) {

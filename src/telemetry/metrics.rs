@@ -285,16 +285,20 @@ pub(crate) enum DnssecForward {
     Empty = 4,
     /// The name is in-process but not with this type: PowerDNS proves the NODATA.
     NoData = 5,
+    /// A LUA CNAME whose target lies in a zone PowerDNS serves: the chased answer holds RRsets
+    /// of other owners, which PowerDNS signs.
+    CnameChase = 6,
 }
 
 impl DnssecForward {
-    pub(crate) const ALL: [DnssecForward; 6] = [
+    pub(crate) const ALL: [DnssecForward; 7] = [
         DnssecForward::NotInProcess,
         DnssecForward::NoKey,
         DnssecForward::KeyNotPublished,
         DnssecForward::WaitingForDnskeyTtl,
         DnssecForward::Empty,
         DnssecForward::NoData,
+        DnssecForward::CnameChase,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -305,6 +309,7 @@ impl DnssecForward {
             DnssecForward::WaitingForDnskeyTtl => "waiting_for_dnskey_ttl",
             DnssecForward::Empty => "empty",
             DnssecForward::NoData => "nodata",
+            DnssecForward::CnameChase => "cname_chase",
         }
     }
 }
