@@ -85,7 +85,7 @@ fn blast(
         let s = &socks[n % socks.len()];
         let (_, wire) = support::build_query(&name, qtype, &QueryOpts::udp().edns(1232));
         let _ = s.send_to(&wire, server);
-        if n % 32 == 0 {
+        if n.is_multiple_of(32) {
             for s in socks {
                 while s.recv(&mut buf).is_ok() {}
             }
