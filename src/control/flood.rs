@@ -460,3 +460,107 @@ fn block_json(b: &Block) -> serde_json::Value {
         "hits": b.hits.load(Ordering::Relaxed),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> FloodConfig {
+        FloodConfig {
+            interval: Duration::from_secs(1),
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            exclude: vec!["198.51.100.0/24".parse().unwrap()],
+            rules: Vec::new(),
+            watched_qtypes: [0, 0],
+        }
+    }
+
+    fn rule(kind: FloodKind, threshold: f64) -> FloodRule {
+        FloodRule {
+            name: "r".into(),
+            kind,
+            threshold,
+            window: Duration::from_secs(2),
+            action: BlockAction::Drop,
+            duration: Duration::from_secs(60),
+        }
+    }
+
+    fn reading(at: Instant) -> Reading {
+        Reading {
+            at,
+            sketches: vec![vec![0; ROWS * WIDTH]; SKETCHES],
+            zones: vec![0; ZONES],
+        }
+    }
+
+    #[test]
+    fn a_prefix_over_the_rate_is_hit_unless_excluded() {
+        let c = cfg();
+        let t0 = Instant::now();
+        let (old, mut now) = (reading(t0), reading(t0 + Duration::from_secs(2)));
+        let heavy = flood_counts::source_key("192.0.2.9".parse().unwrap(), &c);
+        let light = flood_counts::source_key("203.0.113.9".parse().unwrap(), &c);
+        let excluded = flood_counts::source_key("198.51.100.9".parse().unwrap(), &c);
+        for (key, n) in [(heavy, 100), (light, 10), (excluded, 100)] {
+            for cell in flood_counts::cells(key).0 {
+                now.sketches[Measure::Nxdomain as usize][cell] += n;
+            }
+        }
+        let mut candidates = vec![HashSet::new(); SKETCHES];
+        candidates[Measure::Nxdomain as usize].extend([heavy, light, excluded]);
+        let hits = prefix_hits(
+            &rule(FloodKind::Nxdomain, 20.0),
+            &c,
+            &old,
+            &now,
+            &candidates,
+            2.0,
+        );
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].0, Target::Prefix("192.0.2.0/24".parse().unwrap()));
+        assert!((hits[0].2 - 50.0).abs() < 1e-9);
+        // The same counts measured by another sketch: nothing.
+        let bytes = prefix_hits(
+            &rule(FloodKind::Bytes, 20.0),
+            &c,
+            &old,
+            &now,
+            &candidates,
+            2.0,
+        );
+        assert!(bytes.is_empty());
+    }
+
+    #[test]
+    fn a_zone_over_the_rate_gets_an_uncached_block_and_windows_pick_their_base() {
+        let t0 = Instant::now();
+        let (old, mut now) = (reading(t0), reading(t0 + Duration::from_secs(1)));
+        let names: Vec<String> = ["other", "dropped", "a.test.", "b.test."]
+            .map(String::from)
+            .to_vec();
+        now.zones[2] = 500;
+        now.zones[3] = 5;
+        now.zones[0] = 10_000;
+        let hits = zone_hits(
+            &rule(FloodKind::ZoneNxdomain, 100.0),
+            &old,
+            &now,
+            1.0,
+            &names,
+        );
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].0, Target::Suffix("a.test.".into()));
+        assert_eq!(hits[0].1, Scope::Uncached);
+
+        let history: VecDeque<Reading> = (0..5)
+            .map(|i| reading(t0 + Duration::from_secs(i)))
+            .collect();
+        let at = t0 + Duration::from_secs(5);
+        let base = base_reading(&history, at, Duration::from_secs(2)).unwrap();
+        assert_eq!(base.at, t0 + Duration::from_secs(3));
+        let base = base_reading(&history, at, Duration::from_secs(60)).unwrap();
+        assert_eq!(base.at, t0, "the oldest while history is short");
+    }
+}
