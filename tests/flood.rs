@@ -485,4 +485,18 @@ fn the_control_api_needs_the_token_and_its_blocks_take_effect() {
         !log.contains(token) && !status.contains(token),
         "the token is never shown"
     );
+
+    // A new token in the file takes over on reload (the config text itself is unchanged).
+    let rotated = "rotated-token-0123456789abcdef";
+    std::fs::write(&token_file, rotated).unwrap();
+    d.signal_hup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http(admin, "GET", "/blocks", Some(rotated)).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated token was not picked up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http(admin, "GET", "/blocks", Some(token)).0, 401);
 }
