@@ -19,6 +19,10 @@ use crate::state::Shared;
 use crate::telemetry::flood_counts::{self, Measure, ROWS, SKETCHES, WIDTH, ZONES};
 use crate::telemetry::metrics::{family, scalar};
 
+/// Most blocks in force at once (rule and operator): the block table's memory bound. A rule
+/// hit beyond it is skipped (counted as `full`); an operator gets an error.
+pub(crate) const MAX_BLOCKS: usize = 65_536;
+
 /// A change to the block list (counted and logged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Change {
@@ -26,14 +30,17 @@ pub(crate) enum Change {
     OperatorAdded = 1,
     OperatorRemoved = 2,
     Expired = 3,
+    /// A rule hit dropped because the list was full.
+    Full = 4,
 }
 
 impl Change {
-    const ALL: [Change; 4] = [
+    const ALL: [Change; 5] = [
         Change::RuleAdded,
         Change::OperatorAdded,
         Change::OperatorRemoved,
         Change::Expired,
+        Change::Full,
     ];
 
     fn label(self) -> &'static str {
@@ -42,6 +49,7 @@ impl Change {
             Change::OperatorAdded => "operator_added",
             Change::OperatorRemoved => "operator_removed",
             Change::Expired => "expired",
+            Change::Full => "full",
         }
     }
 }
@@ -51,7 +59,7 @@ impl Change {
 pub(crate) struct Flood {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
-    changes: [AtomicU64; 4],
+    changes: [AtomicU64; 5],
     /// Requests to the block endpoints refused for a missing or wrong token.
     pub(crate) auth_failures: AtomicU64,
 }
@@ -160,6 +168,10 @@ impl Flood {
         {
             return false;
         }
+        if inner.blocks.len() >= MAX_BLOCKS {
+            self.changes[Change::Full as usize].fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
         let b = self.block(
             NewBlock {
                 target,
@@ -198,19 +210,23 @@ impl Flood {
         })
     }
 
-    /// An operator's block (replacing one for the same target and scope); its id.
-    pub(crate) fn add(&self, shared: &Shared, n: NewBlock) -> u64 {
+    /// An operator's block (replacing one for the same target and scope); its id, or None
+    /// when [`MAX_BLOCKS`] are in force.
+    pub(crate) fn add(&self, shared: &Shared, n: NewBlock) -> Option<u64> {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let b = self.block(n, "operator".into(), Instant::now());
         inner
             .blocks
             .retain(|o| !(o.target == b.target && o.scope == b.scope));
+        if inner.blocks.len() >= MAX_BLOCKS {
+            return None;
+        }
         log_change(Change::OperatorAdded, &b);
         self.changes[Change::OperatorAdded as usize].fetch_add(1, Ordering::Relaxed);
         let id = b.id;
         inner.blocks.push(b);
         publish(shared, &inner.blocks);
-        id
+        Some(id)
     }
 
     /// Lifts block `id`; false if there is none.

@@ -76,10 +76,13 @@ fn list(ctl: &Control) -> (StatusCode, &'static str, String) {
 /// `POST /blocks?prefix=NET|suffix=NAME&duration=D[&action=A][&scope=all|uncached][&reason=T]`.
 fn add(query: &str, ctl: &Control) -> (StatusCode, &'static str, String) {
     match new_block(query) {
-        Ok(n) => {
-            let id = ctl.flood.add(&ctl.data, n);
-            json(StatusCode::CREATED, serde_json::json!({"id": id}))
-        }
+        Ok(n) => match ctl.flood.add(&ctl.data, n) {
+            Some(id) => json(StatusCode::CREATED, serde_json::json!({"id": id})),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the block list is full: lift some blocks first\n",
+            ),
+        },
         Err(m) => text(StatusCode::BAD_REQUEST, m),
     }
 }
