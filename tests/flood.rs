@@ -259,13 +259,13 @@ fn per_prefix_rules_block_their_source_spare_excluded_ones_and_expire() {
                  action = \"refused\"\nduration = \"3s\"\n\
                  [[flood.rules]]\nname = \"any\"\nkind = \"qtype\"\nqtype = \"ANY\"\nthreshold = 20\n\
                  window = \"1s\"\naction = \"drop\"\nduration = \"3s\"\n\
-                 [[flood.rules]]\nkind = \"bytes\"\nthreshold = 40000\nwindow = \"1s\"\n\
+                 [[flood.rules]]\nkind = \"bytes\"\nthreshold = 30000\nwindow = \"1s\"\n\
                  action = \"truncate\"\nduration = \"3s\"\n",
         )
     });
     let front = d.dns_addr();
     // Each offender: 100 queries/s for 1.5 s. The bytes offender asks for a ~700-byte TXT
-    // (70 kB/s); the others' answers stay far under 40 kB/s.
+    // (70 kB/s); the others' answers stay under 30 kB/s.
     let nx = sockets([ip("127.0.10.1"), ip("127.0.10.2")]);
     let any = sockets([ip("127.0.20.1")]);
     let big = sockets([ip("127.0.30.1")]);
