@@ -72,6 +72,7 @@ fn ctx_for<'a>(
         sign,
         cache: None,
         tap: None,
+        blocks: None,
     }
 }
 

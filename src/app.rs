@@ -223,6 +223,7 @@ fn first_state(
             .map(Dnstap::start)
             .transpose()
             .map_err(StartError::Runtime)?,
+        blocks: Arc::default(),
     });
     let ctl = Arc::new(Control {
         data: shared.clone(),
@@ -238,6 +239,7 @@ fn first_state(
         transfers,
         own_keys: crate::control::own_key::OwnKeys::default(),
         history: crate::control::history::History::default(),
+        flood: crate::control::flood::Flood::default(),
     });
     Ok((ctl, notify_rx))
 }
@@ -297,6 +299,7 @@ fn spawn_control_tasks(
     control.spawn(crate::control::own_key_loop::run(ctl.clone()));
     control.spawn(crate::control::log_block_ends(shared.clone()));
     control.spawn(crate::control::history::run(ctl.clone()));
+    control.spawn(crate::control::flood::run(ctl.clone()));
 }
 
 async fn rt_spawn_reload(ctl: Arc<Control>, path: PathBuf) -> Result<bool, String> {

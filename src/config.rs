@@ -107,6 +107,10 @@ pub struct Config {
     pub(crate) zones: ZonesConfig,
     pub dnssec: DnssecConfig,
     pub records: Vec<RecordSpec>,
+    /// `[flood]`: flood rules and the blocks they make (hot-reloaded).
+    pub flood: FloodConfig,
+    /// `[metrics].admin_token_file` and `blocks_read_open`: who may use the block endpoints.
+    pub(crate) admin: AdminAccess,
     /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
     /// case a change event was missed.
     pub(crate) reload_poll: Duration,
@@ -467,6 +471,8 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     dnstap: Option<Spanned<RawDnstap>>,
+    #[serde(default)]
+    flood: RawFlood,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -521,6 +527,8 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: S<String>,
+    admin_token_file: S<String>,
+    blocks_read_open: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -774,6 +782,8 @@ impl Config {
             }),
             probes: v.probes(&raw.probes)?,
             records: v.records(&raw.records)?,
+            flood: v.flood(&raw.flood)?,
+            admin: v.admin(&raw.metrics, base)?,
             reload_poll: v.dur(
                 &raw.reload.poll_interval,
                 "reload.poll_interval",
@@ -1656,6 +1666,330 @@ impl Validator<'_> {
             });
         }
         Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// [flood] and admin access (flood rules, runtime blocks)
+// ---------------------------------------------------------------------------------------------
+
+/// Most distinct `qtype` values the `qtype` flood rules may watch (each has its own sketch).
+pub const MAX_FLOOD_QTYPES: usize = 2;
+
+/// `[flood]`: rules the control plane evaluates every `interval` over per-worker counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodConfig {
+    /// How often the rules are evaluated (and expired blocks removed).
+    pub interval: Duration,
+    /// Sources are counted and blocked by prefix: this many leading bits of an IPv4 address.
+    pub ipv4_prefix: u8,
+    /// And of an IPv6 address (at most 64: a prefix is counted as one 64-bit key).
+    pub ipv6_prefix: u8,
+    /// Sources never blocked by a rule (operators may still block them).
+    pub exclude: Vec<IpNet>,
+    pub rules: Vec<FloodRule>,
+    /// The qtypes of `qtype` rules, 0 = unused slot (the packet path compares against these).
+    pub watched_qtypes: [u16; MAX_FLOOD_QTYPES],
+}
+
+impl FloodConfig {
+    /// Whether workers count anything at all (no rules: the packet path skips the sketches).
+    pub fn counting(&self) -> bool {
+        !self.rules.is_empty()
+    }
+}
+
+/// One `[[flood.rules]]` entry: over `threshold` per second (averaged over `window`) → a block
+/// with `action` for `duration`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodRule {
+    /// Shown as the block's origin (`rule:<name>`); defaults to the kind's label.
+    pub name: String,
+    pub kind: FloodKind,
+    pub threshold: f64,
+    pub window: Duration,
+    pub action: BlockAction,
+    pub duration: Duration,
+}
+
+/// What a flood rule measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FloodKind {
+    /// NXDOMAIN answers per source prefix.
+    Nxdomain,
+    /// NXDOMAIN answers from PowerDNS per zone, from all sources (random-subdomain attacks):
+    /// the block covers the zone's names that would go to PowerDNS uncached.
+    ZoneNxdomain,
+    /// Response bytes per source prefix.
+    Bytes,
+    /// Queries of one type per source prefix (`qtype`; its index in `watched_qtypes`).
+    Qtype(u16, usize),
+}
+
+impl FloodKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            FloodKind::Nxdomain => "nxdomain",
+            FloodKind::ZoneNxdomain => "zone_nxdomain",
+            FloodKind::Bytes => "bytes",
+            FloodKind::Qtype(..) => "qtype",
+        }
+    }
+}
+
+/// What a block does to a matching query (a source not proven by TCP or a server cookie).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockAction {
+    Drop,
+    Refused,
+    /// An empty answer with TC=1: real clients retry over TCP, which is never blocked.
+    Truncate,
+    /// Answered from the packet cache when it holds the answer, REFUSED otherwise.
+    CacheOnly,
+}
+
+impl BlockAction {
+    pub const ALL: [BlockAction; 4] = [
+        BlockAction::Drop,
+        BlockAction::Refused,
+        BlockAction::Truncate,
+        BlockAction::CacheOnly,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            BlockAction::Drop => "drop",
+            BlockAction::Refused => "refused",
+            BlockAction::Truncate => "truncate",
+            BlockAction::CacheOnly => "cache_only",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<BlockAction> {
+        BlockAction::ALL.into_iter().find(|a| a.label() == s)
+    }
+}
+
+/// A bearer token read from a file; never printed (`Debug` shows its length only).
+#[derive(Clone, PartialEq)]
+pub(crate) struct Secret(pub(crate) Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// Who may use the block endpoints of the admin listener.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct AdminAccess {
+    /// `[metrics].admin_token_file`'s content (trimmed); None: the write endpoints do not exist.
+    pub(crate) token: Option<Secret>,
+    /// `[metrics].blocks_read_open`: `GET /blocks` without the token.
+    pub(crate) blocks_read_open: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlood {
+    interval: S<String>,
+    ipv4_prefix: S<i64>,
+    ipv6_prefix: S<i64>,
+    exclude: S<Vec<String>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawFloodRule>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFloodRule {
+    name: S<String>,
+    kind: S<String>,
+    qtype: S<String>,
+    threshold: S<f64>,
+    window: S<String>,
+    action: S<String>,
+    duration: S<String>,
+}
+
+/// Query type code of a flood rule's `qtype` (a mnemonic or `TYPEn`).
+fn flood_qtype(s: &str) -> Option<u16> {
+    const NAMES: [(&str, u16); 14] = [
+        ("A", 1),
+        ("NS", 2),
+        ("CNAME", 5),
+        ("SOA", 6),
+        ("PTR", 12),
+        ("MX", 15),
+        ("TXT", 16),
+        ("AAAA", 28),
+        ("SRV", 33),
+        ("DS", 43),
+        ("RRSIG", 46),
+        ("DNSKEY", 48),
+        ("HTTPS", 65),
+        ("ANY", 255),
+    ];
+    let s = s.to_ascii_uppercase();
+    if let Some(n) = s.strip_prefix("TYPE") {
+        return n.parse().ok();
+    }
+    NAMES.iter().find(|(n, _)| *n == s).map(|&(_, c)| c)
+}
+
+impl Validator<'_> {
+    fn flood(&self, f: &RawFlood) -> Result<FloodConfig, ConfigError> {
+        let mut watched = [0u16; MAX_FLOOD_QTYPES];
+        let mut rules = Vec::with_capacity(f.rules.len());
+        for (i, r) in f.rules.iter().enumerate() {
+            rules.push(self.flood_rule(i, r, &mut watched)?);
+        }
+        Ok(FloodConfig {
+            interval: self.dur(
+                &f.interval,
+                "flood.interval",
+                "1s",
+                Duration::from_millis(100),
+            )?,
+            ipv4_prefix: self.int(&f.ipv4_prefix, "flood.ipv4_prefix", 32, 8, 32)? as u8,
+            ipv6_prefix: self.int(&f.ipv6_prefix, "flood.ipv6_prefix", 56, 16, 64)? as u8,
+            exclude: match &f.exclude {
+                None => Vec::new(),
+                Some(e) => self.nets(e, "flood.exclude")?,
+            },
+            rules,
+            watched_qtypes: watched,
+        })
+    }
+
+    fn flood_rule(
+        &self,
+        i: usize,
+        r: &Spanned<RawFloodRule>,
+        watched: &mut [u16; MAX_FLOOD_QTYPES],
+    ) -> Result<FloodRule, ConfigError> {
+        let key = |k: &str| format!("flood.rules[{i}].{k}");
+        let raw = r.get_ref();
+        let Some(kind) = &raw.kind else {
+            return self.err(r.span(), &key("kind"), "is required");
+        };
+        let kind = match (kind.get_ref().as_str(), &raw.qtype) {
+            ("nxdomain", None) => FloodKind::Nxdomain,
+            ("zone_nxdomain", None) => FloodKind::ZoneNxdomain,
+            ("bytes", None) => FloodKind::Bytes,
+            ("qtype", Some(q)) => {
+                let code = flood_qtype(q.get_ref()).map_or_else(
+                    || {
+                        self.err(
+                            q.span(),
+                            &key("qtype"),
+                            format!("\"{}\" is not a query type", q.get_ref()),
+                        )
+                    },
+                    Ok,
+                )?;
+                let Some(slot) = watched.iter().position(|&w| w == code || w == 0) else {
+                    return self.err(
+                        q.span(),
+                        &key("qtype"),
+                        format!("at most {MAX_FLOOD_QTYPES} distinct query types can be watched"),
+                    );
+                };
+                watched[slot] = code;
+                FloodKind::Qtype(code, slot)
+            }
+            ("qtype", None) => {
+                return self.err(r.span(), &key("qtype"), "is required for kind \"qtype\"");
+            }
+            ("nxdomain" | "zone_nxdomain" | "bytes", Some(q)) => {
+                return self.err(q.span(), &key("qtype"), "only applies to kind \"qtype\"");
+            }
+            (other, _) => {
+                return self.err(
+                    kind.span(),
+                    &key("kind"),
+                    format!(
+                        "\"{other}\" is not \"nxdomain\", \"zone_nxdomain\", \"bytes\" or \"qtype\""
+                    ),
+                );
+            }
+        };
+        let Some(threshold) = &raw.threshold else {
+            return self.err(r.span(), &key("threshold"), "is required");
+        };
+        let t = *threshold.get_ref();
+        if !(t.is_finite() && t > 0.0) {
+            return self.err(
+                threshold.span(),
+                &key("threshold"),
+                "must be a positive number (per second)",
+            );
+        }
+        let action = match &raw.action {
+            None => BlockAction::Refused,
+            Some(a) => BlockAction::parse(a.get_ref()).map_or_else(
+                || {
+                    self.err(
+                        a.span(),
+                        &key("action"),
+                        format!(
+                            "\"{}\" is not \"drop\", \"refused\", \"truncate\" or \"cache_only\"",
+                            a.get_ref()
+                        ),
+                    )
+                },
+                Ok,
+            )?,
+        };
+        let window = self.dur(&raw.window, &key("window"), "10s", Duration::from_secs(1))?;
+        if window > Duration::from_secs(600) {
+            return self.err(r.span(), &key("window"), "must be at most 10m");
+        }
+        Ok(FloodRule {
+            name: raw
+                .name
+                .as_ref()
+                .map_or_else(|| kind.label().to_string(), |n| n.get_ref().clone()),
+            kind,
+            threshold: t,
+            window,
+            action,
+            duration: self.dur(
+                &raw.duration,
+                &key("duration"),
+                "60s",
+                Duration::from_secs(1),
+            )?,
+        })
+    }
+
+    fn admin(&self, m: &RawMetrics, base: &Path) -> Result<AdminAccess, ConfigError> {
+        let token = match &m.admin_token_file {
+            None => None,
+            Some(p) => {
+                let path = resolve_path(base, p.get_ref());
+                let text = std::fs::read(&path).or_else(|e| {
+                    self.err(
+                        p.span(),
+                        "metrics.admin_token_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let token = text.trim_ascii().to_vec();
+                if token.len() < 16 {
+                    return self.err(
+                        p.span(),
+                        "metrics.admin_token_file",
+                        "the token must be at least 16 bytes",
+                    );
+                }
+                Some(Secret(token))
+            }
+        };
+        Ok(AdminAccess {
+            token,
+            blocks_read_open: m.blocks_read_open.unwrap_or(false),
+        })
     }
 }
 

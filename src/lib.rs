@@ -6,8 +6,8 @@
 //! - `server/`: sockets, worker threads, the UDP front end and batched syscalls, TCP, and the
 //!   per-query `pipeline` (limit → parse → decide → answer or forward);
 //! - `state`: the immutable snapshot the packet path reads, and the handles it shares;
-//! - `ratelimit`: per-source limiter; `steer/`: compiled LUA records, probes, GeoIP, hashes;
-//!   `forward/`: the PowerDNS pool;
+//! - `ratelimit`: per-source limiter; `flood`: the block table flood rules publish;
+//!   `steer/`: compiled LUA records, probes, GeoIP, hashes; `forward/`: the PowerDNS pool;
 //! - `telemetry/`: per-worker metrics and the sampled query log;
 //! - `dns/`: the wire layer; `dnssec/`: keys, RRSIGs and the signature cache (online signing);
 //!   `config`: the validated configuration;
@@ -26,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod dns;
 pub mod dnssec;
+pub mod flood;
 pub mod forward;
 pub mod ratelimit;
 pub mod server;

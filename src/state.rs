@@ -58,6 +58,8 @@ pub struct Shared {
     pub(crate) cache: Option<PacketCache>,
     /// dnstap output (`[dnstap]`; None: off).
     pub(crate) dnstap: Option<Dnstap>,
+    /// Active flood blocks (`[flood]` rules and operators), published by `control::flood`.
+    pub(crate) blocks: Arc<ArcSwap<crate::flood::BlockTable>>,
 }
 
 /// Connection counts shared by all workers (touched on accept and close only).

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["dns", "dnssec"],
     &["config"],
     &["telemetry"],
-    &["ratelimit", "steer", "forward"],
+    &["ratelimit", "flood", "steer", "forward"],
     &["state"],
     &["server"],
     &["control"],

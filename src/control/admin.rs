@@ -1,7 +1,7 @@
 //! Operator HTTP endpoints on `[metrics].listen`: `/` (the status page, `status_page`),
 //! `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz` (first probe round done,
-//! sockets bound, not draining) and `/status` (JSON). Runs on the control-plane runtime, never
-//! on a worker.
+//! sockets bound, not draining), `/status` (JSON) and `/blocks` (flood blocks, `flood_api`).
+//! Runs on the control-plane runtime, never on a worker.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,7 +41,19 @@ pub(crate) async fn serve(listener: TcpListener, ctl: Arc<Control>) {
 }
 
 fn route(req: &Request<Incoming>, ctl: &Control) -> Response<Full<Bytes>> {
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/blocks" || path.starts_with("/blocks/") {
+        let (code, ctype, body) = super::flood_api::handle(req, ctl);
+        let mut r = reply(code, ctype, body);
+        if code == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                hyper::header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        return r;
+    }
+    match path {
         "/" => status_page::reply(),
         "/metrics" => reply(
             StatusCode::OK,
@@ -98,6 +110,7 @@ pub(crate) fn gather(ctl: &Control) -> Vec<MetricFamily> {
     out.extend(snap.records.families());
     out.extend(data.log.families());
     out.extend(crate::telemetry::dnstap::families(data.dnstap.as_ref()));
+    out.extend(ctl.flood.families(data));
     out.extend(control_families(ctl));
     out
 }
@@ -189,6 +202,7 @@ fn status_json(ctl: &Control) -> String {
         "dnssec": dnssec_status(&snap, &ctl.own_keys),
         "left_to_powerdns": left_to_powerdns(ctl),
         "ratelimit": ratelimit_status(&snap, &ctl.data.limiter),
+        "flood": ctl.flood.status(&snap.config.flood),
         "logging": {
             "query_sample_rate": snap.config.logging.query_sample_rate,
             "event_rate_limit": snap.config.logging.event_rate_limit,

@@ -3,6 +3,8 @@
 
 pub(crate) mod admin;
 pub mod build;
+pub(crate) mod flood;
+pub(crate) mod flood_api;
 pub(crate) mod history;
 pub mod own_key;
 pub(crate) mod own_key_loop;
@@ -53,6 +55,8 @@ pub(crate) struct Control {
     pub(crate) own_keys: own_key::OwnKeys,
     /// Recent query rate and latency, for the status page.
     pub(crate) history: history::History,
+    /// Flood rules' state and the block list (`[flood]`, `/blocks`).
+    pub(crate) flood: flood::Flood,
 }
 
 pub fn unix_now() -> u64 {

@@ -208,6 +208,8 @@ impl Worker {
             sign: &mut sign,
             cache: self.shared.cache.as_ref(),
             tap: self.shared.dnstap.as_ref(),
+            // Only TCP comes here: a proven source, never blocked.
+            blocks: None,
         };
         pipeline::handle(&mut ctx, pkt, from, t, received, out)
     }

@@ -9,9 +9,10 @@ use std::ops::ControlFlow;
 
 use tokio::time::Instant;
 
-use crate::config::LimitAction;
+use crate::config::{BlockAction, LimitAction};
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::dnssec::SignerState;
+use crate::flood::BlockTable;
 use crate::forward::cache::{PacketCache, Served};
 use crate::ratelimit::{RateLimiter, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
@@ -21,6 +22,7 @@ use crate::steer::records::{AnswerKind, AnswerSink, Client, Lookup, Outcome, Rec
 use crate::telemetry::Report;
 use crate::telemetry::dns_metrics::{AnswerPath, Site, ZoneSlot};
 use crate::telemetry::dnstap::Dnstap;
+use crate::telemetry::flood_counts::source_key;
 use crate::telemetry::metrics::{
     Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
 };
@@ -58,6 +60,8 @@ pub struct Ctx<'a> {
     pub cache: Option<&'a PacketCache>,
     /// dnstap output (None: `[dnstap]` off).
     pub tap: Option<&'a Dnstap>,
+    /// Flood blocks in force (None on TCP: a TCP source is proven, blocks never apply).
+    pub blocks: Option<&'a BlockTable>,
 }
 
 /// Latency accounting for in-process answers.
@@ -116,6 +120,12 @@ fn counted(
     if let Action::Reply = action {
         let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
         ctx.metrics.dns.response(site, rc, path, out.len());
+        let flood = &ctx.snap.config.flood;
+        if flood.counting() {
+            ctx.metrics
+                .flood
+                .response(source_key(src_ip, flood), rc, out.len());
+        }
     }
     action
 }
@@ -173,8 +183,22 @@ fn decide(
         },
         udp_size: ctx.max_udp_payload,
         dnssec_ok,
+        source_proven: t == Transport::Tcp,
     };
-    match answer(ctx, &asked, received, out) {
+    let flood = &ctx.snap.config.flood;
+    if flood.counting() {
+        let key = source_key(src_ip, flood);
+        ctx.metrics.flood.query(key, q.qtype, flood);
+    }
+    let blocked = match ctx.blocks {
+        Some(b) if !asked.source_proven => b.check(src_ip, q.qname.as_bytes(), received),
+        _ => None,
+    };
+    let step = match blocked.map(|b| b.action) {
+        Some(action) => flood_block(ctx, &asked, action, received, out),
+        None => answer(ctx, &asked, received, out),
+    };
+    match step {
         ControlFlow::Continue(done) => {
             account_answer(ctx, &asked, done, received);
             (Action::Reply, done.path)
@@ -216,6 +240,8 @@ struct Asked<'q> {
     /// Our EDNS UDP size.
     udp_size: u16,
     dnssec_ok: bool,
+    /// TCP, or a valid server cookie: flood blocks do not apply.
+    source_proven: bool,
 }
 
 impl Asked<'_> {
@@ -312,16 +338,21 @@ fn answer(
 ) -> ControlFlow<(Action, AnswerPath), Answered> {
     let q = a.q;
     let lookup = ctx.snap.records.lookup(q.qname.as_bytes(), q.qtype);
-    if let Lookup::Miss = lookup
-        && let Some(served) = from_cache(ctx, a, received, out)
-    {
-        note_truncation(ctx, out, 0);
-        let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
-        let answers = out
-            .get(6..8)
-            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        let done = Answered::new(Decision::Cache, rc, answers, served_path(served));
-        return ControlFlow::Continue(done);
+    if let Lookup::Miss = lookup {
+        if let Some(done) = cached(ctx, a, received, out) {
+            return ControlFlow::Continue(done);
+        }
+        // Bound for PowerDNS: a zone under a random-subdomain flood stops here.
+        if let Some(blocks) = ctx.blocks
+            && !a.source_proven
+            && let Some(b) = blocks.check_uncached(q.qname.as_bytes(), received)
+        {
+            let action = match b.action {
+                BlockAction::CacheOnly => BlockAction::Refused,
+                other => other,
+            };
+            return flood_block(ctx, a, action, received, out);
+        }
     }
     ControlFlow::Continue(match lookup {
         Lookup::Miss if a.dnssec_ok => {
@@ -348,6 +379,57 @@ fn answer(
             b.authority_soa(&z.apex_wire, z.negative_ttl, &z.soa_rdata);
             b.finish(a.edns_reply(0), a.max_size);
             Answered::new(Decision::Empty, rcode::NOERROR, 0, AnswerPath::InProcess)
+        }
+    })
+}
+
+/// `a` answered from the packet cache into `out`, if it holds the answer.
+#[inline]
+fn cached(ctx: &Ctx<'_>, a: &Asked<'_>, received: Instant, out: &mut Vec<u8>) -> Option<Answered> {
+    let served = from_cache(ctx, a, received, out)?;
+    note_truncation(ctx, out, 0);
+    let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
+    let answers = out
+        .get(6..8)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    Some(Answered::new(
+        Decision::Cache,
+        rc,
+        answers,
+        served_path(served),
+    ))
+}
+
+/// A flood block's `action` on `a` (from a source not proven): dropped, REFUSED, TC=1, or
+/// (`cache_only`) the packet cache's answer when it has one.
+#[cold]
+fn flood_block(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    action: BlockAction,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> ControlFlow<(Action, AnswerPath), Answered> {
+    ctx.metrics.flood.blocked[action as usize].inc();
+    if action == BlockAction::CacheOnly
+        && let Some(done) = cached(ctx, a, received, out)
+    {
+        return ControlFlow::Continue(done);
+    }
+    ctx.metrics.query(a.t, Decision::Limited);
+    let (pkt, t) = (a.pkt, a.t);
+    ControlFlow::Break(match action {
+        BlockAction::Drop => {
+            ctx.metrics.dropped(DropReason::RateLimited);
+            (Action::Drop, AnswerPath::RateLimited)
+        }
+        BlockAction::Truncate => {
+            let action = reply_error(ctx, pkt, rcode::NOERROR, true, t, out);
+            (action, AnswerPath::RateLimited)
+        }
+        BlockAction::Refused | BlockAction::CacheOnly => {
+            let action = reply_error(ctx, pkt, rcode::REFUSED, false, t, out);
+            (action, AnswerPath::RateLimited)
         }
     })
 }
@@ -589,6 +671,14 @@ pub(crate) fn forwarded_done(
         zone,
     };
     metrics.dns.response(site, rc, path, response.len());
+    let flood = &snap.config.flood;
+    if flood.counting() {
+        let key = source_key(client.to_canonical(), flood);
+        metrics.flood.response(key, rc, response.len());
+        if rc == rcode::NXDOMAIN && path == AnswerPath::Forwarded {
+            metrics.flood.zone_nxdomain(zone);
+        }
+    }
     let latency = received.elapsed().as_nanos() as u64;
     metrics.latency[Path::Forwarded as usize].observe_ns(latency);
     if sampled {

@@ -18,10 +18,12 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::dns::{self, Added, rcode};
+use crate::flood::BlockTable;
 use crate::forward::udp::{MAX_PENDING_PER_SERVER, UdpUpstreams};
 use crate::forward::upstream::{ForwardError, Pending, UdpClient, UpstreamSet};
 use crate::server::pipeline::{self, Action, Ctx, Latency};
@@ -155,6 +157,8 @@ struct Clients<'a> {
     sampler: Sampler,
     sign: SignState,
     queries: Box<RecvBatch>,
+    /// This thread's view of the flood block table.
+    blocks: arc_swap::Cache<Arc<ArcSwap<BlockTable>>, Arc<BlockTable>>,
 }
 
 impl<'a> Clients<'a> {
@@ -166,6 +170,7 @@ impl<'a> Clients<'a> {
             sampler: Sampler::default(),
             sign: SignState::for_thread(shared),
             queries: Box::new(RecvBatch::default()),
+            blocks: arc_swap::Cache::new(shared.blocks.clone()),
         }
     }
 
@@ -186,6 +191,7 @@ impl<'a> Clients<'a> {
             sign: &mut self.sign,
             cache: self.shared.cache.as_ref(),
             tap: self.shared.dnstap.as_ref(),
+            blocks: Some(&**self.blocks.load()),
         };
         fw.client_queries(&mut ctx, &mut self.queries, now);
         match ctx.latency {

@@ -30,6 +30,12 @@ impl ZoneSlot {
     pub const OTHER: ZoneSlot = ZoneSlot(0);
     /// A packet not parsed (rate-limited before parsing, malformed): CoreDNS's `dropped`.
     pub const DROPPED: ZoneSlot = ZoneSlot(1);
+
+    /// Index into per-zone arrays (`< MAX_ZONES + 2`).
+    #[inline]
+    pub(crate) fn index(self) -> usize {
+        usize::from(self.0)
+    }
 }
 
 /// Query types with their own `type` label (CoreDNS's set plus NAPTR, SVCB, HTTPS, CAA);
@@ -312,6 +318,11 @@ impl ZoneTable {
             lengths,
             registry,
         }
+    }
+
+    /// The zone name of every slot in use, by slot index (`other`, `dropped`, then apexes).
+    pub(crate) fn slot_names(&self) -> Vec<String> {
+        self.registry.labels()
     }
 
     /// The slot of the longest apex that is `qname` (lower-case wire format) or one of its

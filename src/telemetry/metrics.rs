@@ -225,6 +225,8 @@ pub struct WorkerMetrics {
     pub(crate) cache_skipped: [Cnt; CacheSkip::ALL.len()],
     /// The `dnsteer_dns_*` families (CoreDNS's shape).
     pub(crate) dns: DnsCounters,
+    /// Sketches the flood rules read (`control::flood`).
+    pub(crate) flood: crate::telemetry::flood_counts::FloodCounts,
 }
 
 /// Why an answer from PowerDNS was not put in the packet cache.
@@ -371,6 +373,18 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let threads: Vec<&DnsCounters> = workers.iter().map(|w| &w.dns).collect();
         dns_metrics::families(&threads, zones)
+    }
+
+    /// Runs `f` on every worker's counters (the control plane's reads of the flood sketches).
+    pub(crate) fn each(&self, mut f: impl FnMut(&WorkerMetrics)) {
+        for w in self
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            f(w);
+        }
     }
 
     /// Total queries seen (all transports and decisions); used by tests and `/status`.

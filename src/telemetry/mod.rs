@@ -3,6 +3,7 @@
 
 pub mod dns_metrics;
 pub mod dnstap;
+pub mod flood_counts;
 pub mod metrics;
 pub(crate) mod prom;
 pub mod querylog;
