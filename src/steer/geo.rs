@@ -48,6 +48,12 @@ pub enum GeoError {
          pickclosest needs a City-format database (GeoLite2-City, GeoIP2-City)"
     )]
     NotCity { path: String, database_type: String },
+    /// `asn_database` is a valid MaxMind DB without autonomous system numbers.
+    #[error(
+        "{path}: database type \"{database_type}\" carries no autonomous_system_number; \
+         asn_database needs a GeoLite2-ASN format database"
+    )]
+    NotAsn { path: String, database_type: String },
 }
 
 impl GeoError {
@@ -56,7 +62,88 @@ impl GeoError {
             GeoError::Open { .. } => "open",
             GeoError::Invalid { .. } => "invalid",
             GeoError::NotCity { .. } => "not_city",
+            GeoError::NotAsn { .. } => "not_asn",
         }
+    }
+}
+
+/// A lower-case geo code (country, continent, subdivision) of up to 4 bytes, zero-padded.
+pub(crate) type Code = [u8; 4];
+
+/// The code of an address the database does not know (PowerDNS's "unknown").
+pub(crate) const UNKNOWN: Code = [0; 4];
+
+/// `text` as a code: lower-cased; None when empty or longer than 4 bytes.
+pub(crate) fn code(text: &[u8]) -> Option<Code> {
+    if text.is_empty() || text.len() > 4 {
+        return None;
+    }
+    let mut c = UNKNOWN;
+    for (d, s) in c.iter_mut().zip(text) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(c)
+}
+
+/// The printable part of a code (`b"nl"`), empty for [`UNKNOWN`].
+pub(crate) fn code_text(c: &Code) -> &[u8] {
+    let len = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    &c[..len]
+}
+
+/// The client's codes as PowerDNS's GeoIP functions read them: `country.iso_code`,
+/// `continent.code`, `subdivisions[0].iso_code`, lower-cased; [`UNKNOWN`] when missing,
+/// empty, `--`, or longer than 4 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeoCodes {
+    pub(crate) country: Code,
+    pub(crate) continent: Code,
+    pub(crate) region: Code,
+}
+
+impl Default for GeoCodes {
+    fn default() -> Self {
+        GeoCodes {
+            country: UNKNOWN,
+            continent: UNKNOWN,
+            region: UNKNOWN,
+        }
+    }
+}
+
+/// The parts of a City record the code functions read (borrowed, nothing else decoded).
+#[derive(Deserialize)]
+struct RecordCodes<'a> {
+    #[serde(borrow)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow)]
+    continent: Option<ContinentCode<'a>>,
+    #[serde(borrow)]
+    subdivisions: Option<Vec<IsoCode<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    #[serde(borrow)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ContinentCode<'a> {
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+/// GeoLite2-ASN record.
+#[derive(Deserialize)]
+struct RecordAsn {
+    autonomous_system_number: Option<u32>,
+}
+
+fn decoded_code(s: Option<&str>) -> Code {
+    match s {
+        Some("--") | None => UNKNOWN,
+        Some(s) => code(s.as_bytes()).unwrap_or(UNKNOWN),
     }
 }
 
@@ -88,10 +175,16 @@ struct Coordinates {
 struct CacheSlot {
     lat: AtomicU64,
     lon: AtomicU64,
+    /// Same tagging: country and continent codes (2 bytes each), and the region code (4
+    /// bytes). Records with a longer country or continent code are not cached.
+    country_continent: AtomicU64,
+    region: AtomicU64,
 }
 
 pub struct GeoDb {
     reader: maxminddb::Reader<Vec<u8>>,
+    /// `[geoip] asn_database`: GeoLite2-ASN format, for `asnum()`.
+    asn: Option<maxminddb::Reader<Vec<u8>>>,
     cache: Box<[CacheSlot]>,
     /// Records that failed to decode (a damaged data section): located as unknown.
     decode_errors: AtomicU64,
@@ -121,6 +214,7 @@ impl GeoDb {
         })?;
         let db = GeoDb {
             reader,
+            asn: None,
             cache: (0..CACHE_SLOTS).map(|_| CacheSlot::default()).collect(),
             decode_errors: AtomicU64::new(0),
         };
@@ -149,6 +243,17 @@ impl GeoDb {
             .take(LOCATION_SAMPLE)
             .filter_map(Result::ok)
             .any(|found| matches!(found.decode::<RecordLocation>(), Ok(Some(r)) if coordinates(&r).is_some()))
+    }
+
+    /// Adds the ASN database at `path` (GeoLite2-ASN format) for `asnum()`.
+    pub fn with_asn(mut self, path: &Path) -> Result<GeoDb, GeoError> {
+        let label = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
+            path: label.clone(),
+            message: e.to_string(),
+        })?;
+        self.asn = Some(asn_reader(bytes, label)?);
+        Ok(self)
     }
 
     /// The `build_epoch` from the file's metadata (seconds since 1970): for /status and logs.
@@ -226,6 +331,120 @@ impl GeoDb {
         }
         decoded
     }
+}
+
+impl GeoDb {
+    /// The client's codes, and the prefix length of the network that gave them (0 when the
+    /// address is not in the database).
+    pub(crate) fn codes(&self, ip: IpAddr) -> (GeoCodes, u8) {
+        let ip = ip.to_canonical();
+        let Ok(found) = self.reader.lookup(ip) else {
+            return (GeoCodes::default(), 0);
+        };
+        let (Some(offset), Ok(network)) = (found.offset(), found.network()) else {
+            return (GeoCodes::default(), 0);
+        };
+        let prefix_len = match (ip, network.ip()) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => network.prefix().saturating_sub(96),
+            _ => network.prefix(),
+        };
+        (self.codes_at(offset, &found), prefix_len)
+    }
+
+    fn codes_at(&self, offset: usize, found: &maxminddb::LookupResult<'_, Vec<u8>>) -> GeoCodes {
+        let tag = u32::try_from(offset).ok().and_then(|t| t.checked_add(1));
+        let slot = tag.map(|t| &self.cache[slot_index(t)]);
+        if let (Some(tag), Some(slot)) = (tag, slot) {
+            let (a, b) = (
+                slot.country_continent.load(Ordering::Relaxed),
+                slot.region.load(Ordering::Relaxed),
+            );
+            if (a >> 32) as u32 == tag && (b >> 32) as u32 == tag {
+                let cc = (a as u32).to_be_bytes();
+                return GeoCodes {
+                    country: [cc[0], cc[1], 0, 0],
+                    continent: [cc[2], cc[3], 0, 0],
+                    region: (b as u32).to_be_bytes(),
+                };
+            }
+        }
+        let codes = match found.decode::<RecordCodes<'_>>() {
+            Ok(Some(r)) => GeoCodes {
+                country: decoded_code(r.country.and_then(|c| c.iso_code)),
+                continent: decoded_code(r.continent.and_then(|c| c.code)),
+                region: decoded_code(
+                    r.subdivisions
+                        .as_ref()
+                        .and_then(|s| s.first())
+                        .and_then(|s| s.iso_code),
+                ),
+            },
+            Ok(None) => GeoCodes::default(),
+            Err(_) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                return GeoCodes::default();
+            }
+        };
+        // Country and continent codes are cached in 2 bytes; a longer one (custom database)
+        // is decoded on every lookup instead.
+        let fits = |c: &Code| c[2] == 0;
+        if let (Some(tag), Some(slot)) = (tag, slot)
+            && fits(&codes.country)
+            && fits(&codes.continent)
+        {
+            let cc = u32::from_be_bytes([
+                codes.country[0],
+                codes.country[1],
+                codes.continent[0],
+                codes.continent[1],
+            ]);
+            let tag = u64::from(tag) << 32;
+            slot.country_continent
+                .store(tag | u64::from(cc), Ordering::Relaxed);
+            slot.region.store(
+                tag | u64::from(u32::from_be_bytes(codes.region)),
+                Ordering::Relaxed,
+            );
+        }
+        codes
+    }
+
+    /// The client's autonomous system number from the ASN database; None when unknown or no
+    /// ASN database is configured. Decodes one integer field (no allocation).
+    pub(crate) fn asn(&self, ip: IpAddr) -> Option<u32> {
+        let found = self.asn.as_ref()?.lookup(ip.to_canonical()).ok()?;
+        match found.decode::<RecordAsn>() {
+            Ok(Some(r)) => r.autonomous_system_number,
+            Ok(None) => None,
+            Err(_) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// An ASN database: any MaxMind DB whose type names ASN, or whose first records carry
+/// `autonomous_system_number`.
+fn asn_reader(bytes: Vec<u8>, path: String) -> Result<maxminddb::Reader<Vec<u8>>, GeoError> {
+    let reader = maxminddb::Reader::from_source(bytes).map_err(|e| GeoError::Invalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let db_type = reader.metadata().database_type.clone();
+    let ok = db_type.contains("ASN")
+        || reader.networks(Default::default()).is_ok_and(|n| {
+            n.take(LOCATION_SAMPLE).filter_map(Result::ok).any(|f| {
+                matches!(f.decode::<RecordAsn>(), Ok(Some(r)) if r.autonomous_system_number.is_some())
+            })
+        });
+    if !ok {
+        return Err(GeoError::NotAsn {
+            path,
+            database_type: db_type,
+        });
+    }
+    Ok(reader)
 }
 
 impl std::fmt::Debug for GeoDb {
