@@ -509,6 +509,53 @@ mod tests {
     const SINGAPORE: (f64, f64) = (1.3521, 103.8198);
     const BEIJING: (f64, f64) = (39.9042, 116.4074);
 
+    fn codes_of(db: &GeoDb, ip: &str) -> (String, String, String, u8) {
+        let (c, len) = db.codes(ip.parse().unwrap());
+        let t = |c: &Code| String::from_utf8_lossy(code_text(c)).into_owned();
+        (t(&c.country), t(&c.continent), t(&c.region), len)
+    }
+
+    #[test]
+    fn codes_are_lower_case_and_cached() {
+        let db = test_db();
+        let s = |a: &str, b: &str, c: &str, l: u8| (a.into(), b.into(), c.into(), l);
+        for _ in 0..2 {
+            // Second round: from the cache.
+            assert_eq!(codes_of(&db, "193.0.6.139"), s("nl", "eu", "nh", 24));
+            assert_eq!(codes_of(&db, "139.130.4.5"), s("au", "oc", "nsw", 24));
+            assert_eq!(codes_of(&db, "210.140.92.1"), s("jp", "as", "13", 24));
+            // No subdivision: unknown region.
+            assert_eq!(codes_of(&db, "203.116.0.1"), s("sg", "as", "", 24));
+            // Country but no location.
+            assert_eq!(codes_of(&db, "198.51.100.7"), s("nl", "eu", "", 24));
+            assert_eq!(codes_of(&db, "2001:db8:6::1"), s("br", "sa", "sp", 48));
+            assert_eq!(codes_of(&db, "::ffff:8.8.8.8"), s("us", "na", "ny", 24));
+            assert_eq!(codes_of(&db, "203.0.113.1"), s("", "", "", 0));
+            assert_eq!(codes_of(&db, "::1"), s("", "", "", 0));
+        }
+        assert_eq!(db.decode_errors(), 0);
+    }
+
+    #[test]
+    fn asn_database() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+        let db = test_db()
+            .with_asn(&dir.join("test-asn.mmdb"))
+            .expect("committed geoip/test-asn.mmdb opens");
+        let asn = |ip: &str| db.asn(ip.parse().unwrap());
+        assert_eq!(asn("193.0.6.1"), Some(64_500));
+        assert_eq!(asn("2001:db8:7::53"), Some(64_503));
+        assert_eq!(asn("41.0.0.9"), Some(4_200_000_000));
+        assert_eq!(asn("203.0.113.1"), Some(64_510));
+        assert_eq!(asn("1.1.1.1"), None);
+        // Without an ASN database nothing has one.
+        assert_eq!(test_db().asn("193.0.6.1".parse().unwrap()), None);
+        // A City file is not an ASN database.
+        let e = test_db().with_asn(&dir.join("test-city.mmdb")).unwrap_err();
+        assert_eq!(e.kind(), "not_asn");
+        assert!(e.to_string().contains("GeoLite2-ASN"), "{e}");
+    }
+
     #[test]
     fn shared_across_worker_threads() {
         fn shareable<T: Send + Sync>() {}
