@@ -352,10 +352,7 @@ struct AsnRecord {
 fn write_asn(out: &str) -> Result<(), Box<dyn Error>> {
     let mut writer = Writer::builder("GeoLite2-ASN")
         .languages(["en"])
-        .description(&[(
-            "en",
-            "dnsteer synthetic test ASN database (not real data)",
-        )])
+        .description(&[("en", "dnsteer synthetic test ASN database (not real data)")])
         .build_epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(BUILD_EPOCH))
         .build();
     for (net, number, org) in ASNS {

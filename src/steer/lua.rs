@@ -2422,7 +2422,8 @@ pub(crate) fn latlonloc_text(lat: i64, lon: i64, out: &mut [u8]) -> usize {
 fn write_g6(w: &mut StackText<'_>, v: f64) {
     use fmt::Write;
     if v == 0.0 {
-        let _ = w.write_str("0");
+        // Negated zero (an unknown location counts as south/west) prints as "-0".
+        let _ = w.write_str(if v.is_sign_negative() { "-0" } else { "0" });
         return;
     }
     let mut sci = [0u8; 40];
@@ -3106,7 +3107,18 @@ mod tests {
         let n = latlon_text(0, 0, &mut out);
         assert_eq!(&out[..n], b"0.000000 0.000000");
         let n = latlonloc_text(0, 0, &mut out);
-        assert_eq!(&out[..n], b"0 0 0 S 0 0 0 W 0.00m 1.00m 10000.00m 10.00m");
+        // PowerDNS 4.7.3 (lua_conditionals.rs): the negated zero seconds print as "-0".
+        assert_eq!(&out[..n], b"0 0 -0 S 0 0 -0 W 0.00m 1.00m 10000.00m 10.00m");
+        let n = latlonloc_text(52_367_600, 4_904_100, &mut out);
+        assert_eq!(
+            &out[..n],
+            b"52 22 3.36 N 4 54 14.76 E 0.00m 1.00m 10000.00m 10.00m"
+        );
+        let n = latlonloc_text(-33_868_800, -46_633_300, &mut out);
+        assert_eq!(
+            &out[..n],
+            b"33 52 7.68 S 46 37 59.88 W 0.00m 1.00m 10000.00m 10.00m"
+        );
     }
 
     #[test]
