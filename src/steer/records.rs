@@ -1315,6 +1315,177 @@ mod tests {
         (a[0].clone(), e.scope)
     }
 
+    fn test_geo() -> Arc<dyn Locate> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+        Arc::new(
+            GeoDb::open(&dir.join("test-city.mmdb"))
+                .unwrap()
+                .with_asn(&dir.join("test-asn.mmdb"))
+                .unwrap(),
+        )
+    }
+
+    const GEO_CONFIG: &str = "[geoip]\ndatabase = \"city.mmdb\"\nasn_database = \"asn.mmdb\"\n";
+
+    #[test]
+    fn blocks_evaluate_per_client_with_the_scope_of_what_they_read() {
+        let records = [
+            GEO_CONFIG,
+            &rec(
+                "b.test",
+                "A",
+                ";if netmask({'192.0.2.0/24'}) then return '192.0.2.1' elseif country('NL') then return '192.0.2.2' elseif asnum(64503) then return '192.0.2.3' end return '192.0.2.4'",
+            ),
+            &rec("c.test", "CNAME", "continentCode()..'.pool.test.'"),
+            &rec("g.test", "A", "continent('eu') and '192.0.2.5' or '192.0.2.6'"),
+            &rec("none.test", "A", ";if country('nl') then return '192.0.2.9' end"),
+        ]
+        .concat();
+        let t = table_with(&records, &HashMap::new(), Some(test_geo()));
+        let s = set(&t, "b.test.", 1);
+        assert_eq!(one(s, "192.0.2.0", Some(24)), ("192.0.2.1".into(), 24));
+        // The netmask read first makes the scope the source prefix.
+        assert_eq!(one(s, "193.0.6.7", Some(32)), ("192.0.2.2".into(), 32));
+        assert_eq!(one(s, "2001:db8:1::", Some(56)), ("192.0.2.2".into(), 56));
+        assert_eq!(one(s, "210.140.92.0", Some(24)), ("192.0.2.3".into(), 24));
+        assert_eq!(one(s, "203.0.113.0", Some(24)), ("192.0.2.4".into(), 24));
+        assert_eq!(one(s, "8.8.8.8", None), ("192.0.2.4".into(), 0));
+        // Geo codes alone: the mmdb network bounds the scope.
+        let g = set(&t, "g.test.", 1);
+        assert_eq!(one(g, "193.0.6.7", Some(32)), ("192.0.2.5".into(), 24));
+        assert_eq!(one(g, "2001:db8:2::", Some(56)), ("192.0.2.5".into(), 48));
+        assert_eq!(one(g, "10.0.0.0", Some(16)), ("192.0.2.6".into(), 16));
+        let c = set(&t, "c.test.", 1);
+        assert_eq!(
+            answer(c, &client("139.130.4.0", Some(24))).0,
+            ["\x02oc\x04pool\x04test\x00"]
+        );
+        assert_eq!(
+            answer(c, &client("10.0.0.0", Some(8))).0,
+            ["\x02--\x04pool\x04test\x00"]
+        );
+        // Falling off the end of the block: SERVFAIL.
+        let n = set(&t, "none.test.", 1);
+        assert_eq!(one(n, "193.0.6.1", None).0, "192.0.2.9");
+        let mut sink = VecSink::default();
+        assert!(matches!(
+            n.evaluate(&client("8.8.8.8", None), &mut sink),
+            Err(EvalError::BadResult("A"))
+        ));
+    }
+
+    #[test]
+    fn include_finds_type_lua_records() {
+        // Config records: the nearest `label.<name or parent>`.
+        let records = [
+            &rec("config.example.test", "LUA", "pool = {'192.0.2.1'}")[..],
+            &rec("config.sub.example.test", "LUA", "pool = {'192.0.2.2'}"),
+            &rec("www.example.test", "A", ";include('config') return pool"),
+            &rec(
+                "www.sub.example.test",
+                "A",
+                ";include('config') return pool",
+            ),
+            &rec("sub.example.test", "A", ";include('config') return pool"),
+        ]
+        .concat();
+        let t = table(&records);
+        let a = |name: &str| one(set(&t, name, 1), "192.0.2.9", None).0;
+        assert_eq!(a("www.example.test."), "192.0.2.1");
+        assert_eq!(a("www.sub.example.test."), "192.0.2.2");
+        assert_eq!(a("sub.example.test."), "192.0.2.2");
+        // Type LUA is never answered here (PowerDNS answers NODATA).
+        assert!(matches!(
+            t.lookup(&wire("config.example.test."), 65402),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            t.lookup(&wire("config.example.test."), 1),
+            Lookup::Miss
+        ));
+
+        // Transferred records: exactly `label.<zone>`, in the same zone.
+        let spec = |zone: &str, name: &str, rtype, body: &str| RecordSpec {
+            name: name.into(),
+            rtype,
+            ttl: 60,
+            body: RecordBody::Lua(body.into()),
+            origin: crate::config::RecordOrigin::Zone { zone: zone.into() },
+        };
+        let specs = [
+            spec("a.test.", "cfg.a.test.", RecordType::Lua, "x = '192.0.2.7'"),
+            spec(
+                "a.test.",
+                "www.a.test.",
+                RecordType::A,
+                ";include('cfg') return x",
+            ),
+            spec(
+                "b.test.",
+                "www.b.test.",
+                RecordType::A,
+                ";include('cfg') return x",
+            ),
+            spec(
+                "a.test.",
+                "deep.www.a.test.",
+                RecordType::A,
+                ";include('www') return x",
+            ),
+        ];
+        let cfg = config("");
+        let (compiled, rejected) = compile_specs(&specs, &cfg.probes, false);
+        assert_eq!(compiled.len(), 1);
+        let reasons: Vec<_> = rejected
+            .iter()
+            .map(|r| (r.spec.name.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].1.contains("include('cfg'): no LUA record"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].1.contains("include('www'): no LUA record"),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn geo_conditions_need_the_databases() {
+        let e = compile(&config(&rec(
+            "g.test",
+            "A",
+            "country('nl') and '192.0.2.1' or '192.0.2.2'",
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[geoip] database"), "{e}");
+        let e = compile(&config(
+            &[
+                "[geoip]\ndatabase = \"city.mmdb\"\n",
+                &rec(
+                    "g.test",
+                    "A",
+                    ";if asnum(1) then return '192.0.2.1' end return '192.0.2.2'",
+                ),
+            ]
+            .concat(),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("asn_database"), "{e}");
+        // netmask() needs none.
+        assert!(
+            compile(&config(&rec(
+                "n.test",
+                "A",
+                "netmask({'10.0.0.0/8'}) and '192.0.2.1' or '192.0.2.2'"
+            )))
+            .is_ok()
+        );
+    }
+
     #[test]
     fn pickhashed_matches_powerdns_live_answers() {
         let t = table(&rec(
