@@ -265,11 +265,13 @@ impl Rule {
         found
     }
 
-    /// `if cond then then else other`, folding constant conditions.
+    /// `if cond then then else other`, folding constant conditions and equal branches
+    /// (conditions have no side effects).
     fn branch(cond: Cond, then: Rule, other: Rule) -> Rule {
         match cond {
             Cond::Const(true) => then,
             Cond::Const(false) => other,
+            _ if then == other => then,
             cond => Rule::Branch(Box::new(Branch { cond, then, other })),
         }
     }
@@ -555,8 +557,15 @@ enum Stmt {
         arms: Vec<(Expr, Vec<Stmt>)>,
         other: Option<Vec<Stmt>>,
     },
-    /// `local x = v` or `x = v`.
-    Assign { name: String, value: Expr },
+    /// `local x = v` (`local`) or `x = v`.
+    Assign {
+        name: String,
+        value: Expr,
+        local: bool,
+    },
+    /// Not Lua syntax: the end of a branch's block, restoring the locals it declared to what
+    /// they were before (None: not a local then).
+    EndScope(Vec<(String, Option<Expr>)>),
     /// `include('name')`.
     Include(Vec<u8>),
 }
@@ -746,13 +755,18 @@ impl<'a> Parser<'a> {
                     if self.tok == Tok::Punct(',') {
                         return unsupported("unsupported construct: multiple assignment");
                     }
-                    Ok(Stmt::Assign { name: var, value })
+                    Ok(Stmt::Assign {
+                        name: var,
+                        value,
+                        local: true,
+                    })
                 } else if self.tok == Tok::Punct(',') {
                     unsupported("unsupported construct: multiple assignment")
                 } else {
                     Ok(Stmt::Assign {
                         name: var,
                         value: Expr::Nil,
+                        local: true,
                     })
                 }
             }
@@ -767,7 +781,11 @@ impl<'a> Parser<'a> {
                     if self.tok == Tok::Punct(',') {
                         return unsupported("unsupported construct: multiple assignment");
                     }
-                    return Ok(Stmt::Assign { name, value });
+                    return Ok(Stmt::Assign {
+                        name,
+                        value,
+                        local: false,
+                    });
                 }
                 match self.expr()? {
                     Expr::Call { name, args } if name == "include" => match args.as_slice() {
@@ -1104,7 +1122,7 @@ pub(crate) fn compile_with_includes(
             include,
             nodes: 0,
         };
-        let rule = b.stmts(&stmts, &Env::new(), 0)?;
+        let rule = b.stmts(&stmts, &Env::default(), 0)?;
         if rule == Rule::Fail {
             return invalid(
                 "the statement block never returns a value (PowerDNS answers SERVFAIL); end it with 'return …'",
@@ -1113,12 +1131,23 @@ pub(crate) fn compile_with_includes(
         return Ok(rule);
     }
     let expr = Parser::new(body)?.body()?;
-    let expr = resolve(&expr, &Env::new())?;
+    let expr = resolve(&expr, &Env::default())?;
     c.result(&expr, true)
 }
 
-/// Names assigned so far, with their (resolved) values.
-type Env = HashMap<String, Expr>;
+/// Names assigned so far, with their (resolved) values. Locals shadow globals; included code
+/// assigns globals.
+#[derive(Debug, Clone, Default)]
+struct Env {
+    locals: HashMap<String, Expr>,
+    globals: HashMap<String, Expr>,
+}
+
+impl Env {
+    fn get(&self, name: &str) -> Option<&Expr> {
+        self.locals.get(name).or_else(|| self.globals.get(name))
+    }
+}
 
 /// Decision-tree nodes one record may compile to (sequential `if`s without `return` copy the
 /// statements after them into each branch).
@@ -1146,21 +1175,42 @@ impl Block<'_, '_> {
         let mut env = env.clone();
         for (i, st) in s.iter().enumerate() {
             match st {
-                Stmt::Assign { name, value } => assign(&mut env, name, value)?,
+                Stmt::Assign { name, value, local } => assign(&mut env, name, value, *local)?,
+                Stmt::EndScope(saved) => {
+                    for (name, before) in saved {
+                        match before {
+                            Some(v) => env.locals.insert(name.clone(), v.clone()),
+                            None => env.locals.remove(name),
+                        };
+                    }
+                }
                 Stmt::Include(name) => self.include(name, &mut env, 0)?,
                 // `return` alone gives nil: not a valid result.
                 Stmt::Return(None) => return Ok(Rule::Fail),
                 Stmt::Return(Some(e)) => return self.c.result(&resolve(e, &env)?, false),
                 Stmt::If { arms, other } => {
                     let rest = &s[i + 1..];
+                    // A branch's block, then the statements after the `if`; locals the block
+                    // declared end with it.
+                    let path = |body: &[Stmt]| {
+                        let saved = body
+                            .iter()
+                            .filter_map(|st| match st {
+                                Stmt::Assign {
+                                    name, local: true, ..
+                                } => Some((name.clone(), env.locals.get(name).cloned())),
+                                _ => None,
+                            })
+                            .collect();
+                        [body, &[Stmt::EndScope(saved)], rest].concat()
+                    };
                     let mut tail = match other {
-                        Some(b) => self.stmts(&[b.as_slice(), rest].concat(), &env, depth + 1)?,
+                        Some(b) => self.stmts(&path(b), &env, depth + 1)?,
                         None => self.stmts(rest, &env, depth + 1)?,
                     };
                     for (cond, body) in arms.iter().rev() {
                         let cond = self.c.cond(&resolve(cond, &env)?)?;
-                        let then =
-                            self.stmts(&[body.as_slice(), rest].concat(), &env, depth + 1)?;
+                        let then = self.stmts(&path(body), &env, depth + 1)?;
                         tail = Rule::branch(cond, then, tail);
                     }
                     return Ok(tail);
@@ -1190,31 +1240,41 @@ impl Block<'_, '_> {
             let stmts = Parser::new(&code)
                 .and_then(|mut p| p.chunk())
                 .map_err(|e| LuaError::Invalid(format!("include('{name}'): {e}")))?;
-            for st in &stmts {
-                match st {
-                    Stmt::Assign { name, value } => assign(env, name, value)?,
-                    Stmt::Include(inner) => self.include(inner, env, depth + 1)?,
-                    _ => {
-                        return unsupported(format!(
-                            "include('{name}'): included code may only assign values (name = value)"
-                        ));
-                    }
-                }
-            }
+            // Included code runs as its own chunk: it sees only globals, and its locals end
+            // with it.
+            let caller_locals = std::mem::take(&mut env.locals);
+            let result = stmts.iter().try_for_each(|st| match st {
+                Stmt::Assign {
+                    name: var,
+                    value,
+                    local,
+                } => assign(env, var, value, *local),
+                Stmt::Include(inner) => self.include(inner, env, depth + 1),
+                _ => unsupported(format!(
+                    "include('{name}'): included code may only assign values (name = value)"
+                )),
+            });
+            env.locals = caller_locals;
+            result?;
         }
         Ok(())
     }
 }
 
-/// `name = value`: the value is resolved now, so later statements see what it was then.
-fn assign(env: &mut Env, name: &str, value: &Expr) -> Result<(), LuaError> {
+/// `name = value`: the value is resolved now, so later statements see what it was then. A plain
+/// assignment to a name that is a local in scope sets the local, else the global.
+fn assign(env: &mut Env, name: &str, value: &Expr, local: bool) -> Result<(), LuaError> {
     let v = resolve(value, env)?;
     if !pure(&v) {
         return unsupported(format!(
             "unsupported construct: '{name}' is assigned a function result; assign literals, tables and geo functions only"
         ));
     }
-    env.insert(name.to_string(), v);
+    if local || env.locals.contains_key(name) {
+        env.locals.insert(name.to_string(), v);
+    } else {
+        env.globals.insert(name.to_string(), v);
+    }
     Ok(())
 }
 
@@ -3044,6 +3104,37 @@ mod tests {
             a(";t = {} if country('nl') then return t.x end return '192.0.2.1'").unwrap(),
             branch(geo(GeoField::Country, &["nl"]), Rule::Fail, st("192.0.2.1"))
         );
+    }
+
+    #[test]
+    fn locals_follow_lua_scoping() {
+        // A local declared inside a branch ends with it; the global is seen again.
+        assert_eq!(
+            a(";x = '192.0.2.1' if country('nl') then local x = '192.0.2.2' end return x").unwrap(),
+            st("192.0.2.1")
+        );
+        // A plain assignment inside a branch changes the global on that path only.
+        assert_eq!(
+            a(";x = '192.0.2.1' if country('nl') then x = '192.0.2.2' end return x").unwrap(),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                st("192.0.2.2"),
+                st("192.0.2.1")
+            )
+        );
+        // A local shadows what an included record assigns; included locals stay inside it.
+        let cfg = [("cfg", "local t = '192.0.2.7' x = t y = t")];
+        assert_eq!(
+            block(
+                ";local x = '192.0.2.1' include('cfg') return {x, y}",
+                RecordType::A,
+                &cfg
+            )
+            .unwrap(),
+            Rule::Static(vec![v4("192.0.2.1"), v4("192.0.2.7")])
+        );
+        let e = block(";include('cfg') return t", RecordType::A, &cfg).unwrap_err();
+        assert!(e.to_string().contains("variable 't'"), "{e}");
     }
 
     #[test]
