@@ -79,9 +79,23 @@ fn zone_text() -> String {
         "$ORIGIN {ZONE}\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 60\n@ IN NS ns1\nns1 IN A 127.0.0.1\n"
     );
     for (name, rtype, code) in RECORDS {
-        z.push_str(&format!("{name} 60 IN LUA {rtype} \"{code}\"\n"));
+        z.push_str(&format!("{name} 60 IN LUA {rtype} {}\n", quoted(code)));
     }
     z
+}
+
+/// Code as zone-file strings under 255 bytes, split at spaces: PowerDNS re-chunks longer
+/// strings at 255 bytes wherever that falls, which dnsteer leaves to PowerDNS.
+fn quoted(code: &str) -> String {
+    let mut out = Vec::new();
+    let mut rest = code;
+    while rest.len() > 200 {
+        let cut = rest[..200].rfind(' ').expect("a space in every 200 bytes");
+        out.push(format!("\"{}\"", &rest[..cut]));
+        rest = &rest[cut + 1..];
+    }
+    out.push(format!("\"{rest}\""));
+    out.join(" ")
 }
 
 fn config_records() -> String {
@@ -137,9 +151,8 @@ fn ask(
     (m.metadata.response_code, support::answer_rdata(&m))
 }
 
-#[test]
-fn conditionals_match_powerdns_for_clients_everywhere() {
-    let pdns = Pdns::start_geo(
+fn start_pdns() -> Pdns {
+    Pdns::start_geo(
         &[(ZONE, &zone_text())],
         &geoip("test-city.mmdb"),
         &[
@@ -151,17 +164,19 @@ fn conditionals_match_powerdns_for_clients_everywhere() {
                 geoip("test-asn.mmdb").display()
             ),
         ],
-    );
-    let (app, _dir) = inproc::start_with(&[pdns.addr()], &config_records());
-    let front = app.dns_addrs[0];
+    )
+}
 
+/// Every record asked for every subnet at both servers: the mismatches, and PowerDNS's
+/// SERVFAIL count.
+fn compare(pdns: SocketAddr, front: SocketAddr) -> (Vec<String>, usize) {
     let mut mismatches = Vec::new();
     let mut servfails = 0;
     for (name, rtype, _) in RECORDS.iter().filter(|r| r.1 != "LUA") {
         let qtype: RecordType = rtype.parse().unwrap();
         let qname = format!("{name}.{ZONE}");
         for ecs in SUBNETS {
-            let want = ask(pdns.addr(), &qname, qtype, ecs);
+            let want = ask(pdns, &qname, qtype, ecs);
             let got = ask(front, &qname, qtype, ecs);
             if want.0 == ResponseCode::ServFail {
                 servfails += 1;
@@ -173,6 +188,15 @@ fn conditionals_match_powerdns_for_clients_everywhere() {
             }
         }
     }
+    (mismatches, servfails)
+}
+
+#[test]
+fn conditionals_match_powerdns_for_clients_everywhere() {
+    let pdns = start_pdns();
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], &config_records());
+    let front = app.dns_addrs[0];
+    let (mismatches, servfails) = compare(pdns.addr(), front);
     assert!(mismatches.is_empty(), "\n{}", mismatches.join("\n"));
     // The block without a final return SERVFAILs for every client outside NL.
     assert!(servfails >= SUBNETS.len() - 6, "{servfails} SERVFAILs");
@@ -225,4 +249,38 @@ fn conditionals_match_powerdns_for_clients_everywhere() {
         one("loc", RecordType::TXT, "193.0.6.0/24"),
         ["52 22 3.36 N 4 54 14.76 E 0.00m 1.00m 10000.00m 10.00m"]
     );
+}
+
+/// The same zone read by AXFR: the `LUA LUA` record is included by the others of its zone.
+#[test]
+fn transferred_zone_with_include_matches_powerdns() {
+    let pdns = start_pdns();
+    let config = format!(
+        "[geoip]\ndatabase = \"{}\"\nasn_database = \"{}\"\n[zones]\ntransfer = [\"{ZONE}\"]\n",
+        geoip("test-city.mmdb").display(),
+        geoip("test-asn.mmdb").display()
+    );
+    let (app, _dir) = inproc::start_with(&[pdns.addr()], &config);
+    let front = app.dns_addrs[0];
+    let (mismatches, _) = compare(pdns.addr(), front);
+    assert!(mismatches.is_empty(), "\n{}", mismatches.join("\n"));
+    let metrics = inproc::scrape(&app);
+    // All ten records compiled (the LUA LUA one too), none left to PowerDNS.
+    assert_eq!(
+        inproc::metric(
+            &metrics,
+            "dnsteer_zone_lua_records{zone=\"cond.test.\",answered_by=\"dnsteer\"}"
+        ),
+        RECORDS.len() as f64,
+        "{metrics}"
+    );
+    assert_eq!(
+        inproc::metric(
+            &metrics,
+            "dnsteer_zone_lua_records{zone=\"cond.test.\",answered_by=\"powerdns\"}"
+        ),
+        0.0
+    );
+    let prefix = format!("dnsteer_record_answers_total{{name=\"steer.{ZONE}\"");
+    assert!(inproc::metric(&metrics, &prefix) > 0.0);
 }
