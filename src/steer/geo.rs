@@ -1,10 +1,13 @@
-//! GeoIP: a MaxMind City-format database read fully into memory, for `pickclosest`.
+//! GeoIP: a MaxMind City-format database read fully into memory, for `pickclosest` and the
+//! LUA geo functions (country/continent/region codes, `latlon`), plus an optional
+//! GeoLite2-ASN database for `asnum()`.
 //!
 //! The file is read once (no mmap: an in-place rewrite of a mapped file is SIGBUS) and held
 //! read-only; the control plane builds a new [`GeoDb`] on reload and swaps it in. Lookups
-//! decode only `location.latitude`/`location.longitude` (about 2x cheaper than a full
-//! `geoip2::City`), and a small lock-free cache keyed by the record's data-section offset
-//! skips even that for the records seen most (many networks share one record).
+//! decode only `location.latitude`/`location.longitude`, or only the three codes (borrowed, no
+//! allocation), and a small lock-free cache keyed by the record's data-section offset skips
+//! even that for the records seen most (many networks share one record). ASN lookups decode
+//! one integer and are not cached.
 //!
 //! Deliberate differences from the PowerDNS GeoIP backend:
 //! - PowerDNS also requires `location.accuracy_radius` and treats a record without it as
@@ -119,7 +122,31 @@ struct RecordCodes<'a> {
     #[serde(borrow)]
     continent: Option<ContinentCode<'a>>,
     #[serde(borrow)]
-    subdivisions: Option<Vec<IsoCode<'a>>>,
+    subdivisions: Option<FirstIso<'a>>,
+}
+
+/// `subdivisions[0].iso_code` without collecting the list (no allocation).
+struct FirstIso<'a>(Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstIso<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = FirstIso<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of subdivisions")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<IsoCode<'a>>()?.and_then(|c| c.iso_code);
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstIso(first))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -372,12 +399,7 @@ impl GeoDb {
             Ok(Some(r)) => GeoCodes {
                 country: decoded_code(r.country.and_then(|c| c.iso_code)),
                 continent: decoded_code(r.continent.and_then(|c| c.code)),
-                region: decoded_code(
-                    r.subdivisions
-                        .as_ref()
-                        .and_then(|s| s.first())
-                        .and_then(|s| s.iso_code),
-                ),
+                region: decoded_code(r.subdivisions.and_then(|s| s.0)),
             },
             Ok(None) => GeoCodes::default(),
             Err(_) => {
