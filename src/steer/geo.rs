@@ -15,6 +15,9 @@
 //! - Coordinates are kept to 6 decimals (micro-degrees), as PowerDNS's `%f` round trip does.
 //! - An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports) is
 //!   looked up as the IPv4 address, so its `prefix_len` is an IPv4 prefix length.
+//! - Codes longer than 4 bytes (custom databases) count as unknown.
+//! - `asnum()` reads only `asn_database`; PowerDNS tries every file of `geoip-database-files`
+//!   in order, so a City-type file carrying `autonomous_system_number` would answer there.
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -1,9 +1,12 @@
 //! Compiler for the PowerDNS LUA-record subset: body text to a typed rule, at config load.
 //!
 //! A body is parsed as one Lua expression (PowerDNS prepends `return `) made of calls, string and
-//! number literals, table constructors and booleans; anything else names itself in a config
-//! error. The result is a [`Rule`] whose answers are already RDATA wire bytes, so evaluating it
-//! per query copies bytes and never parses.
+//! number literals, table constructors, booleans, `and`/`or`/`not` and `..`; a body starting
+//! with ';' is a statement block (return, if/elseif/else, assignments of literals, include()).
+//! Anything else names itself in a config error. Variables are substituted at compile time and
+//! `if`s become a decision tree ([`Rule::Branch`] on typed [`Cond`]s over the client's GeoIP
+//! codes, ASN and address). Leaves hold answers already as RDATA wire bytes, so evaluating a
+//! rule per query walks the tree and copies bytes, never parses or interprets.
 
 use std::fmt;
 use std::net::IpAddr;
