@@ -1,6 +1,8 @@
-//! Builds `geoip/test-city.mmdb`, the small synthetic City database the tests use.
+//! Builds `geoip/test-city.mmdb`, the small synthetic City database the tests use, and
+//! `geoip/test-asn.mmdb`, a GeoLite2-ASN-format companion for `asnum()`.
 //!
-//! Run through `geoip/generate.sh` (`cargo run --example gen_test_mmdb -- geoip/test-city.mmdb`).
+//! Run through `geoip/generate.sh`
+//! (`cargo run --example gen_test_mmdb -- geoip/test-city.mmdb geoip/test-asn.mmdb`).
 //! The output is byte-for-byte reproducible: the build epoch is pinned and the writer emits
 //! records in insertion order. Keep `geoip/README.md` in step with the tables below.
 
@@ -321,7 +323,55 @@ fn record(c: &City) -> CityRecord {
     }
 }
 
+/// (network, autonomous system number, organization) of the ASN database; documentation and
+/// private-use numbers. 203.0.113.0/24 has an ASN but no City record; 41.0.0.0/24 a 32-bit one.
+const ASNS: &[(&str, u32, &str)] = &[
+    ("193.0.6.0/24", 64_500, "Example NL One"),
+    ("127.0.1.0/24", 64_500, "Example NL One"),
+    ("2001:db8:1::/48", 64_500, "Example NL One"),
+    ("80.81.192.0/24", 64_501, "Example DE"),
+    ("2001:db8:2::/48", 64_501, "Example DE"),
+    ("8.8.8.0/24", 64_502, "Example US"),
+    ("127.0.3.0/24", 64_502, "Example US"),
+    ("2001:db8:4::/48", 64_502, "Example US"),
+    ("210.140.92.0/24", 64_503, "Example JP"),
+    ("127.0.2.0/24", 64_503, "Example JP"),
+    ("2001:db8:7::/48", 64_503, "Example JP"),
+    ("41.0.0.0/24", 4_200_000_000, "Example ZA"),
+    ("2001:db8:9::/48", 4_200_000_000, "Example ZA"),
+    ("203.0.113.0/24", 64_510, "Example unlocated"),
+];
+
+/// GeoLite2-ASN record shape.
+#[derive(Serialize)]
+struct AsnRecord {
+    autonomous_system_number: u32,
+    autonomous_system_organization: &'static str,
+}
+
+fn write_asn(out: &str) -> Result<(), Box<dyn Error>> {
+    let mut writer = Writer::builder("GeoLite2-ASN")
+        .languages(["en"])
+        .description(&[("en", "dnsteer synthetic test ASN database (not real data)")])
+        .build_epoch(SystemTime::UNIX_EPOCH + Duration::from_secs(BUILD_EPOCH))
+        .build();
+    for (net, number, org) in ASNS {
+        let rec = AsnRecord {
+            autonomous_system_number: *number,
+            autonomous_system_organization: org,
+        };
+        writer.insert(net.parse::<IpNet>()?, &rec)?;
+    }
+    let bytes = writer.to_bytes()?;
+    std::fs::write(out, &bytes)?;
+    println!("wrote {out} ({} bytes)", bytes.len());
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
+    if let Some(asn_out) = std::env::args().nth(2) {
+        write_asn(&asn_out)?;
+    }
     let out = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "geoip/test-city.mmdb".to_owned());

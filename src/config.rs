@@ -289,6 +289,8 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoIpConfig {
     pub database: PathBuf,
+    /// `asn_database`: GeoLite2-ASN format, for `asnum()`.
+    pub asn_database: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -370,6 +372,9 @@ pub enum RecordType {
     Aaaa,
     Cname,
     Txt,
+    /// Code for `include()` (PowerDNS `LUA LUA`): compiled into the records that include it,
+    /// never answered itself.
+    Lua,
 }
 
 impl RecordType {
@@ -379,6 +384,7 @@ impl RecordType {
             RecordType::Aaaa => 28,
             RecordType::Cname => 5,
             RecordType::Txt => 16,
+            RecordType::Lua => 65402,
         }
     }
 
@@ -388,6 +394,7 @@ impl RecordType {
             28 => RecordType::Aaaa,
             5 => RecordType::Cname,
             16 => RecordType::Txt,
+            65402 => RecordType::Lua,
             _ => return None,
         })
     }
@@ -398,6 +405,7 @@ impl RecordType {
             RecordType::Aaaa => "AAAA",
             RecordType::Cname => "CNAME",
             RecordType::Txt => "TXT",
+            RecordType::Lua => "LUA",
         }
     }
 
@@ -406,6 +414,7 @@ impl RecordType {
             "A" => RecordType::A,
             "AAAA" => RecordType::Aaaa,
             "CNAME" => RecordType::Cname,
+            "LUA" => RecordType::Lua,
             "TXT" => RecordType::Txt,
             _ => return None,
         })
@@ -578,6 +587,7 @@ struct RawUpstream {
 #[serde(deny_unknown_fields)]
 struct RawGeoIp {
     database: Spanned<String>,
+    asn_database: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -779,6 +789,7 @@ impl Config {
             upstream,
             geoip: raw.geoip.map(|g| GeoIpConfig {
                 database: resolve_path(base, g.database.get_ref()),
+                asn_database: g.asn_database.map(|a| resolve_path(base, a.get_ref())),
             }),
             probes: v.probes(&raw.probes)?,
             records: v.records(&raw.records)?,
@@ -1628,7 +1639,10 @@ impl Validator<'_> {
                     self.err(
                         r.rtype.span(),
                         &key("type"),
-                        format!("\"{}\" is not A, AAAA, CNAME or TXT", r.rtype.get_ref()),
+                        format!(
+                            "\"{}\" is not A, AAAA, CNAME, TXT or LUA",
+                            r.rtype.get_ref()
+                        ),
                     )
                 },
                 Ok,
@@ -1657,6 +1671,13 @@ impl Validator<'_> {
                     );
                 }
             };
+            if rtype == RecordType::Lua && matches!(body, RecordBody::Content(_)) {
+                return self.err(
+                    span,
+                    &key("content"),
+                    "a record of type LUA holds code for include(): give lua, not content",
+                );
+            }
             out.push(RecordSpec {
                 name,
                 rtype,

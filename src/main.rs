@@ -90,8 +90,12 @@ fn check(path: &std::path::Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     dnsteer::steer::records::compile(&config).map_err(|e| e.to_string())?;
     if let Some(g) = &config.geoip {
-        dnsteer::steer::geo::GeoDb::open(&g.database)
+        let db = dnsteer::steer::geo::GeoDb::open(&g.database)
             .map_err(|e| format!("{}: geoip.database: {e}", path.display()))?;
+        if let Some(asn) = &g.asn_database {
+            db.with_asn(asn)
+                .map_err(|e| format!("{}: geoip.asn_database: {e}", path.display()))?;
+        }
     }
     // Key files are read and self-checked as at load (never printed).
     dnsteer::control::build::load_keys(&config.dnssec)

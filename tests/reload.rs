@@ -944,3 +944,67 @@ fn sighup_reloads_config_and_geoip_in_the_real_binary() {
     );
     assert_eq!(bin.exited(), None, "still running");
 }
+
+const TEST_ASN_MMDB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/geoip/test-asn.mmdb");
+
+/// An ASN database with 127.0.2.0/24 in AS 64500 (64503 in geoip/test-asn.mmdb).
+fn moved_asn_mmdb() -> Vec<u8> {
+    let mut w = mmdb_writer::Writer::builder("GeoLite2-ASN").build();
+    let value = serde_json::json!({"autonomous_system_number": 64_500u32});
+    w.insert("127.0.2.0/24".parse::<ipnet::IpNet>().expect("net"), &value)
+        .expect("insert");
+    w.to_bytes().expect("mmdb bytes")
+}
+
+#[test]
+fn asn_database_replacement_is_picked_up_and_garbage_ignored() {
+    let pdns = demo_pdns();
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Outside the watched config directory: only the poll notices it.
+    std::fs::create_dir(dir.path().join("geo")).expect("geo dir");
+    let asn = dir.path().join("geo/asn.mmdb");
+    std::fs::copy(TEST_ASN_MMDB, &asn).expect("copy test asn mmdb");
+    let record = "[[records]]\nname = \"asn.demo.test.\"\ntype = \"A\"\nttl = 30\n\
+                  lua = \";if asnum(64503) then return '192.0.2.3' end return '192.0.2.4'\"\n";
+    let text = config_text(
+        pdns.addr(),
+        1,
+        "enabled = false",
+        "query_sample_rate = 0.0",
+        &format!(
+            "{}[geoip]\ndatabase = \"{TEST_MMDB}\"\nasn_database = \"geo/asn.mmdb\"\n\n{record}",
+            short_poll()
+        ),
+    );
+    let path = dir.path().join("dnsteer.toml");
+    std::fs::write(&path, text).expect("write config");
+    let front = Front::start_at(dir, path);
+    let tokyo = || ask_from(front.dns(), "127.0.2.1", "asn.demo.test.");
+    assert_eq!(tokyo(), ["192.0.2.3"]);
+
+    let failed = front.metric("dnsteer_config_reloads_total", &[("result", "failed")]);
+    write_atomic(&asn, b"this is not a MaxMind database");
+    let noticed = wait_for(Duration::from_secs(7), || {
+        (front.metric("dnsteer_config_reloads_total", &[("result", "failed")]) > failed)
+            .then_some(())
+    });
+    assert!(
+        noticed.is_some(),
+        "garbage ASN file not noticed: {}",
+        front.status()
+    );
+    let st = front.status();
+    let err = st["config"]["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("asn.mmdb"), "{st}");
+    assert_eq!(tokyo(), ["192.0.2.3"], "old database kept");
+
+    write_atomic(&asn, &moved_asn_mmdb());
+    let moved = wait_for(Duration::from_secs(7), || {
+        (tokyo() == ["192.0.2.4"]).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "new ASN database not picked up: {}",
+        front.status()
+    );
+}

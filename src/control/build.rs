@@ -61,12 +61,13 @@ pub(crate) fn load_geo(
     if let Some(prev) = previous
         && let (Some(pg), Some(pdb)) = (&prev.config.geoip, &prev.geo)
         && pg.database == g.database
+        && pg.asn_database == g.asn_database
     {
         // Same path: keep it. A replaced file is noticed by the reload loop, which forces a
         // reopen (`force_geo_reload`).
         return Ok(Some(pdb.clone()));
     }
-    Ok(Some(Arc::new(GeoDb::open(&g.database)?)))
+    open_geo(config)
 }
 
 /// Builds a complete snapshot: compile, open GeoIP, probe new targets once, learn zone SOAs,
@@ -163,7 +164,13 @@ fn compile(
 /// Opens the GeoIP database of `config` anew (the reload loop saw the file replaced).
 fn open_geo(config: &Config) -> Result<Option<Arc<GeoDb>>, GeoError> {
     match &config.geoip {
-        Some(g) => Ok(Some(Arc::new(GeoDb::open(&g.database)?))),
+        Some(g) => {
+            let mut db = GeoDb::open(&g.database)?;
+            if let Some(asn) = &g.asn_database {
+                db = db.with_asn(asn)?;
+            }
+            Ok(Some(Arc::new(db)))
+        }
         None => Ok(None),
     }
 }

@@ -136,11 +136,18 @@ async fn triggers_loop(
     }
 }
 
-/// Path, mtime and size of the GeoIP file in use, to notice replacements.
-fn geo_stamp(snap: &Snapshot) -> Option<(PathBuf, SystemTime, u64)> {
+/// Path, mtime and size of the GeoIP file in use, and mtime and size of the ASN file, to
+/// notice replacements.
+type GeoStamp = (PathBuf, SystemTime, u64, Option<(SystemTime, u64)>);
+
+fn geo_stamp(snap: &Snapshot) -> Option<GeoStamp> {
     let g = snap.config.geoip.as_ref()?;
     let m = std::fs::metadata(&g.database).ok()?;
-    Some((g.database.clone(), m.modified().ok()?, m.len()))
+    let asn = g.asn_database.as_ref().and_then(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.modified().ok()?, m.len()))
+    });
+    Some((g.database.clone(), m.modified().ok()?, m.len(), asn))
 }
 
 /// Loads, validates and applies the config at `path`. Ok(false) when nothing changed.

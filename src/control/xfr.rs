@@ -65,7 +65,8 @@ pub struct ZoneData {
     /// Lower-case, absolute.
     pub zone: String,
     pub serial: u32,
-    /// LUA records of inner type A, AAAA, CNAME and TXT, in transfer order.
+    /// LUA records of inner type A, AAAA, CNAME and TXT, and LUA (code for `include()`), in
+    /// transfer order.
     pub records: Vec<RecordSpec>,
     /// LUA records left to PowerDNS, for `/status` and logs.
     pub unsupported: Vec<Unsupported>,
@@ -534,13 +535,9 @@ impl Axfr {
                 }),
                 None => {
                     let rtype = type_name(inner);
-                    let reason = if inner == TYPE_LUA {
-                        "LUA LUA records hold code for include(), which dnsteer does not run; left to PowerDNS".to_string()
-                    } else {
-                        format!(
-                            "dnsteer answers LUA A, AAAA, CNAME and TXT only; LUA {rtype} left to PowerDNS"
-                        )
-                    };
+                    let reason = format!(
+                        "dnsteer answers LUA A, AAAA, CNAME and TXT only; LUA {rtype} left to PowerDNS"
+                    );
                     self.data.unsupported.push(Unsupported {
                         name,
                         rtype,
@@ -1137,6 +1134,13 @@ mod tests {
                     40,
                     RecordBody::Lua("'t' ".into())
                 ),
+                // Code for include(): kept, compiled into the records that include it.
+                (
+                    "inc.xfr.test.",
+                    RecordType::Lua,
+                    40,
+                    RecordBody::Lua("x=1 ".into())
+                ),
             ]
         );
         assert_eq!(
@@ -1154,7 +1158,6 @@ mod tests {
             unsupported,
             [
                 ("mx.xfr.test.", "MX"),
-                ("inc.xfr.test.", "LUA"),
                 ("bad.xfr.test.", "?"),
                 ("other.test.", "?"),
             ]

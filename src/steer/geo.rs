@@ -1,10 +1,13 @@
-//! GeoIP: a MaxMind City-format database read fully into memory, for `pickclosest`.
+//! GeoIP: a MaxMind City-format database read fully into memory, for `pickclosest` and the
+//! LUA geo functions (country/continent/region codes, `latlon`), plus an optional
+//! GeoLite2-ASN database for `asnum()`.
 //!
 //! The file is read once (no mmap: an in-place rewrite of a mapped file is SIGBUS) and held
 //! read-only; the control plane builds a new [`GeoDb`] on reload and swaps it in. Lookups
-//! decode only `location.latitude`/`location.longitude` (about 2x cheaper than a full
-//! `geoip2::City`), and a small lock-free cache keyed by the record's data-section offset
-//! skips even that for the records seen most (many networks share one record).
+//! decode only `location.latitude`/`location.longitude`, or only the three codes (borrowed, no
+//! allocation), and a small lock-free cache keyed by the record's data-section offset skips
+//! even that for the records seen most (many networks share one record). ASN lookups decode
+//! one integer and are not cached.
 //!
 //! Deliberate differences from the PowerDNS GeoIP backend:
 //! - PowerDNS also requires `location.accuracy_radius` and treats a record without it as
@@ -12,6 +15,9 @@
 //! - Coordinates are kept to 6 decimals (micro-degrees), as PowerDNS's `%f` round trip does.
 //! - An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack socket reports) is
 //!   looked up as the IPv4 address, so its `prefix_len` is an IPv4 prefix length.
+//! - Codes longer than 4 bytes (custom databases) count as unknown.
+//! - `asnum()` reads only `asn_database`; PowerDNS tries every file of `geoip-database-files`
+//!   in order, so a City-type file carrying `autonomous_system_number` would answer there.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -48,6 +54,12 @@ pub enum GeoError {
          pickclosest needs a City-format database (GeoLite2-City, GeoIP2-City)"
     )]
     NotCity { path: String, database_type: String },
+    /// `asn_database` is a valid MaxMind DB without autonomous system numbers.
+    #[error(
+        "{path}: database type \"{database_type}\" carries no autonomous_system_number; \
+         asn_database needs a GeoLite2-ASN format database"
+    )]
+    NotAsn { path: String, database_type: String },
 }
 
 impl GeoError {
@@ -56,7 +68,112 @@ impl GeoError {
             GeoError::Open { .. } => "open",
             GeoError::Invalid { .. } => "invalid",
             GeoError::NotCity { .. } => "not_city",
+            GeoError::NotAsn { .. } => "not_asn",
         }
+    }
+}
+
+/// A lower-case geo code (country, continent, subdivision) of up to 4 bytes, zero-padded.
+pub(crate) type Code = [u8; 4];
+
+/// The code of an address the database does not know (PowerDNS's "unknown").
+pub(crate) const UNKNOWN: Code = [0; 4];
+
+/// `text` as a code: lower-cased; None when empty or longer than 4 bytes.
+pub(crate) fn code(text: &[u8]) -> Option<Code> {
+    if text.is_empty() || text.len() > 4 {
+        return None;
+    }
+    let mut c = UNKNOWN;
+    for (d, s) in c.iter_mut().zip(text) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(c)
+}
+
+/// The printable part of a code (`b"nl"`), empty for [`UNKNOWN`].
+pub(crate) fn code_text(c: &Code) -> &[u8] {
+    let len = c.iter().position(|&b| b == 0).unwrap_or(c.len());
+    &c[..len]
+}
+
+/// The client's codes as PowerDNS's GeoIP functions read them: `country.iso_code`,
+/// `continent.code`, `subdivisions[0].iso_code`, lower-cased; [`UNKNOWN`] when missing,
+/// empty, `--`, or longer than 4 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GeoCodes {
+    pub(crate) country: Code,
+    pub(crate) continent: Code,
+    pub(crate) region: Code,
+}
+
+impl Default for GeoCodes {
+    fn default() -> Self {
+        GeoCodes {
+            country: UNKNOWN,
+            continent: UNKNOWN,
+            region: UNKNOWN,
+        }
+    }
+}
+
+/// The parts of a City record the code functions read (borrowed, nothing else decoded).
+#[derive(Deserialize)]
+struct RecordCodes<'a> {
+    #[serde(borrow)]
+    country: Option<IsoCode<'a>>,
+    #[serde(borrow)]
+    continent: Option<ContinentCode<'a>>,
+    #[serde(borrow)]
+    subdivisions: Option<FirstIso<'a>>,
+}
+
+/// `subdivisions[0].iso_code` without collecting the list (no allocation).
+struct FirstIso<'a>(Option<&'a str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for FirstIso<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = FirstIso<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of subdivisions")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let first = seq.next_element::<IsoCode<'a>>()?.and_then(|c| c.iso_code);
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstIso(first))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+struct IsoCode<'a> {
+    #[serde(borrow)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct ContinentCode<'a> {
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+/// GeoLite2-ASN record.
+#[derive(Deserialize)]
+struct RecordAsn {
+    autonomous_system_number: Option<u32>,
+}
+
+fn decoded_code(s: Option<&str>) -> Code {
+    match s {
+        Some("--") | None => UNKNOWN,
+        Some(s) => code(s.as_bytes()).unwrap_or(UNKNOWN),
     }
 }
 
@@ -88,10 +205,16 @@ struct Coordinates {
 struct CacheSlot {
     lat: AtomicU64,
     lon: AtomicU64,
+    /// Same tagging: country and continent codes (2 bytes each), and the region code (4
+    /// bytes). Records with a longer country or continent code are not cached.
+    country_continent: AtomicU64,
+    region: AtomicU64,
 }
 
 pub struct GeoDb {
     reader: maxminddb::Reader<Vec<u8>>,
+    /// `[geoip] asn_database`: GeoLite2-ASN format, for `asnum()`.
+    asn: Option<maxminddb::Reader<Vec<u8>>>,
     cache: Box<[CacheSlot]>,
     /// Records that failed to decode (a damaged data section): located as unknown.
     decode_errors: AtomicU64,
@@ -121,6 +244,7 @@ impl GeoDb {
         })?;
         let db = GeoDb {
             reader,
+            asn: None,
             cache: (0..CACHE_SLOTS).map(|_| CacheSlot::default()).collect(),
             decode_errors: AtomicU64::new(0),
         };
@@ -149,6 +273,17 @@ impl GeoDb {
             .take(LOCATION_SAMPLE)
             .filter_map(Result::ok)
             .any(|found| matches!(found.decode::<RecordLocation>(), Ok(Some(r)) if coordinates(&r).is_some()))
+    }
+
+    /// Adds the ASN database at `path` (GeoLite2-ASN format) for `asnum()`.
+    pub fn with_asn(mut self, path: &Path) -> Result<GeoDb, GeoError> {
+        let label = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| GeoError::Open {
+            path: label.clone(),
+            message: e.to_string(),
+        })?;
+        self.asn = Some(asn_reader(bytes, label)?);
+        Ok(self)
     }
 
     /// The `build_epoch` from the file's metadata (seconds since 1970): for /status and logs.
@@ -228,6 +363,115 @@ impl GeoDb {
     }
 }
 
+impl GeoDb {
+    /// The client's codes, and the prefix length of the network that gave them (0 when the
+    /// address is not in the database).
+    pub(crate) fn codes(&self, ip: IpAddr) -> (GeoCodes, u8) {
+        let ip = ip.to_canonical();
+        let Ok(found) = self.reader.lookup(ip) else {
+            return (GeoCodes::default(), 0);
+        };
+        let (Some(offset), Ok(network)) = (found.offset(), found.network()) else {
+            return (GeoCodes::default(), 0);
+        };
+        let prefix_len = match (ip, network.ip()) {
+            (IpAddr::V4(_), IpAddr::V6(_)) => network.prefix().saturating_sub(96),
+            _ => network.prefix(),
+        };
+        (self.codes_at(offset, &found), prefix_len)
+    }
+
+    fn codes_at(&self, offset: usize, found: &maxminddb::LookupResult<'_, Vec<u8>>) -> GeoCodes {
+        let tag = u32::try_from(offset).ok().and_then(|t| t.checked_add(1));
+        let slot = tag.map(|t| &self.cache[slot_index(t)]);
+        if let (Some(tag), Some(slot)) = (tag, slot) {
+            let (a, b) = (
+                slot.country_continent.load(Ordering::Relaxed),
+                slot.region.load(Ordering::Relaxed),
+            );
+            if (a >> 32) as u32 == tag && (b >> 32) as u32 == tag {
+                let cc = (a as u32).to_be_bytes();
+                return GeoCodes {
+                    country: [cc[0], cc[1], 0, 0],
+                    continent: [cc[2], cc[3], 0, 0],
+                    region: (b as u32).to_be_bytes(),
+                };
+            }
+        }
+        let codes = match found.decode::<RecordCodes<'_>>() {
+            Ok(Some(r)) => GeoCodes {
+                country: decoded_code(r.country.and_then(|c| c.iso_code)),
+                continent: decoded_code(r.continent.and_then(|c| c.code)),
+                region: decoded_code(r.subdivisions.and_then(|s| s.0)),
+            },
+            Ok(None) => GeoCodes::default(),
+            Err(_) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                return GeoCodes::default();
+            }
+        };
+        // Country and continent codes are cached in 2 bytes; a longer one (custom database)
+        // is decoded on every lookup instead.
+        let fits = |c: &Code| c[2] == 0;
+        if let (Some(tag), Some(slot)) = (tag, slot)
+            && fits(&codes.country)
+            && fits(&codes.continent)
+        {
+            let cc = u32::from_be_bytes([
+                codes.country[0],
+                codes.country[1],
+                codes.continent[0],
+                codes.continent[1],
+            ]);
+            let tag = u64::from(tag) << 32;
+            slot.country_continent
+                .store(tag | u64::from(cc), Ordering::Relaxed);
+            slot.region.store(
+                tag | u64::from(u32::from_be_bytes(codes.region)),
+                Ordering::Relaxed,
+            );
+        }
+        codes
+    }
+
+    /// The client's autonomous system number from the ASN database; None when unknown or no
+    /// ASN database is configured. Decodes one integer field (no allocation).
+    pub(crate) fn asn(&self, ip: IpAddr) -> Option<u32> {
+        let found = self.asn.as_ref()?.lookup(ip.to_canonical()).ok()?;
+        match found.decode::<RecordAsn>() {
+            Ok(Some(r)) => r.autonomous_system_number,
+            Ok(None) => None,
+            Err(_) => {
+                self.decode_errors.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+}
+
+/// An ASN database: any MaxMind DB whose type names ASN, or whose first records carry
+/// `autonomous_system_number`.
+fn asn_reader(bytes: Vec<u8>, path: String) -> Result<maxminddb::Reader<Vec<u8>>, GeoError> {
+    let reader = maxminddb::Reader::from_source(bytes).map_err(|e| GeoError::Invalid {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    let db_type = reader.metadata().database_type.clone();
+    let ok = db_type.contains("ASN")
+        || reader.networks(Default::default()).is_ok_and(|n| {
+            n.take(LOCATION_SAMPLE).filter_map(Result::ok).any(|f| {
+                matches!(f.decode::<RecordAsn>(), Ok(Some(r)) if r.autonomous_system_number.is_some())
+            })
+        });
+    if !ok {
+        return Err(GeoError::NotAsn {
+            path,
+            database_type: db_type,
+        });
+    }
+    Ok(reader)
+}
+
 impl std::fmt::Debug for GeoDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GeoDb")
@@ -289,6 +533,53 @@ mod tests {
     const JOHANNESBURG: (f64, f64) = (-26.2041, 28.0473);
     const SINGAPORE: (f64, f64) = (1.3521, 103.8198);
     const BEIJING: (f64, f64) = (39.9042, 116.4074);
+
+    fn codes_of(db: &GeoDb, ip: &str) -> (String, String, String, u8) {
+        let (c, len) = db.codes(ip.parse().unwrap());
+        let t = |c: &Code| String::from_utf8_lossy(code_text(c)).into_owned();
+        (t(&c.country), t(&c.continent), t(&c.region), len)
+    }
+
+    #[test]
+    fn codes_are_lower_case_and_cached() {
+        let db = test_db();
+        let s = |a: &str, b: &str, c: &str, l: u8| (a.into(), b.into(), c.into(), l);
+        for _ in 0..2 {
+            // Second round: from the cache.
+            assert_eq!(codes_of(&db, "193.0.6.139"), s("nl", "eu", "nh", 24));
+            assert_eq!(codes_of(&db, "139.130.4.5"), s("au", "oc", "nsw", 24));
+            assert_eq!(codes_of(&db, "210.140.92.1"), s("jp", "as", "13", 24));
+            // No subdivision: unknown region.
+            assert_eq!(codes_of(&db, "203.116.0.1"), s("sg", "as", "", 24));
+            // Country but no location.
+            assert_eq!(codes_of(&db, "198.51.100.7"), s("nl", "eu", "", 24));
+            assert_eq!(codes_of(&db, "2001:db8:6::1"), s("br", "sa", "sp", 48));
+            assert_eq!(codes_of(&db, "::ffff:8.8.8.8"), s("us", "na", "ny", 24));
+            assert_eq!(codes_of(&db, "203.0.113.1"), s("", "", "", 0));
+            assert_eq!(codes_of(&db, "::1"), s("", "", "", 0));
+        }
+        assert_eq!(db.decode_errors(), 0);
+    }
+
+    #[test]
+    fn asn_database() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+        let db = test_db()
+            .with_asn(&dir.join("test-asn.mmdb"))
+            .expect("committed geoip/test-asn.mmdb opens");
+        let asn = |ip: &str| db.asn(ip.parse().unwrap());
+        assert_eq!(asn("193.0.6.1"), Some(64_500));
+        assert_eq!(asn("2001:db8:7::53"), Some(64_503));
+        assert_eq!(asn("41.0.0.9"), Some(4_200_000_000));
+        assert_eq!(asn("203.0.113.1"), Some(64_510));
+        assert_eq!(asn("1.1.1.1"), None);
+        // Without an ASN database nothing has one.
+        assert_eq!(test_db().asn("193.0.6.1".parse().unwrap()), None);
+        // A City file is not an ASN database.
+        let e = test_db().with_asn(&dir.join("test-city.mmdb")).unwrap_err();
+        assert_eq!(e.kind(), "not_asn");
+        assert!(e.to_string().contains("GeoLite2-ASN"), "{e}");
+    }
 
     #[test]
     fn shared_across_worker_threads() {

@@ -1,9 +1,12 @@
 //! Compiler for the PowerDNS LUA-record subset: body text to a typed rule, at config load.
 //!
 //! A body is parsed as one Lua expression (PowerDNS prepends `return `) made of calls, string and
-//! number literals, table constructors and booleans; anything else names itself in a config
-//! error. The result is a [`Rule`] whose answers are already RDATA wire bytes, so evaluating it
-//! per query copies bytes and never parses.
+//! number literals, table constructors, booleans, `and`/`or`/`not` and `..`; a body starting
+//! with ';' is a statement block (return, if/elseif/else, assignments of literals, include()).
+//! Anything else names itself in a config error. Variables are substituted at compile time and
+//! `if`s become a decision tree ([`Rule::Branch`] on typed [`Cond`]s over the client's GeoIP
+//! codes, ASN and address). Leaves hold answers already as RDATA wire bytes, so evaluating a
+//! rule per query walks the tree and copies bytes, never parses or interprets.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -11,7 +14,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use std::collections::HashMap;
+
 use crate::config::{ProbeDefaults, RecordType};
+use crate::steer::geo::{Code, UNKNOWN, code};
 use crate::steer::hash;
 use crate::steer::probes::{Check, CheckOptions, ProbeSpec};
 
@@ -26,6 +32,8 @@ const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsa
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
+/// Operands of one `and`, `or` or `..` chain (the tree is walked recursively).
+const MAX_CHAIN: usize = 64;
 /// Ring points `pickchashed` may create (sum of weights): bounds memory per record.
 const MAX_CHASHED_POINTS: u64 = 1_000_000;
 
@@ -137,6 +145,63 @@ pub(crate) struct ViewRule {
     pub(crate) values: Vec<Rdata>,
 }
 
+/// A client attribute from the City database that conditions and values read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GeoField {
+    Country,
+    Continent,
+    Region,
+}
+
+/// A condition of a statement block, on the client (`bestwho`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cond {
+    Const(bool),
+    Not(Box<Cond>),
+    And(Box<Cond>, Box<Cond>),
+    Or(Box<Cond>, Box<Cond>),
+    /// `country(…)`, `continent(…)`, `region(…)`: the client's code is one of these
+    /// (lower-case; [`UNKNOWN`] matches an unknown client, as PowerDNS's "unknown" does).
+    Geo(GeoField, Vec<Code>),
+    /// `asnum(…)`: the client's autonomous system number is one of these.
+    Asn(Vec<u32>),
+    /// `netmask({…})`: the client is inside one of these.
+    Netmask(Vec<IpNet>),
+}
+
+/// Part of a string built per query (`continentCode()..'.pool.example.'`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Piece {
+    Lit(Box<[u8]>),
+    /// The lower-case code, `--` when unknown.
+    Code(GeoField),
+    /// `latlon()`: `"%f %f"`, `0.000000 0.000000` when unknown.
+    LatLon,
+    /// `latlonloc()`: LOC-style text.
+    LatLonLoc,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Branch {
+    pub(crate) cond: Cond,
+    pub(crate) then: Rule,
+    pub(crate) other: Rule,
+}
+
+/// Match values to codes: lower-case, at most 4 bytes (longer ones can never match).
+fn codes(texts: Vec<Vec<u8>>) -> Vec<Code> {
+    texts
+        .into_iter()
+        .filter_map(|t| {
+            let t = t.to_ascii_lowercase();
+            if t == b"unknown" {
+                return Some(UNKNOWN);
+            }
+            code(&t)
+        })
+        .collect()
+}
+
 /// A compiled record body.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Rule {
@@ -156,16 +221,62 @@ pub(crate) enum Rule {
     Closest(Vec<IpAddr>),
     View(Vec<ViewRule>),
     IfUp(IfUp),
+    /// A statement block's `if`: `then` when the condition holds for the client, else `other`.
+    Branch(Box<Branch>),
+    /// A string joined per query from literals and geo values, then read as the record type.
+    Text(Vec<Piece>),
+    /// Where PowerDNS raises (no value returned, a boolean or nil result): SERVFAIL.
+    Fail,
 }
 
 impl Rule {
     /// Probes this rule needs, with duplicates.
-    pub(crate) fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
-        let cands: &[Candidate] = match self {
-            Rule::IfUp(u) => &u.candidates,
-            _ => &[],
-        };
-        cands.iter().map(|c| &c.probe)
+    pub(crate) fn probes(&self) -> Vec<&ProbeSpec> {
+        let mut out = Vec::new();
+        self.visit(&mut |r| {
+            if let Rule::IfUp(u) = r {
+                out.extend(u.candidates.iter().map(|c| &c.probe));
+            }
+        });
+        out
+    }
+
+    /// Calls `f` on this rule and every leaf and branch below it.
+    pub(crate) fn visit<'r>(&'r self, f: &mut dyn FnMut(&'r Rule)) {
+        f(self);
+        if let Rule::Branch(b) = self {
+            b.then.visit(f);
+            b.other.visit(f);
+        }
+    }
+
+    /// Whether `f` holds for this rule or any condition below it.
+    pub(crate) fn any_cond(&self, f: &dyn Fn(&Cond) -> bool) -> bool {
+        fn walk(c: &Cond, f: &dyn Fn(&Cond) -> bool) -> bool {
+            f(c) || match c {
+                Cond::Not(a) => walk(a, f),
+                Cond::And(a, b) | Cond::Or(a, b) => walk(a, f) || walk(b, f),
+                _ => false,
+            }
+        }
+        let mut found = false;
+        self.visit(&mut |r| {
+            if let Rule::Branch(b) = r {
+                found |= walk(&b.cond, f);
+            }
+        });
+        found
+    }
+
+    /// `if cond then then else other`, folding constant conditions and equal branches
+    /// (conditions have no side effects).
+    fn branch(cond: Cond, then: Rule, other: Rule) -> Rule {
+        match cond {
+            Cond::Const(true) => then,
+            Cond::Const(false) => other,
+            _ if then == other => then,
+            cond => Rule::Branch(Box::new(Branch { cond, then, other })),
+        }
     }
 }
 
@@ -404,7 +515,7 @@ fn long_bracket_level(s: &[u8]) -> Option<usize> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Parser: tokens to a small expression tree
+// Parser: tokens to a small statement and expression tree
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq)]
@@ -414,7 +525,18 @@ enum Expr {
     Bool(bool),
     Nil,
     Table(Vec<Field>),
-    Call { name: String, args: Vec<Expr> },
+    Call {
+        name: String,
+        args: Vec<Expr>,
+    },
+    /// A name assigned earlier in the block (or by an included record).
+    Var(String),
+    /// `t.name`, `t['key']`, `t[1]` on a table variable.
+    Index(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Concat(Box<Expr>, Box<Expr>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -429,9 +551,45 @@ enum Key {
     Expr(Expr),
 }
 
+/// A statement of a block (body starting with ';', or an included record).
+#[derive(Debug, Clone, PartialEq)]
+enum Stmt {
+    /// `return` without a value returns nil.
+    Return(Option<Expr>),
+    If {
+        arms: Vec<(Expr, Vec<Stmt>)>,
+        other: Option<Vec<Stmt>>,
+    },
+    /// `local x = v` (`local`) or `x = v`.
+    Assign {
+        name: String,
+        value: Expr,
+        local: bool,
+    },
+    /// Not Lua syntax: the end of a branch's block, restoring the locals it declared to what
+    /// they were before (None: not a local then).
+    EndScope(Vec<(String, Option<Expr>)>),
+    /// `include('name')`.
+    Include(Vec<u8>),
+}
+
 const KEYWORDS: [&str; 17] = [
     "and", "break", "do", "else", "elseif", "end", "for", "function", "goto", "if", "in", "local",
     "not", "or", "repeat", "return", "while",
+];
+
+/// Functions a condition or value may call besides the selection functions.
+const GEO_FUNCTIONS: [&str; 10] = [
+    "country",
+    "continent",
+    "region",
+    "asnum",
+    "netmask",
+    "countryCode",
+    "continentCode",
+    "regionCode",
+    "latlon",
+    "latlonloc",
 ];
 
 struct Parser<'a> {
@@ -472,17 +630,177 @@ impl<'a> Parser<'a> {
         }
     }
 
+    fn is_keyword(&self, k: &str) -> bool {
+        matches!(&self.tok, Tok::Name(n) if n == k)
+    }
+
+    fn expect_keyword(&mut self, k: &str) -> Result<(), LuaError> {
+        if self.is_keyword(k) {
+            self.bump()?;
+            Ok(())
+        } else {
+            self.err(format!("expected '{k}', found {}", describe(&self.tok)))
+        }
+    }
+
     /// The whole body: one expression, then the end.
     fn body(&mut self) -> Result<Expr, LuaError> {
         let e = self.expr()?;
         match &self.tok {
             Tok::Eof => Ok(e),
-            Tok::Op(op) => unsupported_operator(op),
-            Tok::Name(n) if n == "and" || n == "or" => unsupported_operator(n),
             other => self.err(format!(
                 "unexpected {} after the expression",
                 describe(other)
             )),
+        }
+    }
+
+    /// A whole statement block, up to the end of the text.
+    fn chunk(&mut self) -> Result<Vec<Stmt>, LuaError> {
+        let stmts = self.block()?;
+        match &self.tok {
+            Tok::Eof => Ok(stmts),
+            other => self.err(format!("unexpected {}", describe(other))),
+        }
+    }
+
+    /// Statements up to `end`, `else`, `elseif` or the end of the text (not consumed).
+    fn block(&mut self) -> Result<Vec<Stmt>, LuaError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        let mut out = Vec::new();
+        loop {
+            match &self.tok {
+                Tok::Punct(';') => {
+                    self.bump()?;
+                }
+                Tok::Eof => break,
+                Tok::Name(n) if matches!(n.as_str(), "end" | "else" | "elseif") => break,
+                _ => {
+                    let s = self.statement()?;
+                    let last = matches!(s, Stmt::Return(_));
+                    out.push(s);
+                    if last {
+                        // Lua: `return` ends its block.
+                        if self.tok == Tok::Punct(';') {
+                            self.bump()?;
+                        }
+                        match &self.tok {
+                            Tok::Eof => break,
+                            Tok::Name(n) if matches!(n.as_str(), "end" | "else" | "elseif") => {
+                                break;
+                            }
+                            other => {
+                                return self.err(format!(
+                                    "unexpected {} after 'return' (it must end its block)",
+                                    describe(other)
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(out)
+    }
+
+    fn statement(&mut self) -> Result<Stmt, LuaError> {
+        let name = match &self.tok {
+            Tok::Name(n) => n.clone(),
+            other => return self.err(format!("unexpected {} at a statement", describe(other))),
+        };
+        match name.as_str() {
+            "return" => {
+                self.bump()?;
+                let ends = matches!(&self.tok, Tok::Eof | Tok::Punct(';'))
+                    || matches!(&self.tok, Tok::Name(n) if matches!(n.as_str(), "end" | "else" | "elseif"));
+                Ok(Stmt::Return(if ends { None } else { Some(self.expr()?) }))
+            }
+            "if" => {
+                self.bump()?;
+                let mut arms = Vec::new();
+                let cond = self.expr()?;
+                self.expect_keyword("then")?;
+                arms.push((cond, self.block()?));
+                let mut other = None;
+                loop {
+                    if self.is_keyword("elseif") {
+                        self.bump()?;
+                        let cond = self.expr()?;
+                        self.expect_keyword("then")?;
+                        arms.push((cond, self.block()?));
+                    } else if self.is_keyword("else") {
+                        self.bump()?;
+                        other = Some(self.block()?);
+                        self.expect_keyword("end")?;
+                        break;
+                    } else {
+                        self.expect_keyword("end")?;
+                        break;
+                    }
+                }
+                Ok(Stmt::If { arms, other })
+            }
+            "local" => {
+                self.bump()?;
+                let Tok::Name(var) = self.bump()? else {
+                    return self.err("expected a name after 'local'");
+                };
+                if KEYWORDS.contains(&var.as_str()) {
+                    return unsupported(format!("unsupported construct: 'local {var}'"));
+                }
+                if self.tok == Tok::Punct('=') {
+                    self.bump()?;
+                    let value = self.expr()?;
+                    if self.tok == Tok::Punct(',') {
+                        return unsupported("unsupported construct: multiple assignment");
+                    }
+                    Ok(Stmt::Assign {
+                        name: var,
+                        value,
+                        local: true,
+                    })
+                } else if self.tok == Tok::Punct(',') {
+                    unsupported("unsupported construct: multiple assignment")
+                } else {
+                    Ok(Stmt::Assign {
+                        name: var,
+                        value: Expr::Nil,
+                        local: true,
+                    })
+                }
+            }
+            n if KEYWORDS.contains(&n) => unsupported(format!(
+                "unsupported construct: '{n}' (blocks support return, if/elseif/else, assignments and include)"
+            )),
+            _ => {
+                if self.peek_is_assign() {
+                    self.bump()?;
+                    self.expect('=')?;
+                    let value = self.expr()?;
+                    if self.tok == Tok::Punct(',') {
+                        return unsupported("unsupported construct: multiple assignment");
+                    }
+                    return Ok(Stmt::Assign {
+                        name,
+                        value,
+                        local: false,
+                    });
+                }
+                match self.expr()? {
+                    Expr::Call { name, args } if name == "include" => match args.as_slice() {
+                        [Expr::Str(s)] => Ok(Stmt::Include(s.clone())),
+                        _ => invalid("include() takes one string: the name of a LUA record"),
+                    },
+                    Expr::Call { name, .. } if !is_supported(&name) => unsupported_function(&name),
+                    _ => unsupported(format!(
+                        "unsupported construct: a statement other than return, if, assignment or include ('{name}')"
+                    )),
+                }
+            }
         }
     }
 
@@ -491,20 +809,67 @@ impl<'a> Parser<'a> {
         if self.depth > MAX_DEPTH {
             return self.err(format!("nested deeper than {MAX_DEPTH} levels"));
         }
-        let e = self.primary()?;
-        self.depth -= 1;
-        // Any operator after an operand is outside the subset: say which, naming an unsupported
-        // function on its left first (`countryCode()..'x'` is about countryCode).
-        let op = match &self.tok {
-            Tok::Op(op) => *op,
-            Tok::Name(n) if n == "and" => "and",
-            Tok::Name(n) if n == "or" => "or",
-            _ => return Ok(e),
-        };
-        match &e {
-            Expr::Call { name, .. } if !is_supported(name) => unsupported_function(name),
-            _ => unsupported_operator(op),
+        let mut e = self.and_expr()?;
+        let mut n = 0;
+        while self.is_keyword("or") {
+            n += 1;
+            if n > MAX_CHAIN {
+                return self.err(format!("more than {MAX_CHAIN} 'or' in a row"));
+            }
+            self.bump()?;
+            e = Expr::Or(Box::new(e), Box::new(self.and_expr()?));
         }
+        self.depth -= 1;
+        // Arithmetic and comparisons are outside the subset: say which.
+        if let Tok::Op(op) = &self.tok {
+            return unsupported_operator(op);
+        }
+        Ok(e)
+    }
+
+    fn and_expr(&mut self) -> Result<Expr, LuaError> {
+        let mut e = self.concat()?;
+        let mut n = 0;
+        while self.is_keyword("and") {
+            n += 1;
+            if n > MAX_CHAIN {
+                return self.err(format!("more than {MAX_CHAIN} 'and' in a row"));
+            }
+            self.bump()?;
+            e = Expr::And(Box::new(e), Box::new(self.concat()?));
+        }
+        Ok(e)
+    }
+
+    /// `a .. b .. c`, right-associative as in Lua.
+    fn concat(&mut self) -> Result<Expr, LuaError> {
+        let mut operands = vec![self.unary()?];
+        while self.tok == Tok::Op("..") {
+            if operands.len() > MAX_CHAIN {
+                return self.err(format!("more than {MAX_CHAIN} '..' in a row"));
+            }
+            self.bump()?;
+            operands.push(self.unary()?);
+        }
+        let mut e = operands.pop().unwrap_or(Expr::Nil);
+        while let Some(left) = operands.pop() {
+            e = Expr::Concat(Box::new(left), Box::new(e));
+        }
+        Ok(e)
+    }
+
+    fn unary(&mut self) -> Result<Expr, LuaError> {
+        if self.is_keyword("not") {
+            self.bump()?;
+            self.depth += 1;
+            if self.depth > MAX_DEPTH {
+                return self.err(format!("nested deeper than {MAX_DEPTH} levels"));
+            }
+            let e = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(e)));
+        }
+        self.primary()
     }
 
     fn primary(&mut self) -> Result<Expr, LuaError> {
@@ -517,9 +882,11 @@ impl<'a> Parser<'a> {
             },
             Tok::Op(op) => unsupported_operator(op),
             Tok::Punct('{') => self.table(),
-            Tok::Punct('(') => unsupported(
-                "unsupported construct: parenthesised expression (write the value directly)",
-            ),
+            Tok::Punct('(') => {
+                let e = self.expr()?;
+                self.expect(')')?;
+                Ok(e)
+            }
             Tok::Name(name) => self.named(name),
             Tok::Eof => self.err("empty expression"),
             other => self.err(format!("unexpected {}", describe(&other))),
@@ -531,13 +898,12 @@ impl<'a> Parser<'a> {
             "true" => return Ok(Expr::Bool(true)),
             "false" => return Ok(Expr::Bool(false)),
             "nil" => return Ok(Expr::Nil),
-            "not" => return unsupported_operator("not"),
             "function" => {
                 return unsupported("unsupported construct: function definition");
             }
             n if KEYWORDS.contains(&n) => {
                 return unsupported(format!(
-                    "unsupported construct: '{n}' (a body is one expression; statements are not supported)"
+                    "unsupported construct: '{n}' (statements need a body starting with ';')"
                 ));
             }
             _ => {}
@@ -577,10 +943,34 @@ impl<'a> Parser<'a> {
                     args: vec![Expr::Str(s)],
                 })
             }
-            Tok::Op("." | ":") | Tok::Punct('[') => unsupported(format!(
-                "unsupported construct: field or method access on '{name}'"
-            )),
-            _ => unsupported(format!("unsupported construct: variable '{name}'")),
+            Tok::Op(":") => unsupported(format!("unsupported construct: method call on '{name}'")),
+            Tok::Op(".") | Tok::Punct('[') => {
+                let mut e = Expr::Var(name);
+                loop {
+                    match &self.tok {
+                        Tok::Op(".") => {
+                            self.bump()?;
+                            let Tok::Name(field) = self.bump()? else {
+                                return self.err("expected a field name after '.'");
+                            };
+                            e = Expr::Index(Box::new(e), Box::new(Expr::Str(field.into_bytes())));
+                        }
+                        Tok::Punct('[') => {
+                            self.bump()?;
+                            let key = self.expr()?;
+                            self.expect(']')?;
+                            e = Expr::Index(Box::new(e), Box::new(key));
+                        }
+                        Tok::Op(":") | Tok::Punct('(') => {
+                            return unsupported(
+                                "unsupported construct: method or function call on a table field",
+                            );
+                        }
+                        _ => return Ok(e),
+                    }
+                }
+            }
+            _ => Ok(Expr::Var(name)),
         }
     }
 
@@ -698,10 +1088,25 @@ fn describe(t: &Tok) -> String {
 
 /// Compiles a LUA record body (the text inside `LUA <TYPE> "..."`, verbatim) for `rtype`.
 /// `defaults` give probe settings the body does not set.
+#[cfg(test)]
 pub(crate) fn compile(
     body: &str,
     rtype: RecordType,
     defaults: &ProbeDefaults,
+) -> Result<Rule, LuaError> {
+    compile_with_includes(body, rtype, defaults, &|_| None)
+}
+
+/// Code of the LUA-type records at the name given to `include()`, as the caller resolves it
+/// (relative to the zone); None when there is no such record.
+pub(crate) type Includes<'a> = dyn Fn(&str) -> Option<Vec<String>> + 'a;
+
+/// As [`compile`]; `include` finds the records `include('name')` runs.
+pub(crate) fn compile_with_includes(
+    body: &str,
+    rtype: RecordType,
+    defaults: &ProbeDefaults,
+    include: &Includes<'_>,
 ) -> Result<Rule, LuaError> {
     // PowerDNS splits record text on every `"`: such a body never reaches Lua intact.
     if let Some(i) = body.find('"') {
@@ -710,14 +1115,264 @@ pub(crate) fn compile(
             body[..i].chars().count() + 1
         ));
     }
-    // PowerDNS runs a body starting with ';' as a statement block instead of an expression.
-    if body.trim_start().starts_with(';') {
-        return unsupported(
-            "unsupported construct: statement block (body starting with ';'); write a single expression",
-        );
+    let c = Compiler { rtype, defaults };
+    // PowerDNS runs a body whose first character is ';' as a statement block (the ';'
+    // dropped); any other body gets `return ` prepended.
+    if let Some(rest) = body.strip_prefix(';') {
+        let stmts = Parser::new(rest)?.chunk()?;
+        let mut b = Block {
+            c: &c,
+            include,
+            nodes: 0,
+        };
+        let rule = b.stmts(&stmts, &Env::default(), 0)?;
+        if rule == Rule::Fail {
+            return invalid(
+                "the statement block never returns a value (PowerDNS answers SERVFAIL); end it with 'return …'",
+            );
+        }
+        return Ok(rule);
     }
     let expr = Parser::new(body)?.body()?;
-    Compiler { rtype, defaults }.rule(&expr)
+    let expr = resolve(&expr, &Env::default())?;
+    c.result(&expr, true)
+}
+
+/// Names assigned so far, with their (resolved) values. Locals shadow globals; included code
+/// assigns globals.
+#[derive(Debug, Clone, Default)]
+struct Env {
+    locals: HashMap<String, Expr>,
+    globals: HashMap<String, Expr>,
+}
+
+impl Env {
+    fn get(&self, name: &str) -> Option<&Expr> {
+        self.locals.get(name).or_else(|| self.globals.get(name))
+    }
+}
+
+/// Decision-tree nodes one record may compile to (sequential `if`s without `return` copy the
+/// statements after them into each branch).
+const MAX_NODES: usize = 4096;
+
+/// `include()` inside included code, at most this deep.
+const MAX_INCLUDE_DEPTH: usize = 4;
+
+/// Compiles a statement block to a decision tree: conditions become [`Cond`]s, every path ends
+/// in a [`Rule`] leaf (or [`Rule::Fail`] where PowerDNS raises).
+struct Block<'c, 'i> {
+    c: &'c Compiler<'c>,
+    include: &'i Includes<'i>,
+    nodes: usize,
+}
+
+impl Block<'_, '_> {
+    fn stmts(&mut self, s: &[Stmt], env: &Env, depth: usize) -> Result<Rule, LuaError> {
+        self.nodes += 1;
+        if self.nodes > MAX_NODES || depth > MAX_DEPTH * 4 {
+            return invalid(format!(
+                "the statement block has more than {MAX_NODES} paths; simplify it"
+            ));
+        }
+        let mut env = env.clone();
+        for (i, st) in s.iter().enumerate() {
+            match st {
+                Stmt::Assign { name, value, local } => assign(&mut env, name, value, *local)?,
+                Stmt::EndScope(saved) => {
+                    for (name, before) in saved {
+                        match before {
+                            Some(v) => env.locals.insert(name.clone(), v.clone()),
+                            None => env.locals.remove(name),
+                        };
+                    }
+                }
+                Stmt::Include(name) => self.include(name, &mut env, 0)?,
+                // `return` alone gives nil: not a valid result.
+                Stmt::Return(None) => return Ok(Rule::Fail),
+                Stmt::Return(Some(e)) => return self.c.result(&resolve(e, &env)?, false),
+                Stmt::If { arms, other } => {
+                    let rest = &s[i + 1..];
+                    // A branch's block, then the statements after the `if`; locals the block
+                    // declared end with it.
+                    let path = |body: &[Stmt]| {
+                        let saved = body
+                            .iter()
+                            .filter_map(|st| match st {
+                                Stmt::Assign {
+                                    name, local: true, ..
+                                } => Some((name.clone(), env.locals.get(name).cloned())),
+                                _ => None,
+                            })
+                            .collect();
+                        [body, &[Stmt::EndScope(saved)], rest].concat()
+                    };
+                    let mut tail = match other {
+                        Some(b) => self.stmts(&path(b), &env, depth + 1)?,
+                        None => self.stmts(rest, &env, depth + 1)?,
+                    };
+                    for (cond, body) in arms.iter().rev() {
+                        let cond = self.c.cond(&resolve(cond, &env)?)?;
+                        let then = self.stmts(&path(body), &env, depth + 1)?;
+                        tail = Rule::branch(cond, then, tail);
+                    }
+                    return Ok(tail);
+                }
+            }
+        }
+        // Fell off the end: the chunk returns nothing, which PowerDNS cannot convert to a
+        // record (SERVFAIL).
+        Ok(Rule::Fail)
+    }
+
+    /// Runs the included records' code: assignments (and further includes) only.
+    fn include(&mut self, name: &[u8], env: &mut Env, depth: usize) -> Result<(), LuaError> {
+        let name = String::from_utf8_lossy(name).into_owned();
+        if depth >= MAX_INCLUDE_DEPTH {
+            return invalid(format!(
+                "include('{name}') nests includes deeper than {MAX_INCLUDE_DEPTH}"
+            ));
+        }
+        let Some(codes) = (self.include)(&name) else {
+            return invalid(format!(
+                "include('{name}'): no LUA record of type LUA at '{name}' in this zone"
+            ));
+        };
+        for code in codes {
+            // Included code runs as written (no `return ` prepended, no ';' dropped).
+            let stmts = Parser::new(&code)
+                .and_then(|mut p| p.chunk())
+                .map_err(|e| LuaError::Invalid(format!("include('{name}'): {e}")))?;
+            // Included code runs as its own chunk: it sees only globals, and its locals end
+            // with it.
+            let caller_locals = std::mem::take(&mut env.locals);
+            let result = stmts.iter().try_for_each(|st| match st {
+                Stmt::Assign {
+                    name: var,
+                    value,
+                    local,
+                } => assign(env, var, value, *local),
+                Stmt::Include(inner) => self.include(inner, env, depth + 1),
+                _ => unsupported(format!(
+                    "include('{name}'): included code may only assign values (name = value)"
+                )),
+            });
+            env.locals = caller_locals;
+            result?;
+        }
+        Ok(())
+    }
+}
+
+/// `name = value`: the value is resolved now, so later statements see what it was then. A plain
+/// assignment to a name that is a local in scope sets the local, else the global.
+fn assign(env: &mut Env, name: &str, value: &Expr, local: bool) -> Result<(), LuaError> {
+    let v = resolve(value, env)?;
+    if !pure(&v) {
+        return unsupported(format!(
+            "unsupported construct: '{name}' is assigned a function result; assign literals, tables and geo functions only"
+        ));
+    }
+    if local || env.locals.contains_key(name) {
+        env.locals.insert(name.to_string(), v);
+    } else {
+        env.globals.insert(name.to_string(), v);
+    }
+    Ok(())
+}
+
+/// Whether evaluating `e` twice gives the same as once (no random or health-checked choice).
+fn pure(e: &Expr) -> bool {
+    match e {
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Nil | Expr::Var(_) => true,
+        Expr::Table(fields) => fields.iter().all(|f| {
+            pure(&f.value)
+                && match &f.key {
+                    Some(Key::Expr(k)) => pure(k),
+                    _ => true,
+                }
+        }),
+        Expr::Call { name, args } => {
+            GEO_FUNCTIONS.contains(&name.as_str()) && args.iter().all(pure)
+        }
+        Expr::Index(a, b) | Expr::And(a, b) | Expr::Or(a, b) | Expr::Concat(a, b) => {
+            pure(a) && pure(b)
+        }
+        Expr::Not(a) => pure(a),
+    }
+}
+
+/// `e` with every variable and table index replaced by its value.
+fn resolve(e: &Expr, env: &Env) -> Result<Expr, LuaError> {
+    let r = |x: &Expr| resolve(x, env).map(Box::new);
+    Ok(match e {
+        Expr::Str(_) | Expr::Num(_) | Expr::Bool(_) | Expr::Nil => e.clone(),
+        Expr::Var(name) => match env.get(name) {
+            Some(v) => v.clone(),
+            None => {
+                return unsupported(format!(
+                    "unsupported construct: variable '{name}' (only names assigned earlier in the block or by include() can be used)"
+                ));
+            }
+        },
+        Expr::Index(t, k) => {
+            let (t, k) = (resolve(t, env)?, resolve(k, env)?);
+            index(&t, &k)?
+        }
+        Expr::Table(fields) => Expr::Table(
+            fields
+                .iter()
+                .map(|f| {
+                    Ok(Field {
+                        key: match &f.key {
+                            Some(Key::Expr(k)) => Some(Key::Expr(resolve(k, env)?)),
+                            other => other.clone(),
+                        },
+                        value: resolve(&f.value, env)?,
+                    })
+                })
+                .collect::<Result<_, LuaError>>()?,
+        ),
+        Expr::Call { name, args } => Expr::Call {
+            name: name.clone(),
+            args: args
+                .iter()
+                .map(|a| resolve(a, env))
+                .collect::<Result<_, _>>()?,
+        },
+        Expr::Not(a) => Expr::Not(r(a)?),
+        Expr::And(a, b) => Expr::And(r(a)?, r(b)?),
+        Expr::Or(a, b) => Expr::Or(r(a)?, r(b)?),
+        Expr::Concat(a, b) => Expr::Concat(r(a)?, r(b)?),
+    })
+}
+
+/// `t[k]` on a literal table, as Lua reads it: a missing field is nil.
+fn index(t: &Expr, k: &Expr) -> Result<Expr, LuaError> {
+    let Expr::Table(fields) = t else {
+        return invalid(format!(
+            "cannot index {} (only tables have fields)",
+            what(t)
+        ));
+    };
+    let found = match k {
+        Expr::Num(n) if n.fract() == 0.0 && *n >= 1.0 => fields
+            .iter()
+            .filter(|f| f.key.is_none())
+            .nth(*n as usize - 1)
+            .or_else(|| {
+                fields
+                    .iter()
+                    .find(|f| matches!(&f.key, Some(Key::Expr(Expr::Num(m))) if m == n))
+            }),
+        Expr::Str(s) => fields.iter().find(|f| match &f.key {
+            Some(Key::Name(n)) => n.as_bytes() == s.as_slice(),
+            Some(Key::Expr(Expr::Str(x))) => x == s,
+            _ => false,
+        }),
+        _ => None,
+    };
+    Ok(found.map_or(Expr::Nil, |f| f.value.clone()))
 }
 
 struct Compiler<'a> {
@@ -751,6 +1406,10 @@ fn what(e: &Expr) -> &'static str {
         Expr::Nil => "nil",
         Expr::Table(_) => "a table",
         Expr::Call { .. } => "a function call",
+        Expr::Var(_) | Expr::Index(..) => "a variable",
+        Expr::Not(_) => "a boolean",
+        Expr::And(..) | Expr::Or(..) => "a logical expression",
+        Expr::Concat(..) => "a string",
     }
 }
 
@@ -759,6 +1418,225 @@ fn show(bytes: &[u8]) -> String {
 }
 
 impl Compiler<'_> {
+    /// The value a `return` (or an expression body) gives, as a rule. `top`: the whole body
+    /// is this expression, so a value that is never a record is a config error rather than a
+    /// SERVFAIL leaf.
+    fn result(&self, e: &Expr, top: bool) -> Result<Rule, LuaError> {
+        let not_a_record = || {
+            if top {
+                let kind = match e {
+                    Expr::Call { .. } | Expr::Not(_) => "a boolean",
+                    _ => what(e),
+                };
+                invalid(format!(
+                    "the body evaluates to {kind}, which is not a valid {} result",
+                    self.rtype.name()
+                ))
+            } else {
+                Ok(Rule::Fail)
+            }
+        };
+        match e {
+            Expr::Bool(_) | Expr::Nil | Expr::Not(_) => not_a_record(),
+            Expr::Call { name, args } => match name.as_str() {
+                "country" | "continent" | "region" | "asnum" | "netmask" => {
+                    self.cond(e)?;
+                    not_a_record()
+                }
+                "countryCode" | "continentCode" | "regionCode" | "latlon" | "latlonloc" => {
+                    self.text_rule(e)
+                }
+                "include" => unsupported(
+                    "include() gives no value; call it as a statement in a block starting with ';'",
+                ),
+                _ => self.call(name, args),
+            },
+            Expr::Concat(..) => self.text_rule(e),
+            // `a and b`: b when a is truthy, else a (false or nil: not a record).
+            Expr::And(a, b) => Ok(Rule::branch(
+                self.cond(a)?,
+                self.result(b, false)?,
+                Rule::Fail,
+            )),
+            // `a or b`: a when a is truthy, else b.
+            Expr::Or(a, b) => Ok(Rule::branch(
+                self.cond(a)?,
+                self.result(a, false)?,
+                self.result(b, false)?,
+            )),
+            _ => self.rule(e),
+        }
+    }
+
+    /// `e` as a condition (Lua truthiness: everything but false and nil is true).
+    fn cond(&self, e: &Expr) -> Result<Cond, LuaError> {
+        Ok(match e {
+            Expr::Bool(b) => Cond::Const(*b),
+            Expr::Nil => Cond::Const(false),
+            Expr::Str(_) | Expr::Num(_) | Expr::Table(_) => Cond::Const(true),
+            Expr::Concat(..) => {
+                self.pieces(e)?;
+                Cond::Const(true)
+            }
+            Expr::Not(a) => match self.cond(a)? {
+                Cond::Const(b) => Cond::Const(!b),
+                c => Cond::Not(Box::new(c)),
+            },
+            // Conditions have no side effects, so constants fold from either side.
+            Expr::And(a, b) => match (self.cond(a)?, self.cond(b)?) {
+                (Cond::Const(false), _) | (_, Cond::Const(false)) => Cond::Const(false),
+                (Cond::Const(true), c) | (c, Cond::Const(true)) => c,
+                (c, d) => Cond::And(Box::new(c), Box::new(d)),
+            },
+            Expr::Or(a, b) => match (self.cond(a)?, self.cond(b)?) {
+                (Cond::Const(true), _) | (_, Cond::Const(true)) => Cond::Const(true),
+                (Cond::Const(false), c) | (c, Cond::Const(false)) => c,
+                (c, d) => Cond::Or(Box::new(c), Box::new(d)),
+            },
+            Expr::Call { name, args } => {
+                let one = || {
+                    arity(name, args, 1, 1)?;
+                    self.match_list(&args[0], name)
+                };
+                match name.as_str() {
+                    "country" => Cond::Geo(GeoField::Country, codes(one()?)),
+                    "continent" => Cond::Geo(GeoField::Continent, codes(one()?)),
+                    "region" => Cond::Geo(GeoField::Region, codes(one()?)),
+                    // PowerDNS compares the decimal text of the number, case-insensitively.
+                    "asnum" => Cond::Asn(
+                        one()?
+                            .iter()
+                            .filter_map(|t| {
+                                let s = std::str::from_utf8(t).ok()?;
+                                s.parse::<u32>().ok().filter(|n| n.to_string() == s)
+                            })
+                            .collect(),
+                    ),
+                    "netmask" => {
+                        arity(name, args, 1, 1)?;
+                        Cond::Netmask(self.nets(&args[0], "netmask()")?)
+                    }
+                    "countryCode" | "continentCode" | "regionCode" | "latlon" | "latlonloc" => {
+                        self.pieces(e)?;
+                        Cond::Const(true)
+                    }
+                    n if is_supported(n) => {
+                        return unsupported(format!(
+                            "unsupported construct: {n}() as a condition (conditions use country, continent, region, asnum, netmask)"
+                        ));
+                    }
+                    n => return unsupported_function(n),
+                }
+            }
+            Expr::Var(_) | Expr::Index(..) => {
+                return invalid("internal: unresolved variable in a condition");
+            }
+        })
+    }
+
+    /// `'xx'` or `{'xx', 'yy'}` (numbers as their text), for country() and friends.
+    fn match_list(&self, e: &Expr, func: &str) -> Result<Vec<Vec<u8>>, LuaError> {
+        if let Some(t) = as_text(e) {
+            return Ok(vec![t]);
+        }
+        self.list(e, &format!("the argument of {func}()"))?
+            .into_iter()
+            .map(|i| {
+                as_text(i).map_or_else(
+                    || {
+                        invalid(format!(
+                            "{func}() takes a string or a list of strings, got {}",
+                            what(i)
+                        ))
+                    },
+                    Ok,
+                )
+            })
+            .collect()
+    }
+
+    /// Netmasks (`'10.0.0.0/8'`, or an address: a host route), as PowerDNS's Netmask reads them.
+    fn nets(&self, e: &Expr, what_: &str) -> Result<Vec<IpNet>, LuaError> {
+        self.list(e, &format!("the netmasks given to {what_}"))?
+            .into_iter()
+            .map(|n| {
+                let text = self.text(n)?;
+                let s = std::str::from_utf8(&text).unwrap_or("").trim();
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        LuaError::Invalid(format!(
+                            "{what_} netmask '{}' is not an address or prefix",
+                            show(&text)
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    /// A string built per query from literals and the client's geo codes.
+    fn text_rule(&self, e: &Expr) -> Result<Rule, LuaError> {
+        let pieces = self.pieces(e)?;
+        if let [Piece::Lit(t)] = pieces.as_slice() {
+            return Ok(Rule::Static(vec![self.value(t)?]));
+        }
+        if pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Lit(t) if t.contains(&b'\\')))
+        {
+            return unsupported(
+                "unsupported construct: a backslash in a string joined with '..' to a geo value",
+            );
+        }
+        Ok(Rule::Text(pieces))
+    }
+
+    /// The parts of a `..` chain; adjacent literals are joined.
+    fn pieces(&self, e: &Expr) -> Result<Vec<Piece>, LuaError> {
+        let mut out: Vec<Piece> = Vec::new();
+        let mut push = |p: Piece| match (out.last_mut(), p) {
+            (Some(Piece::Lit(a)), Piece::Lit(b)) => {
+                let mut v = a.to_vec();
+                v.extend_from_slice(&b);
+                *a = v.into();
+            }
+            (_, p) => out.push(p),
+        };
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            match e {
+                Expr::Concat(a, b) => {
+                    stack.push(b);
+                    stack.push(a);
+                }
+                Expr::Call { name, args } => {
+                    let piece = match name.as_str() {
+                        "countryCode" => Piece::Code(GeoField::Country),
+                        "continentCode" => Piece::Code(GeoField::Continent),
+                        "regionCode" => Piece::Code(GeoField::Region),
+                        "latlon" => Piece::LatLon,
+                        "latlonloc" => Piece::LatLonLoc,
+                        n => {
+                            return unsupported(format!(
+                                "unsupported construct: {n}() joined with '..' (join strings, numbers and countryCode, continentCode, regionCode, latlon, latlonloc)"
+                            ));
+                        }
+                    };
+                    arity(name, args, 0, 0)?;
+                    push(piece);
+                }
+                other => match as_text(other) {
+                    Some(t) => push(Piece::Lit(t.into())),
+                    None => {
+                        return invalid(format!("cannot join {} with '..'", what(other)));
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
     fn rule(&self, e: &Expr) -> Result<Rule, LuaError> {
         match e {
             Expr::Str(_) | Expr::Num(_) => Ok(Rule::Static(vec![self.value(&self.text(e)?)?])),
@@ -769,6 +1647,7 @@ impl Compiler<'_> {
                 self.rtype.name()
             )),
             Expr::Call { name, args } => self.call(name, args),
+            _ => self.result(e, true),
         }
     }
 
@@ -1490,6 +2369,159 @@ fn encode_presentation(rtype: RecordType, s: &str) -> Result<Rdata, String> {
             .map_err(|_| format!("'{s}' is not an IPv6 address (record type AAAA)")),
         RecordType::Cname => name_wire(t).map(Into::into),
         RecordType::Txt => encode_lua_value(rtype, s.as_bytes()),
+        RecordType::Lua => Err("a record of type LUA has no answer value".into()),
+    }
+}
+
+/// A string built per query (`Rule::Text`) as RDATA of `rtype`, into `out`, without
+/// allocating: what [`encode_lua_value`] gives for text without backslashes (the compiler
+/// refuses those). None when the text is not a valid value (SERVFAIL) or does not fit.
+pub(crate) fn encode_text_into(rtype: RecordType, text: &[u8], out: &mut [u8]) -> Option<usize> {
+    let put = |out: &mut [u8], bytes: &[u8]| -> Option<usize> {
+        out.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(bytes.len())
+    };
+    match rtype {
+        RecordType::A => {
+            let a: std::net::Ipv4Addr = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
+            put(out, &a.octets())
+        }
+        RecordType::Aaaa => {
+            let a: std::net::Ipv6Addr = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
+            put(out, &a.octets())
+        }
+        RecordType::Cname => {
+            let t = text.trim_ascii();
+            let t = t.strip_suffix(b".").unwrap_or(t);
+            let mut len = 0;
+            if !t.is_empty() {
+                for label in t.split(|&b| b == b'.') {
+                    if label.is_empty() || label.len() > 63 {
+                        return None;
+                    }
+                    *out.get_mut(len)? = label.len() as u8;
+                    len += 1 + put(out.get_mut(len + 1..)?, label)?;
+                }
+            }
+            *out.get_mut(len)? = 0;
+            (len < 255).then_some(len + 1)
+        }
+        RecordType::Txt => {
+            if text.is_empty() {
+                return put(out, &[0]);
+            }
+            let mut len = 0;
+            for chunk in text.chunks(255) {
+                *out.get_mut(len)? = chunk.len() as u8;
+                len += 1 + put(out.get_mut(len + 1..)?, chunk)?;
+            }
+            Some(len)
+        }
+        RecordType::Lua => None,
+    }
+}
+
+/// A fixed buffer that `write!` fills without allocating.
+struct StackText<'a> {
+    out: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for StackText<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let dst = self
+            .out
+            .get_mut(self.len..self.len + s.len())
+            .ok_or(fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len += s.len();
+        Ok(())
+    }
+}
+
+/// Appends micro-degrees `m` as C's `%f` prints the degrees (6 decimals).
+fn push_micro(w: &mut StackText<'_>, m: i64) {
+    use fmt::Write;
+    let sign = if m < 0 { "-" } else { "" };
+    let a = m.unsigned_abs();
+    let _ = write!(w, "{sign}{}.{:06}", a / 1_000_000, a % 1_000_000);
+}
+
+/// `latlon()`: `"%f %f"` of the client's coordinates (micro-degrees; 0, 0 when unknown).
+pub(crate) fn latlon_text(lat: i64, lon: i64, out: &mut [u8]) -> usize {
+    let mut w = StackText { out, len: 0 };
+    push_micro(&mut w, lat);
+    let _ = fmt::Write::write_str(&mut w, " ");
+    push_micro(&mut w, lon);
+    w.len
+}
+
+/// `latlonloc()`: PowerDNS 4.7's LOC-style text, `"%d %d %d %c %d %d %d %c 0.00m 1.00m
+/// 10000.00m 10.00m"` through boost::format, where the seconds are a double printed by `%d` as
+/// a stream prints it (6 significant digits); 0 counts as south and west.
+pub(crate) fn latlonloc_text(lat: i64, lon: i64, out: &mut [u8]) -> usize {
+    use fmt::Write;
+    let mut w = StackText { out, len: 0 };
+    for (m, pos, neg) in [(lat, 'N', 'S'), (lon, 'E', 'W')] {
+        let mut v = m as f64 / 1e6;
+        let hem = if v > 0.0 {
+            pos
+        } else {
+            v = -v;
+            neg
+        };
+        let deg = v as i32;
+        let min = ((v - f64::from(deg)) * 60.0) as i32;
+        let sec = ((v - f64::from(deg)) * 60.0 - f64::from(min)) * 60.0;
+        let _ = write!(w, "{deg} {min} ");
+        write_g6(&mut w, sec);
+        let _ = write!(w, " {hem} ");
+    }
+    let _ = w.write_str("0.00m 1.00m 10000.00m 10.00m");
+    w.len
+}
+
+/// A double as a C++ stream prints it by default (`%g`, 6 significant digits).
+fn write_g6(w: &mut StackText<'_>, v: f64) {
+    use fmt::Write;
+    if v == 0.0 {
+        // Negated zero (an unknown location counts as south/west) prints as "-0".
+        let _ = w.write_str(if v.is_sign_negative() { "-0" } else { "0" });
+        return;
+    }
+    let mut sci = [0u8; 40];
+    let mut s = StackText {
+        out: &mut sci,
+        len: 0,
+    };
+    let _ = write!(s, "{v:.5e}");
+    let len = s.len;
+    let text = std::str::from_utf8(&sci[..len]).unwrap_or("0e0");
+    let (mant, exp) = text.split_once('e').unwrap_or((text, "0"));
+    let x: i32 = exp.parse().unwrap_or(0);
+    let trim = |t: &str| -> (usize, usize) {
+        // Length without trailing zeros (and the dot they leave).
+        if !t.contains('.') {
+            return (t.len(), 0);
+        }
+        let t2 = t.trim_end_matches('0');
+        let t2 = t2.strip_suffix('.').unwrap_or(t2);
+        (t2.len(), 0)
+    };
+    if (-4..6).contains(&x) {
+        let mut fixed = [0u8; 40];
+        let mut f = StackText {
+            out: &mut fixed,
+            len: 0,
+        };
+        let _ = write!(f, "{v:.*}", (5 - x) as usize);
+        let n = f.len;
+        let t = std::str::from_utf8(&fixed[..n]).unwrap_or("0");
+        let _ = w.write_str(&t[..trim(t).0]);
+    } else {
+        let _ = w.write_str(&mant[..trim(mant).0]);
+        let sign = if x < 0 { '-' } else { '+' };
+        let _ = write!(w, "e{sign}{:02}", x.unsigned_abs());
     }
 }
 
@@ -1895,38 +2927,292 @@ mod tests {
     #[test]
     fn unsupported_constructs_name_themselves() {
         for (body, needle) in [
-            ("country('NL')", "unsupported function 'country'"),
-            ("netmask({'10.0.0.0/8'})", "unsupported function 'netmask'"),
+            ("country('NL')", "evaluates to a boolean"),
+            ("netmask({'10.0.0.0/8'})", "evaluates to a boolean"),
             (
                 "picknamehashed({{1,'192.0.2.1'}})",
                 "unsupported function 'picknamehashed'",
             ),
-            ("include('cfg')", "unsupported function 'include'"),
+            ("include('cfg')", "include() gives no value"),
             (
                 "pickfirst({'192.0.2.1'})",
                 "unsupported function 'pickfirst'",
             ),
-            ("countryCode()..'x'", "unsupported function 'countryCode'"),
-            ("'a'..'b'", "operator '..'"),
             ("1+1", "operator '+'"),
-            ("'a' or 'b'", "operator 'or'"),
-            ("not true", "operator 'not'"),
+            ("qname == 'x'", "operator '=='"),
+            ("not true", "evaluates to a boolean"),
             ("bestwho", "variable 'bestwho'"),
             ("if x then return 1 end", "'if'"),
             ("function() end", "function definition"),
-            ("who:toString()", "method access on 'who'"),
-            (";return '192.0.2.1'", "statement block"),
-            ("  ;error('boom')", "statement block"),
+            ("who:toString()", "method call on 'who'"),
+            ("  ;error('boom')", "unexpected ';'"),
+            (";error('boom')", "unsupported function 'error'"),
+            (";while true do end", "'while'"),
+            (";for i=1,2 do end", "'for'"),
+            (
+                ";x = pickrandom({'192.0.2.1'}) return x",
+                "assigned a function result",
+            ),
+            (";local a, b = 1, 2", "multiple assignment"),
+            (";x = 1", "never returns a value"),
+            (";return y", "variable 'y'"),
+            (
+                ";if pickrandom({'192.0.2.1'}) then return '192.0.2.1' end",
+                "as a condition",
+            ),
+            (
+                ";include('cfg') return '192.0.2.1'",
+                "no LUA record of type LUA at 'cfg'",
+            ),
+            ("countryCode()..pickrandom({'x'})", "joined with '..'"),
+            ("'a\\\\'..countryCode()", "backslash"),
             ("\"quoted\"", "double quote at column 1"),
             ("'a' \"b\"", "double quote at column 5"),
-            ("('192.0.2.1')", "parenthesised"),
         ] {
             let e = err(body);
             assert!(e.contains(needle), "{body}: {e}");
         }
-        assert!(err("country('NL')").contains("supported: ifurlup"));
         assert!(err("nil").contains("nil"));
         assert!(err("true").contains("boolean"));
+    }
+
+    fn inc<'a>(records: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<Vec<String>> + 'a {
+        move |name: &str| {
+            let found: Vec<String> = records
+                .iter()
+                .filter(|r| r.0 == name)
+                .map(|r| r.1.to_string())
+                .collect();
+            (!found.is_empty()).then_some(found)
+        }
+    }
+
+    fn block(body: &str, t: RecordType, includes: &[(&str, &str)]) -> Result<Rule, LuaError> {
+        compile_with_includes(body, t, &defaults(), &inc(includes))
+    }
+
+    fn geo(field: GeoField, codes: &[&str]) -> Cond {
+        Cond::Geo(
+            field,
+            codes.iter().map(|c| code(c.as_bytes()).unwrap()).collect(),
+        )
+    }
+
+    fn branch(cond: Cond, then: Rule, other: Rule) -> Rule {
+        Rule::Branch(Box::new(Branch { cond, then, other }))
+    }
+
+    fn st(ip: &str) -> Rule {
+        Rule::Static(vec![v4(ip)])
+    }
+
+    #[test]
+    fn statement_blocks_compile_to_decision_trees() {
+        let body = ";if country('NL') then return '192.0.2.1' \
+                    elseif continent({'EU','af'}) then return '192.0.2.2' \
+                    else return '192.0.2.3' end";
+        assert_eq!(
+            a(body).unwrap(),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                st("192.0.2.1"),
+                branch(
+                    geo(GeoField::Continent, &["eu", "af"]),
+                    st("192.0.2.2"),
+                    st("192.0.2.3")
+                )
+            )
+        );
+        // Without else, the statements after the if run; falling off the end is SERVFAIL.
+        assert_eq!(
+            a(";if region('nh') then return '192.0.2.1' end").unwrap(),
+            branch(geo(GeoField::Region, &["nh"]), st("192.0.2.1"), Rule::Fail)
+        );
+        assert_eq!(
+            a(";if not netmask({'10.0.0.0/8', '192.0.2.7'}) and asnum({64500, '64501', 'AS1'}) or false then return '192.0.2.1' end return '192.0.2.2'")
+                .unwrap(),
+            branch(
+                Cond::And(
+                    Box::new(Cond::Not(Box::new(Cond::Netmask(vec![
+                        "10.0.0.0/8".parse().unwrap(),
+                        "192.0.2.7/32".parse().unwrap()
+                    ])))),
+                    Box::new(Cond::Asn(vec![64500, 64501]))
+                ),
+                st("192.0.2.1"),
+                st("192.0.2.2")
+            )
+        );
+        // Constant conditions fold away; nested ifs.
+        assert_eq!(
+            a(";if true then if false then return '192.0.2.9' end return '192.0.2.1' end").unwrap(),
+            st("192.0.2.1")
+        );
+        // `return` alone, or a boolean, is SERVFAIL on that path.
+        assert_eq!(
+            a(";if country('nl') then return end return '192.0.2.1'").unwrap(),
+            branch(geo(GeoField::Country, &["nl"]), Rule::Fail, st("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn variables_tables_and_includes_are_substituted() {
+        let body = ";local eu = {'192.0.2.1', '192.0.2.2'}
+                    settings = {pool = 'pool.example.', weights = {{1, '192.0.2.3'}}}
+                    if continent('eu') then return pickrandom(eu) end
+                    return pickwrandom(settings.weights)";
+        assert_eq!(
+            a(body).unwrap(),
+            branch(
+                geo(GeoField::Continent, &["eu"]),
+                Rule::Random(vec![v4("192.0.2.1"), v4("192.0.2.2")]),
+                Rule::WeightedRandom(Weighted {
+                    entries: vec![(1, v4("192.0.2.3"))]
+                })
+            )
+        );
+        // include() runs the LUA records at the name first; their names are then visible.
+        let cfg = [(
+            "config",
+            "EUips={'192.0.2.0/24','2001:db8::/32'} settings={cc={'nl','de'}} ; other = EUips[1]",
+        )];
+        assert_eq!(
+            block(
+                ";include('config') if netmask(EUips) or country(settings['cc']) then return other end return '192.0.2.9'",
+                RecordType::Txt,
+                &cfg
+            )
+            .unwrap(),
+            branch(
+                Cond::Or(
+                    Box::new(Cond::Netmask(vec![
+                        "192.0.2.0/24".parse().unwrap(),
+                        "2001:db8::/32".parse().unwrap()
+                    ])),
+                    Box::new(geo(GeoField::Country, &["nl", "de"]))
+                ),
+                Rule::Static(vec![b"\x0c192.0.2.0/24".to_vec().into()]),
+                Rule::Static(vec![b"\x09192.0.2.9".to_vec().into()])
+            )
+        );
+        let e = block(
+            ";include('config') return '192.0.2.1'",
+            RecordType::A,
+            &[("config", "return 1")],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("may only assign"), "{e}");
+        // A missing field is nil: SERVFAIL on that path.
+        assert_eq!(
+            a(";t = {} if country('nl') then return t.x end return '192.0.2.1'").unwrap(),
+            branch(geo(GeoField::Country, &["nl"]), Rule::Fail, st("192.0.2.1"))
+        );
+    }
+
+    #[test]
+    fn locals_follow_lua_scoping() {
+        // A local declared inside a branch ends with it; the global is seen again.
+        assert_eq!(
+            a(";x = '192.0.2.1' if country('nl') then local x = '192.0.2.2' end return x").unwrap(),
+            st("192.0.2.1")
+        );
+        // A plain assignment inside a branch changes the global on that path only.
+        assert_eq!(
+            a(";x = '192.0.2.1' if country('nl') then x = '192.0.2.2' end return x").unwrap(),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                st("192.0.2.2"),
+                st("192.0.2.1")
+            )
+        );
+        // A local shadows what an included record assigns; included locals stay inside it.
+        let cfg = [("cfg", "local t = '192.0.2.7' x = t y = t")];
+        assert_eq!(
+            block(
+                ";local x = '192.0.2.1' include('cfg') return {x, y}",
+                RecordType::A,
+                &cfg
+            )
+            .unwrap(),
+            Rule::Static(vec![v4("192.0.2.1"), v4("192.0.2.7")])
+        );
+        let e = block(";include('cfg') return t", RecordType::A, &cfg).unwrap_err();
+        assert!(e.to_string().contains("variable 't'"), "{e}");
+    }
+
+    #[test]
+    fn and_or_idiom_and_concatenation() {
+        assert_eq!(
+            a("country('NL') and '192.0.2.1' or '192.0.2.2'").unwrap(),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                branch(geo(GeoField::Country, &["nl"]), st("192.0.2.1"), Rule::Fail),
+                st("192.0.2.2")
+            )
+        );
+        assert_eq!(
+            of("continentCode()..'.pool.example.test.'", RecordType::Cname).unwrap(),
+            Rule::Text(vec![
+                Piece::Code(GeoField::Continent),
+                Piece::Lit(b".pool.example.test.".to_vec().into())
+            ])
+        );
+        assert_eq!(
+            of("'a'..1 ..'b'", RecordType::Txt).unwrap(),
+            Rule::Static(vec![b"\x03a1b".to_vec().into()])
+        );
+        assert_eq!(
+            of("latlon()", RecordType::Txt).unwrap(),
+            Rule::Text(vec![Piece::LatLon])
+        );
+        assert_eq!(
+            of("('cc-'..countryCode())", RecordType::Txt).unwrap(),
+            Rule::Text(vec![
+                Piece::Lit(b"cc-".to_vec().into()),
+                Piece::Code(GeoField::Country)
+            ])
+        );
+    }
+
+    #[test]
+    fn text_encoding_without_allocation() {
+        let mut out = [0u8; 600];
+        let n = encode_text_into(RecordType::Cname, b"eu.pool.example.", &mut out).unwrap();
+        assert_eq!(&out[..n], b"\x02eu\x04pool\x07example\x00");
+        let n = encode_text_into(RecordType::Cname, b"static", &mut out).unwrap();
+        assert_eq!(&out[..n], b"\x06static\x00");
+        assert!(encode_text_into(RecordType::Cname, b"a..b", &mut out).is_none());
+        let n = encode_text_into(RecordType::A, b"192.0.2.1", &mut out).unwrap();
+        assert_eq!(&out[..n], &[192, 0, 2, 1]);
+        assert!(encode_text_into(RecordType::A, b"--", &mut out).is_none());
+        let long = [b'x'; 300];
+        let n = encode_text_into(RecordType::Txt, &long, &mut out).unwrap();
+        assert_eq!((n, out[0], out[256]), (302, 255, 45));
+        assert!(encode_text_into(RecordType::Txt, &long, &mut [0u8; 100]).is_none());
+    }
+
+    #[test]
+    fn latlon_formats() {
+        let mut out = [0u8; 96];
+        let n = latlon_text(52_367_600, 4_904_100, &mut out);
+        assert_eq!(&out[..n], b"52.367600 4.904100");
+        let n = latlon_text(-23_550_500, -46_633_300, &mut out);
+        assert_eq!(&out[..n], b"-23.550500 -46.633300");
+        let n = latlon_text(0, 0, &mut out);
+        assert_eq!(&out[..n], b"0.000000 0.000000");
+        let n = latlonloc_text(0, 0, &mut out);
+        // PowerDNS 4.7.3 (lua_conditionals.rs): the negated zero seconds print as "-0".
+        assert_eq!(&out[..n], b"0 0 -0 S 0 0 -0 W 0.00m 1.00m 10000.00m 10.00m");
+        let n = latlonloc_text(52_367_600, 4_904_100, &mut out);
+        assert_eq!(
+            &out[..n],
+            b"52 22 3.36 N 4 54 14.76 E 0.00m 1.00m 10000.00m 10.00m"
+        );
+        let n = latlonloc_text(-33_868_800, -46_633_300, &mut out);
+        assert_eq!(
+            &out[..n],
+            b"33 52 7.68 S 46 37 59.88 W 0.00m 1.00m 10000.00m 10.00m"
+        );
     }
 
     #[test]

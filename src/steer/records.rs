@@ -17,9 +17,9 @@ use crate::config::{
     Config, ConfigError, ProbeDefaults, RecordBody, RecordOrigin, RecordSpec, RecordType,
 };
 use crate::dns;
-use crate::steer::geo::{GeoDb, Location};
+use crate::steer::geo::{self, GeoCodes, GeoDb, Location};
 use crate::steer::hash;
-use crate::steer::lua::{self, Rdata, Rule, Selector};
+use crate::steer::lua::{self, Cond, GeoField, Piece, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
 use crate::telemetry::metrics::family;
 
@@ -65,11 +65,30 @@ pub trait AnswerSink {
 /// Where `pickclosest` finds coordinates: the GeoIP database, or a fake in tests and benches.
 pub trait Locate: Send + Sync {
     fn locate(&self, ip: IpAddr) -> Option<Location>;
+
+    /// Country, continent and region codes, and the prefix length of the network that gave
+    /// them (0: not in the database).
+    fn codes(&self, _ip: IpAddr) -> (GeoCodes, u8) {
+        (GeoCodes::default(), 0)
+    }
+
+    /// Autonomous system number, for `asnum()`.
+    fn asn(&self, _ip: IpAddr) -> Option<u32> {
+        None
+    }
 }
 
 impl Locate for GeoDb {
     fn locate(&self, ip: IpAddr) -> Option<Location> {
         GeoDb::locate(self, ip)
+    }
+
+    fn codes(&self, ip: IpAddr) -> (GeoCodes, u8) {
+        GeoDb::codes(self, ip)
+    }
+
+    fn asn(&self, ip: IpAddr) -> Option<u32> {
+        GeoDb::asn(self, ip)
     }
 }
 
@@ -186,6 +205,12 @@ pub(crate) fn compile_with(
     transferred: &[RecordSpec],
 ) -> Result<(Compiled, Vec<Rejected>), ConfigError> {
     let mut b = Builder::new(&config.probes, config.geoip.is_some());
+    b.asn = config
+        .geoip
+        .as_ref()
+        .is_some_and(|g| g.asn_database.is_some());
+    b.index_lua(&config.records);
+    b.index_lua(transferred);
     for spec in &config.records {
         b.add(spec).map_err(|m| config.record_error(spec, m))?;
     }
@@ -203,6 +228,7 @@ pub(crate) fn compile_specs(
     geoip: bool,
 ) -> (Compiled, Vec<Rejected>) {
     let mut b = Builder::new(defaults, geoip);
+    b.index_lua(specs);
     let rejected = b.add_all(specs);
     (b.finish(), rejected)
 }
@@ -210,6 +236,11 @@ pub(crate) fn compile_specs(
 struct Builder<'a> {
     defaults: &'a ProbeDefaults,
     geoip: bool,
+    /// An ASN database is configured (`asnum()`).
+    asn: bool,
+    /// Code of the records of type LUA (run by `include()`), by origin (zone, or "" for the
+    /// config file) and owner name.
+    lua_code: HashMap<(String, String), Vec<String>>,
     sets: Vec<CompiledSet>,
     /// Name → indexes into `sets`.
     by_name: HashMap<String, Vec<usize>>,
@@ -220,8 +251,51 @@ impl<'a> Builder<'a> {
         Builder {
             defaults,
             geoip,
+            asn: false,
+            lua_code: HashMap::new(),
             sets: Vec::new(),
             by_name: HashMap::new(),
+        }
+    }
+
+    /// Remembers the code of every LUA-type record in `specs`, for `include()`.
+    fn index_lua(&mut self, specs: &[RecordSpec]) {
+        for spec in specs {
+            if let (RecordType::Lua, RecordBody::Lua(code)) = (spec.rtype, &spec.body) {
+                self.lua_code
+                    .entry((origin_zone(spec).to_string(), spec.name.clone()))
+                    .or_default()
+                    .push(code.clone());
+            }
+        }
+    }
+
+    /// The code `include(label)` runs for `spec`. Transferred records: the LUA records at
+    /// `label.<zone>`. Config records have no declared zone: the nearest `label.<name>` among
+    /// the record's own name and its parents.
+    fn included(&self, spec: &RecordSpec, label: &str) -> Option<Vec<String>> {
+        let label = label.trim_end_matches('.').to_ascii_lowercase();
+        let origin = origin_zone(spec).to_string();
+        let get = |suffix: &str| {
+            let name = if suffix == "." {
+                format!("{label}.")
+            } else {
+                format!("{label}.{suffix}")
+            };
+            self.lua_code.get(&(origin.clone(), name)).cloned()
+        };
+        if !origin.is_empty() {
+            return get(&origin);
+        }
+        let mut suffix = spec.name.as_str();
+        loop {
+            if let Some(code) = get(suffix) {
+                return Some(code);
+            }
+            suffix = match suffix.split_once('.') {
+                Some((_, "")) | None => return get("."),
+                Some((_, rest)) => rest,
+            };
         }
     }
 
@@ -245,9 +319,15 @@ impl<'a> Builder<'a> {
                 spec.name
             ));
         }
+        // Type LUA holds code for include(): never answered here (PowerDNS answers NODATA).
+        if spec.rtype == RecordType::Lua {
+            return Ok(());
+        }
         let rule = match &spec.body {
             RecordBody::Lua(body) => {
-                lua::compile(body, spec.rtype, self.defaults).map_err(|e| e.to_string())?
+                let include = |label: &str| self.included(spec, label);
+                lua::compile_with_includes(body, spec.rtype, self.defaults, &include)
+                    .map_err(|e| e.to_string())?
             }
             RecordBody::Content(values) => Rule::Static(
                 values
@@ -258,6 +338,15 @@ impl<'a> Builder<'a> {
         };
         if !self.geoip && uses_pickclosest(&rule) {
             return Err("pickclosest needs a GeoIP database: set [geoip] database".into());
+        }
+        if !self.geoip && needs_geo(&rule) {
+            return Err(
+                "country/continent/region and their codes, latlon and latlonloc need a GeoIP database: set [geoip] database"
+                    .into(),
+            );
+        }
+        if !self.asn && rule.any_cond(&|c| matches!(c, Cond::Asn(_))) {
+            return Err("asnum needs an ASN database: set [geoip] asn_database".into());
         }
         let existing = self.by_name.get(&spec.name).map_or(&[][..], Vec::as_slice);
         let is_cname = spec.rtype == RecordType::Cname;
@@ -312,10 +401,34 @@ impl<'a> Builder<'a> {
 }
 
 fn uses_pickclosest(rule: &Rule) -> bool {
-    match rule {
-        Rule::Closest(_) => true,
-        Rule::IfUp(u) => u.selector == Selector::PickClosest || u.backup == Selector::PickClosest,
-        _ => false,
+    let mut found = false;
+    rule.visit(&mut |r| {
+        found |= match r {
+            Rule::Closest(_) => true,
+            Rule::IfUp(u) => {
+                u.selector == Selector::PickClosest || u.backup == Selector::PickClosest
+            }
+            _ => false,
+        }
+    });
+    found
+}
+
+/// Whether the rule reads the client's City record (codes or coordinates) besides pickclosest.
+fn needs_geo(rule: &Rule) -> bool {
+    let mut found = rule.any_cond(&|c| matches!(c, Cond::Geo(..)));
+    rule.visit(&mut |r| {
+        found |=
+            matches!(r, Rule::Text(pieces) if pieces.iter().any(|p| !matches!(p, Piece::Lit(_))));
+    });
+    found
+}
+
+/// The zone a spec came from; "" for the config file.
+fn origin_zone(spec: &RecordSpec) -> &str {
+    match &spec.origin {
+        RecordOrigin::Zone { zone } => zone,
+        RecordOrigin::Config { .. } => "",
     }
 }
 
@@ -395,10 +508,12 @@ pub struct RecordSet {
 
 /// A rule with its health flags and coordinates resolved.
 enum Linked {
-    /// Rules that need neither (never `Rule::Closest` nor `Rule::IfUp`).
+    /// Rules that need neither (never `Rule::Closest`, `Rule::IfUp` nor `Rule::Branch`).
     Plain(Rule),
     Closest(Vec<Place>),
     IfUp(LinkedIfUp),
+    /// A statement block's decision: condition, then, else.
+    Branch(Box<(Cond, Linked, Linked)>),
 }
 
 struct Place {
@@ -458,12 +573,14 @@ impl RecordTable {
         let mut table = RecordTable::default();
         let mut zone_index: HashMap<&str, usize> = HashMap::new();
         for set in &compiled.sets {
-            let mut needs_geo = false;
+            let mut wants_geo = false;
             let parts: Vec<Linked> = set
                 .parts
                 .iter()
                 .map(|(_, rule)| {
-                    needs_geo |= uses_pickclosest(rule);
+                    wants_geo |= uses_pickclosest(rule)
+                        || needs_geo(rule)
+                        || rule.any_cond(&|c| matches!(c, Cond::Asn(_)));
                     link_rule(rule, health, geo.as_deref())
                 })
                 .collect();
@@ -474,7 +591,7 @@ impl RecordTable {
                 rtype: set.rtype.code(),
                 type_name: set.rtype.name(),
                 parts,
-                geo: if needs_geo { geo.clone() } else { None },
+                geo: if wants_geo { geo.clone() } else { None },
             };
             let Ok(key) = dns::name_from_text(&set.name) else {
                 continue; // names were validated by config; cannot happen
@@ -628,6 +745,11 @@ fn link_rule(
                 fail_on_incomplete: u.fail_on_incomplete,
             })
         }
+        Rule::Branch(b) => Linked::Branch(Box::new((
+            b.cond.clone(),
+            link_rule(&b.then, health, geo),
+            link_rule(&b.other, health, geo),
+        ))),
         other => Linked::Plain(other.clone()),
     }
 }
@@ -651,6 +773,10 @@ struct Query<'a> {
     geo: Option<&'a dyn Locate>,
     hash: Option<u32>,
     location: Option<Option<Location>>,
+    codes: Option<(GeoCodes, u8)>,
+    asn: Option<Option<u32>>,
+    /// Scope the conditions taken so far imply (the answer depends on what they read).
+    cond_scope: u8,
 }
 
 impl Query<'_> {
@@ -663,6 +789,61 @@ impl Query<'_> {
     fn location(&mut self) -> Option<Location> {
         let (geo, who) = (self.geo, self.client.bestwho);
         *self.location.get_or_insert_with(|| geo?.locate(who))
+    }
+
+    fn codes(&mut self) -> GeoCodes {
+        let (geo, who) = (self.geo, self.client.bestwho);
+        self.codes
+            .get_or_insert_with(|| geo.map_or((GeoCodes::default(), 0), |g| g.codes(who)))
+            .0
+    }
+
+    /// Scope of an answer chosen from the client's geo codes: the smaller of the source
+    /// prefix and the mmdb network that gave them.
+    fn codes_scope(&mut self) -> u8 {
+        let Some(source) = self.client.ecs_source_prefix else {
+            return 0;
+        };
+        self.codes();
+        match self.codes {
+            Some((_, len)) if len > 0 => source.min(len),
+            _ => source,
+        }
+    }
+
+    fn code(&mut self, field: GeoField) -> geo::Code {
+        let c = self.codes();
+        match field {
+            GeoField::Country => c.country,
+            GeoField::Continent => c.continent,
+            GeoField::Region => c.region,
+        }
+    }
+
+    /// Evaluates a condition, raising `cond_scope` to what it read.
+    fn holds(&mut self, cond: &Cond) -> bool {
+        match cond {
+            Cond::Const(b) => *b,
+            Cond::Not(a) => !self.holds(a),
+            Cond::And(a, b) => self.holds(a) && self.holds(b),
+            Cond::Or(a, b) => self.holds(a) || self.holds(b),
+            Cond::Geo(field, codes) => {
+                let c = self.code(*field);
+                self.cond_scope = self.cond_scope.max(self.codes_scope());
+                codes.contains(&c)
+            }
+            Cond::Asn(list) => {
+                let (geo, who) = (self.geo, self.client.bestwho);
+                let asn = *self.asn.get_or_insert_with(|| geo?.asn(who));
+                self.cond_scope = self.cond_scope.max(self.client_scope());
+                asn.is_some_and(|a| list.contains(&a))
+            }
+            Cond::Netmask(nets) => {
+                let who = self.client.bestwho;
+                self.cond_scope = self.cond_scope.max(self.client_scope());
+                nets.iter().any(|n| n.contains(&who))
+            }
+        }
     }
 
     /// Scope of an answer chosen from the client's address.
@@ -709,6 +890,9 @@ impl RecordSet {
             geo: self.geo.as_deref(),
             hash: None,
             location: None,
+            codes: None,
+            asn: None,
+            cond_scope: 0,
         };
         let (mut pushed, mut backup, mut scope) = (0, false, 0);
         for part in &self.parts {
@@ -717,6 +901,7 @@ impl RecordSet {
             backup |= r.backup && r.pushed > 0;
             scope = scope.max(r.scope);
         }
+        scope = scope.max(q.cond_scope);
         let outcome = match (pushed, backup) {
             (0, _) => Outcome::Empty,
             (_, true) => Outcome::Backup,
@@ -751,6 +936,11 @@ impl RecordSet {
                 return Ok(PartResult::primary(1, q.geo_scope()));
             }
             Linked::IfUp(u) => return self.if_up(u, q, sink),
+            Linked::Branch(b) => {
+                let (cond, then, other) = &**b;
+                let chosen = if q.holds(cond) { then } else { other };
+                return self.part(chosen, q, sink);
+            }
         };
         Ok(match rule {
             Rule::Static(values) | Rule::All(values) => {
@@ -814,8 +1004,27 @@ impl RecordSet {
                 }
                 PartResult::primary(1, q.client_scope())
             }
+            Rule::Text(pieces) => {
+                let mut text = [0u8; TEXT_MAX];
+                let mut rdata = [0u8; TEXT_MAX + TEXT_MAX / 255 + 1];
+                let bad = || {
+                    EvalError::BadResult(
+                        RecordType::from_code(self.rtype).map_or("record", RecordType::name),
+                    )
+                };
+                let len = build_text(pieces, q, &mut text).ok_or_else(bad)?;
+                let rtype = RecordType::from_code(self.rtype).ok_or_else(bad)?;
+                let n = lua::encode_text_into(rtype, &text[..len], &mut rdata).ok_or_else(bad)?;
+                self.push(sink, &rdata[..n]);
+                PartResult::primary(1, q.codes_scope())
+            }
+            Rule::Fail => {
+                return Err(EvalError::BadResult(
+                    RecordType::from_code(self.rtype).map_or("record", RecordType::name),
+                ));
+            }
             // Linked separately above.
-            Rule::Closest(_) | Rule::IfUp(_) => PartResult::primary(0, 0),
+            Rule::Closest(_) | Rule::IfUp(_) | Rule::Branch(_) => PartResult::primary(0, 0),
         })
     }
 
@@ -924,6 +1133,44 @@ impl RecordSet {
             (None, _) => (0, 0),
         }
     }
+}
+
+/// Longest string a `..` value may build per query (longer: SERVFAIL).
+const TEXT_MAX: usize = 1024;
+
+/// Joins `pieces` for this client into `out`; None when longer than `out`.
+fn build_text(pieces: &[Piece], q: &mut Query<'_>, out: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    let mut put = |bytes: &[u8], len: &mut usize| -> Option<()> {
+        out.get_mut(*len..*len + bytes.len())?
+            .copy_from_slice(bytes);
+        *len += bytes.len();
+        Some(())
+    };
+    for p in pieces {
+        match p {
+            Piece::Lit(t) => put(t, &mut len)?,
+            Piece::Code(field) => {
+                let c = q.code(*field);
+                let text = geo::code_text(&c);
+                put(if text.is_empty() { b"--" } else { text }, &mut len)?;
+            }
+            Piece::LatLon | Piece::LatLonLoc => {
+                // PowerDNS reads an unknown location as 0, 0.
+                let (lat, lon) = q.location().map_or((0, 0), |l| {
+                    ((l.lat * 1e6).round() as i64, (l.lon * 1e6).round() as i64)
+                });
+                let mut buf = [0u8; 96];
+                let n = if matches!(p, Piece::LatLon) {
+                    lua::latlon_text(lat, lon, &mut buf)
+                } else {
+                    lua::latlonloc_text(lat, lon, &mut buf)
+                };
+                put(&buf[..n], &mut len)?;
+            }
+        }
+    }
+    Some(len)
 }
 
 /// Candidates beyond this many have their health read live instead of from the snapshot.
@@ -1066,6 +1313,177 @@ mod tests {
         let (a, e) = answer(s, &client(who, prefix));
         assert_eq!(a.len(), 1, "{a:?}");
         (a[0].clone(), e.scope)
+    }
+
+    fn test_geo() -> Arc<dyn Locate> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip");
+        Arc::new(
+            GeoDb::open(&dir.join("test-city.mmdb"))
+                .unwrap()
+                .with_asn(&dir.join("test-asn.mmdb"))
+                .unwrap(),
+        )
+    }
+
+    const GEO_CONFIG: &str = "[geoip]\ndatabase = \"city.mmdb\"\nasn_database = \"asn.mmdb\"\n";
+
+    #[test]
+    fn blocks_evaluate_per_client_with_the_scope_of_what_they_read() {
+        let records = [
+            GEO_CONFIG,
+            &rec(
+                "b.test",
+                "A",
+                ";if netmask({'192.0.2.0/24'}) then return '192.0.2.1' elseif country('NL') then return '192.0.2.2' elseif asnum(64503) then return '192.0.2.3' end return '192.0.2.4'",
+            ),
+            &rec("c.test", "CNAME", "continentCode()..'.pool.test.'"),
+            &rec("g.test", "A", "continent('eu') and '192.0.2.5' or '192.0.2.6'"),
+            &rec("none.test", "A", ";if country('nl') then return '192.0.2.9' end"),
+        ]
+        .concat();
+        let t = table_with(&records, &HashMap::new(), Some(test_geo()));
+        let s = set(&t, "b.test.", 1);
+        assert_eq!(one(s, "192.0.2.0", Some(24)), ("192.0.2.1".into(), 24));
+        // The netmask read first makes the scope the source prefix.
+        assert_eq!(one(s, "193.0.6.7", Some(32)), ("192.0.2.2".into(), 32));
+        assert_eq!(one(s, "2001:db8:1::", Some(56)), ("192.0.2.2".into(), 56));
+        assert_eq!(one(s, "210.140.92.0", Some(24)), ("192.0.2.3".into(), 24));
+        assert_eq!(one(s, "203.0.113.0", Some(24)), ("192.0.2.4".into(), 24));
+        assert_eq!(one(s, "8.8.8.8", None), ("192.0.2.4".into(), 0));
+        // Geo codes alone: the mmdb network bounds the scope.
+        let g = set(&t, "g.test.", 1);
+        assert_eq!(one(g, "193.0.6.7", Some(32)), ("192.0.2.5".into(), 24));
+        assert_eq!(one(g, "2001:db8:2::", Some(56)), ("192.0.2.5".into(), 48));
+        assert_eq!(one(g, "10.0.0.0", Some(16)), ("192.0.2.6".into(), 16));
+        let c = set(&t, "c.test.", 1);
+        assert_eq!(
+            answer(c, &client("139.130.4.0", Some(24))).0,
+            ["\x02oc\x04pool\x04test\x00"]
+        );
+        assert_eq!(
+            answer(c, &client("10.0.0.0", Some(8))).0,
+            ["\x02--\x04pool\x04test\x00"]
+        );
+        // Falling off the end of the block: SERVFAIL.
+        let n = set(&t, "none.test.", 1);
+        assert_eq!(one(n, "193.0.6.1", None).0, "192.0.2.9");
+        let mut sink = VecSink::default();
+        assert!(matches!(
+            n.evaluate(&client("8.8.8.8", None), &mut sink),
+            Err(EvalError::BadResult("A"))
+        ));
+    }
+
+    #[test]
+    fn include_finds_type_lua_records() {
+        // Config records: the nearest `label.<name or parent>`.
+        let records = [
+            &rec("config.example.test", "LUA", "pool = {'192.0.2.1'}")[..],
+            &rec("config.sub.example.test", "LUA", "pool = {'192.0.2.2'}"),
+            &rec("www.example.test", "A", ";include('config') return pool"),
+            &rec(
+                "www.sub.example.test",
+                "A",
+                ";include('config') return pool",
+            ),
+            &rec("sub.example.test", "A", ";include('config') return pool"),
+        ]
+        .concat();
+        let t = table(&records);
+        let a = |name: &str| one(set(&t, name, 1), "192.0.2.9", None).0;
+        assert_eq!(a("www.example.test."), "192.0.2.1");
+        assert_eq!(a("www.sub.example.test."), "192.0.2.2");
+        assert_eq!(a("sub.example.test."), "192.0.2.2");
+        // Type LUA is never answered here (PowerDNS answers NODATA).
+        assert!(matches!(
+            t.lookup(&wire("config.example.test."), 65402),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            t.lookup(&wire("config.example.test."), 1),
+            Lookup::Miss
+        ));
+
+        // Transferred records: exactly `label.<zone>`, in the same zone.
+        let spec = |zone: &str, name: &str, rtype, body: &str| RecordSpec {
+            name: name.into(),
+            rtype,
+            ttl: 60,
+            body: RecordBody::Lua(body.into()),
+            origin: crate::config::RecordOrigin::Zone { zone: zone.into() },
+        };
+        let specs = [
+            spec("a.test.", "cfg.a.test.", RecordType::Lua, "x = '192.0.2.7'"),
+            spec(
+                "a.test.",
+                "www.a.test.",
+                RecordType::A,
+                ";include('cfg') return x",
+            ),
+            spec(
+                "b.test.",
+                "www.b.test.",
+                RecordType::A,
+                ";include('cfg') return x",
+            ),
+            spec(
+                "a.test.",
+                "deep.www.a.test.",
+                RecordType::A,
+                ";include('www') return x",
+            ),
+        ];
+        let cfg = config("");
+        let (compiled, rejected) = compile_specs(&specs, &cfg.probes, false);
+        assert_eq!(compiled.len(), 1);
+        let reasons: Vec<_> = rejected
+            .iter()
+            .map(|r| (r.spec.name.as_str(), r.reason.as_str()))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[0].1.contains("include('cfg'): no LUA record"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].1.contains("include('www'): no LUA record"),
+            "{reasons:?}"
+        );
+    }
+
+    #[test]
+    fn geo_conditions_need_the_databases() {
+        let e = compile(&config(&rec(
+            "g.test",
+            "A",
+            "country('nl') and '192.0.2.1' or '192.0.2.2'",
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("[geoip] database"), "{e}");
+        let e = compile(&config(
+            &[
+                "[geoip]\ndatabase = \"city.mmdb\"\n",
+                &rec(
+                    "g.test",
+                    "A",
+                    ";if asnum(1) then return '192.0.2.1' end return '192.0.2.2'",
+                ),
+            ]
+            .concat(),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("asn_database"), "{e}");
+        // netmask() needs none.
+        assert!(
+            compile(&config(&rec(
+                "n.test",
+                "A",
+                "netmask({'10.0.0.0/8'}) and '192.0.2.1' or '192.0.2.2'"
+            )))
+            .is_ok()
+        );
     }
 
     #[test]
@@ -1776,11 +2194,11 @@ mod tests {
 
     #[test]
     fn compile_errors_name_the_record_and_line() {
-        let records = format!("\n\n{}", rec("bad.test", "A", "country('NL')"));
+        let records = format!("\n\n{}", rec("bad.test", "A", "closestMagic()"));
         let e = compile(&config(&records)).err().unwrap().to_string();
         assert!(e.starts_with("/etc/dnsteer/dnsteer.toml:6:"), "{e}");
         assert!(e.contains("records[0] (bad.test. A)"), "{e}");
-        assert!(e.contains("unsupported function 'country'"), "{e}");
+        assert!(e.contains("unsupported function 'closestMagic'"), "{e}");
     }
 
     #[test]
@@ -1796,7 +2214,7 @@ mod tests {
         };
         let specs = [
             spec("ok.lua.test.", "all({'192.0.2.1'})"),
-            spec("geo.lua.test.", "country('NL')"),
+            spec("geo.lua.test.", "closestMagic()"),
             spec("near.lua.test.", "pickclosest({'192.0.2.1'})"),
         ];
         let cfg = config("");
@@ -1807,7 +2225,7 @@ mod tests {
         assert!(
             rejected[0]
                 .reason
-                .contains("unsupported function 'country'")
+                .contains("unsupported function 'closestMagic'")
         );
         assert!(rejected[1].reason.contains("GeoIP"));
         // Config records and transferred ones in one table.
