@@ -106,12 +106,23 @@ pub struct Config {
     pub probes: ProbeDefaults,
     pub(crate) zones: ZonesConfig,
     pub dnssec: DnssecConfig,
+    /// `[cookies]` (None: off). The secrets themselves are read when a snapshot is built.
+    pub(crate) cookies: Option<CookiesConfig>,
     pub records: Vec<RecordSpec>,
     /// `[reload].poll_interval`: how often the config file (and the GeoIP file) is re-read in
     /// case a change event was missed.
     pub(crate) reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
+}
+
+/// `[cookies]`: DNS cookies (RFC 7873) with RFC 9018 server cookies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CookiesConfig {
+    /// The 16-byte secret (32 hex digits) new server cookies are made with.
+    pub(crate) secret_file: PathBuf,
+    /// The secret before it, still accepted while a rotation reaches every replica.
+    pub(crate) previous_secret_file: Option<PathBuf>,
 }
 
 /// Settings fixed for the life of the process: a reload that changes them is reported, not applied.
@@ -467,6 +478,15 @@ struct RawConfig {
     #[serde(default)]
     cache: RawCache,
     dnstap: Option<Spanned<RawDnstap>>,
+    cookies: Option<Spanned<RawCookies>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookies {
+    enabled: Option<bool>,
+    secret_file: S<String>,
+    previous_secret_file: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -768,6 +788,10 @@ impl Config {
             ratelimit: v.ratelimit(&raw.ratelimit)?,
             zones: v.zones(&raw.zones)?,
             dnssec: v.dnssec(&raw.dnssec, base)?,
+            cookies: match &raw.cookies {
+                Some(c) => v.cookies(c, base)?,
+                None => None,
+            },
             upstream,
             geoip: raw.geoip.map(|g| GeoIpConfig {
                 database: resolve_path(base, g.database.get_ref()),
@@ -1087,6 +1111,50 @@ impl Validator<'_> {
             );
         }
         Ok(cfg)
+    }
+
+    fn cookies(
+        &self,
+        c: &Spanned<RawCookies>,
+        base: &Path,
+    ) -> Result<Option<CookiesConfig>, ConfigError> {
+        let raw = c.get_ref();
+        if !raw.enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let path = |v: &Spanned<String>, key: &str| {
+            if v.get_ref().trim().is_empty() {
+                self.err(v.span(), key, "empty path")
+            } else {
+                Ok(resolve_path(base, v.get_ref()))
+            }
+        };
+        let Some(secret) = &raw.secret_file else {
+            return self.err(
+                c.span(),
+                "cookies.secret_file",
+                "required when cookies.enabled = true",
+            );
+        };
+        let secret_file = path(secret, "cookies.secret_file")?;
+        let previous_secret_file = match &raw.previous_secret_file {
+            Some(p) => {
+                let file = path(p, "cookies.previous_secret_file")?;
+                if file == secret_file {
+                    return self.err(
+                        p.span(),
+                        "cookies.previous_secret_file",
+                        "is the same file as cookies.secret_file",
+                    );
+                }
+                Some(file)
+            }
+            None => None,
+        };
+        Ok(Some(CookiesConfig {
+            secret_file,
+            previous_secret_file,
+        }))
     }
 
     fn udp_steering(&self, s: &RawServer) -> Result<UdpSteering, ConfigError> {
