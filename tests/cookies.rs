@@ -208,11 +208,13 @@ fn dig(server: SocketAddr, name: &str, cookie: &str, extra: &[&str]) -> (String,
 // A tap between dnsteer and PowerDNS (UDP)
 // ---------------------------------------------------------------------------------------------
 
+/// A query PowerDNS got and its answer.
+type Exchange = (Vec<u8>, Vec<u8>);
+
 /// Relays UDP between dnsteer and PowerDNS, one exchange at a time, keeping every packet.
 struct Tap {
     addr: SocketAddr,
-    /// (query to PowerDNS, its answer)
-    seen: Arc<Mutex<Vec<(Vec<u8>, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Exchange>>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -256,7 +258,7 @@ impl Tap {
         }
     }
 
-    fn seen(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn seen(&self) -> Vec<Exchange> {
         self.seen.lock().expect("tap log").clone()
     }
 }
