@@ -372,6 +372,16 @@ fn dig_learns_a_server_cookie_that_then_validates_and_powerdns_never_sees_one() 
         let now = d.metric("dnsteer_cookie_queries_total", &[("outcome", "valid")]);
         assert_eq!(now - valid, 1.0, "{name}");
     }
+    // The tap relays UDP only: a query over TCP finds no PowerDNS and gets SERVFAIL, which
+    // carries our cookie too.
+    let (status, tcp) = dig(server, FORWARDED, "", &["+tcp"]);
+    assert_eq!(status, "SERVFAIL");
+    assert!(made_with(
+        S1,
+        &tcp.expect("cookie with SERVFAIL"),
+        localhost()
+    ));
+
     // A cookie from another address, or tampered with, is not valid: answered normally with
     // a fresh cookie.
     let (_, mine) = dig(server, FORWARDED, "", &[]);
@@ -425,6 +435,10 @@ fn cache_hits_carry_the_requesters_own_cookie() {
     let (status, c) = dig(server, FORWARDED, "", &[]);
     assert_eq!(status, "NOERROR");
     assert!(made_with(S1, &c.expect("cookie"), localhost()));
+    // Over TCP: forwarded on dnsteer's TCP path (the cache key has no transport).
+    let (status, tcp) = dig(server, "demo.test", "", &["+tcp"]);
+    assert_eq!(status, "NOERROR");
+    assert!(made_with(S1, &tcp.expect("cookie over TCP"), localhost()));
     let plain = ask(server, FORWARDED, &[]);
     assert_eq!(plain.answers, 1);
     assert!(plain.cookies.is_empty(), "{plain:?}");
