@@ -1859,6 +1859,36 @@ mod tests {
     }
 
     #[test]
+    fn cookies_off_by_default_and_paths_relative_to_the_file() {
+        assert!(parse("").unwrap().cookies.is_none());
+        // Off: the rest of the table is not needed.
+        assert!(
+            parse("[cookies]\nenabled = false\n")
+                .unwrap()
+                .cookies
+                .is_none()
+        );
+        let c = parse("[cookies]\nenabled = true\nsecret_file = \"cookie/secret\"\n")
+            .unwrap()
+            .cookies
+            .unwrap();
+        assert_eq!(c.secret_file, PathBuf::from("/etc/dnsteer/cookie/secret"));
+        assert_eq!(c.previous_secret_file, None);
+        let c = parse(
+            "[cookies]\nenabled = true\nsecret_file = \"/s/new\"\nprevious_secret_file = \"/s/old\"\n",
+        )
+        .unwrap()
+        .cookies
+        .unwrap();
+        assert_eq!(c.previous_secret_file, Some(PathBuf::from("/s/old")));
+        let e = parse("[cookies]\nenabled = true\nsecret_file = \" \"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("cookies.secret_file: empty path"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn record_needs_exactly_one_body() {
         assert!(parse("[[records]]\nname = \"a.test\"\ntype = \"A\"\n").is_err());
         assert!(parse("[[records]]\nname = \"a.test\"\ntype = \"A\"\nlua = \"all({'192.0.2.1'})\"\ncontent = [\"192.0.2.1\"]\n").is_err());
