@@ -528,12 +528,22 @@ fn a_rotated_secret_is_accepted_through_previous_secret_file() {
     assert_eq!(the_cookie(&a), renewed);
 
     // A broken secret file is refused and the running secrets kept.
+    assert!(!d.log().contains("cookies.secret_file"), "{}", d.log());
     std::fs::write(d.dir().join("cookie-secret"), "not hex").expect("write");
     d.signal_hup();
-    thread::sleep(Duration::from_millis(500));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("cookies.secret_file") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload error logged:\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
     let a = ask(server, IN_PROCESS, &cookie_option(&renewed));
     assert_eq!(the_cookie(&a), renewed);
-    assert!(d.log().contains("cookies.secret_file"), "{}", d.log());
+    let failed = d.metric("dnsteer_config_reloads_total", &[("result", "failed")]);
+    assert!(failed >= 1.0, "the broken secret counts as a failed reload");
 }
 
 #[test]
