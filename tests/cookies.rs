@@ -5,7 +5,7 @@
 //! with one of its own: the forwarding tests put a UDP tap between dnsteer and PowerDNS and
 //! check that no query PowerDNS got and no answer it gave carries a COOKIE option. Server
 //! cookies coming back are checked against RFC 9018's construction here, with the secret
-//! that made them.
+//! that made them; a signed in-process answer with a cookie is checked by dnspython.
 
 mod support;
 
@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{DEMO_ZONE, DEMO_ZONE_NAME, Dnsteer, Pdns, free_addr, udp_exchange};
+use hickory_proto::rr::RecordType;
+use support::signed::{SignedPdns, dns_query_wire, validate_with_dnspython};
+use support::{DEMO_ZONE, DEMO_ZONE_NAME, Dnsteer, Pdns, QueryOpts, free_addr, udp_exchange};
 
 /// dnsteer's secrets (32 hex digits each) and PowerDNS's own.
 const S1: &str = "e5e973e5a6b2a43f48e7dc849e37bfcf";
@@ -73,6 +75,11 @@ fn stamp_age(cookie: &[u8]) -> i64 {
 
 /// An A query for `name` with an OPT (payload 1232) holding `options` (raw option bytes).
 fn query(id: u16, name: &str, options: &[u8]) -> Vec<u8> {
+    query_do(id, name, options, false)
+}
+
+/// [`query`] with the DO bit as given.
+fn query_do(id: u16, name: &str, options: &[u8], dnssec_ok: bool) -> Vec<u8> {
     let mut p = Vec::new();
     p.extend_from_slice(&id.to_be_bytes());
     p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
@@ -81,7 +88,8 @@ fn query(id: u16, name: &str, options: &[u8]) -> Vec<u8> {
         p.extend_from_slice(label.as_bytes());
     }
     p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0]);
+    let flags = if dnssec_ok { 0x80 } else { 0 };
+    p.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, flags, 0]);
     p.extend_from_slice(&(options.len() as u16).to_be_bytes());
     p.extend_from_slice(options);
     p
@@ -100,6 +108,8 @@ struct Answer {
     /// Header rcode plus the OPT's extended bits.
     rcode: u16,
     answers: u16,
+    /// Types of the answer section's records.
+    types: Vec<u16>,
     /// Every COOKIE option's data.
     cookies: Vec<Vec<u8>>,
     len: usize,
@@ -131,10 +141,14 @@ fn read(p: &[u8]) -> Answer {
         off = skip_name(p, off) + 4;
     }
     let mut cookies = Vec::new();
+    let mut types = Vec::new();
     let records = counts[1] + counts[2] + counts[3];
     for i in 0..records {
         off = skip_name(p, off);
         let rtype = be16(p, off);
+        if i < counts[1] {
+            types.push(rtype);
+        }
         let rdlen = be16(p, off + 8) as usize;
         let rdata = off + 10;
         if rtype == 41 && i >= counts[1] + counts[2] {
@@ -153,6 +167,7 @@ fn read(p: &[u8]) -> Answer {
     Answer {
         rcode,
         answers: counts[1],
+        types,
         cookies,
         len: p.len(),
     }
@@ -604,4 +619,63 @@ fn a_cookie_client_is_exempt_from_the_rate_limit_and_a_flood_gets_refused_or_bad
     assert!(made_with(S1, &cookie.expect("cookie"), localhost()));
     // The cookieless flood is still limited.
     assert_eq!(ask(server, IN_PROCESS, &[]).rcode, 5);
+}
+
+#[test]
+fn a_signed_in_process_answer_carries_the_cookie_and_still_validates() {
+    // The OPT record is never signed (RFC 6891 §6.1.1: it is not an RRset): the cookie goes in
+    // after the RRSIG is made, and a validator still accepts the answer.
+    const ZONE: &str = "signed.test.";
+    let zone = "$ORIGIN signed.test.\n@ 300 IN SOA ns1 hostmaster 1 3600 600 86400 60\n\
+                @ 300 IN NS ns1\nns1 300 IN A 192.0.2.53\n";
+    let pdns = SignedPdns::start(&[(ZONE, zone), (DEMO_ZONE_NAME, DEMO_ZONE)], &[]);
+    let zsk = pdns
+        .keys(ZONE)
+        .into_iter()
+        .find(|k| k.kind == "zsk" && k.active)
+        .expect("an active ZSK");
+    let keys = tempfile::tempdir().expect("key dir");
+    let key_file = keys.path().join("zsk.private");
+    std::fs::write(&key_file, pdns.export_zone_key(ZONE, zsk.id)).expect("key file");
+    let extra = format!(
+        "[[dnssec.keys]]\nzone = \"{ZONE}\"\nfile = \"{}\"\n\n\
+         [[records]]\nname = \"www.signed.test.\"\ntype = \"A\"\nttl = 60\ncontent = [\"192.0.2.80\"]\n",
+        key_file.display()
+    );
+    let d = start(pdns.addr(), S1, None, &extra);
+    let signed = || d.metric("dnsteer_dnssec_signed_answers_total", &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let wire = loop {
+        let before = signed();
+        let q = query_do(
+            fastrand::u16(..),
+            "www.signed.test",
+            &cookie_option(&[9; 8]),
+            true,
+        );
+        let wire = udp_exchange(d.dns_addr(), &q, TIMEOUT).expect("answer");
+        let a = read(&wire);
+        // 46 = RRSIG; signed here (not by PowerDNS, which never saw this query).
+        if a.types.contains(&46) && signed() > before {
+            assert!(made_with(S1, &the_cookie(&a), localhost()), "{a:?}");
+            break wire;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not signed in-process: {a:?}\n{}",
+            d.log()
+        );
+        thread::sleep(Duration::from_millis(200));
+    };
+    let dnskey = dns_query_wire(
+        pdns.addr(),
+        ZONE,
+        RecordType::DNSKEY,
+        &QueryOpts::tcp().dnssec_ok().timeout(Duration::from_secs(5)),
+    )
+    .expect("DNSKEY");
+    let checked = validate_with_dnspython(&wire, &dnskey, ZONE)
+        .unwrap_or_else(|e| panic!("dnspython rejects the answer with a cookie: {e}"));
+    assert_eq!(checked.len(), 1, "{checked:?}");
+    assert_eq!(checked[0].key_tag, zsk.tag);
 }
