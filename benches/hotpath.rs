@@ -74,6 +74,7 @@ fn build(c: &mut Criterion) {
         dnssec_ok: false,
         ecs: Some((ecs, 24)),
         ext_rcode: 0,
+        cookie: None,
     };
     let mut out = Vec::with_capacity(1500);
     c.bench_function("response_builder/a_opt_ecs", |b| {

@@ -106,6 +106,8 @@ pub struct Config {
     pub probes: ProbeDefaults,
     pub(crate) zones: ZonesConfig,
     pub dnssec: DnssecConfig,
+    /// `[cookies]` (None: off). The secrets themselves are read when a snapshot is built.
+    pub(crate) cookies: Option<CookiesConfig>,
     pub records: Vec<RecordSpec>,
     /// `[flood]`: flood rules and the blocks they make (hot-reloaded).
     pub flood: FloodConfig,
@@ -116,6 +118,15 @@ pub struct Config {
     pub(crate) reload_poll: Duration,
     /// The file text, kept so record compile errors can be located (line/col) after parsing.
     pub text: String,
+}
+
+/// `[cookies]`: DNS cookies (RFC 7873) with RFC 9018 server cookies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CookiesConfig {
+    /// The 16-byte secret (32 hex digits) new server cookies are made with.
+    pub(crate) secret_file: PathBuf,
+    /// The secret before it, still accepted while a rotation reaches every replica.
+    pub(crate) previous_secret_file: Option<PathBuf>,
 }
 
 /// Settings fixed for the life of the process: a reload that changes them is reported, not applied.
@@ -482,6 +493,15 @@ struct RawConfig {
     dnstap: Option<Spanned<RawDnstap>>,
     #[serde(default)]
     flood: RawFlood,
+    cookies: Option<Spanned<RawCookies>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCookies {
+    enabled: Option<bool>,
+    secret_file: S<String>,
+    previous_secret_file: S<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -786,6 +806,10 @@ impl Config {
             ratelimit: v.ratelimit(&raw.ratelimit)?,
             zones: v.zones(&raw.zones)?,
             dnssec: v.dnssec(&raw.dnssec, base)?,
+            cookies: match &raw.cookies {
+                Some(c) => v.cookies(c, base)?,
+                None => None,
+            },
             upstream,
             geoip: raw.geoip.map(|g| GeoIpConfig {
                 database: resolve_path(base, g.database.get_ref()),
@@ -1108,6 +1132,50 @@ impl Validator<'_> {
             );
         }
         Ok(cfg)
+    }
+
+    fn cookies(
+        &self,
+        c: &Spanned<RawCookies>,
+        base: &Path,
+    ) -> Result<Option<CookiesConfig>, ConfigError> {
+        let raw = c.get_ref();
+        if !raw.enabled.unwrap_or(false) {
+            return Ok(None);
+        }
+        let path = |v: &Spanned<String>, key: &str| {
+            if v.get_ref().trim().is_empty() {
+                self.err(v.span(), key, "empty path")
+            } else {
+                Ok(resolve_path(base, v.get_ref()))
+            }
+        };
+        let Some(secret) = &raw.secret_file else {
+            return self.err(
+                c.span(),
+                "cookies.secret_file",
+                "required when cookies.enabled = true",
+            );
+        };
+        let secret_file = path(secret, "cookies.secret_file")?;
+        let previous_secret_file = match &raw.previous_secret_file {
+            Some(p) => {
+                let file = path(p, "cookies.previous_secret_file")?;
+                if file == secret_file {
+                    return self.err(
+                        p.span(),
+                        "cookies.previous_secret_file",
+                        "is the same file as cookies.secret_file",
+                    );
+                }
+                Some(file)
+            }
+            None => None,
+        };
+        Ok(Some(CookiesConfig {
+            secret_file,
+            previous_secret_file,
+        }))
     }
 
     fn udp_steering(&self, s: &RawServer) -> Result<UdpSteering, ConfigError> {
@@ -2143,6 +2211,36 @@ mod tests {
         assert_eq!(c.records[0].name, "static.example.test.");
         assert_eq!(c.records[0].rtype, RecordType::A);
         assert_eq!(c.records[0].ttl, 30);
+    }
+
+    #[test]
+    fn cookies_off_by_default_and_paths_relative_to_the_file() {
+        assert!(parse("").unwrap().cookies.is_none());
+        // Off: the rest of the table is not needed.
+        assert!(
+            parse("[cookies]\nenabled = false\n")
+                .unwrap()
+                .cookies
+                .is_none()
+        );
+        let c = parse("[cookies]\nenabled = true\nsecret_file = \"cookie/secret\"\n")
+            .unwrap()
+            .cookies
+            .unwrap();
+        assert_eq!(c.secret_file, PathBuf::from("/etc/dnsteer/cookie/secret"));
+        assert_eq!(c.previous_secret_file, None);
+        let c = parse(
+            "[cookies]\nenabled = true\nsecret_file = \"/s/new\"\nprevious_secret_file = \"/s/old\"\n",
+        )
+        .unwrap()
+        .cookies
+        .unwrap();
+        assert_eq!(c.previous_secret_file, Some(PathBuf::from("/s/old")));
+        let e = parse("[cookies]\nenabled = true\nsecret_file = \" \"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("cookies.secret_file: empty path"),
+            "{e}"
+        );
     }
 
     #[test]

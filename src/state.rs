@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, RestartSettings};
+use crate::dns::cookie::CookieSecrets;
 use crate::forward::cache::PacketCache;
 use crate::forward::upstream::UpstreamSet;
 use crate::ratelimit::RateLimiter;
@@ -41,6 +42,8 @@ pub struct Snapshot {
     pub(crate) signer_review_unix: Option<u64>,
     /// The zones DNS metrics are labelled with (slots shared with earlier snapshots).
     pub(crate) dns_zones: ZoneTable,
+    /// `[cookies]` secrets, read from their files when this snapshot was built (None: off).
+    pub(crate) cookies: Option<CookieSecrets>,
 }
 
 /// The handles workers share: read per packet, written without locks.

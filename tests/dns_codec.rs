@@ -196,6 +196,7 @@ proptest! {
             dnssec_ok: e.dnssec_ok,
             ecs: e.ecs.map(|ecs| (ecs, scope)),
             ext_rcode: 0,
+            cookie: None,
         });
         let len = b.finish(reply, max_size);
         prop_assert_eq!(len, out.len());
@@ -443,6 +444,7 @@ fn exercise(pkt: &[u8]) {
                 255,
             )),
             ext_rcode: 1,
+            cookie: None,
         };
         b.finish(Some(reply), 100);
     }
@@ -483,6 +485,7 @@ fn badvers_answer_decodes_as_badvers() {
             dnssec_ok: false,
             ecs: None,
             ext_rcode: (dns::rcode::BADVERS >> 4) as u8,
+            cookie: None,
         }),
         512,
     );

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::collections::HashMap;
 
 use crate::config::{Config, ConfigError, DnssecConfig, RecordSpec};
+use crate::dns::cookie::{CookieSecrets, SecretError, parse_secret};
 use crate::dnssec::{KeyError, Published, SigningKey};
 use crate::forward::upstream::UpstreamSet;
 use crate::state::Snapshot;
@@ -36,6 +37,20 @@ pub enum BuildError {
     },
     #[error("dnssec.keys: {file}: signatures made with this key do not verify")]
     KeySelfCheck { file: String },
+    #[error("{key}: cannot read {file}: {source}")]
+    CookieSecretRead {
+        key: &'static str,
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {file}: {source}")]
+    CookieSecret {
+        key: &'static str,
+        file: String,
+        #[source]
+        source: SecretError,
+    },
 }
 
 impl BuildError {
@@ -46,6 +61,9 @@ impl BuildError {
             BuildError::Key { .. }
             | BuildError::KeyRead { .. }
             | BuildError::KeySelfCheck { .. } => "dnssec_key",
+            BuildError::CookieSecretRead { .. } | BuildError::CookieSecret { .. } => {
+                "cookie_secret"
+            }
         }
     }
 }
@@ -91,6 +109,7 @@ pub(crate) async fn build_snapshot(
     let previous_zones = previous.map(|p| p.zones.clone()).unwrap_or_default();
     let record_names = compiled.names();
     let keys = signing_keys(&config.dnssec)?;
+    let cookies = cookie_secrets(&config)?;
     let mut zones = super::zone_facts::learn_all(
         &config.upstream.servers,
         config.upstream.proxies_own_queries(),
@@ -121,7 +140,35 @@ pub(crate) async fn build_snapshot(
         dnskey_first_seen,
         signer_review_unix,
         dns_zones,
+        cookies,
     })
+}
+
+/// Reads the `[cookies]` secret files (None: cookies off). Read on every build, so a rotated
+/// secret is picked up by the next reload (the reload loop notices a changed file).
+pub(crate) fn cookie_secrets(config: &Config) -> Result<Option<CookieSecrets>, BuildError> {
+    let Some(c) = &config.cookies else {
+        return Ok(None);
+    };
+    let read = |key: &'static str, file: &std::path::Path| {
+        let text =
+            std::fs::read_to_string(file).map_err(|source| BuildError::CookieSecretRead {
+                key,
+                file: file.display().to_string(),
+                source,
+            })?;
+        parse_secret(&text).map_err(|source| BuildError::CookieSecret {
+            key,
+            file: file.display().to_string(),
+            source,
+        })
+    };
+    let current = read("cookies.secret_file", &c.secret_file)?;
+    let previous = match &c.previous_secret_file {
+        Some(f) => Some(read("cookies.previous_secret_file", f)?),
+        None => None,
+    };
+    Ok(Some(CookieSecrets::new(current, previous)))
 }
 
 /// Every zone dnsteer knows of (learned for in-process records, transferred, signed here): the

@@ -1,4 +1,4 @@
-//! Hot reload of the mounted config (and of the GeoIP file it names).
+//! Hot reload of the mounted config (and of the GeoIP file and cookie secrets it names).
 //!
 //! Triggers: SIGHUP; an inotify event in the config's directory (a ConfigMap update is an
 //! atomic `..data` symlink swap, so the directory is watched, not the file), debounced; and a
@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use notify::Watcher;
 use tokio::sync::mpsc;
 
-use super::build::build_snapshot;
+use super::build::{self, build_snapshot};
 use super::{Control, unix_now};
 use crate::config::{Config, RestartSettings};
 use crate::forward::upstream::{self, UpstreamSet};
@@ -89,6 +89,7 @@ async fn triggers_loop(
     // database to be reopened.
     let mut seen_config: Option<Result<Vec<u8>, std::io::ErrorKind>> = None;
     let mut seen_geo = geo_stamp(&ctl.data.snapshot.load());
+    let mut seen_secrets = secrets_stamp(&ctl.data.snapshot.load());
     // Fallback poll of the config file and the GeoIP file, every `[reload].poll_interval` of
     // the running config.
     let poll_every = || ctl.data.snapshot.load().config.reload_poll;
@@ -124,7 +125,10 @@ async fn triggers_loop(
             (Some(now), Some(before)) => now.0 == before.0 && now != before,
             _ => false,
         };
-        if !forced && !geo_replaced && seen_config.as_ref() == Some(&config) {
+        // A rotated cookie secret (another directory: the poll or SIGHUP notices it).
+        let secrets = secrets_stamp(&ctl.data.snapshot.load());
+        let secrets_replaced = secrets != seen_secrets;
+        if !forced && !geo_replaced && !secrets_replaced && seen_config.as_ref() == Some(&config) {
             continue;
         }
         if geo_replaced {
@@ -133,7 +137,19 @@ async fn triggers_loop(
         let _ = reload_once(&ctl, &path, forced || geo_replaced).await;
         seen_config = Some(config);
         seen_geo = geo;
+        seen_secrets = secrets;
     }
+}
+
+/// The contents of the `[cookies]` secret files of the running config (small: 33 bytes each).
+fn secrets_stamp(snap: &Snapshot) -> Vec<Option<Vec<u8>>> {
+    let Some(c) = &snap.config.cookies else {
+        return Vec::new();
+    };
+    std::iter::once(&c.secret_file)
+        .chain(&c.previous_secret_file)
+        .map(|f| std::fs::read(f).ok())
+        .collect()
 }
 
 /// Path, mtime and size of the GeoIP file in use, and mtime and size of the ASN file, to
@@ -162,7 +178,9 @@ pub(crate) async fn reload_once(
         Ok(c) => c,
         Err(e) => return Err(fail(ctl, e.to_string())),
     };
-    if config.hash == current.config.hash && !force_geo {
+    // Unreadable secrets count as changed: the build below reports them.
+    let same_secrets = build::cookie_secrets(&config).is_ok_and(|s| s == current.cookies);
+    if config.hash == current.config.hash && same_secrets && !force_geo {
         return Ok(false);
     }
     let restart_changes = restart_diff(&ctl.data.restart, &config.restart);

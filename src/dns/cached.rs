@@ -2,6 +2,7 @@
 //! the ECS scope it was given for), the form it is stored in, and a stored answer turned back
 //! into one client's answer (ID, question case, RD, TTLs, ECS echo, UDP truncation).
 
+use super::cookie;
 use super::ecs::encode_ecs;
 use super::query::{ParseError, Query};
 use super::rewrite::{
@@ -27,8 +28,8 @@ pub(crate) struct AnswerFacts {
     pub(crate) ttl: Option<u32>,
 }
 
-/// An answer in the form the cache keeps: ID 0, every ECS option removed (the echo is
-/// rebuilt for each client), OPT kept only if the client sent one.
+/// An answer in the form the cache keeps: ID 0, every ECS and COOKIE option removed (the echo
+/// and the cookie are made for each client), OPT kept only if the client sent one.
 #[derive(Debug, Default)]
 pub(crate) struct StoredAnswer {
     pub(crate) packet: Box<[u8]>,
@@ -76,6 +77,10 @@ pub(crate) fn prepare(
     };
     let mut packet = Vec::with_capacity(resp.len());
     restore_response(resp, 0, mode, None, &mut packet)?;
+    // A COOKIE is one client's: each answer served gets its requester's own.
+    if let Some(opt) = scan_records(&packet, question_end)?.opt {
+        cookie::strip_options(&mut packet, opt.rdata, opt.rdlen)?;
+    }
 
     let an = be16(&packet, OFF_ANCOUNT).unwrap_or(0) as usize;
     let ns = be16(&packet, OFF_NSCOUNT).unwrap_or(0) as usize;
@@ -303,5 +308,22 @@ mod tests {
             None,
             "no SOA: no lifetime"
         );
+    }
+
+    #[test]
+    fn cached_answers_keep_no_cookie() {
+        let mut resp = query(
+            "example",
+            &[opt(
+                1232,
+                0,
+                false,
+                &option(crate::dns::OPT_COOKIE, &[6; 24]),
+            )],
+        );
+        resp[2] |= 0x80;
+        let (_, stored) = prepare(&resp, Added::Nothing).unwrap();
+        assert!(!stored.packet.windows(4).any(|w| w == [0, 10, 0, 24]));
+        assert_eq!(stored.packet.len(), resp.len() - 28);
     }
 }

@@ -8,6 +8,7 @@
 
 pub(crate) mod ask;
 pub(crate) mod cached;
+pub(crate) mod cookie;
 pub(crate) mod ecs;
 pub(crate) mod framing;
 pub(crate) mod message;
@@ -55,6 +56,8 @@ pub mod rcode {
     pub(crate) const NOTAUTH: u8 = 9;
     /// Extended (needs OPT): 16 = BADVERS.
     pub const BADVERS: u16 = 16;
+    /// Extended (needs OPT): 23 = BADCOOKIE (RFC 7873 §8).
+    pub const BADCOOKIE: u16 = 23;
 }
 
 // Header flag bits.
@@ -66,6 +69,8 @@ pub(crate) const FLAG_CD: u16 = 0x0010;
 
 /// EDNS option code of Client Subnet (RFC 7871).
 pub(crate) const OPT_ECS: u16 = 8;
+/// EDNS option code of COOKIE (RFC 7873).
+pub(crate) const OPT_COOKIE: u16 = 10;
 /// The DO bit in the OPT record's TTL field.
 pub(crate) const EDNS_DO: u32 = 0x8000;
 

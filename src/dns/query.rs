@@ -1,12 +1,12 @@
 //! The packet path's zero-copy query parser: header checks, the question, every counted
-//! record by RDLENGTH, the OPT record and its ECS option.
+//! record by RDLENGTH, the OPT record and its ECS and COOKIE options.
 
 use super::ecs::{Ecs, parse_ecs};
 use super::name::{WireName, read_qname};
 use super::wire::{Rr, be16, read_rr};
 use super::{
     EDNS_DO, FLAG_CD, FLAG_QR, FLAG_RD, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS,
-    OFF_NSCOUNT, OFF_QDCOUNT, OPT_ECS, TYPE_OPT, TYPE_TSIG,
+    OFF_NSCOUNT, OFF_QDCOUNT, OPT_COOKIE, OPT_ECS, TYPE_OPT, TYPE_TSIG,
 };
 
 /// Why a packet was not a usable query.
@@ -21,7 +21,7 @@ pub enum ParseError {
     /// Opcode other than QUERY (0) or NOTIFY (4): answer NOTIMP.
     #[error("opcode {0} not implemented")]
     NotImplemented(u8),
-    /// Malformed question, OPT or ECS: answer FORMERR.
+    /// Malformed question, OPT, ECS or COOKIE: answer FORMERR.
     #[error("malformed: {0}")]
     FormErr(&'static str),
     /// EDNS version > 0: answer BADVERS.
@@ -42,6 +42,37 @@ impl ParseError {
     }
 }
 
+/// FORMERR reasons (RFC 7873 §5.2.2), also how malformed cookies are told apart in metrics.
+pub(crate) const BAD_COOKIE_LENGTH: &str = "COOKIE option length is not 8 or 16 to 40";
+pub(crate) const DUPLICATE_COOKIE: &str = "more than one COOKIE option";
+
+/// A well-formed COOKIE option in a query: where its data starts in the packet, and its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookieAt {
+    data: u16,
+    len: u8,
+}
+
+impl CookieAt {
+    /// Checks the option's length (8: client cookie only; 16 to 40: with a server cookie)
+    /// and remembers where its `data_at` starts.
+    pub(super) fn new(data_at: usize, data: &[u8]) -> Result<CookieAt, ParseError> {
+        match (u16::try_from(data_at), data.len()) {
+            (Ok(at), len @ (8 | 16..=40)) => Ok(CookieAt {
+                data: at,
+                len: len as u8,
+            }),
+            _ => Err(ParseError::FormErr(BAD_COOKIE_LENGTH)),
+        }
+    }
+
+    /// The option's data in `pkt` (the packet it was parsed from).
+    pub(super) fn data(self, pkt: &[u8]) -> Option<&[u8]> {
+        let at = usize::from(self.data);
+        pkt.get(at..at + usize::from(self.len))
+    }
+}
+
 /// The query's OPT record, as far as we use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Edns {
@@ -49,6 +80,8 @@ pub struct Edns {
     pub dnssec_ok: bool,
     pub version: u8,
     pub ecs: Option<Ecs>,
+    /// A well-formed COOKIE option (RFC 7873), by position in the packet.
+    pub cookie: Option<CookieAt>,
 }
 
 /// A parsed query: a view of the packet plus the facts the pipeline needs.
@@ -102,7 +135,7 @@ pub fn parse_query(pkt: &[u8]) -> Result<Query, ParseError> {
 
 /// Like [`parse_query`] but accepts any EDNS version (`edns.version` says which), for building
 /// the BADVERS answer. The options of a version > 0 OPT are not interpreted (their format is
-/// that version's business), so `edns.ecs` is then `None`.
+/// that version's business), so `edns.ecs` and `edns.cookie` are then `None`.
 pub fn parse_query_any_version(pkt: &[u8]) -> Result<Query, ParseError> {
     if pkt.len() < HEADER_LEN {
         return Err(ParseError::TooShort);
@@ -171,6 +204,7 @@ pub fn parse_query_any_version(pkt: &[u8]) -> Result<Query, ParseError> {
 fn parse_opt(pkt: &[u8], rr: &Rr) -> Result<Edns, ParseError> {
     let version = (rr.ttl >> 16) as u8;
     let mut ecs = None;
+    let mut cookie = None;
     if version == 0 {
         let options = pkt.get(rr.rdata..rr.end).unwrap_or(&[]);
         let mut off = 0;
@@ -186,6 +220,11 @@ fn parse_opt(pkt: &[u8], rr: &Rr) -> Result<Edns, ParseError> {
                     return Err(ParseError::FormErr("more than one ECS option"));
                 }
                 ecs = Some(parse_ecs(data)?);
+            } else if code == OPT_COOKIE {
+                if cookie.is_some() {
+                    return Err(ParseError::FormErr(DUPLICATE_COOKIE));
+                }
+                cookie = Some(CookieAt::new(rr.rdata + off + 4, data)?);
             }
             off += 4 + len as usize;
         }
@@ -195,6 +234,7 @@ fn parse_opt(pkt: &[u8], rr: &Rr) -> Result<Edns, ParseError> {
         dnssec_ok: rr.ttl & EDNS_DO != 0,
         version,
         ecs,
+        cookie,
     })
 }
 
@@ -401,6 +441,7 @@ mod tests {
             dnssec_ok: false,
             ecs: None,
             ext_rcode: (rcode::BADVERS >> 4) as u8,
+            cookie: None,
         };
         b.finish(Some(reply), 512);
         assert_eq!(out[3] & 0xF, 0);

@@ -2,6 +2,7 @@
 //! authority SOA, OPT with ECS echo, truncation to the client's size) and BADVERS.
 
 /// Pointer to the question name, which always starts right after the header.
+use super::cookie;
 use super::ecs::{ECS_OPTION_MAX, Ecs, encode_ecs};
 use super::name::{WireName, read_qname};
 use super::query::{Query, parse_query_any_version};
@@ -51,8 +52,10 @@ pub struct EdnsReply {
     pub dnssec_ok: bool,
     /// Echo this ECS with the given scope.
     pub ecs: Option<(Ecs, u8)>,
-    /// Extended rcode upper bits (BADVERS).
+    /// Extended rcode upper bits (BADVERS, BADCOOKIE).
     pub ext_rcode: u8,
+    /// COOKIE option data: the client's cookie and our server cookie.
+    pub cookie: Option<[u8; cookie::REPLY_LEN]>,
 }
 
 /// Builds a response in `out` from a query: header + question copied, answers appended with a
@@ -171,7 +174,7 @@ impl<'b> ResponseBuilder<'b> {
     /// and sets TC=1. Returns the final length.
     ///
     /// The OPT echoes ECS (family, source prefix, the given scope, address cut to the source
-    /// prefix). Header + question + OPT is never cut further, even if `max_size` is smaller.
+    /// prefix) and carries the COOKIE option if given. Header + question + OPT is never cut further, even if `max_size` is smaller.
     pub fn finish(self, edns: Option<EdnsReply>, max_size: usize) -> usize {
         let out = self.out;
         set16(out, OFF_ANCOUNT, self.ancount);
@@ -186,9 +189,19 @@ impl<'b> ResponseBuilder<'b> {
                 Some((ecs, scope)) => encode_ecs(ecs.addr, ecs.source_prefix, scope),
                 None => ([0; ECS_OPTION_MAX], 0),
             };
+            let cookie_len = e.cookie.map_or(0, |_| cookie::OPTION_LEN);
             out.push(0);
-            push_rr_fixed(out, TYPE_OPT, e.udp_size, ttl, option_len as u16);
+            push_rr_fixed(
+                out,
+                TYPE_OPT,
+                e.udp_size,
+                ttl,
+                (option_len + cookie_len) as u16,
+            );
             out.extend_from_slice(&option[..option_len]);
+            if let Some(c) = &e.cookie {
+                cookie::push_option(out, c);
+            }
             set16(out, OFF_ARCOUNT, 1);
         }
         if out.len() > max_size {
@@ -216,6 +229,7 @@ pub(crate) fn write_badvers(pkt: &[u8], udp_size: u16, out: &mut Vec<u8>) -> boo
             dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
             ecs: None,
             ext_rcode: 1,
+            cookie: None,
         }),
         512,
     );
@@ -282,6 +296,7 @@ mod tests {
             dnssec_ok: true,
             ecs: Some((ecs_of("10.1.2.0", 23), 20)),
             ext_rcode: 0,
+            cookie: None,
         };
         let len = b.finish(Some(reply), 1232);
         assert_eq!(len, out.len());
@@ -323,6 +338,7 @@ mod tests {
             dnssec_ok: false,
             ecs: None,
             ext_rcode: 0,
+            cookie: None,
         };
         let len = b.finish(Some(reply), 512);
         assert_eq!(len, q.question_end + 11);

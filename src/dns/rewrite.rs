@@ -3,12 +3,13 @@
 
 use std::net::IpAddr;
 
+use super::cookie;
 use super::ecs::encode_ecs;
 use super::query::{ParseError, Query};
 use super::wire::{be16, push_rr_fixed, read_rr, set_flag, set16, skip_name};
 use super::{
-    FLAG_QR, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT, OFF_QDCOUNT,
-    OPT_ECS, TYPE_OPT,
+    EDNS_DO, FLAG_QR, FLAG_TC, HEADER_LEN, OFF_ANCOUNT, OFF_ARCOUNT, OFF_FLAGS, OFF_NSCOUNT,
+    OFF_QDCOUNT, OPT_ECS, TYPE_OPT,
 };
 
 /// What `rewrite_for_upstream` added, so `restore_response` can take it out again.
@@ -21,8 +22,9 @@ pub enum Added {
     OptRecord,
 }
 
-/// Copies `pkt` into `out` with the ID replaced by `new_id` and, when `ecs` is given and the
-/// query has no ECS and is not TSIG-signed, an ECS option for `ecs` (address masked to prefix).
+/// Copies `pkt` into `out` with the ID replaced by `new_id`, its COOKIE option removed, and,
+/// when `ecs` is given and the query has no ECS and is not TSIG-signed, an ECS option for `ecs`
+/// (address masked to prefix).
 ///
 /// `q` must be `pkt` parsed. The option goes into the client's OPT wherever it sits in the
 /// additional section; without one, an OPT (payload 512, DO=0) is appended after the counted
@@ -38,6 +40,14 @@ pub fn rewrite_for_upstream(
     out.clear();
     out.extend_from_slice(pkt);
     set16(out, 0, new_id);
+    // Cookies are between the client and dnsteer (RFC 7873 §5.2 answers are ours): PowerDNS
+    // never sees one. A TSIG-signed query is left whole: its MAC covers the OPT.
+    if !q.signed
+        && q.edns.is_some_and(|e| e.cookie.is_some())
+        && let Ok(Layout { opt: Some(opt), .. }) = scan_records(out, q.question_end)
+    {
+        let _ = cookie::strip_options(out, opt.rdata, opt.rdlen);
+    }
     let Some((addr, prefix)) = ecs else {
         return Added::Nothing;
     };
@@ -159,6 +169,49 @@ pub fn restore_response(
     Ok(())
 }
 
+/// Puts our COOKIE option into the answer `out` (made by PowerDNS, the packet cache or as a
+/// header-only error): any COOKIE option already there is removed first (PowerDNS's must never
+/// reach a client); without an OPT, one is appended (`udp_size`, DO as given). Then, for UDP
+/// (`max_udp`), the answer is truncated with TC=1 if the option made it too big.
+pub(crate) fn put_cookie_in_answer(
+    out: &mut Vec<u8>,
+    reply: &[u8; cookie::REPLY_LEN],
+    (udp_size, dnssec_ok): (u16, bool),
+    max_udp: Option<usize>,
+) -> Result<(), ParseError> {
+    let question_end = skip_questions(out)?;
+    let layout = scan_records(out, question_end)?;
+    match layout.opt {
+        Some(opt) => {
+            let kept = cookie::strip_in_place(out, opt.rdata, opt.rdlen)?;
+            let rdlen = u16::try_from(kept + cookie::OPTION_LEN)
+                .map_err(|_| ParseError::FormErr("OPT too long"))?;
+            let at = opt.rdata + kept;
+            let mut option = Vec::with_capacity(cookie::OPTION_LEN);
+            cookie::push_option(&mut option, reply);
+            out.splice(at..at, option);
+            set16(out, opt.rdata - 2, rdlen);
+        }
+        None => {
+            let arcount = be16(out, OFF_ARCOUNT)
+                .and_then(|n| n.checked_add(1))
+                .ok_or(ParseError::FormErr("ARCOUNT overflow"))?;
+            out.truncate(layout.records_end);
+            out.push(0);
+            let ttl = if dnssec_ok { EDNS_DO } else { 0 };
+            push_rr_fixed(out, TYPE_OPT, udp_size, ttl, cookie::OPTION_LEN as u16);
+            cookie::push_option(out, reply);
+            set16(out, OFF_ARCOUNT, arcount);
+        }
+    }
+    if let Some(limit) = max_udp
+        && out.len() > limit
+    {
+        truncate_udp(out, question_end)?;
+    }
+    Ok(())
+}
+
 /// Cuts a response down to its header, question and OPT (if any) and sets TC=1: the client
 /// asks again over TCP.
 pub(super) fn truncate_udp(out: &mut Vec<u8>, question_end: usize) -> Result<(), ParseError> {
@@ -238,9 +291,10 @@ mod tests {
 
     #[test]
     fn rewrite_adds_ecs_to_existing_opt_that_is_not_last() {
-        let cookie = option(10, &[1; 8]);
+        // An option PowerDNS may see (NSID request), kept through both rewrites.
+        let nsid = option(3, &[]);
         let tail = rr(&name("x"), 1, 1, 0, &[1, 2, 3, 4]);
-        let pkt = query("example", &[opt(1232, 0, true, &cookie), tail.clone()]);
+        let pkt = query("example", &[opt(1232, 0, true, &nsid), tail.clone()]);
         let q = parse_query(&pkt).unwrap();
         let mut out = Vec::new();
         let ip = "192.0.2.255".parse().unwrap();
@@ -254,7 +308,7 @@ mod tests {
         assert_eq!(ecs, ecs_of("192.0.2.0", 23));
         assert!(fwd.edns.unwrap().dnssec_ok);
 
-        // Upstream echoes the option with a scope; restoring removes it and keeps the cookie.
+        // Upstream echoes the option with a scope; restoring removes it and keeps the other.
         let mut resp = out.clone();
         resp[2] |= 0x80;
         let mut client = Vec::new();
@@ -262,6 +316,40 @@ mod tests {
         let mut expected = pkt.clone();
         expected[2] |= 0x80;
         assert_eq!(client, expected);
+    }
+
+    #[test]
+    fn rewrite_strips_the_cookie_except_from_signed_queries() {
+        let mut options = option(3, &[]);
+        options.extend_from_slice(&option(10, &[7; 24]));
+        options.extend_from_slice(&option(12, &[0; 4]));
+        let tail = rr(&name("x"), 1, 1, 0, &[1, 2, 3, 4]);
+        let pkt = query("example", &[opt(1232, 0, true, &options), tail.clone()]);
+        let q = parse_query(&pkt).unwrap();
+        assert!(q.edns.unwrap().cookie.is_some());
+        let ip = "192.0.2.1".parse().unwrap();
+        let mut out = Vec::new();
+        for ecs in [None, Some((ip, 24))] {
+            let added = rewrite_for_upstream(&pkt, &q, 9, ecs, &mut out);
+            let fwd = parse_query(&out).unwrap();
+            let e = fwd.edns.unwrap();
+            assert!(e.cookie.is_none(), "{ecs:?}");
+            assert_eq!(e.ecs.is_some(), ecs.is_some());
+            assert!(out.ends_with(&tail));
+            // NSID and padding are still there, in order.
+            let mut kept = option(3, &[]);
+            kept.extend_from_slice(&option(12, &[0; 4]));
+            assert!(out.windows(kept.len()).any(|w| w == kept.as_slice()));
+            let want = pkt.len() - 28 + if ecs.is_some() { 4 + 7 } else { 0 };
+            assert_eq!(out.len(), want, "{added:?}");
+        }
+        // TSIG covers the OPT: a signed query goes as it came.
+        let tsig = rr(&name("key"), TYPE_TSIG, 255, 0, &[0; 16]);
+        let signed = query("example", &[opt(1232, 0, true, &options), tsig]);
+        let q = parse_query(&signed).unwrap();
+        assert!(q.signed);
+        rewrite_for_upstream(&signed, &q, 9, None, &mut out);
+        assert_eq!(&out[2..], &signed[2..]);
     }
 
     #[test]
@@ -393,5 +481,43 @@ mod tests {
         set16(&mut bad_opt, len - 6, 9);
         assert!(restore_response(&bad_opt, 1, Added::EcsOption, None, &mut out).is_err());
         assert!(restore_response(&bad_opt, 1, Added::Nothing, None, &mut out).is_ok());
+    }
+
+    #[test]
+    fn put_in_answer_replaces_appends_and_truncates() {
+        let ours = [5u8; cookie::REPLY_LEN];
+        let mut theirs = option(crate::dns::OPT_COOKIE, &[6; 24]);
+        theirs.extend_from_slice(&option(3, b"pdns"));
+        // PowerDNS's cookie goes, its other options stay, ours is added.
+        let mut resp = query("example", &[opt(1232, 0, true, &theirs)]);
+        resp[2] |= 0x80;
+        put_cookie_in_answer(&mut resp, &ours, (1232, true), None).unwrap();
+        let mut want = option(3, b"pdns");
+        want.extend_from_slice(&option(crate::dns::OPT_COOKIE, &ours));
+        assert!(resp.ends_with(&want));
+        assert_eq!(
+            be16(&resp, resp.len() - want.len() - 2),
+            Some(want.len() as u16)
+        );
+        // A header-only error gets an OPT.
+        let mut servfail = Vec::new();
+        assert!(crate::dns::write_error(
+            &query("example", &[]),
+            2,
+            &mut servfail
+        ));
+        let before = servfail.len();
+        put_cookie_in_answer(&mut servfail, &ours, (1232, true), Some(512)).unwrap();
+        assert_eq!(servfail.len(), before + 11 + cookie::OPTION_LEN);
+        assert_eq!(be16(&servfail, OFF_ARCOUNT), Some(1));
+        assert!(servfail.ends_with(&option(crate::dns::OPT_COOKIE, &ours)));
+        // Too big for the client once the option is in: truncated, OPT kept.
+        let mut big = query("example", &[opt(1232, 0, false, &option(3, &[0; 480]))]);
+        big[2] |= 0x80;
+        put_cookie_in_answer(&mut big, &ours, (1232, false), Some(512)).unwrap();
+        assert!(big.len() <= 512 + 11 + cookie::OPTION_LEN && big[2] & 0x02 != 0);
+        // Garbage is refused, not panicked on.
+        let mut junk = vec![0xFF; 5];
+        assert!(put_cookie_in_answer(&mut junk, &ours, (1232, false), None).is_err());
     }
 }

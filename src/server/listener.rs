@@ -533,6 +533,9 @@ impl TcpForward {
         let (resp, server, path) =
             forward_tcp(&w, &ups, &self.own, &self.msg, &self.query, self.peer).await;
         let snap = w.snapshot();
+        let mut resp = resp;
+        let asked = (&self.query, self.peer.ip());
+        pipeline::cookie_for_answer(&snap, asked, &self.msg, None, &mut resp);
         pipeline::forwarded_done(
             &snap,
             &w.metrics,

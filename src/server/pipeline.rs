@@ -10,6 +10,7 @@ use std::ops::ControlFlow;
 use tokio::time::Instant;
 
 use crate::config::{BlockAction, LimitAction};
+use crate::dns::cookie::{self, Checked};
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::dnssec::SignerState;
 use crate::flood::BlockTable;
@@ -24,7 +25,7 @@ use crate::telemetry::dns_metrics::{AnswerPath, Site, ZoneSlot};
 use crate::telemetry::dnstap::Dnstap;
 use crate::telemetry::flood_counts::source_key;
 use crate::telemetry::metrics::{
-    Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
+    CookieSeen, Decision, DnssecForward, DropReason, Malformed, Path, Transport, WorkerMetrics,
 };
 use crate::telemetry::querylog::{Event, QueryEntry, QueryLog, Sampler};
 
@@ -166,6 +167,7 @@ fn decide(
     if q.opcode != 0 {
         return notify(ctx, pkt, src_ip, t, out);
     }
+    let cookie = check_cookie(ctx, q, pkt, src_ip);
 
     let asked = Asked {
         pkt,
@@ -183,7 +185,9 @@ fn decide(
         },
         udp_size: ctx.max_udp_payload,
         dnssec_ok,
-        source_proven: t == Transport::Tcp,
+        source_proven: t == Transport::Tcp
+            || cookie.is_some_and(|c| c.outcome == cookie::Outcome::Valid),
+        cookie: cookie.map(|c| c.reply),
     };
     let flood = &ctx.snap.config.flood;
     if flood.counting() {
@@ -240,8 +244,11 @@ struct Asked<'q> {
     /// Our EDNS UDP size.
     udp_size: u16,
     dnssec_ok: bool,
-    /// TCP, or a valid server cookie: flood blocks do not apply.
+    /// The source address is not spoofed: TCP, or a valid server cookie (RFC 7873). Flood
+    /// blocks do not apply.
     source_proven: bool,
+    /// The COOKIE option data of the answer (the query carried one and `[cookies]` is on).
+    cookie: Option<[u8; cookie::REPLY_LEN]>,
 }
 
 impl Asked<'_> {
@@ -253,7 +260,18 @@ impl Asked<'_> {
             dnssec_ok: e.dnssec_ok,
             ecs: e.ecs.map(|ecs| (ecs, scope)),
             ext_rcode: 0,
+            cookie: self.cookie,
         })
+    }
+
+    /// Our COOKIE option into an answer made from the packet cache.
+    #[inline]
+    fn cookie_into(&self, out: &mut Vec<u8>) {
+        if let Some(reply) = &self.cookie {
+            let edns = (self.udp_size, self.dnssec_ok);
+            let max = (self.t == Transport::Udp).then_some(self.max_size);
+            let _ = dns::rewrite::put_cookie_in_answer(out, reply, edns, max);
+        }
     }
 
     /// Sent to PowerDNS (the path is unused: nothing is answered yet).
@@ -305,6 +323,13 @@ fn rate_limit(
                     prefix: limiter_prefix(ctx, src_ip),
                     dry_run: false,
                 });
+            }
+            if t == Transport::Udp && ctx.snap.cookies.is_some() {
+                match limited_cookie(ctx, pkt, src_ip, out) {
+                    LimitedCookie::Proven => return None,
+                    LimitedCookie::BadCookie => return Some(Action::Reply),
+                    LimitedCookie::Absent => {}
+                }
             }
             let action = ctx.snap.config.ratelimit.action;
             // TCP already proved the source address: truncation means "come back over TCP",
@@ -387,6 +412,7 @@ fn answer(
 #[inline]
 fn cached(ctx: &Ctx<'_>, a: &Asked<'_>, received: Instant, out: &mut Vec<u8>) -> Option<Answered> {
     let served = from_cache(ctx, a, received, out)?;
+    a.cookie_into(out);
     note_truncation(ctx, out, 0);
     let rc = out.get(3).map_or(rcode::NOERROR, |b| b & 0x0f);
     let answers = out
@@ -725,6 +751,7 @@ pub(crate) fn servfail_forwarded(
         .max_udp_response(snap.config.restart.max_udp_payload);
     let asked = (&p.query, p.client.addr.ip());
     if let Some(path) = stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
+        cookie_for_answer(snap, asked, &p.packet, Some(max), out);
         f.path = path;
         forwarded_done(snap, metrics, shared, &f, out, None);
         return true;
@@ -742,6 +769,7 @@ pub(crate) fn servfail_forwarded(
     if !dns::write_error(&p.packet, rcode::SERVFAIL, out) {
         return false;
     }
+    cookie_for_answer(snap, asked, &p.packet, Some(max), out);
     forwarded_done(snap, metrics, shared, &f, out, None);
     true
 }
@@ -926,6 +954,109 @@ fn notify(
     }
 }
 
+/// The verdict on the query's COOKIE option and its answer's cookie (None: no option, or
+/// `[cookies]` off), counted by outcome.
+#[inline]
+fn check_cookie(ctx: &Ctx<'_>, q: &Query, pkt: &[u8], src_ip: IpAddr) -> Option<Checked> {
+    let secrets = ctx.snap.cookies.as_ref()?;
+    let Some(at) = q.edns.and_then(|e| e.cookie) else {
+        ctx.metrics.cookies[CookieSeen::None as usize].inc();
+        return None;
+    };
+    let checked = secrets.check(pkt, at, src_ip, cookie_clock());
+    ctx.metrics.cookies[cookie_seen(checked.outcome) as usize].inc();
+    Some(checked)
+}
+
+fn cookie_seen(o: cookie::Outcome) -> CookieSeen {
+    match o {
+        cookie::Outcome::ClientOnly => CookieSeen::ClientOnly,
+        cookie::Outcome::Valid => CookieSeen::Valid,
+        cookie::Outcome::Invalid => CookieSeen::Invalid,
+    }
+}
+
+/// Server cookie time: Unix seconds modulo 2^32 (RFC 9018 §4.3), from the wall clock that
+/// every replica shares (a monotonic clock is per host).
+fn cookie_clock() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+/// What a rate-limited UDP query's cookie changes.
+enum LimitedCookie {
+    /// No COOKIE option (or an unparsable query): the limit's own action applies.
+    Absent,
+    /// A valid server cookie proves the source address: not limited.
+    Proven,
+    /// BADCOOKIE is in `out`.
+    BadCookie,
+}
+
+/// A rate-limited UDP query's cookie (RFC 7873 §5.2.3, §5.4): a valid server cookie proves
+/// the source is real, so the limit does not apply; a client cookie without a valid server
+/// cookie gets BADCOOKIE with a fresh server cookie instead of the limit's action. That answer
+/// is header, question and OPT only (no amplification); a real client retries with the cookie
+/// and is exempt, a spoofed source never sees it. Only run when the limiter already said
+/// "limited", so the common path parses once.
+fn limited_cookie(
+    ctx: &mut Ctx<'_>,
+    pkt: &[u8],
+    src_ip: IpAddr,
+    out: &mut Vec<u8>,
+) -> LimitedCookie {
+    let Some(secrets) = ctx.snap.cookies.as_ref() else {
+        return LimitedCookie::Absent;
+    };
+    let Ok(q) = dns::parse_query(pkt) else {
+        return LimitedCookie::Absent;
+    };
+    let (Some(at), Some(edns)) = (q.edns.and_then(|e| e.cookie), q.edns) else {
+        return LimitedCookie::Absent;
+    };
+    let checked = secrets.check(pkt, at, src_ip, cookie_clock());
+    if checked.outcome == cookie::Outcome::Valid {
+        // Counted with the query's answer.
+        return LimitedCookie::Proven;
+    }
+    ctx.metrics.cookies[cookie_seen(checked.outcome) as usize].inc();
+    ctx.metrics.badcookie.inc();
+    ctx.metrics.query(Transport::Udp, Decision::Limited);
+    let badcookie = rcode::BADCOOKIE;
+    let b = ResponseBuilder::new(out, pkt, &q, (badcookie & 0xF) as u8, false);
+    let reply = EdnsReply {
+        udp_size: ctx.max_udp_payload,
+        dnssec_ok: edns.dnssec_ok,
+        ecs: None,
+        ext_rcode: (badcookie >> 4) as u8,
+        cookie: Some(checked.reply),
+    };
+    b.finish(Some(reply), q.max_udp_response(ctx.max_udp_payload));
+    LimitedCookie::BadCookie
+}
+
+/// Our COOKIE option into the answer to a forwarded query (PowerDNS's, stale, or SERVFAIL)
+/// when the query carried one: RFC 7873 §5.2 wants it in every answer. PowerDNS's own COOKIE,
+/// if any, is replaced. A TSIG-signed answer is left as it is (its MAC covers the OPT).
+pub(crate) fn cookie_for_answer(
+    snap: &Snapshot,
+    (q, client): (&Query, IpAddr),
+    pkt: &[u8],
+    max_udp: Option<usize>,
+    out: &mut Vec<u8>,
+) {
+    let (Some(secrets), Some(edns)) = (snap.cookies.as_ref(), q.edns) else {
+        return;
+    };
+    let Some(at) = edns.cookie.filter(|_| !q.signed) else {
+        return;
+    };
+    let checked = secrets.check(pkt, at, client.to_canonical(), cookie_clock());
+    let ours = (snap.config.restart.max_udp_payload, edns.dnssec_ok);
+    let _ = dns::rewrite::put_cookie_in_answer(out, &checked.reply, ours, max_udp);
+}
+
 fn limiter_prefix(ctx: &Ctx<'_>, ip: IpAddr) -> u8 {
     let r = &ctx.snap.config.ratelimit;
     if ip.is_ipv4() {
@@ -961,6 +1092,9 @@ fn malformed(
         }
         FormErr(reason) => {
             ctx.metrics.malformed(Malformed::FormErr);
+            if ctx.snap.cookies.is_some() && cookie::is_malformed(reason) {
+                ctx.metrics.cookies[CookieSeen::Malformed as usize].inc();
+            }
             ctx.metrics.query(t, Decision::Error);
             ctx.log.event(Event::FormErr {
                 client: src,

@@ -472,6 +472,8 @@ impl Forwarder {
         {
             cache.insert(&req, &p.query, resp, p.added, now, &self.metrics);
         }
+        let asked = (&p.query, p.client.addr.ip());
+        pipeline::cookie_for_answer(snap, asked, &p.packet, Some(max), reply);
         if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
             self.metrics.truncated.inc();
         }

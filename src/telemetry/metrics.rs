@@ -223,6 +223,10 @@ pub struct WorkerMetrics {
     pub(crate) cache_misses: Cnt,
     pub(crate) cache_stale: Cnt,
     pub(crate) cache_skipped: [Cnt; CacheSkip::ALL.len()],
+    /// Queries by what their COOKIE option proved (`[cookies]` on).
+    pub(crate) cookies: [Cnt; CookieSeen::ALL.len()],
+    /// BADCOOKIE answers sent to rate-limited UDP queries.
+    pub(crate) badcookie: Cnt,
     /// The `dnsteer_dns_*` families (CoreDNS's shape).
     pub(crate) dns: DnsCounters,
     /// Sketches the flood rules read (`control::flood`).
@@ -268,6 +272,37 @@ impl CacheSkip {
             CacheSkip::Ttl => "ttl",
             CacheSkip::TooBig => "too_big",
             CacheSkip::Busy => "busy",
+        }
+    }
+}
+
+/// What a query's COOKIE option (RFC 7873) proved, for `dnsteer_cookie_queries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CookieSeen {
+    None = 0,
+    ClientOnly = 1,
+    Valid = 2,
+    Invalid = 3,
+    /// Answered FORMERR.
+    Malformed = 4,
+}
+
+impl CookieSeen {
+    pub(crate) const ALL: [CookieSeen; 5] = [
+        CookieSeen::None,
+        CookieSeen::ClientOnly,
+        CookieSeen::Valid,
+        CookieSeen::Invalid,
+        CookieSeen::Malformed,
+    ];
+
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            CookieSeen::None => "none",
+            CookieSeen::ClientOnly => "client_only",
+            CookieSeen::Valid => "valid",
+            CookieSeen::Invalid => "invalid",
+            CookieSeen::Malformed => "malformed",
         }
     }
 }
@@ -420,6 +455,26 @@ impl Metrics {
                 .iter()
                 .map(|m| (vec![("kind", m.label().to_string())], self.sum(|w| w.malformed[*m as usize].get()) as f64))
                 .collect(),
+        ));
+        out.push(family(
+            "dnsteer_cookie_queries_total",
+            "Queries by what their DNS COOKIE option proved (counted only with [cookies] enabled).",
+            MetricType::COUNTER,
+            CookieSeen::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        vec![("outcome", c.label().to_string())],
+                        self.sum(|w| w.cookies[*c as usize].get()) as f64,
+                    )
+                })
+                .collect(),
+        ));
+        out.push(scalar(
+            "dnsteer_cookie_badcookie_total",
+            "BADCOOKIE answers sent to rate-limited UDP queries without a valid server cookie.",
+            MetricType::COUNTER,
+            self.sum(|w| w.badcookie.get()) as f64,
         ));
         out.push(scalar(
             "dnsteer_truncated_total",
