@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
+use super::zones::Transferred;
 use crate::config::{Config, ConfigError, DnssecConfig, RecordSpec};
 use crate::dnssec::{KeyError, Published, SigningKey};
 use crate::forward::upstream::UpstreamSet;
@@ -77,9 +78,9 @@ pub(crate) async fn build_snapshot(
     probes: &ProbePool,
     previous: Option<&Snapshot>,
     force_geo_reload: bool,
-    transferred: &[RecordSpec],
+    transferred: &Transferred,
 ) -> Result<Snapshot, BuildError> {
-    let (compiled, rejected) = compile(&config, transferred)?;
+    let (compiled, rejected) = compile(&config, &transferred.specs)?;
     let geo = if force_geo_reload {
         open_geo(&config)?
     } else {
@@ -101,7 +102,8 @@ pub(crate) async fn build_snapshot(
     let (dnskey_first_seen, now) = link_keys(&config, previous, &mut zones, &keys);
     let signer_review_unix = signer_review(&zones, &keys, &dnskey_first_seen, now);
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
-    let mut records = RecordTable::link(&compiled, &health, locate, &zones);
+    let mut records =
+        RecordTable::link(&compiled, &health, locate, &zones).with_zone_names(&transferred.names);
     if let Some(prev) = previous {
         records.adopt_stats(&prev.records);
     }

@@ -334,6 +334,10 @@ fn answer(
         Lookup::NoData(z) if z.signed && a.dnssec_ok => {
             return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NoData));
         }
+        // A wildcard answer needs PowerDNS's proof that the query name does not exist.
+        Lookup::Hit(set, Some(z)) if set.wildcard && z.signed && a.dnssec_ok => {
+            return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NotInProcess));
+        }
         Lookup::Hit(_, Some(z)) if z.signed && a.dnssec_ok && z.signer.signer().is_none() => {
             let why = match z.signer {
                 SignerState::NotPublished { .. } => DnssecForward::KeyNotPublished,

@@ -6,3 +6,4 @@ pub(crate) mod hash;
 pub(crate) mod lua;
 pub mod probes;
 pub mod records;
+pub mod wildcard;

@@ -21,6 +21,7 @@ use crate::steer::geo::{GeoDb, Location};
 use crate::steer::hash;
 use crate::steer::lua::{self, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
+use crate::steer::wildcard::{Wildcards, ZoneNames};
 use crate::telemetry::metrics::family;
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
@@ -187,10 +188,30 @@ pub(crate) fn compile_with(
 ) -> Result<(Compiled, Vec<Rejected>), ConfigError> {
     let mut b = Builder::new(&config.probes, config.geoip.is_some());
     for spec in &config.records {
-        b.add(spec).map_err(|m| config.record_error(spec, m))?;
+        wildcard_needs_transfer(spec, &config.zones.transfer)
+            .and_then(|()| b.add(spec))
+            .map_err(|m| config.record_error(spec, m))?;
     }
     let rejected = b.add_all(transferred);
     Ok((b.finish(), rejected))
+}
+
+/// A wildcard of the config file answers only inside a transferred zone, where dnsteer knows
+/// every name below it (see `steer::wildcard`).
+fn wildcard_needs_transfer(spec: &RecordSpec, transferred: &[String]) -> Result<(), String> {
+    let Some(parent) = spec.name.strip_prefix("*.") else {
+        return Ok(());
+    };
+    let covered = transferred
+        .iter()
+        .any(|z| z == "." || parent == z || parent.ends_with(&format!(".{z}")));
+    if covered {
+        return Ok(());
+    }
+    Err(format!(
+        "wildcard name {} needs its zone listed in zones.transfer, so that names PowerDNS holds below it are never shadowed",
+        spec.name
+    ))
 }
 
 /// Compiles record specs from elsewhere (zone transfer): the ones that compile, and the rest
@@ -238,10 +259,11 @@ impl<'a> Builder<'a> {
     }
 
     fn add(&mut self, spec: &RecordSpec) -> Result<(), String> {
-        // The table matches names exactly; a wildcard owner would silently never answer.
-        if spec.name.split('.').any(|l| l == "*") {
+        // RFC 4592: only a leftmost `*` label makes a wildcard; elsewhere it would be a literal
+        // label that nobody means.
+        if spec.name.split('.').skip(1).any(|l| l == "*") {
             return Err(format!(
-                "wildcard name {} is not supported for in-process records; list the names",
+                "name {} has a '*' label that is not the leftmost one; only '*.<name>' is a wildcard",
                 spec.name
             ));
         }
@@ -388,6 +410,8 @@ pub struct RecordSet {
     pub rtype: u16,
     /// Type name, for metric labels.
     pub(crate) type_name: &'static str,
+    /// The owner is a wildcard (`*.…`): answers are synthesized for other names.
+    pub wildcard: bool,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -431,6 +455,8 @@ pub struct RecordTable {
     /// Lower-case wire-format owner name → its sets.
     names: HashMap<Box<[u8]>, NameEntry, foldhash::fast::RandomState>,
     zones: Vec<ZoneInfo>,
+    /// Wildcard owners among `names`, and the transferred zones' names that decide them.
+    wildcards: Wildcards,
 }
 
 fn coords(geo: Option<&dyn Locate>, ip: IpAddr) -> Option<[f64; 3]> {
@@ -473,6 +499,7 @@ impl RecordTable {
                 ttl: set.parts.iter().map(|p| p.0).min().unwrap_or(0),
                 rtype: set.rtype.code(),
                 type_name: set.rtype.name(),
+                wildcard: set.name.starts_with("*."),
                 parts,
                 geo: if needs_geo { geo.clone() } else { None },
             };
@@ -493,7 +520,14 @@ impl RecordTable {
             });
             entry.sets.push(record_set);
         }
+        table.wildcards = Wildcards::new(table.names.keys().map(|k| &**k), &[]);
         table
+    }
+
+    /// Lets wildcard owners answer inside these transferred zones (every name of each).
+    pub fn with_zone_names(mut self, zones: &[Arc<ZoneNames>]) -> RecordTable {
+        self.wildcards = Wildcards::new(self.names.keys().map(|k| &**k), zones);
+        self
     }
 
     /// Every record set (for metrics and /status).
@@ -548,7 +582,7 @@ impl RecordTable {
         const CNAME: u16 = 5;
         const LUA: u16 = 65402;
         let Some(entry) = self.names.get(qname) else {
-            return Lookup::Miss;
+            return self.lookup_wildcard(qname, qtype);
         };
         let zone = entry.zone.map(|i| &self.zones[i]);
         let no_data = || zone.map_or(Lookup::Miss, Lookup::NoData);
@@ -566,6 +600,31 @@ impl RecordTable {
         // Another type, ANY included, at a name of ours: NODATA if we know the SOA, else
         // PowerDNS, which holds the whole zone, answers.
         no_data()
+    }
+
+    /// RFC 4592 synthesis from a wildcard owner. Types the wildcard has no set for, and type
+    /// LUA, go to PowerDNS: it may hold other records at the wildcard.
+    #[cold]
+    fn lookup_wildcard(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        const CNAME: u16 = 5;
+        const LUA: u16 = 65402;
+        if qtype == LUA {
+            return Lookup::Miss;
+        }
+        let Some(entry) = self
+            .wildcards
+            .find(qname)
+            .and_then(|owner| self.names.get(owner))
+        else {
+            return Lookup::Miss;
+        };
+        let zone = entry.zone.map(|i| &self.zones[i]);
+        entry
+            .sets
+            .iter()
+            .find(|s| s.rtype == qtype)
+            .or_else(|| entry.sets.iter().find(|s| s.rtype == CNAME))
+            .map_or(Lookup::Miss, |set| Lookup::Hit(set, zone))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1755,11 +1814,98 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_names_are_refused() {
+    fn wildcard_without_its_zone_transferred_is_refused() {
         let e = compile(&config(&rec("*.wild.test", "A", "'192.0.2.1'")))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("wildcard"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("needs its zone listed in zones.transfer"),
+            "{e}"
+        );
+    }
+
+    /// The case of config/rejected/wildcard-without-transfer.toml, accepted once its zone is
+    /// transferred.
+    fn wildcard_table(zone_owners: &[(&str, bool)]) -> RecordTable {
+        let records = format!(
+            "[zones]\ntransfer = [\"example.test\"]\n{}{}{}",
+            rec(
+                "*.example.test",
+                "A",
+                "pickrandom({'192.0.2.81', '192.0.2.82'})"
+            ),
+            rec("*.cn.example.test", "CNAME", "'target.example.test.'"),
+            rec("mine.example.test", "A", "'192.0.2.7'"),
+        );
+        let compiled = compile(&config(&records)).unwrap();
+        let zone = ZoneNames::new(
+            &wire("example.test."),
+            zone_owners.iter().map(|(o, ns)| (wire(o), *ns)),
+        );
+        RecordTable::link(&compiled, &HashMap::new(), None, &Zones::new())
+            .with_zone_names(&[Arc::new(zone)])
+    }
+
+    #[test]
+    fn wildcard_answers_names_that_do_not_exist() {
+        let t = wildcard_table(&[
+            ("example.test.", true),
+            ("pdns-only.example.test.", false),
+            ("a.ent.example.test.", false),
+            ("deleg.example.test.", true),
+        ]);
+        let hit = |q: &str, qtype: u16| match t.lookup(&wire(q), qtype) {
+            Lookup::Hit(set, _) => Some((set.name.clone(), set.wildcard)),
+            _ => None,
+        };
+        let wild = Some(("*.example.test.".to_string(), true));
+        assert_eq!(hit("nothing.example.test.", 1), wild);
+        assert_eq!(hit("x.y.example.test.", 1), wild);
+        // Exact names win, whoever holds them, empty non-terminals included.
+        assert_eq!(
+            hit("mine.example.test.", 1),
+            Some(("mine.example.test.".into(), false))
+        );
+        assert_eq!(hit("pdns-only.example.test.", 1), None);
+        assert_eq!(hit("ent.example.test.", 1), None);
+        // The closest encloser exists and has no wildcard of its own.
+        assert_eq!(hit("x.pdns-only.example.test.", 1), None);
+        assert_eq!(hit("x.mine.example.test.", 1), None);
+        assert_eq!(hit("x.deleg.example.test.", 1), None);
+        // Other types, and type LUA, are PowerDNS's; a wildcard CNAME answers every type.
+        assert!(matches!(
+            t.lookup(&wire("nothing.example.test."), 28),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            t.lookup(&wire("nothing.example.test."), 65402),
+            Lookup::Miss
+        ));
+        assert_eq!(
+            hit("z.cn.example.test.", 28),
+            Some(("*.cn.example.test.".into(), true))
+        );
+        // Outside the zone: PowerDNS.
+        assert_eq!(hit("x.other.test.", 1), None);
+    }
+
+    #[test]
+    fn wildcard_waits_for_the_zone_transfer() {
+        let records = format!(
+            "[zones]\ntransfer = [\"example.test\"]\n{}",
+            rec("*.example.test", "A", "'192.0.2.81'")
+        );
+        let t = table(&records);
+        assert!(matches!(
+            t.lookup(&wire("x.example.test."), 1),
+            Lookup::Miss
+        ));
+        // The owner itself is an exact name.
+        assert!(matches!(
+            t.lookup(&wire("*.example.test."), 1),
+            Lookup::Hit(..)
+        ));
     }
 
     #[test]
