@@ -366,6 +366,8 @@ pub enum RecordType {
     Aaaa,
     Cname,
     Txt,
+    /// For `createReverse`/`createReverse6` in `in-addr.arpa`/`ip6.arpa` zones.
+    Ptr,
 }
 
 impl RecordType {
@@ -375,6 +377,7 @@ impl RecordType {
             RecordType::Aaaa => 28,
             RecordType::Cname => 5,
             RecordType::Txt => 16,
+            RecordType::Ptr => 12,
         }
     }
 
@@ -384,6 +387,7 @@ impl RecordType {
             28 => RecordType::Aaaa,
             5 => RecordType::Cname,
             16 => RecordType::Txt,
+            12 => RecordType::Ptr,
             _ => return None,
         })
     }
@@ -394,6 +398,7 @@ impl RecordType {
             RecordType::Aaaa => "AAAA",
             RecordType::Cname => "CNAME",
             RecordType::Txt => "TXT",
+            RecordType::Ptr => "PTR",
         }
     }
 
@@ -403,6 +408,7 @@ impl RecordType {
             "AAAA" => RecordType::Aaaa,
             "CNAME" => RecordType::Cname,
             "TXT" => RecordType::Txt,
+            "PTR" => RecordType::Ptr,
             _ => return None,
         })
     }

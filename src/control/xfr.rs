@@ -66,7 +66,7 @@ pub struct ZoneData {
     /// Lower-case, absolute.
     pub zone: String,
     pub serial: u32,
-    /// LUA records of inner type A, AAAA, CNAME and TXT, in transfer order.
+    /// LUA records of inner type A, AAAA, CNAME, TXT and PTR, in transfer order.
     pub records: Vec<RecordSpec>,
     /// LUA records left to PowerDNS, for `/status` and logs.
     pub unsupported: Vec<Unsupported>,
@@ -552,7 +552,7 @@ impl Axfr {
                         "LUA LUA records hold code for include(), which dnsteer does not run; left to PowerDNS".to_string()
                     } else {
                         format!(
-                            "dnsteer answers LUA A, AAAA, CNAME and TXT only; LUA {rtype} left to PowerDNS"
+                            "dnsteer answers LUA A, AAAA, CNAME, TXT and PTR only; LUA {rtype} left to PowerDNS"
                         )
                     };
                     self.data.unsupported.push(Unsupported {

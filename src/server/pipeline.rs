@@ -393,7 +393,7 @@ fn answer_record(
         n: 0,
         keep: signer.is_some().then_some(&mut *ctx.sign),
     };
-    let ev = match set.evaluate(&client, &mut sink) {
+    let ev = match set.evaluate_for(&client, q.qname.as_bytes(), &mut sink) {
         Ok(ev) => ev,
         Err(e) => {
             set.stats.count(ctx.worker, AnswerKind::Error);

@@ -22,7 +22,8 @@ pub(crate) type Rdata = Box<[u8]>;
 pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
-    pickwhashed, pickwrandom, pickchashed, pickclosest, all, view";
+    pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
+    createForward, createForward6, filterForward";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -156,6 +157,8 @@ pub(crate) enum Rule {
     Closest(Vec<IpAddr>),
     View(Vec<ViewRule>),
     IfUp(IfUp),
+    /// An answer computed from the query name (`steer::generate`).
+    Generate(crate::steer::generate::Generator),
 }
 
 impl Rule {
@@ -829,7 +832,83 @@ impl Compiler<'_> {
                 arity(1, 1)?;
                 self.view(&args[0])
             }
+            "createReverse" | "createReverse6" | "createForward" | "createForward6"
+            | "filterForward" => self.generator(name, args).map(Rule::Generate),
             other => unsupported_function(other),
+        }
+    }
+
+    /// The name-derived functions; the logic lives in `steer::generate`.
+    fn generator(
+        &self,
+        name: &str,
+        args: &[Expr],
+    ) -> Result<crate::steer::generate::Generator, LuaError> {
+        use crate::steer::generate::{self as generate, Generator};
+        match name {
+            "createForward" | "createForward6" => {
+                arity(name, args, 0, 0)?;
+                Ok(if name == "createForward" {
+                    Generator::Forward
+                } else {
+                    Generator::Forward6
+                })
+            }
+            "createReverse" | "createReverse6" => {
+                arity(name, args, 1, 2)?;
+                let format = self.text(&args[0])?;
+                let exceptions = match args.get(1) {
+                    None => None,
+                    Some(Expr::Table(fields)) => Some(
+                        fields
+                            .iter()
+                            .map(|f| match (&f.key, as_text(&f.value)) {
+                                (Some(Key::Expr(k)), Some(v)) => Ok((self.text(k)?, v)),
+                                _ => invalid(format!(
+                                    "{name}() exceptions must be {{['address']='name', ...}}"
+                                )),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    Some(other) => {
+                        return invalid(format!(
+                            "{name}() exceptions must be a table, got {}",
+                            what(other)
+                        ));
+                    }
+                };
+                generate::reverse_rule(name == "createReverse6", self.rtype, &format, exceptions)
+                    .map_err(LuaError::Invalid)
+            }
+            _ => {
+                arity(name, args, 2, 3)?;
+                let inner = match &args[0] {
+                    Expr::Call { name: n, args: a }
+                        if n == "createForward" || n == "createForward6" =>
+                    {
+                        self.generator(n, a)?
+                    }
+                    _ => {
+                        return unsupported(
+                            "filterForward() is supported with createForward() or createForward6() as its first argument",
+                        );
+                    }
+                };
+                let masks = match &args[1] {
+                    Expr::Call { name: n, args: a } if n == "newNMG" && a.len() == 1 => self
+                        .list(&a[0], "the list given to newNMG()")?
+                        .into_iter()
+                        .map(|e| self.text(e))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    _ => {
+                        return unsupported(
+                            "filterForward() needs newNMG({'netmask', ...}) as its second argument",
+                        );
+                    }
+                };
+                let fallback = args.get(2).map(|e| self.text(e)).transpose()?;
+                generate::filter_rule(inner, &masks, fallback).map_err(LuaError::Invalid)
+            }
         }
     }
 
@@ -1488,7 +1567,7 @@ fn encode_presentation(rtype: RecordType, s: &str) -> Result<Rdata, String> {
             .parse::<std::net::Ipv6Addr>()
             .map(|a| a.octets().to_vec().into())
             .map_err(|_| format!("'{s}' is not an IPv6 address (record type AAAA)")),
-        RecordType::Cname => name_wire(t).map(Into::into),
+        RecordType::Cname | RecordType::Ptr => name_wire(t).map(Into::into),
         RecordType::Txt => encode_lua_value(rtype, s.as_bytes()),
     }
 }

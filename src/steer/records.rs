@@ -99,6 +99,8 @@ pub enum EvalError {
     BadResult(&'static str),
     #[error("failOnIncompleteCheck: no candidate has completed a health check yet")]
     IncompleteCheck,
+    #[error("the zone apex of the record is not known yet (createForward needs it)")]
+    ZoneUnknown,
 }
 
 impl EvalError {
@@ -106,6 +108,7 @@ impl EvalError {
         match self {
             EvalError::BadResult(_) => "bad_result",
             EvalError::IncompleteCheck => "incomplete_check",
+            EvalError::ZoneUnknown => "zone_unknown",
         }
     }
 }
@@ -412,6 +415,10 @@ pub struct RecordSet {
     pub(crate) type_name: &'static str,
     /// The owner is a wildcard (`*.…`): answers are synthesized for other names.
     pub wildcard: bool,
+    /// Owner name, lower-case wire: the query name of a non-wildcard answer.
+    owner_wire: Box<[u8]>,
+    /// Apex of the record's zone, lower-case wire, when known (`createForward` needs it).
+    zone_apex: Option<Box<[u8]>>,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -500,6 +507,10 @@ impl RecordTable {
                 rtype: set.rtype.code(),
                 type_name: set.rtype.name(),
                 wildcard: set.name.starts_with("*."),
+                owner_wire: dns::name_from_text(&set.name).unwrap_or_default().into(),
+                zone_apex: zone_of(&set.name, zones)
+                    .and_then(|(apex, _)| dns::name_from_text(apex).ok())
+                    .map(Into::into),
                 parts,
                 geo: if needs_geo { geo.clone() } else { None },
             };
@@ -707,6 +718,8 @@ pub enum Lookup<'t> {
 /// Per-query facts computed at most once, on first need.
 struct Query<'a> {
     client: &'a Client,
+    /// The query name (lower-case wire): differs from the owner for a wildcard.
+    qname: &'a [u8],
     geo: Option<&'a dyn Locate>,
     hash: Option<u32>,
     location: Option<Option<Location>>,
@@ -763,8 +776,19 @@ impl RecordSet {
         client: &Client,
         sink: &mut dyn AnswerSink,
     ) -> Result<Evaluated, EvalError> {
+        self.evaluate_for(client, &self.owner_wire, sink)
+    }
+
+    /// [`Self::evaluate`] for `qname` (lower-case wire), the name a wildcard answers.
+    pub fn evaluate_for(
+        &self,
+        client: &Client,
+        qname: &[u8],
+        sink: &mut dyn AnswerSink,
+    ) -> Result<Evaluated, EvalError> {
         let mut q = Query {
             client,
+            qname,
             geo: self.geo.as_deref(),
             hash: None,
             location: None,
@@ -872,6 +896,20 @@ impl RecordSet {
                     }
                 }
                 PartResult::primary(1, q.client_scope())
+            }
+            Rule::Generate(g) => {
+                let zone = match &self.zone_apex {
+                    Some(z) => z,
+                    None if g.needs_zone() => return Err(EvalError::ZoneUnknown),
+                    None => &[][..],
+                };
+                let rtype = RecordType::from_code(self.rtype).unwrap_or(RecordType::A);
+                let mut buf = [0u8; 256];
+                let n = g
+                    .rdata(rtype, q.qname, zone, &mut buf)
+                    .map_err(|_| EvalError::BadResult(rtype.name()))?;
+                self.push(sink, &buf[..n]);
+                PartResult::primary(1, 0)
             }
             // Linked separately above.
             Rule::Closest(_) | Rule::IfUp(_) => PartResult::primary(0, 0),
