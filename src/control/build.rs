@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 
-use super::zones::Transferred;
 use crate::config::{Config, ConfigError, DnssecConfig, RecordSpec};
 use crate::dnssec::{KeyError, Published, SigningKey};
 use crate::forward::upstream::UpstreamSet;
@@ -13,6 +12,7 @@ use crate::state::Snapshot;
 use crate::steer::geo::{GeoDb, GeoError};
 use crate::steer::probes::ProbePool;
 use crate::steer::records::{self, RecordTable};
+use crate::steer::wildcard::ZoneNames;
 use crate::telemetry::dns_metrics::ZoneTable;
 use crate::telemetry::querylog;
 
@@ -135,6 +135,15 @@ fn metric_zones(config: &Config, zones: &records::Zones, previous: Option<&Snaps
         .chain(dnssec.keys.iter().map(|k| &k.zone))
         .chain(dnssec.own_key.iter().flat_map(|o| &o.zones));
     ZoneTable::build(previous.map(|p| &p.dns_zones), apexes.map(String::as_str))
+}
+
+/// What the transfers hold, for building a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Transferred {
+    /// Every transferred LUA record spec (zones in name order).
+    pub(crate) specs: Vec<RecordSpec>,
+    /// Every name of each transferred zone.
+    pub(crate) names: Vec<Arc<ZoneNames>>,
 }
 
 /// Compiles the records of the config and of the transferred zones. A name/type defined in

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Control;
+use super::build::Transferred;
 use super::zone_facts::{is_subdomain, learn_all};
 use crate::config::Config;
 use crate::steer::records::{Rejected, Zones};
@@ -39,15 +40,6 @@ pub(crate) struct Transfers {
     zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
     /// Every name of each transferred zone (for wildcards), by zone.
     names: std::sync::Mutex<HashMap<String, Arc<ZoneNames>>>,
-}
-
-/// What the transfers hold, for building a snapshot.
-#[derive(Debug, Default)]
-pub(crate) struct Transferred {
-    /// Every transferred LUA record spec (zones in name order).
-    pub(crate) specs: Vec<crate::config::RecordSpec>,
-    /// Every name of each transferred zone.
-    pub(crate) names: Vec<Arc<ZoneNames>>,
 }
 
 /// Whole-transfer time limit per server.
