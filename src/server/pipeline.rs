@@ -393,7 +393,13 @@ fn answer_record(
         n: 0,
         keep: signer.is_some().then_some(&mut *ctx.sign),
     };
-    let ev = match set.evaluate_for(&client, q.qname.as_bytes(), &mut sink) {
+    // Rules that print the query name (createReverse) keep its case, as PowerDNS does.
+    let qname = q.qname.as_bytes();
+    let asked = pkt
+        .get(dns::HEADER_LEN..dns::HEADER_LEN + qname.len())
+        .filter(|raw| raw.eq_ignore_ascii_case(qname))
+        .unwrap_or(qname);
+    let ev = match set.evaluate_for(&client, asked, &mut sink) {
         Ok(ev) => ev,
         Err(e) => {
             set.stats.count(ctx.worker, AnswerKind::Error);

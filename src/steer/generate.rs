@@ -323,8 +323,8 @@ impl<'a> Labels<'a> {
 }
 
 impl Generator {
-    /// Writes the answer RDATA for `rtype` to `out`. `qname`: the query name; `zone`: the apex
-    /// of the zone the record is in (both lower-case wire).
+    /// Writes the answer RDATA for `rtype` to `out`. `qname`: the query name in the case the
+    /// client wrote it; `zone`: the apex of the record's zone (any case).
     pub(crate) fn rdata(
         &self,
         rtype: RecordType,
@@ -527,7 +527,8 @@ fn reverse6(format: &[Piece], exceptions: Option<&[Exception]>, qname: &[u8], t:
 fn relative<'a>(qname: &'a [u8], zone: &[u8]) -> Labels<'a> {
     let mut l = Labels::of(qname);
     let z = Labels::of(zone).len;
-    l.len = if qname.ends_with(zone) {
+    let tail = qname.len().checked_sub(zone.len()).map(|i| &qname[i..]);
+    l.len = if tail.is_some_and(|t| t.eq_ignore_ascii_case(zone)) {
         l.len.saturating_sub(z)
     } else {
         0

@@ -718,7 +718,7 @@ pub enum Lookup<'t> {
 /// Per-query facts computed at most once, on first need.
 struct Query<'a> {
     client: &'a Client,
-    /// The query name (lower-case wire): differs from the owner for a wildcard.
+    /// The query name (wire, as the client wrote it): differs from the owner for a wildcard.
     qname: &'a [u8],
     geo: Option<&'a dyn Locate>,
     hash: Option<u32>,
@@ -779,7 +779,8 @@ impl RecordSet {
         self.evaluate_for(client, &self.owner_wire, sink)
     }
 
-    /// [`Self::evaluate`] for `qname` (lower-case wire), the name a wildcard answers.
+    /// [`Self::evaluate`] for `qname` (wire, the case the client sent), the name a wildcard
+    /// answers.
     pub fn evaluate_for(
         &self,
         client: &Client,
