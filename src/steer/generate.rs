@@ -18,6 +18,16 @@ use crate::config::RecordType;
 /// Longest text a generator may produce (longer: SERVFAIL; PowerDNS would fail on the name).
 const TEXT: usize = 2048;
 
+/// `DNSName::hash()` of PowerDNS (`burtleCI`: lookup2 over the lower-cased wire name, root
+/// label included, initval 0), which `picknamehashed` (4.9+) takes modulo the weight sum.
+pub(crate) fn name_hash(qname: &[u8]) -> u32 {
+    let mut lower = [0u8; 256];
+    let n = qname.len().min(lower.len());
+    lower[..n].copy_from_slice(&qname[..n]);
+    lower[..n].make_ascii_lowercase();
+    crate::steer::hash::lookup2(&lower[..n], 0)
+}
+
 /// An address the function answers with fixed text instead of the format.
 pub(crate) type Exception = (IpAddr, Box<[u8]>);
 

@@ -23,7 +23,7 @@ pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
-    createForward, createForward6, filterForward";
+    createForward, createForward6, filterForward, picknamehashed";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -159,6 +159,8 @@ pub(crate) enum Rule {
     IfUp(IfUp),
     /// An answer computed from the query name (`steer::generate`).
     Generate(crate::steer::generate::Generator),
+    /// `picknamehashed` (PowerDNS 4.9+): weighted by the hash of the query name.
+    NameHashed(Weighted),
 }
 
 impl Rule {
@@ -834,6 +836,10 @@ impl Compiler<'_> {
             }
             "createReverse" | "createReverse6" | "createForward" | "createForward6"
             | "filterForward" => self.generator(name, args).map(Rule::Generate),
+            "picknamehashed" => {
+                arity(1, 1)?;
+                Ok(Rule::NameHashed(self.weighted(&args[0], name, true)?))
+            }
             other => unsupported_function(other),
         }
     }

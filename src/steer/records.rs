@@ -898,6 +898,11 @@ impl RecordSet {
                 }
                 PartResult::primary(1, q.client_scope())
             }
+            Rule::NameHashed(w) => {
+                let r = u64::from(crate::steer::generate::name_hash(q.qname)) % w.total();
+                self.push(sink, weighted_pick(&w.entries, r));
+                PartResult::primary(1, 0)
+            }
             Rule::Generate(g) => {
                 let zone = match &self.zone_apex {
                     Some(z) => z,
@@ -1843,6 +1848,32 @@ mod tests {
         assert!(matches!(t.lookup(&wire("lua.test."), 6), Lookup::Miss));
         let (a, _) = answer(set(&t, "cname.lua.test.", 1), &client("192.0.2.1", None));
         assert_eq!(a, ["\u{6}static\u{3}lua\u{4}test\0"]);
+    }
+
+    #[test]
+    fn picknamehashed_follows_powerdns_4_9_name_hash() {
+        // Expected picks from an independent lookup2 (shared/pdns-lua/pdnshash.py) over the
+        // wire name: www.example.test. 2708148499 % 60 = 19, x.example.test. 1604289718 % 60 =
+        // 58; libstdc++ walks the entries .3 (30) .2 (20) .1 (10).
+        let body = "picknamehashed({{10,'192.0.2.1'},{20,'192.0.2.2'},{30,'192.0.2.3'}})";
+        let t = table(
+            &[
+                rec("www.example.test", "A", body),
+                rec("x.example.test", "A", body),
+            ]
+            .concat(),
+        );
+        let c = client("198.51.100.1", Some(24));
+        let (a, e) = answer(set(&t, "www.example.test.", 1), &c);
+        assert_eq!((a, e.scope), (vec!["192.0.2.3".to_string()], 0));
+        let (a, _) = answer(set(&t, "x.example.test.", 1), &c);
+        assert_eq!(a, ["192.0.2.1"]);
+        // The hash ignores case, as DNSName::hash() does.
+        let mut sink = VecSink::default();
+        set(&t, "x.example.test.", 1)
+            .evaluate_for(&c, &wire("X.Example.TEST."), &mut sink)
+            .unwrap();
+        assert_eq!(sink.0, vec![(1, vec![192, 0, 2, 1])]);
     }
 
     #[test]
