@@ -23,7 +23,7 @@ pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
-    createForward, createForward6, filterForward, picknamehashed";
+    createForward, createForward6, filterForward, picknamehashed, pickselfweighted";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -161,6 +161,8 @@ pub(crate) enum Rule {
     Generate(crate::steer::generate::Generator),
     /// `picknamehashed` (PowerDNS 4.9+): weighted by the hash of the query name.
     NameHashed(Weighted),
+    /// `pickselfweighted` (PowerDNS 5.0+): candidates weighted by their probe's body.
+    SelfWeighted(Vec<Candidate>),
 }
 
 impl Rule {
@@ -168,6 +170,7 @@ impl Rule {
     pub(crate) fn probes(&self) -> impl Iterator<Item = &ProbeSpec> {
         let cands: &[Candidate] = match self {
             Rule::IfUp(u) => &u.candidates,
+            Rule::SelfWeighted(c) => c,
             _ => &[],
         };
         cands.iter().map(|c| &c.probe)
@@ -839,6 +842,23 @@ impl Compiler<'_> {
             "picknamehashed" => {
                 arity(1, 1)?;
                 Ok(Rule::NameHashed(self.weighted(&args[0], name, true)?))
+            }
+            "pickselfweighted" => {
+                arity(2, 3)?;
+                let url = self.url(&args[0], name)?;
+                let opts = self.options(args.get(2), name, true)?;
+                let addrs = self.addresses(&args[1], name)?;
+                if addrs.is_empty() {
+                    return invalid("pickselfweighted() needs at least one address");
+                }
+                let check = Check::HttpWeighted { url };
+                match self.if_up(
+                    [addrs.into_iter().map(|a| (a, check.clone())).collect()],
+                    opts,
+                )? {
+                    Rule::IfUp(u) => Ok(Rule::SelfWeighted(u.candidates)),
+                    other => Ok(other),
+                }
             }
             other => unsupported_function(other),
         }
@@ -1983,8 +2003,8 @@ mod tests {
             ("country('NL')", "unsupported function 'country'"),
             ("netmask({'10.0.0.0/8'})", "unsupported function 'netmask'"),
             (
-                "picknamehashed({{1,'192.0.2.1'}})",
-                "unsupported function 'picknamehashed'",
+                "dblookup('www.example.test', 1)",
+                "unsupported function 'dblookup'",
             ),
             ("include('cfg')", "unsupported function 'include'"),
             (

@@ -101,6 +101,8 @@ pub enum EvalError {
     IncompleteCheck,
     #[error("the zone apex of the record is not known yet (createForward needs it)")]
     ZoneUnknown,
+    #[error("pickselfweighted: every candidate is down")]
+    AllDown,
 }
 
 impl EvalError {
@@ -109,6 +111,7 @@ impl EvalError {
             EvalError::BadResult(_) => "bad_result",
             EvalError::IncompleteCheck => "incomplete_check",
             EvalError::ZoneUnknown => "zone_unknown",
+            EvalError::AllDown => "all_down",
         }
     }
 }
@@ -430,6 +433,8 @@ enum Linked {
     Plain(Rule),
     Closest(Vec<Place>),
     IfUp(LinkedIfUp),
+    /// `pickselfweighted`: candidates with the health (and weight) of their probes.
+    SelfWeighted(Vec<LinkedCandidate>),
 }
 
 struct Place {
@@ -698,6 +703,21 @@ fn link_rule(
                 fail_on_incomplete: u.fail_on_incomplete,
             })
         }
+        Rule::SelfWeighted(cands) => Linked::SelfWeighted(
+            cands
+                .iter()
+                .map(|c| LinkedCandidate {
+                    place: Place {
+                        rdata: addr_rdata(c.addr),
+                        coords: None,
+                    },
+                    health: health
+                        .get(&c.probe)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Health::default())),
+                })
+                .collect(),
+        ),
         other => Linked::Plain(other.clone()),
     }
 }
@@ -835,6 +855,11 @@ impl RecordSet {
                 return Ok(PartResult::primary(1, q.geo_scope()));
             }
             Linked::IfUp(u) => return self.if_up(u, q, sink),
+            Linked::SelfWeighted(cands) => {
+                let i = self_weighted(cands, q.hash()).ok_or(EvalError::AllDown)?;
+                self.push(sink, &cands[i].place.rdata);
+                return Ok(PartResult::primary(1, q.client_scope()));
+            }
         };
         Ok(match rule {
             Rule::Static(values) | Rule::All(values) => {
@@ -918,7 +943,7 @@ impl RecordSet {
                 PartResult::primary(1, 0)
             }
             // Linked separately above.
-            Rule::Closest(_) | Rule::IfUp(_) => PartResult::primary(0, 0),
+            Rule::Closest(_) | Rule::IfUp(_) | Rule::SelfWeighted(_) => PartResult::primary(0, 0),
         })
     }
 
@@ -1061,6 +1086,32 @@ impl UpSet {
             cands[i].health.is_up()
         }
     }
+}
+
+/// `pickselfweighted` (PowerDNS 5.0): each candidate weighs its probe's body weight while UP
+/// (a non-positive or missing weight counts as 1; not probed yet counts as UP, as everywhere in
+/// dnsteer), 0 while DOWN; `hash(bestwho) % sum` walks the written order. `None` when every
+/// candidate is DOWN: PowerDNS then raises (its random fallback has a zero sum), SERVFAIL.
+fn self_weighted(cands: &[LinkedCandidate], hash: u32) -> Option<usize> {
+    let weight = |c: &LinkedCandidate| match c.health.state() {
+        HealthState::Down => 0u64,
+        _ => u64::from(c.health.weight().max(1)),
+    };
+    let sum: u64 = cands.iter().map(weight).sum();
+    if sum == 0 {
+        return None;
+    }
+    let r = u64::from(hash) % sum;
+    let mut running = 0;
+    // Health read again while walking may have changed since the sum (accepted race): then
+    // the last candidate answers.
+    cands
+        .iter()
+        .position(|c| {
+            running += weight(c);
+            running > r
+        })
+        .or(Some(cands.len() - 1))
 }
 
 /// The first entry whose running weight sum exceeds `r` (PowerDNS's `upper_bound`).
