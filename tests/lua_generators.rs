@@ -176,6 +176,11 @@ fn ask(server: SocketAddr, name: &str, qtype: RecordType) -> (ResponseCode, Vec<
     outcome(&m)
 }
 
+fn ask_tcp(server: SocketAddr, name: &str, qtype: RecordType) -> (ResponseCode, Vec<String>) {
+    let m = dns_query(server, name, qtype, &QueryOpts::tcp()).unwrap();
+    outcome(&m)
+}
+
 /// Waits until dnsteer answers a generated name in-process (the zones are transferred).
 fn wait_ready(front: SocketAddr, metrics: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
