@@ -103,17 +103,22 @@ impl Wildcards {
         zones: &[Arc<ZoneNames>],
     ) -> Wildcards {
         let mut w = Wildcards::default();
-        for owner in owners {
+        let owners: Vec<&[u8]> = owners.collect();
+        for owner in &owners {
             if let Some(parent) = owner.strip_prefix(&STAR[..]) {
-                w.by_parent.insert(parent.into(), owner.into());
+                w.by_parent.insert(parent.into(), (*owner).into());
             }
+        }
+        // Tables without wildcards (the common case) keep nothing else.
+        if w.by_parent.is_empty() {
+            return w;
+        }
+        for owner in owners {
             for s in suffixes(owner) {
                 w.own.insert(s.into());
             }
         }
-        if !w.by_parent.is_empty() {
-            w.zones = zones.iter().map(|z| (z.apex.clone(), z.clone())).collect();
-        }
+        w.zones = zones.iter().map(|z| (z.apex.clone(), z.clone())).collect();
         w
     }
 
