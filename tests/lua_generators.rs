@@ -220,6 +220,12 @@ fn compare(pdns: SocketAddr, front: SocketAddr, metrics: SocketAddr) {
                 "{name} {qtype}: powerdns {want:?}, dnsteer {got:?}"
             ));
         }
+        let got_tcp = ask_tcp(front, name, *qtype);
+        if want != got_tcp {
+            mismatches.push(format!(
+                "{name} {qtype} over TCP: powerdns {want:?}, dnsteer {got_tcp:?}"
+            ));
+        }
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     // Most of the names are generated in-process (the exact names, empty non-terminals and
