@@ -120,6 +120,13 @@ fn queries() -> Vec<(String, RecordType)> {
         // The case the client wrote is kept in owners and in what the functions read.
         "IPC0000201",
         "Ip-1-2-3-4",
+        // Hex labels of exactly 10 bytes: a sign, a 0x prefix, a short last digit.
+        "ip-1020304",
+        "0x01020304",
+        "ipc000020g",
+        "ipc00002zz",
+        "1-2-3-4-",
+        "1--2--3--4",
     ];
     for n in a {
         q.push((format!("{n}.{EXAMPLE}"), RecordType::A));
@@ -133,6 +140,10 @@ fn queries() -> Vec<(String, RecordType)> {
         "zz.0.0.0.0.0.0.1",
         "x--1",
         "exact",
+        "1.2.3.4.5.6.7.8",
+        "1.2.3.4",
+        "ffff.0.0.0.0.0.0.ffff",
+        "1-2-3-4-5-6-7-8",
     ];
     for n in aaaa {
         q.push((format!("{n}.{EXAMPLE}"), RecordType::AAAA));

@@ -609,16 +609,13 @@ fn forward(qname: &[u8], zone: &[u8], t: &mut Text) {
                 None => return zeros(t),
             }
         }
-        let mut dotted = Text::new();
+        // 4.7.3 prints the four values as they are: a negative one (`-1`) wraps to a number
+        // no A record takes, SERVFAIL (observed).
         for (k, x) in v.iter().enumerate() {
             if k > 0 {
-                dotted.put(b".");
+                t.put(b".");
             }
-            dotted.put_decimal(*x);
-        }
-        match combo_address(dotted.as_bytes()) {
-            Some(ip) => t.put_ip(ip),
-            None => zeros(t),
+            t.put_decimal(*x);
         }
         return;
     }
@@ -988,6 +985,7 @@ mod tests {
             ("ipzzzzzzzz", Some("0.0.0.0")),
             ("ip-01-2-3-4", Some("1.2.3.4")),
             ("x-1-2-3", Some("0.0.0.0")),
+            ("ip-1020304", None),
         ];
         for (label, want) in cases {
             let q = format!("{label}.example.test.");
