@@ -144,11 +144,17 @@ fn queries() -> Vec<(String, RecordType)> {
         "1.2.3.4",
         "ffff.0.0.0.0.0.0.ffff",
         "1-2-3-4-5-6-7-8",
+        "2001-DB8--1",
+        "1-2",
+        "1-99999",
+        "ip-2001-db8--1",
     ];
     for n in aaaa {
         q.push((format!("{n}.{EXAMPLE}"), RecordType::AAAA));
     }
-    for last in ["0", "1", "4", "5", "99", "255", "010", "foo"] {
+    for last in [
+        "0", "1", "4", "5", "99", "255", "010", "foo", "0x5", "05", "256", "1e1", "Ab",
+    ] {
         q.push((format!("{last}.{REV4}"), RecordType::PTR));
     }
     for n in ["7.sub", "200.sub", "x.sub", "X.Sub", "1.2.3.4"] {
