@@ -386,6 +386,8 @@ pub enum RecordType {
     /// Code for `include()` (PowerDNS `LUA LUA`): compiled into the records that include it,
     /// never answered itself.
     Lua,
+    /// For `createReverse`/`createReverse6` in `in-addr.arpa`/`ip6.arpa` zones.
+    Ptr,
 }
 
 impl RecordType {
@@ -396,6 +398,7 @@ impl RecordType {
             RecordType::Cname => 5,
             RecordType::Txt => 16,
             RecordType::Lua => 65402,
+            RecordType::Ptr => 12,
         }
     }
 
@@ -406,6 +409,7 @@ impl RecordType {
             5 => RecordType::Cname,
             16 => RecordType::Txt,
             65402 => RecordType::Lua,
+            12 => RecordType::Ptr,
             _ => return None,
         })
     }
@@ -417,6 +421,7 @@ impl RecordType {
             RecordType::Cname => "CNAME",
             RecordType::Txt => "TXT",
             RecordType::Lua => "LUA",
+            RecordType::Ptr => "PTR",
         }
     }
 
@@ -427,6 +432,7 @@ impl RecordType {
             "CNAME" => RecordType::Cname,
             "LUA" => RecordType::Lua,
             "TXT" => RecordType::Txt,
+            "PTR" => RecordType::Ptr,
             _ => return None,
         })
     }

@@ -105,6 +105,7 @@ cn       60 IN LUA CNAME \"'www.signed.test.'\"
 txt      60 IN LUA TXT \"'hello from lua'\"
 url      60 IN LUA A \"ifurlup('http://127.0.0.1:{port}/', {{{{'127.0.0.1'}},{{'127.0.0.2'}}}}, {{timeout='1', interval='1'}})\"
 geo      60 IN LUA A \"pickclosest({{'193.0.6.139','210.140.92.1'}})\"
+*.wild   60 IN LUA A \"createForward()\"
 big      60 IN LUA TXT \"{{{}, {},\" \" {}, {}}}\"
 ",
         big[0], big[1], big[2], big[3]
@@ -811,6 +812,60 @@ fn nodata_and_nxdomain_are_forwarded_and_validate() {
         }
         let via = assert_secure(&s, name, qtype, rcode);
         assert!(via.answers.iter().all(|r| r.record_type() != qtype));
+    }
+}
+
+/// A wildcard answer needs PowerDNS's proof that the query name does not exist: under DO=1 it
+/// is forwarded even while dnsteer signs (and validates); without DO it is answered here.
+#[test]
+fn wildcard_answers_under_do_are_powerdns_and_validate() {
+    let s = Setup::start(Options::default());
+    let zsk = active_zsk(&s.pdns);
+    if let Err(e) = s.try_wait_signing_with(zsk.tag, SIGNING_WAIT) {
+        eprintln!("note: dnsteer is not signing in-process ({e}); checking the wildcard anyway");
+    }
+    let name = "192-0-2-44.wild.signed.test.";
+    let forwarded_before = s.forwarded_total();
+    let pdns_before = s.pdns_do_queries();
+    let (wire, m) = s.ask_do(name, RecordType::A, &udp_do());
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+    assert_eq!(
+        rdata_of(&m, RecordType::A),
+        vec!["192.0.2.44".to_string()],
+        "{m:?}"
+    );
+    let checked = validate_with_dnspython(&wire, &s.dnskey_wire(), ZONE)
+        .unwrap_or_else(|e| panic!("dnspython rejects {name}: {e}\n{m:?}"));
+    assert!(
+        checked.iter().any(|c| c.rtype == "NSEC"),
+        "no proof of the expansion: {checked:?}"
+    );
+    assert!(
+        s.pdns_do_queries() > pdns_before,
+        "PowerDNS did not answer it"
+    );
+    assert!(
+        s.forwarded_total() > forwarded_before,
+        "not counted as forwarded"
+    );
+    // Without DO the transferred wildcard is answered here (once the zone is transferred).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let before = pdns_log_count(&s.pdns, name, RecordType::A, false);
+        let m = support::dns_query(s.front(), name, RecordType::A, &QueryOpts::udp()).unwrap();
+        assert_eq!(
+            rdata_of(&m, RecordType::A),
+            vec!["192.0.2.44".to_string()],
+            "{m:?}"
+        );
+        thread::sleep(Duration::from_millis(300));
+        if pdns_log_count(&s.pdns, name, RecordType::A, false) == before {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DO=0 wildcard queries keep reaching PowerDNS"
+        );
     }
 }
 

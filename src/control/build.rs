@@ -13,6 +13,7 @@ use crate::state::Snapshot;
 use crate::steer::geo::{GeoDb, GeoError};
 use crate::steer::probes::ProbePool;
 use crate::steer::records::{self, RecordTable};
+use crate::steer::wildcard::ZoneNames;
 use crate::telemetry::dns_metrics::ZoneTable;
 use crate::telemetry::querylog;
 
@@ -96,9 +97,9 @@ pub(crate) async fn build_snapshot(
     probes: &ProbePool,
     previous: Option<&Snapshot>,
     force_geo_reload: bool,
-    transferred: &[RecordSpec],
+    transferred: &Transferred,
 ) -> Result<Snapshot, BuildError> {
-    let (compiled, rejected) = compile(&config, transferred)?;
+    let (compiled, rejected) = compile(&config, &transferred.specs)?;
     let geo = if force_geo_reload {
         open_geo(&config)?
     } else {
@@ -121,7 +122,8 @@ pub(crate) async fn build_snapshot(
     let (dnskey_first_seen, now) = link_keys(&config, previous, &mut zones, &keys);
     let signer_review_unix = signer_review(&zones, &keys, &dnskey_first_seen, now);
     let locate = geo.clone().map(|g| g as Arc<dyn records::Locate>);
-    let mut records = RecordTable::link(&compiled, &health, locate, &zones);
+    let mut records =
+        RecordTable::link(&compiled, &health, locate, &zones).with_zone_names(&transferred.names);
     if let Some(prev) = previous {
         records.adopt_stats(&prev.records);
     }
@@ -181,6 +183,15 @@ fn metric_zones(config: &Config, zones: &records::Zones, previous: Option<&Snaps
         .chain(dnssec.keys.iter().map(|k| &k.zone))
         .chain(dnssec.own_key.iter().flat_map(|o| &o.zones));
     ZoneTable::build(previous.map(|p| &p.dns_zones), apexes.map(String::as_str))
+}
+
+/// What the transfers hold, for building a snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct Transferred {
+    /// Every transferred LUA record spec (zones in name order).
+    pub(crate) specs: Vec<RecordSpec>,
+    /// Every name of each transferred zone.
+    pub(crate) names: Vec<Arc<ZoneNames>>,
 }
 
 /// Compiles the records of the config and of the transferred zones. A name/type defined in

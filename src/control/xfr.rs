@@ -49,6 +49,7 @@ use crate::dns::{
     CLASS_IN, ExchangeError, MAX_FRAME, OPCODE_QUERY, TYPE_AXFR, TYPE_SOA, build_query,
     exchange_udp_with, name_from_text, name_text, rcode, read_frame, write_frame,
 };
+use crate::steer::wildcard::ZoneNames;
 
 /// Type code of PowerDNS LUA records.
 pub const TYPE_LUA: u16 = 65402;
@@ -65,11 +66,13 @@ pub struct ZoneData {
     /// Lower-case, absolute.
     pub zone: String,
     pub serial: u32,
-    /// LUA records of inner type A, AAAA, CNAME and TXT, and LUA (code for `include()`), in
-    /// transfer order.
+    /// LUA records of inner type A, AAAA, CNAME, TXT and PTR, and LUA (code for `include()`),
+    /// in transfer order.
     pub records: Vec<RecordSpec>,
     /// LUA records left to PowerDNS, for `/status` and logs.
     pub unsupported: Vec<Unsupported>,
+    /// Every name of the zone: decides where its wildcards apply.
+    pub names: std::sync::Arc<ZoneNames>,
 }
 
 /// A LUA record dnsteer does not answer (PowerDNS still does).
@@ -427,6 +430,8 @@ struct Axfr {
     /// Serial of the opening SOA, once seen.
     opened: Option<u32>,
     records_seen: usize,
+    /// (owner, is NS) of every record, for `ZoneData::names`.
+    owners: Vec<(Vec<u8>, bool)>,
 }
 
 impl Axfr {
@@ -440,9 +445,11 @@ impl Axfr {
                 serial: 0,
                 records: Vec::new(),
                 unsupported: Vec::new(),
+                names: Default::default(),
             },
             opened: None,
             records_seen: 0,
+            owners: Vec::new(),
         }
     }
 
@@ -487,6 +494,8 @@ impl Axfr {
                         ));
                     }
                     // RFC 5936 §2.2: the closing SOA ends the transfer; nothing may follow.
+                    let owners = std::mem::take(&mut self.owners);
+                    self.data.names = ZoneNames::new(&self.zone_wire, owners).into();
                     return Ok(true);
                 }
                 Some(_) => self.record(rr),
@@ -496,6 +505,11 @@ impl Axfr {
     }
 
     fn record(&mut self, rr: Rr<'_>) {
+        const TYPE_NS: u16 = 2;
+        if rr.class == CLASS_IN {
+            self.owners
+                .push((lower(rr.name.clone()), rr.rtype == TYPE_NS));
+        }
         if rr.rtype != TYPE_LUA || rr.class != CLASS_IN {
             return;
         }
@@ -536,7 +550,7 @@ impl Axfr {
                 None => {
                     let rtype = type_name(inner);
                     let reason = format!(
-                        "dnsteer answers LUA A, AAAA, CNAME and TXT only; LUA {rtype} left to PowerDNS"
+                        "dnsteer answers LUA A, AAAA, CNAME, TXT and PTR only; LUA {rtype} left to PowerDNS"
                     );
                     self.data.unsupported.push(Unsupported {
                         name,

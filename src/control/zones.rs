@@ -12,9 +12,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::Control;
+use super::build::Transferred;
 use super::zone_facts::{is_subdomain, learn_all};
 use crate::config::Config;
 use crate::steer::records::{Rejected, Zones};
+use crate::steer::wildcard::ZoneNames;
 use crate::telemetry::metrics::family;
 
 /// What dnsteer knows of one `[zones].transfer` zone.
@@ -36,6 +38,8 @@ pub(crate) struct TransferStatus {
 #[derive(Default)]
 pub(crate) struct Transfers {
     zones: std::sync::Mutex<HashMap<String, (TransferStatus, Vec<crate::config::RecordSpec>)>>,
+    /// Every name of each transferred zone (for wildcards), by zone.
+    names: std::sync::Mutex<HashMap<String, Arc<ZoneNames>>>,
 }
 
 /// Whole-transfer time limit per server.
@@ -47,18 +51,27 @@ const SOA_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const NOTIFY_QUEUE: usize = 64;
 
 impl Transfers {
-    /// Every transferred record spec, for compiling (zones in name order).
-    pub(crate) fn specs(&self) -> Vec<crate::config::RecordSpec> {
+    /// Every transferred record spec and zone's names, for compiling (zones in name order).
+    pub(crate) fn specs(&self) -> Transferred {
         let zones = self
             .zones
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut names: Vec<&String> = zones.keys().collect();
         names.sort();
-        names
-            .into_iter()
-            .flat_map(|z| zones[z].1.iter().cloned())
-            .collect()
+        let specs = names
+            .iter()
+            .flat_map(|z| zones[*z].1.iter().cloned())
+            .collect();
+        let zone_names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names = names
+            .iter()
+            .filter_map(|z| zone_names.get(*z).cloned())
+            .collect();
+        Transferred { specs, names }
     }
 
     pub(crate) fn status(&self) -> Vec<TransferStatus> {
@@ -87,6 +100,10 @@ impl Transfers {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let before = zones.len();
         zones.retain(|z, _| wanted.contains(z));
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|z, _| wanted.contains(z));
         zones.len() != before
     }
 
@@ -116,6 +133,10 @@ impl Transfers {
                     tracing::info!(target: "dnsteer::control::zones", zone, name = %u.name, rtype = %u.rtype, reason = %u.reason, "LUA record left to PowerDNS");
                 }
                 tracing::info!(target: "dnsteer::control::zones", zone, serial = data.serial, records = data.records.len(), "zone transferred");
+                self.names
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(zone.to_string(), data.names.clone());
                 self.update(zone, |(status, records)| {
                     status.serial = Some(data.serial);
                     status.records = data.records.len();

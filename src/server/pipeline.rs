@@ -390,6 +390,10 @@ fn answer(
         Lookup::NoData(z) if z.signed && a.dnssec_ok => {
             return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NoData));
         }
+        // A wildcard answer needs PowerDNS's proof that the query name does not exist.
+        Lookup::Hit(set, Some(z)) if set.wildcard && z.signed && a.dnssec_ok => {
+            return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::NotInProcess));
+        }
         Lookup::Hit(_, Some(z)) if z.signed && a.dnssec_ok && z.signer.signer().is_none() => {
             let why = match z.signer {
                 SignerState::NotPublished { .. } => DnssecForward::KeyNotPublished,
@@ -499,7 +503,13 @@ fn answer_record(
         owner: None,
         target: CnameTarget::EMPTY,
     };
-    let ev = match set.evaluate(&client, &mut sink) {
+    // Rules that print the query name (createReverse) keep its case, as PowerDNS does.
+    let qname = q.qname.as_bytes();
+    let asked = pkt
+        .get(dns::HEADER_LEN..dns::HEADER_LEN + qname.len())
+        .filter(|raw| raw.eq_ignore_ascii_case(qname))
+        .unwrap_or(qname);
+    let ev = match set.evaluate_for(&client, asked, &mut sink) {
         Ok(ev) => ev,
         Err(e) => {
             set.stats.count(ctx.worker, AnswerKind::Error);

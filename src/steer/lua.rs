@@ -28,7 +28,8 @@ pub(crate) type Rdata = Box<[u8]>;
 pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
-    pickwhashed, pickwrandom, pickchashed, pickclosest, all, view";
+    pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
+    createForward, createForward6, filterForward, picknamehashed, pickselfweighted";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -227,6 +228,12 @@ pub(crate) enum Rule {
     Text(Vec<Piece>),
     /// Where PowerDNS raises (no value returned, a boolean or nil result): SERVFAIL.
     Fail,
+    /// An answer computed from the query name (`steer::generate`).
+    Generate(crate::steer::generate::Generator),
+    /// `picknamehashed` (PowerDNS 4.9+): weighted by the hash of the query name.
+    NameHashed(Weighted),
+    /// `pickselfweighted` (PowerDNS 5.0+): candidates weighted by their probe's body.
+    SelfWeighted(Vec<Candidate>),
 }
 
 impl Rule {
@@ -234,9 +241,12 @@ impl Rule {
     pub(crate) fn probes(&self) -> Vec<&ProbeSpec> {
         let mut out = Vec::new();
         self.visit(&mut |r| {
-            if let Rule::IfUp(u) = r {
-                out.extend(u.candidates.iter().map(|c| &c.probe));
-            }
+            let cands: &[Candidate] = match r {
+                Rule::IfUp(u) => &u.candidates,
+                Rule::SelfWeighted(c) => c,
+                _ => &[],
+            };
+            out.extend(cands.iter().map(|c| &c.probe));
         });
         out
     }
@@ -1708,7 +1718,104 @@ impl Compiler<'_> {
                 arity(1, 1)?;
                 self.view(&args[0])
             }
+            "createReverse" | "createReverse6" | "createForward" | "createForward6"
+            | "filterForward" => self.generator(name, args).map(Rule::Generate),
+            "picknamehashed" => {
+                arity(1, 1)?;
+                Ok(Rule::NameHashed(self.weighted(&args[0], name, true)?))
+            }
+            "pickselfweighted" => {
+                arity(2, 3)?;
+                let url = self.url(&args[0], name)?;
+                let opts = self.options(args.get(2), name, true)?;
+                let addrs = self.addresses(&args[1], name)?;
+                if addrs.is_empty() {
+                    return invalid("pickselfweighted() needs at least one address");
+                }
+                let check = Check::HttpWeighted { url };
+                match self.if_up(
+                    [addrs.into_iter().map(|a| (a, check.clone())).collect()],
+                    opts,
+                )? {
+                    Rule::IfUp(u) => Ok(Rule::SelfWeighted(u.candidates)),
+                    other => Ok(other),
+                }
+            }
             other => unsupported_function(other),
+        }
+    }
+
+    /// The name-derived functions; the logic lives in `steer::generate`.
+    fn generator(
+        &self,
+        name: &str,
+        args: &[Expr],
+    ) -> Result<crate::steer::generate::Generator, LuaError> {
+        use crate::steer::generate::{self as generate, Generator};
+        match name {
+            "createForward" | "createForward6" => {
+                arity(name, args, 0, 0)?;
+                Ok(if name == "createForward" {
+                    Generator::Forward
+                } else {
+                    Generator::Forward6
+                })
+            }
+            "createReverse" | "createReverse6" => {
+                arity(name, args, 1, 2)?;
+                let format = self.text(&args[0])?;
+                let exceptions = match args.get(1) {
+                    None => None,
+                    Some(Expr::Table(fields)) => Some(
+                        fields
+                            .iter()
+                            .map(|f| match (&f.key, as_text(&f.value)) {
+                                (Some(Key::Expr(k)), Some(v)) => Ok((self.text(k)?, v)),
+                                _ => invalid(format!(
+                                    "{name}() exceptions must be {{['address']='name', ...}}"
+                                )),
+                            })
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    Some(other) => {
+                        return invalid(format!(
+                            "{name}() exceptions must be a table, got {}",
+                            what(other)
+                        ));
+                    }
+                };
+                generate::reverse_rule(name == "createReverse6", self.rtype, &format, exceptions)
+                    .map_err(LuaError::Invalid)
+            }
+            _ => {
+                arity(name, args, 2, 3)?;
+                let inner = match &args[0] {
+                    Expr::Call { name: n, args: a }
+                        if n == "createForward" || n == "createForward6" =>
+                    {
+                        self.generator(n, a)?
+                    }
+                    _ => {
+                        return unsupported(
+                            "filterForward() is supported with createForward() or createForward6() as its first argument",
+                        );
+                    }
+                };
+                let masks = match &args[1] {
+                    Expr::Call { name: n, args: a } if n == "newNMG" && a.len() == 1 => self
+                        .list(&a[0], "the list given to newNMG()")?
+                        .into_iter()
+                        .map(|e| self.text(e))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    _ => {
+                        return unsupported(
+                            "filterForward() needs newNMG({'netmask', ...}) as its second argument",
+                        );
+                    }
+                };
+                let fallback = args.get(2).map(|e| self.text(e)).transpose()?;
+                generate::filter_rule(inner, &masks, fallback).map_err(LuaError::Invalid)
+            }
         }
     }
 
@@ -2367,7 +2474,7 @@ fn encode_presentation(rtype: RecordType, s: &str) -> Result<Rdata, String> {
             .parse::<std::net::Ipv6Addr>()
             .map(|a| a.octets().to_vec().into())
             .map_err(|_| format!("'{s}' is not an IPv6 address (record type AAAA)")),
-        RecordType::Cname => name_wire(t).map(Into::into),
+        RecordType::Cname | RecordType::Ptr => name_wire(t).map(Into::into),
         RecordType::Txt => encode_lua_value(rtype, s.as_bytes()),
         RecordType::Lua => Err("a record of type LUA has no answer value".into()),
     }
@@ -2390,7 +2497,7 @@ pub(crate) fn encode_text_into(rtype: RecordType, text: &[u8], out: &mut [u8]) -
             let a: std::net::Ipv6Addr = std::str::from_utf8(text).ok()?.trim().parse().ok()?;
             put(out, &a.octets())
         }
-        RecordType::Cname => {
+        RecordType::Cname | RecordType::Ptr => {
             let t = text.trim_ascii();
             let t = t.strip_suffix(b".").unwrap_or(t);
             let mut len = 0;
@@ -2930,8 +3037,8 @@ mod tests {
             ("country('NL')", "evaluates to a boolean"),
             ("netmask({'10.0.0.0/8'})", "evaluates to a boolean"),
             (
-                "picknamehashed({{1,'192.0.2.1'}})",
-                "unsupported function 'picknamehashed'",
+                "dblookup('www.example.test', 1)",
+                "unsupported function 'dblookup'",
             ),
             ("include('cfg')", "include() gives no value"),
             (

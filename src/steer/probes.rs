@@ -27,7 +27,7 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +65,9 @@ pub enum Check {
     HttpExternal { url: String },
     /// `ifportup`: TCP connect to candidate:port.
     Tcp { port: u16 },
+    /// `pickselfweighted` (PowerDNS 5.0+): like `Http`, and the body's leading integer is the
+    /// candidate's weight.
+    HttpWeighted { url: String },
 }
 
 /// Options that change how a target is probed. Part of a probe's identity (selectors are not).
@@ -117,9 +120,18 @@ impl HealthState {
 
 /// Lock-free health flag read by the packet path and written by the probe task.
 #[derive(Debug, Default)]
-pub struct Health(AtomicU8);
+pub struct Health(AtomicU8, AtomicU32);
 
 impl Health {
+    /// The weight the last successful `HttpWeighted` probe read (0: none).
+    pub(crate) fn weight(&self) -> u32 {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_weight(&self, w: u32) {
+        self.1.store(w, Ordering::Relaxed);
+    }
+
     pub fn state(&self) -> HealthState {
         match self.0.load(Ordering::Relaxed) {
             1 => HealthState::Up,
@@ -616,6 +628,8 @@ enum Plan {
         headers: Result<HeaderMap, String>,
         /// The candidate for `ifurlup`; None for `ifurlextup` (URL host resolved normally).
         pinned: Option<IpAddr>,
+        /// Read the body's weight (`pickselfweighted`).
+        weighted: bool,
     },
 }
 
@@ -623,11 +637,15 @@ impl Plan {
     fn new(spec: &ProbeSpec) -> Plan {
         match &spec.check {
             Check::Tcp { port } => Plan::Tcp(SocketAddr::new(spec.addr, *port)),
-            Check::Http { url } | Check::HttpExternal { url } => Plan::Http {
-                url: Url::parse(url),
-                headers: request_headers(&spec.options),
-                pinned: matches!(spec.check, Check::Http { .. }).then_some(spec.addr),
-            },
+            Check::Http { url } | Check::HttpExternal { url } | Check::HttpWeighted { url } => {
+                Plan::Http {
+                    url: Url::parse(url),
+                    headers: request_headers(&spec.options),
+                    pinned: (!matches!(spec.check, Check::HttpExternal { .. }))
+                        .then_some(spec.addr),
+                    weighted: matches!(spec.check, Check::HttpWeighted { .. }),
+                }
+            }
         }
     }
 }
@@ -688,7 +706,9 @@ impl TargetCore {
 
     fn describe(&self) -> String {
         match &self.spec.check {
-            Check::Http { url } => format!("{} via {}", url, self.spec.addr),
+            Check::Http { url } | Check::HttpWeighted { url } => {
+                format!("{} via {}", url, self.spec.addr)
+            }
             Check::HttpExternal { url } => format!("{} for {}", url, self.spec.addr),
             Check::Tcp { port } => format!("tcp {}", SocketAddr::new(self.spec.addr, *port)),
         }
@@ -697,6 +717,7 @@ impl TargetCore {
     fn status(&self) -> ProbeStatus {
         let (kind, url, port) = match &self.spec.check {
             Check::Http { url } => ("http", Some(url.clone()), None),
+            Check::HttpWeighted { url } => ("http_weighted", Some(url.clone()), None),
             Check::HttpExternal { url } => ("http_external", Some(url.clone()), None),
             Check::Tcp { port } => ("tcp", None, Some(*port)),
         };
@@ -810,10 +831,25 @@ impl Prober for NetProber {
                     url,
                     headers,
                     pinned,
+                    weighted,
                 } => {
                     let url = url.as_ref().map_err(|e| ProbeError::BadUrl(e.clone()))?;
                     let headers = headers.as_ref().map_err(|e| ProbeError::Http(e.clone()))?;
-                    http_probe(url, headers, *pinned, &target.spec.options, settings).await
+                    let weight = weighted.then_some(&*target.health);
+                    let r = http_probe(
+                        url,
+                        headers,
+                        *pinned,
+                        &target.spec.options,
+                        settings,
+                        weight,
+                    )
+                    .await;
+                    // A failed check has no weight (PowerDNS sets 0), even before it is DOWN.
+                    if let (Err(_), Some(h)) = (&r, weight) {
+                        h.set_weight(0);
+                    }
+                    r
                 }
             }
         })
@@ -932,6 +968,7 @@ async fn http_probe(
     pinned: Option<IpAddr>,
     options: &CheckOptions,
     settings: &Settings,
+    weight: Option<&Health>,
 ) -> Result<(), ProbeError> {
     let mut url = start.clone();
     let mut redirects = 0u32;
@@ -963,21 +1000,47 @@ async fn http_probe(
                 want: options.httpcode,
             });
         }
-        let Some(needle) = &options.stringmatch else {
+        if options.stringmatch.is_none() && weight.is_none() {
             return Ok(());
-        };
+        }
         let mut limit = settings.body_limit;
         if options.byteslimit > 0 {
             limit = limit.min(usize::try_from(options.byteslimit).unwrap_or(usize::MAX));
         }
         let body = read_prefix(response.into_body(), limit).await?;
         // A body cut by the limit still counts: search what was read (PowerDNS byteslimit).
-        return if contains(&body, needle.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ProbeError::StringMatch)
-        };
+        if let Some(needle) = &options.stringmatch
+            && !contains(&body, needle.as_bytes())
+        {
+            return Err(ProbeError::StringMatch);
+        }
+        if let Some(h) = weight {
+            h.set_weight(body_weight(&body));
+        }
+        return Ok(());
     }
+}
+
+/// PowerDNS 5.0 `stoi(body)`: leading whitespace, a sign, decimal digits; 0 when there are none
+/// or it overflows an int (a non-positive weight then counts as 1 while UP).
+fn body_weight(body: &[u8]) -> u32 {
+    let s = body.trim_ascii_start();
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for &c in digits.iter().take_while(|c| c.is_ascii_digit()) {
+        v = v * 10 + i64::from(c - b'0');
+        if v > i64::from(i32::MAX) + 1 {
+            return 0;
+        }
+    }
+    if neg || v > i64::from(i32::MAX) {
+        return 0;
+    }
+    v as u32
 }
 
 /// Aborts the spawned connection driver when the probe is done (or dropped on timeout).

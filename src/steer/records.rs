@@ -21,6 +21,7 @@ use crate::steer::geo::{self, GeoCodes, GeoDb, Location};
 use crate::steer::hash;
 use crate::steer::lua::{self, Cond, GeoField, Piece, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
+use crate::steer::wildcard::{Wildcards, ZoneNames};
 use crate::telemetry::metrics::family;
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
@@ -117,6 +118,10 @@ pub enum EvalError {
     BadResult(&'static str),
     #[error("failOnIncompleteCheck: no candidate has completed a health check yet")]
     IncompleteCheck,
+    #[error("the zone apex of the record is not known yet (createForward needs it)")]
+    ZoneUnknown,
+    #[error("pickselfweighted: every candidate is down")]
+    AllDown,
 }
 
 impl EvalError {
@@ -124,6 +129,8 @@ impl EvalError {
         match self {
             EvalError::BadResult(_) => "bad_result",
             EvalError::IncompleteCheck => "incomplete_check",
+            EvalError::ZoneUnknown => "zone_unknown",
+            EvalError::AllDown => "all_down",
         }
     }
 }
@@ -212,10 +219,30 @@ pub(crate) fn compile_with(
     b.index_lua(&config.records);
     b.index_lua(transferred);
     for spec in &config.records {
-        b.add(spec).map_err(|m| config.record_error(spec, m))?;
+        wildcard_needs_transfer(spec, &config.zones.transfer)
+            .and_then(|()| b.add(spec))
+            .map_err(|m| config.record_error(spec, m))?;
     }
     let rejected = b.add_all(transferred);
     Ok((b.finish(), rejected))
+}
+
+/// A wildcard of the config file answers only inside a transferred zone, where dnsteer knows
+/// every name below it (see `steer::wildcard`).
+fn wildcard_needs_transfer(spec: &RecordSpec, transferred: &[String]) -> Result<(), String> {
+    let Some(parent) = spec.name.strip_prefix("*.") else {
+        return Ok(());
+    };
+    let covered = transferred
+        .iter()
+        .any(|z| z == "." || parent == z || parent.ends_with(&format!(".{z}")));
+    if covered {
+        return Ok(());
+    }
+    Err(format!(
+        "wildcard name {} needs its zone listed in zones.transfer, so that names PowerDNS holds below it are never shadowed",
+        spec.name
+    ))
 }
 
 /// Compiles record specs from elsewhere (zone transfer): the ones that compile, and the rest
@@ -312,10 +339,11 @@ impl<'a> Builder<'a> {
     }
 
     fn add(&mut self, spec: &RecordSpec) -> Result<(), String> {
-        // The table matches names exactly; a wildcard owner would silently never answer.
-        if spec.name.split('.').any(|l| l == "*") {
+        // RFC 4592: only a leftmost `*` label makes a wildcard; elsewhere it would be a literal
+        // label that nobody means.
+        if spec.name.split('.').skip(1).any(|l| l == "*") {
             return Err(format!(
-                "wildcard name {} is not supported for in-process records; list the names",
+                "name {} has a '*' label that is not the leftmost one; only '*.<name>' is a wildcard",
                 spec.name
             ));
         }
@@ -501,6 +529,12 @@ pub struct RecordSet {
     pub rtype: u16,
     /// Type name, for metric labels.
     pub(crate) type_name: &'static str,
+    /// The owner is a wildcard (`*.…`): answers are synthesized for other names.
+    pub wildcard: bool,
+    /// Owner name, lower-case wire: the query name of a non-wildcard answer.
+    owner_wire: Box<[u8]>,
+    /// Apex of the record's zone, lower-case wire, when known (`createForward` needs it).
+    zone_apex: Option<Box<[u8]>>,
     parts: Vec<Linked>,
     /// Only set when a part needs the client's location.
     geo: Option<Arc<dyn Locate>>,
@@ -514,6 +548,8 @@ enum Linked {
     IfUp(LinkedIfUp),
     /// A statement block's decision: condition, then, else.
     Branch(Box<(Cond, Linked, Linked)>),
+    /// `pickselfweighted`: candidates with the health (and weight) of their probes.
+    SelfWeighted(Vec<LinkedCandidate>),
 }
 
 struct Place {
@@ -546,6 +582,8 @@ pub struct RecordTable {
     /// Lower-case wire-format owner name → its sets.
     names: HashMap<Box<[u8]>, NameEntry, foldhash::fast::RandomState>,
     zones: Vec<ZoneInfo>,
+    /// Wildcard owners among `names`, and the transferred zones' names that decide them.
+    wildcards: Wildcards,
 }
 
 fn coords(geo: Option<&dyn Locate>, ip: IpAddr) -> Option<[f64; 3]> {
@@ -590,6 +628,11 @@ impl RecordTable {
                 ttl: set.parts.iter().map(|p| p.0).min().unwrap_or(0),
                 rtype: set.rtype.code(),
                 type_name: set.rtype.name(),
+                wildcard: set.name.starts_with("*."),
+                owner_wire: dns::name_from_text(&set.name).unwrap_or_default().into(),
+                zone_apex: zone_of(&set.name, zones)
+                    .and_then(|(apex, _)| dns::name_from_text(apex).ok())
+                    .map(Into::into),
                 parts,
                 geo: if wants_geo { geo.clone() } else { None },
             };
@@ -610,7 +653,14 @@ impl RecordTable {
             });
             entry.sets.push(record_set);
         }
+        table.wildcards = Wildcards::new(table.names.keys().map(|k| &**k), &[]);
         table
+    }
+
+    /// Lets wildcard owners answer inside these transferred zones (every name of each).
+    pub fn with_zone_names(mut self, zones: &[Arc<ZoneNames>]) -> RecordTable {
+        self.wildcards = Wildcards::new(self.names.keys().map(|k| &**k), zones);
+        self
     }
 
     /// Every record set (for metrics and /status).
@@ -665,7 +715,7 @@ impl RecordTable {
         const CNAME: u16 = 5;
         const LUA: u16 = 65402;
         let Some(entry) = self.names.get(qname) else {
-            return Lookup::Miss;
+            return self.lookup_wildcard(qname, qtype);
         };
         let zone = entry.zone.map(|i| &self.zones[i]);
         let no_data = || zone.map_or(Lookup::Miss, Lookup::NoData);
@@ -683,6 +733,31 @@ impl RecordTable {
         // Another type, ANY included, at a name of ours: NODATA if we know the SOA, else
         // PowerDNS, which holds the whole zone, answers.
         no_data()
+    }
+
+    /// RFC 4592 synthesis from a wildcard owner. Types the wildcard has no set for, and type
+    /// LUA, go to PowerDNS: it may hold other records at the wildcard.
+    #[cold]
+    fn lookup_wildcard(&self, qname: &[u8], qtype: u16) -> Lookup<'_> {
+        const CNAME: u16 = 5;
+        const LUA: u16 = 65402;
+        if qtype == LUA {
+            return Lookup::Miss;
+        }
+        let Some(entry) = self
+            .wildcards
+            .find(qname)
+            .and_then(|owner| self.names.get(owner))
+        else {
+            return Lookup::Miss;
+        };
+        let zone = entry.zone.map(|i| &self.zones[i]);
+        entry
+            .sets
+            .iter()
+            .find(|s| s.rtype == qtype)
+            .or_else(|| entry.sets.iter().find(|s| s.rtype == CNAME))
+            .map_or(Lookup::Miss, |set| Lookup::Hit(set, zone))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -750,6 +825,21 @@ fn link_rule(
             link_rule(&b.then, health, geo),
             link_rule(&b.other, health, geo),
         ))),
+        Rule::SelfWeighted(cands) => Linked::SelfWeighted(
+            cands
+                .iter()
+                .map(|c| LinkedCandidate {
+                    place: Place {
+                        rdata: addr_rdata(c.addr),
+                        coords: None,
+                    },
+                    health: health
+                        .get(&c.probe)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Health::default())),
+                })
+                .collect(),
+        ),
         other => Linked::Plain(other.clone()),
     }
 }
@@ -770,6 +860,8 @@ pub enum Lookup<'t> {
 /// Per-query facts computed at most once, on first need.
 struct Query<'a> {
     client: &'a Client,
+    /// The query name (wire, as the client wrote it): differs from the owner for a wildcard.
+    qname: &'a [u8],
     geo: Option<&'a dyn Locate>,
     hash: Option<u32>,
     location: Option<Option<Location>>,
@@ -885,8 +977,20 @@ impl RecordSet {
         client: &Client,
         sink: &mut dyn AnswerSink,
     ) -> Result<Evaluated, EvalError> {
+        self.evaluate_for(client, &self.owner_wire, sink)
+    }
+
+    /// [`Self::evaluate`] for `qname` (wire, the case the client sent), the name a wildcard
+    /// answers.
+    pub fn evaluate_for(
+        &self,
+        client: &Client,
+        qname: &[u8],
+        sink: &mut dyn AnswerSink,
+    ) -> Result<Evaluated, EvalError> {
         let mut q = Query {
             client,
+            qname,
             geo: self.geo.as_deref(),
             hash: None,
             location: None,
@@ -940,6 +1044,11 @@ impl RecordSet {
                 let (cond, then, other) = &**b;
                 let chosen = if q.holds(cond) { then } else { other };
                 return self.part(chosen, q, sink);
+            }
+            Linked::SelfWeighted(cands) => {
+                let i = self_weighted(cands, q.hash()).ok_or(EvalError::AllDown)?;
+                self.push(sink, &cands[i].place.rdata);
+                return Ok(PartResult::primary(1, q.client_scope()));
             }
         };
         Ok(match rule {
@@ -1023,8 +1132,29 @@ impl RecordSet {
                     RecordType::from_code(self.rtype).map_or("record", RecordType::name),
                 ));
             }
+            Rule::NameHashed(w) => {
+                let r = u64::from(crate::steer::generate::name_hash(q.qname)) % w.total();
+                self.push(sink, weighted_pick(&w.entries, r));
+                PartResult::primary(1, 0)
+            }
+            Rule::Generate(g) => {
+                let zone = match &self.zone_apex {
+                    Some(z) => z,
+                    None if g.needs_zone() => return Err(EvalError::ZoneUnknown),
+                    None => &[][..],
+                };
+                let rtype = RecordType::from_code(self.rtype).unwrap_or(RecordType::A);
+                let mut buf = [0u8; 256];
+                let n = g
+                    .rdata(rtype, q.qname, zone, &mut buf)
+                    .map_err(|_| EvalError::BadResult(rtype.name()))?;
+                self.push(sink, &buf[..n]);
+                PartResult::primary(1, 0)
+            }
             // Linked separately above.
-            Rule::Closest(_) | Rule::IfUp(_) | Rule::Branch(_) => PartResult::primary(0, 0),
+            Rule::Closest(_) | Rule::IfUp(_) | Rule::Branch(_) | Rule::SelfWeighted(_) => {
+                PartResult::primary(0, 0)
+            }
         })
     }
 
@@ -1205,6 +1335,32 @@ impl UpSet {
             cands[i].health.is_up()
         }
     }
+}
+
+/// `pickselfweighted` (PowerDNS 5.0): each candidate weighs its probe's body weight while UP
+/// (a non-positive or missing weight counts as 1; not probed yet counts as UP, as everywhere in
+/// dnsteer), 0 while DOWN; `hash(bestwho) % sum` walks the written order. `None` when every
+/// candidate is DOWN: PowerDNS then raises (its random fallback has a zero sum), SERVFAIL.
+fn self_weighted(cands: &[LinkedCandidate], hash: u32) -> Option<usize> {
+    let weight = |c: &LinkedCandidate| match c.health.state() {
+        HealthState::Down => 0u64,
+        _ => u64::from(c.health.weight().max(1)),
+    };
+    let sum: u64 = cands.iter().map(weight).sum();
+    if sum == 0 {
+        return None;
+    }
+    let r = u64::from(hash) % sum;
+    let mut running = 0;
+    // Health read again while walking may have changed since the sum (accepted race): then
+    // the last candidate answers.
+    cands
+        .iter()
+        .position(|c| {
+            running += weight(c);
+            running > r
+        })
+        .or(Some(cands.len() - 1))
 }
 
 /// The first entry whose running weight sum exceeds `r` (PowerDNS's `upper_bound`).
@@ -2166,6 +2322,32 @@ mod tests {
     }
 
     #[test]
+    fn picknamehashed_follows_powerdns_4_9_name_hash() {
+        // Expected picks from an independent lookup2 (shared/pdns-lua/pdnshash.py) over the
+        // wire name: www.example.test. 2708148499 % 60 = 19, x.example.test. 1604289718 % 60 =
+        // 58; libstdc++ walks the entries .3 (30) .2 (20) .1 (10).
+        let body = "picknamehashed({{10,'192.0.2.1'},{20,'192.0.2.2'},{30,'192.0.2.3'}})";
+        let t = table(
+            &[
+                rec("www.example.test", "A", body),
+                rec("x.example.test", "A", body),
+            ]
+            .concat(),
+        );
+        let c = client("198.51.100.1", Some(24));
+        let (a, e) = answer(set(&t, "www.example.test.", 1), &c);
+        assert_eq!((a, e.scope), (vec!["192.0.2.3".to_string()], 0));
+        let (a, _) = answer(set(&t, "x.example.test.", 1), &c);
+        assert_eq!(a, ["192.0.2.1"]);
+        // The hash ignores case, as DNSName::hash() does.
+        let mut sink = VecSink::default();
+        set(&t, "x.example.test.", 1)
+            .evaluate_for(&c, &wire("X.Example.TEST."), &mut sink)
+            .unwrap();
+        assert_eq!(sink.0, vec![(1, vec![192, 0, 2, 1])]);
+    }
+
+    #[test]
     fn ttl_of_a_union_is_the_smallest() {
         let records = "[[records]]\nname = \"t.test\"\ntype = \"A\"\nttl = 30\ncontent = [\"192.0.2.1\"]\n[[records]]\nname = \"t.test\"\ntype = \"A\"\nttl = 10\nlua = \"'192.0.2.2'\"\n";
         let t = table(records);
@@ -2173,11 +2355,98 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_names_are_refused() {
+    fn wildcard_without_its_zone_transferred_is_refused() {
         let e = compile(&config(&rec("*.wild.test", "A", "'192.0.2.1'")))
             .err()
             .unwrap();
-        assert!(e.to_string().contains("wildcard"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("needs its zone listed in zones.transfer"),
+            "{e}"
+        );
+    }
+
+    /// The case of config/rejected/wildcard-without-transfer.toml, accepted once its zone is
+    /// transferred.
+    fn wildcard_table(zone_owners: &[(&str, bool)]) -> RecordTable {
+        let records = format!(
+            "[zones]\ntransfer = [\"example.test\"]\n{}{}{}",
+            rec(
+                "*.example.test",
+                "A",
+                "pickrandom({'192.0.2.81', '192.0.2.82'})"
+            ),
+            rec("*.cn.example.test", "CNAME", "'target.example.test.'"),
+            rec("mine.example.test", "A", "'192.0.2.7'"),
+        );
+        let compiled = compile(&config(&records)).unwrap();
+        let zone = ZoneNames::new(
+            &wire("example.test."),
+            zone_owners.iter().map(|(o, ns)| (wire(o), *ns)),
+        );
+        RecordTable::link(&compiled, &HashMap::new(), None, &Zones::new())
+            .with_zone_names(&[Arc::new(zone)])
+    }
+
+    #[test]
+    fn wildcard_answers_names_that_do_not_exist() {
+        let t = wildcard_table(&[
+            ("example.test.", true),
+            ("pdns-only.example.test.", false),
+            ("a.ent.example.test.", false),
+            ("deleg.example.test.", true),
+        ]);
+        let hit = |q: &str, qtype: u16| match t.lookup(&wire(q), qtype) {
+            Lookup::Hit(set, _) => Some((set.name.clone(), set.wildcard)),
+            _ => None,
+        };
+        let wild = Some(("*.example.test.".to_string(), true));
+        assert_eq!(hit("nothing.example.test.", 1), wild);
+        assert_eq!(hit("x.y.example.test.", 1), wild);
+        // Exact names win, whoever holds them, empty non-terminals included.
+        assert_eq!(
+            hit("mine.example.test.", 1),
+            Some(("mine.example.test.".into(), false))
+        );
+        assert_eq!(hit("pdns-only.example.test.", 1), None);
+        assert_eq!(hit("ent.example.test.", 1), None);
+        // The closest encloser exists and has no wildcard of its own.
+        assert_eq!(hit("x.pdns-only.example.test.", 1), None);
+        assert_eq!(hit("x.mine.example.test.", 1), None);
+        assert_eq!(hit("x.deleg.example.test.", 1), None);
+        // Other types, and type LUA, are PowerDNS's; a wildcard CNAME answers every type.
+        assert!(matches!(
+            t.lookup(&wire("nothing.example.test."), 28),
+            Lookup::Miss
+        ));
+        assert!(matches!(
+            t.lookup(&wire("nothing.example.test."), 65402),
+            Lookup::Miss
+        ));
+        assert_eq!(
+            hit("z.cn.example.test.", 28),
+            Some(("*.cn.example.test.".into(), true))
+        );
+        // Outside the zone: PowerDNS.
+        assert_eq!(hit("x.other.test.", 1), None);
+    }
+
+    #[test]
+    fn wildcard_waits_for_the_zone_transfer() {
+        let records = format!(
+            "[zones]\ntransfer = [\"example.test\"]\n{}",
+            rec("*.example.test", "A", "'192.0.2.81'")
+        );
+        let t = table(&records);
+        assert!(matches!(
+            t.lookup(&wire("x.example.test."), 1),
+            Lookup::Miss
+        ));
+        // The owner itself is an exact name.
+        assert!(matches!(
+            t.lookup(&wire("*.example.test."), 1),
+            Lookup::Hit(..)
+        ));
     }
 
     #[test]
