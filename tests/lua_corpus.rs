@@ -315,13 +315,21 @@ fn corpus_is_answered_in_process_as_powerdns_answers_it() {
         .iter()
         .map(|(z, t)| (z.as_str(), t.as_str()))
         .collect();
-    let pdns = Pdns::start_geo(&zone_refs, &mmdb, &["lua-health-checks-interval=1"]);
+    // Both databases, City first, as PowerDNS tries them in order.
+    let asn = Path::new(env!("CARGO_MANIFEST_DIR")).join("geoip/test-asn.mmdb");
+    let files = format!("geoip-database-files={} {}", mmdb.display(), asn.display());
+    let pdns = Pdns::start_geo(
+        &zone_refs,
+        &mmdb,
+        &["lua-health-checks-interval=1", files.as_str()],
+    );
     let transfer: Vec<String> = ZONES.iter().map(|z| format!("\"{z}\"")).collect();
     let (app, _dir) = inproc::start_with(
         &[pdns.addr()],
         &format!(
-            "[probes]\ninterval = \"1s\"\n[geoip]\ndatabase = \"{}\"\n[zones]\ntransfer = [{}]\nrefresh = \"60s\"\n",
+            "[probes]\ninterval = \"1s\"\n[geoip]\ndatabase = \"{}\"\nasn_database = \"{}\"\n[zones]\ntransfer = [{}]\nrefresh = \"60s\"\n",
             mmdb.display(),
+            asn.display(),
             transfer.join(", ")
         ),
     );
