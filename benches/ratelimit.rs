@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dnsteer::config::{LimitAction, RateLimitConfig};
+use dnsteer::config::{LimitAction, RateLimitConfig, RateLimitMode};
 use dnsteer::ratelimit::{RateLimiter, Verdict};
 
 fn config() -> RateLimitConfig {
@@ -22,6 +22,11 @@ fn config() -> RateLimitConfig {
         max_tracked_sources: 1_000_000,
         exempt: vec!["10.0.0.0/8".parse().unwrap()],
         dry_run: false,
+        mode: RateLimitMode::Qps,
+        responses_per_second: 20,
+        window: 15,
+        bytes_per_second: 0,
+        slip: 2,
     }
 }
 

@@ -13,7 +13,7 @@ use crate::config::LimitAction;
 use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::dnssec::SignerState;
 use crate::forward::cache::{PacketCache, Served};
-use crate::ratelimit::{RateLimiter, Verdict};
+use crate::ratelimit::{RateLimiter, RrlKey, RrlVerdict, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Shared;
 use crate::state::Snapshot;
@@ -173,11 +173,18 @@ fn decide(
         },
         udp_size: ctx.max_udp_payload,
         dnssec_ok,
+        source_proven: t == Transport::Tcp,
     };
     match answer(ctx, &asked, received, out) {
         ControlFlow::Continue(done) => {
+            if let Some(limited) = rrl_answer(ctx, &asked, received, out) {
+                return limited;
+            }
             account_answer(ctx, &asked, done, received);
             (Action::Reply, done.path)
+        }
+        ControlFlow::Break(done @ (Action::Forward { .. }, _)) => {
+            rrl_before_forward(ctx, &asked, received, out).unwrap_or(done)
         }
         ControlFlow::Break(done) => done,
     }
@@ -216,6 +223,9 @@ struct Asked<'q> {
     /// Our EDNS UDP size.
     udp_size: u16,
     dnssec_ok: bool,
+    /// The source address is not spoofed: TCP, or a valid server cookie (RFC 7873). RRL
+    /// never limits such a source.
+    source_proven: bool,
 }
 
 impl Asked<'_> {
@@ -298,6 +308,145 @@ fn rate_limit(
             })
         }
     }
+}
+
+/// RRL on an answer made here for UDP (in-process or the packet cache), already in `out`:
+/// `Some` when limited, with `out` turned into its TC=1 slip or the answer dropped.
+#[inline]
+fn rrl_answer(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Option<(Action, AnswerPath)> {
+    if a.source_proven {
+        return None;
+    }
+    let qname = a.q.qname.as_bytes();
+    let key = RrlKey::of_response(out, qname, a.q.qtype, a.report.zone.known());
+    let verdict = ctx
+        .limiter
+        .rrl_check_at(a.src_ip, key, out.len(), received.into_std());
+    let prefix = limiter_prefix(ctx, a.src_ip);
+    let action = rrl_apply(
+        ctx.metrics,
+        ctx.log,
+        verdict,
+        (a.pkt, a.src_ip, prefix),
+        out,
+    )?;
+    ctx.metrics.query(a.t, Decision::Limited);
+    if let Action::Reply = action {
+        ctx.metrics.response(a.t, rcode::NOERROR);
+    }
+    Some((action, AnswerPath::RateLimited))
+}
+
+/// RRL before a UDP query goes to PowerDNS: when the budget of its positive answer is spent,
+/// the query ends here (slipped or dropped) and PowerDNS is not asked. Other kinds (NXDOMAIN,
+/// NODATA, ...) are only known from the answer, so those queries still go out.
+#[inline]
+fn rrl_before_forward(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Option<(Action, AnswerPath)> {
+    if a.source_proven {
+        return None;
+    }
+    let (qname, qtype) = (a.q.qname.as_bytes(), a.q.qtype);
+    let verdict = ctx
+        .limiter
+        .rrl_before_forward_at(a.src_ip, qname, qtype, received.into_std());
+    let prefix = limiter_prefix(ctx, a.src_ip);
+    let action = rrl_apply(
+        ctx.metrics,
+        ctx.log,
+        verdict,
+        (a.pkt, a.src_ip, prefix),
+        out,
+    )?;
+    ctx.metrics.rrl_not_forwarded.inc();
+    ctx.metrics.query(a.t, Decision::Limited);
+    if let Action::Reply = action {
+        ctx.metrics.response(a.t, rcode::NOERROR);
+    }
+    Some((action, AnswerPath::RateLimited))
+}
+
+/// RRL on a forwarded UDP query's answer from PowerDNS, restored for the client in `reply`:
+/// `None` to send it as is, `Some(Reply)` with `reply` turned into the TC=1 slip,
+/// `Some(Drop)` to send nothing. PowerDNS was asked either way.
+pub(crate) fn rrl_forwarded(
+    snap: &Snapshot,
+    metrics: &WorkerMetrics,
+    shared: &Shared,
+    p: &crate::forward::upstream::Pending,
+    reply: &mut Vec<u8>,
+    now: Instant,
+) -> Option<Action> {
+    // Over UDP only a server cookie proves the source, and `Pending` does not carry one yet:
+    // the cookie check adds that exemption here.
+    let src = p.client.addr.ip().to_canonical();
+    let (qname, zone) = (p.query.qname.as_bytes(), p.report.zone.known());
+    let key = RrlKey::of_response(reply, qname, p.query.qtype, zone);
+    let verdict = shared
+        .limiter
+        .rrl_check_at(src, key, reply.len(), now.into_std());
+    let r = &snap.config.ratelimit;
+    let prefix = if src.is_ipv4() {
+        r.ipv4_prefix
+    } else {
+        r.ipv6_prefix
+    };
+    rrl_apply(
+        metrics,
+        &shared.log,
+        verdict,
+        (&p.packet, src, prefix),
+        reply,
+    )
+}
+
+/// Carries out an RRL verdict on the response in `out` to the query `pkt` from `src`
+/// (whose limiter key is `src/prefix`): None to send it as is; else the TC=1 slip (header and
+/// question only, never larger than the query) written into `out`, or a drop. Counted here.
+fn rrl_apply(
+    metrics: &WorkerMetrics,
+    log: &QueryLog,
+    verdict: RrlVerdict,
+    (pkt, src, prefix): (&[u8], IpAddr, u8),
+    out: &mut Vec<u8>,
+) -> Option<Action> {
+    let (limit, dry_run) = match verdict {
+        RrlVerdict::Allow | RrlVerdict::Exempt => return None,
+        RrlVerdict::WouldLimit(l) => (l, true),
+        RrlVerdict::Limited(l) => (l, false),
+    };
+    if limit.started {
+        log.event(Event::BlockStarted {
+            source: src,
+            prefix,
+            dry_run,
+        });
+    }
+    if dry_run {
+        metrics.would_limit.inc();
+        return None;
+    }
+    if limit.by_bytes {
+        metrics.rrl_by_bytes.inc();
+    }
+    let counts = &metrics.rrl_limited[limit.kind as usize];
+    if limit.slip && dns::write_error(pkt, rcode::NOERROR, out) {
+        out[2] |= 0x02;
+        counts[0].inc();
+        return Some(Action::Reply);
+    }
+    counts[1].inc();
+    metrics.dropped(DropReason::RateLimited);
+    Some(Action::Drop)
 }
 
 /// The answer made here, if there is one (an in-process record, or the packet cache for

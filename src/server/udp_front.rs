@@ -469,6 +469,12 @@ impl Forwarder {
         if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
             self.metrics.truncated.inc();
         }
+        let path = match pipeline::rrl_forwarded(snap, &self.metrics, &self.shared, &p, reply, now)
+        {
+            None => AnswerPath::Forwarded,
+            Some(Action::Reply) => AnswerPath::RateLimited,
+            Some(_) => return,
+        };
         pipeline::forwarded_done(
             snap,
             &self.metrics,
@@ -480,7 +486,7 @@ impl Forwarder {
                 packet: &p.packet,
                 received: p.received_at,
                 report: p.report,
-                path: AnswerPath::Forwarded,
+                path,
             },
             reply,
             Some(server.server.addr),

@@ -30,6 +30,11 @@ impl ZoneSlot {
     pub const OTHER: ZoneSlot = ZoneSlot(0);
     /// A packet not parsed (rate-limited before parsing, malformed): CoreDNS's `dropped`.
     pub const DROPPED: ZoneSlot = ZoneSlot(1);
+
+    /// The zone's index when the name is under a known zone (rate limiting keys on it).
+    pub(crate) fn known(self) -> Option<u8> {
+        (self != ZoneSlot::OTHER && self != ZoneSlot::DROPPED).then_some(self.0)
+    }
 }
 
 /// Query types with their own `type` label (CoreDNS's set plus NAPTR, SVCB, HTTPS, CAA);
