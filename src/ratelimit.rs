@@ -1577,6 +1577,7 @@ mod tests {
         // 100/s for 10 s against 10/s: the first second's 10 pass (plus what refills while
         // they arrive), then nothing: limited responses are charged too (down to the window's
         // debt), so a key over its rate gets nothing more until it slows down, as in BIND.
+        let v = answers(&rl, "192.0.2.1", &name, t0, Duration::from_secs(10), 1000);
         let first = v.iter().position(|&x| x != RrlVerdict::Allow).unwrap();
         assert!((10..=12).contains(&first), "{first}");
         let RrlVerdict::Limited(l) = v[first] else {
