@@ -1791,6 +1791,23 @@ mod tests {
     }
 
     #[test]
+    fn ratelimit_mode_picks_its_prefix_defaults() {
+        let c = parse("[ratelimit]\nmode = \"rrl\"\n").unwrap().ratelimit;
+        assert_eq!(c.mode, RateLimitMode::Rrl);
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (24, 56));
+        assert_eq!((c.responses_per_second, c.window, c.slip), (20, 15, 2));
+        assert_eq!(c.bytes_per_second, 200_000);
+        let c = parse("[ratelimit]\nmode = \"rrl\"\nipv4_prefix = 32\n")
+            .unwrap()
+            .ratelimit;
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (32, 56), "an explicit prefix wins");
+        let c = parse("").unwrap().ratelimit;
+        assert_eq!(c.mode, RateLimitMode::Qps);
+        let e = parse("[ratelimit]\nmode = \"bind\"\n").unwrap_err();
+        assert!(e.to_string().contains("ratelimit.mode: \"bind\" is not \"qps\" or \"rrl\""));
+    }
+
+    #[test]
     fn bad_value_names_key_line_and_column() {
         let e = parse("[ratelimit]\naction = \"block\"\n").unwrap_err();
         assert_eq!(
