@@ -1800,11 +1800,18 @@ mod tests {
         let c = parse("[ratelimit]\nmode = \"rrl\"\nipv4_prefix = 32\n")
             .unwrap()
             .ratelimit;
-        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (32, 56), "an explicit prefix wins");
+        assert_eq!(
+            (c.ipv4_prefix, c.ipv6_prefix),
+            (32, 56),
+            "an explicit prefix wins"
+        );
         let c = parse("").unwrap().ratelimit;
         assert_eq!(c.mode, RateLimitMode::Qps);
         let e = parse("[ratelimit]\nmode = \"bind\"\n").unwrap_err();
-        assert!(e.to_string().contains("ratelimit.mode: \"bind\" is not \"qps\" or \"rrl\""));
+        assert!(
+            e.to_string()
+                .contains("ratelimit.mode: \"bind\" is not \"qps\" or \"rrl\"")
+        );
     }
 
     #[test]
