@@ -344,7 +344,7 @@ fn byte_budget_bounds_amplification_across_names() {
     let every = Duration::from_millis(5);
     let q = |i: u16| {
         let name = format!("big{}.rrl.test", i % 40);
-        query(i, &name, if i % 2 == 0 { TXT } else { ANY })
+        query(i, &name, if i.is_multiple_of(2) { TXT } else { ANY })
     };
     let sent = flood(&sock, 600, every, q);
     let replies = reader.join().unwrap();
@@ -388,8 +388,14 @@ fn tcp_is_never_limited() {
         .count();
     assert!(udp_answered <= 3, "UDP is limited: {udp_answered}");
     for i in 0..30u16 {
-        let name = if i % 2 == 0 { BIG } else { IN_PROCESS };
-        let r = ask_tcp(src, server, i, name, if i % 2 == 0 { TXT } else { A });
+        let name = if i.is_multiple_of(2) { BIG } else { IN_PROCESS };
+        let r = ask_tcp(
+            src,
+            server,
+            i,
+            name,
+            if i.is_multiple_of(2) { TXT } else { A },
+        );
         assert!(r.answered(), "TCP query {i}: {r:?}");
     }
 }
