@@ -1,4 +1,6 @@
-//! Per-source rate limiting (dnsdist `MaxQPSIPRule` + dynamic block) in fixed memory.
+//! Per-source rate limiting in fixed memory, in one of two modes: `qps` (dnsdist
+//! `MaxQPSIPRule` + dynamic block, on queries) or `rrl` (BIND/NSD/Knot response rate limiting,
+//! on UDP answers; see "RRL mode" below).
 //!
 //! Key: the packet's source address (never ECS, which the client chooses) masked to
 //! `ipv4_prefix` / `ipv6_prefix`; an IPv4-mapped IPv6 source counts as IPv4. Each key gets a
@@ -38,6 +40,22 @@
 //!
 //! Time: `check_at` takes the caller's `Instant` (read once per batch, or driven by tests);
 //! `check` reads the clock once.
+//!
+//! RRL mode (`rrl_check_at`, per UDP answer): the same table holds one GCRA budget per
+//! (source prefix, response kind, name[, qtype]) key, BIND's: `responses_per_second` with one
+//! second of burst, limited answers charged too up to `window` seconds of debt; and, when
+//! `bytes_per_second` is set, one byte budget per prefix (charged with what is sent). A check
+//! probes one bucket for the response key and, only if that allows, one for the prefix's
+//! bytes; nothing is allocated (names are hashed label by label, lowercased, following
+//! compression pointers). Eviction as above: least debt first; nothing is ever blocked, so
+//! nothing is pinned. Races accepted, on top of those above:
+//! - `slip` counts limited answers per worker thread (a counter stripe), not per key: the
+//!   ratio holds overall, but one key's slips may come unevenly;
+//! - a response allowed by its key's budget and then limited by the byte budget stays charged
+//!   to its key (BIND charges limited responses too);
+//! - `rrl_before_forward_at` reads a key and then charges it: queries racing it on other
+//!   workers may still be forwarded, and a query forwarded just before the budget ran out is
+//!   limited when its answer comes back (PowerDNS was asked anyway).
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -114,6 +132,8 @@ pub struct RateLimiter {
     /// Mirror of `params.enabled`: a disabled limiter costs one relaxed load per packet, not
     /// an `ArcSwap` load.
     enabled: std::sync::atomic::AtomicBool,
+    /// Enabled in rrl mode: the answer path classifies a response only then.
+    rrl_active: std::sync::atomic::AtomicBool,
     /// Origin of the table's times, an hour before creation so that callers on tokio's
     /// paused clock (which lags real time) still read times after it.
     epoch: Instant,
@@ -152,6 +172,7 @@ impl RateLimiter {
                 table: Arc::new(Table::new(cfg)),
             }),
             enabled: std::sync::atomic::AtomicBool::new(cfg.enabled),
+            rrl_active: std::sync::atomic::AtomicBool::new(rrl_active(cfg)),
             epoch,
             stats: Default::default(),
         }
@@ -217,6 +238,13 @@ impl RateLimiter {
             table,
         }));
         self.enabled.store(cfg.enabled, Ordering::Relaxed);
+        self.rrl_active.store(rrl_active(cfg), Ordering::Relaxed);
+    }
+
+    /// Whether answers are to be checked (enabled, rrl mode): one relaxed load.
+    #[inline]
+    pub fn rrl_active(&self) -> bool {
+        self.rrl_active.load(Ordering::Relaxed)
     }
 
     /// Sources carrying state (debt or a block) now. Scans the whole table: for metrics
@@ -482,7 +510,7 @@ impl RrlKind {
         RrlKind::Error,
     ];
 
-    pub(crate) fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             RrlKind::Positive => "positive",
             RrlKind::NoData => "nodata",
@@ -770,6 +798,10 @@ impl Table {
     fn bytes_tag(&self, prefix: Key) -> u64 {
         self.hasher.hash_one((prefix.v6, prefix.bits, 0xFFu8, 0u16)) | 1
     }
+}
+
+fn rrl_active(cfg: &RateLimitConfig) -> bool {
+    cfg.enabled && cfg.mode == RateLimitMode::Rrl
 }
 
 fn hash_labels(pkt: &[u8], off: usize, h: &mut impl Hasher) {

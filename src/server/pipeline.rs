@@ -319,7 +319,7 @@ fn rrl_answer(
     received: Instant,
     out: &mut Vec<u8>,
 ) -> Option<(Action, AnswerPath)> {
-    if a.source_proven {
+    if a.source_proven || !ctx.limiter.rrl_active() {
         return None;
     }
     let qname = a.q.qname.as_bytes();
@@ -352,7 +352,7 @@ fn rrl_before_forward(
     received: Instant,
     out: &mut Vec<u8>,
 ) -> Option<(Action, AnswerPath)> {
-    if a.source_proven {
+    if a.source_proven || !ctx.limiter.rrl_active() {
         return None;
     }
     let (qname, qtype) = (a.q.qname.as_bytes(), a.q.qtype);
@@ -388,6 +388,9 @@ pub(crate) fn rrl_forwarded(
 ) -> Option<Action> {
     // Over UDP only a server cookie proves the source, and `Pending` does not carry one yet:
     // the cookie check adds that exemption here.
+    if !shared.limiter.rrl_active() {
+        return None;
+    }
     let src = p.client.addr.ip().to_canonical();
     let (qname, zone) = (p.query.qname.as_bytes(), p.report.zone.known());
     let key = RrlKey::of_response(reply, qname, p.query.qtype, zone);
@@ -425,9 +428,10 @@ fn rrl_apply(
         RrlVerdict::Limited(l) => (l, false),
     };
     if limit.started {
-        log.event(Event::BlockStarted {
+        log.event(Event::RrlStarted {
             source: src,
             prefix,
+            kind: limit.kind.label(),
             dry_run,
         });
     }
