@@ -186,7 +186,7 @@ impl RateLimiter {
     /// Under tokio's paused clock pass `tokio::time::Instant::now().into_std()`. A time
     /// earlier than one already seen does no harm (the source just refills less).
     pub fn check_at(&self, src: IpAddr, now: Instant) -> Verdict {
-        if !self.enabled.load(Ordering::Relaxed) {
+        if !self.enabled.load(Ordering::Relaxed) || self.rrl_active() {
             return Verdict::Allow;
         }
         let shared = self.shared.load();

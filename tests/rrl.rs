@@ -372,6 +372,28 @@ fn byte_budget_bounds_amplification_across_names() {
     );
 }
 
+/// Random names under one zone (a water-torture flood): their NXDOMAINs share one budget per
+/// zone, while a real name from the same source keeps its own.
+#[test]
+fn nxdomain_for_random_names_counts_per_zone() {
+    let _serial = serial();
+    let pdns = start_pdns();
+    let d = start(&pdns, "responses_per_second = 5\nwindow = 2\nslip = 0", "");
+    let server = d.dns_addr();
+    let sock = udp_from("127.0.0.90", server);
+    flood(&sock, 60, Duration::from_millis(1), |i| {
+        query(i, &format!("r{i}x.rrl.test"), A)
+    });
+    let r = drain(&sock, Duration::from_millis(500));
+    assert!(r.iter().all(|r| r.rcode == 3), "NXDOMAIN only: {r:?}");
+    assert!((5..=7).contains(&r.len()), "{} of 60 answered", r.len());
+    sock.send(&query(100, "www.rrl.test", A)).unwrap();
+    let r = drain(&sock, Duration::from_millis(500));
+    assert!(r.len() == 1 && r[0].answered(), "{r:?}");
+    let m = scrape(&d);
+    assert!(limited(&m, "nxdomain", "dropped") >= 50.0);
+}
+
 /// (d) TCP is never limited, while UDP from the same address is.
 #[test]
 fn tcp_is_never_limited() {
