@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use dnsteer::app::App;
-use dnsteer::config::{Config, LimitAction, RateLimitConfig};
+use dnsteer::config::{Config, LimitAction, RateLimitConfig, RateLimitMode};
 use dnsteer::ratelimit::{RateLimiter, Verdict};
 use dnsteer::server::pipeline::{self, Action, Ctx};
 use dnsteer::server::signing::SignState;
@@ -47,6 +47,11 @@ fn limiter(enabled: bool) -> RateLimiter {
         max_tracked_sources: 1_000_000,
         exempt: Vec::new(),
         dry_run: false,
+        mode: RateLimitMode::Qps,
+        responses_per_second: 20,
+        window: 15,
+        bytes_per_second: 0,
+        slip: 2,
     })
 }
 

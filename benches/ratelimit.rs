@@ -1,5 +1,6 @@
 //! Rate-limiter cost per check: a hot in-rate key, a random-source flood (every check a new
-//! source, so a table miss and an eviction), and a blocked source.
+//! source, so a table miss and an eviction), and a blocked source; in rrl mode, an answer's
+//! check (classification, name hash, response and byte budgets) for a hot and a new source.
 //! Run with `cargo bench --bench ratelimit`; the VM is noisy, compare ratios, not ns.
 
 use std::hint::black_box;
@@ -7,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use dnsteer::config::{LimitAction, RateLimitConfig};
-use dnsteer::ratelimit::{RateLimiter, Verdict};
+use dnsteer::config::{LimitAction, RateLimitConfig, RateLimitMode};
+use dnsteer::ratelimit::{RateLimiter, RrlKey, RrlVerdict, Verdict};
 
 fn config() -> RateLimitConfig {
     RateLimitConfig {
@@ -22,6 +23,11 @@ fn config() -> RateLimitConfig {
         max_tracked_sources: 1_000_000,
         exempt: vec!["10.0.0.0/8".parse().unwrap()],
         dry_run: false,
+        mode: RateLimitMode::Qps,
+        responses_per_second: 20,
+        window: 15,
+        bytes_per_second: 0,
+        slip: 2,
     }
 }
 
@@ -75,6 +81,35 @@ fn bench(c: &mut Criterion) {
     let exempt = IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3));
     g.bench_function("exempt_source", |b| {
         b.iter(|| rl.check_at(black_box(exempt), now));
+    });
+
+    // rrl mode: a positive answer (header says 1 answer) for a 3-label name.
+    let rl = RateLimiter::new(&RateLimitConfig {
+        mode: RateLimitMode::Rrl,
+        ipv4_prefix: 24,
+        ipv6_prefix: 56,
+        responses_per_second: 100,
+        bytes_per_second: 1_000_000,
+        ..config()
+    });
+    let resp = [0u8, 1, 0x84, 0, 0, 1, 0, 1, 0, 0, 0, 0];
+    let name = dnsteer::dns::name_from_text("www.example.com.").unwrap();
+    let mut tick = 0u32;
+    g.bench_function("rrl_answer_hot_key", |b| {
+        b.iter(|| {
+            tick = tick.wrapping_add(1);
+            let key = RrlKey::of_response(black_box(&resp), &name, 1, None);
+            let v = rl.rrl_check_at(hot, key, 200, t0 + Duration::from_millis(10) * tick);
+            debug_assert_eq!(v, RrlVerdict::Allow);
+            v
+        });
+    });
+    g.bench_function("rrl_answer_random_source", |b| {
+        b.iter(|| {
+            let src = IpAddr::V4(Ipv4Addr::from(rng.u32(..)));
+            let key = RrlKey::of_response(black_box(&resp), &name, 1, None);
+            rl.rrl_check_at(src, key, 200, now)
+        });
     });
     g.finish();
 }

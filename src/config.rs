@@ -251,9 +251,19 @@ impl LimitAction {
     }
 }
 
+/// What the per-source limiter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimitMode {
+    /// Queries per source prefix, with a block (dnsdist `MaxQPSIPRule`).
+    Qps,
+    /// UDP responses per (source prefix, response kind, name), BIND/NSD/Knot RRL.
+    Rrl,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
     pub enabled: bool,
+    pub mode: RateLimitMode,
     pub qps: u32,
     pub burst: u32,
     pub ipv4_prefix: u8,
@@ -263,6 +273,14 @@ pub struct RateLimitConfig {
     pub max_tracked_sources: usize,
     pub exempt: Vec<IpNet>,
     pub dry_run: bool,
+    /// rrl: identical responses per second per key (one second of them is the burst).
+    pub responses_per_second: u32,
+    /// rrl: seconds of debt a limited key may run up (BIND's `window`).
+    pub window: u32,
+    /// rrl: response bytes per second per source prefix; 0 = no byte budget.
+    pub bytes_per_second: u64,
+    /// rrl: every `slip`-th limited response goes out as TC=1; 0 = drop them all.
+    pub slip: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -579,6 +597,7 @@ struct RawLogging {
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     enabled: Option<bool>,
+    mode: S<String>,
     qps: S<i64>,
     burst: S<i64>,
     ipv4_prefix: S<i64>,
@@ -588,6 +607,10 @@ struct RawRateLimit {
     max_tracked_sources: S<i64>,
     exempt: S<Vec<String>>,
     dry_run: Option<bool>,
+    responses_per_second: S<i64>,
+    window: S<i64>,
+    bytes_per_second: S<i64>,
+    slip: S<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1371,13 +1394,35 @@ impl Validator<'_> {
                 }
             },
         };
+        let mode = match &r.mode {
+            None => RateLimitMode::Qps,
+            Some(m) => match m.get_ref().as_str() {
+                "qps" => RateLimitMode::Qps,
+                "rrl" => RateLimitMode::Rrl,
+                other => {
+                    return self.err(
+                        m.span(),
+                        "ratelimit.mode",
+                        format!("\"{other}\" is not \"qps\" or \"rrl\""),
+                    );
+                }
+            },
+        };
+        // RRL aggregates wider by default: it only thins identical responses (a real client
+        // still gets every answer, over TCP at worst), and a spoofer varies addresses within
+        // a network. qps mode blocks every query of a key, so its default is one address.
+        let (v4, v6) = match mode {
+            RateLimitMode::Qps => (32, 64),
+            RateLimitMode::Rrl => (24, 56),
+        };
         let qps = self.int(&r.qps, "ratelimit.qps", 100, 1, 10_000_000)? as u32;
         Ok(RateLimitConfig {
             enabled: r.enabled.unwrap_or(true),
+            mode,
             qps,
             burst: self.int(&r.burst, "ratelimit.burst", 100, 1, 10_000_000)? as u32,
-            ipv4_prefix: self.int(&r.ipv4_prefix, "ratelimit.ipv4_prefix", 32, 0, 32)? as u8,
-            ipv6_prefix: self.int(&r.ipv6_prefix, "ratelimit.ipv6_prefix", 64, 0, 128)? as u8,
+            ipv4_prefix: self.int(&r.ipv4_prefix, "ratelimit.ipv4_prefix", v4, 0, 32)? as u8,
+            ipv6_prefix: self.int(&r.ipv6_prefix, "ratelimit.ipv6_prefix", v6, 0, 128)? as u8,
             block_for: self.dur(&r.block_for, "ratelimit.block_for", "60s", Duration::ZERO)?,
             action,
             max_tracked_sources: self.int(
@@ -1392,6 +1437,22 @@ impl Validator<'_> {
                 Some(e) => self.nets(e, "ratelimit.exempt")?,
             },
             dry_run: r.dry_run.unwrap_or(false),
+            responses_per_second: self.int(
+                &r.responses_per_second,
+                "ratelimit.responses_per_second",
+                20,
+                1,
+                1_000_000,
+            )? as u32,
+            window: self.int(&r.window, "ratelimit.window", 15, 1, 3600)? as u32,
+            bytes_per_second: self.int(
+                &r.bytes_per_second,
+                "ratelimit.bytes_per_second",
+                200_000,
+                0,
+                1 << 40,
+            )? as u64,
+            slip: self.int(&r.slip, "ratelimit.slip", 2, 0, 10)? as u8,
         })
     }
 
@@ -2156,6 +2217,30 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains(":3:"), "{s}");
         assert!(s.contains("workres"), "{s}");
+    }
+
+    #[test]
+    fn ratelimit_mode_picks_its_prefix_defaults() {
+        let c = parse("[ratelimit]\nmode = \"rrl\"\n").unwrap().ratelimit;
+        assert_eq!(c.mode, RateLimitMode::Rrl);
+        assert_eq!((c.ipv4_prefix, c.ipv6_prefix), (24, 56));
+        assert_eq!((c.responses_per_second, c.window, c.slip), (20, 15, 2));
+        assert_eq!(c.bytes_per_second, 200_000);
+        let c = parse("[ratelimit]\nmode = \"rrl\"\nipv4_prefix = 32\n")
+            .unwrap()
+            .ratelimit;
+        assert_eq!(
+            (c.ipv4_prefix, c.ipv6_prefix),
+            (32, 56),
+            "an explicit prefix wins"
+        );
+        let c = parse("").unwrap().ratelimit;
+        assert_eq!(c.mode, RateLimitMode::Qps);
+        let e = parse("[ratelimit]\nmode = \"bind\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("ratelimit.mode: \"bind\" is not \"qps\" or \"rrl\"")
+        );
     }
 
     #[test]

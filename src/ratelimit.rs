@@ -1,4 +1,6 @@
-//! Per-source rate limiting (dnsdist `MaxQPSIPRule` + dynamic block) in fixed memory.
+//! Per-source rate limiting in fixed memory, in one of two modes: `qps` (dnsdist
+//! `MaxQPSIPRule` + dynamic block, on queries) or `rrl` (BIND/NSD/Knot response rate limiting,
+//! on UDP answers; see "RRL mode" below).
 //!
 //! Key: the packet's source address (never ECS, which the client chooses) masked to
 //! `ipv4_prefix` / `ipv6_prefix`; an IPv4-mapped IPv6 source counts as IPv4. Each key gets a
@@ -38,8 +40,24 @@
 //!
 //! Time: `check_at` takes the caller's `Instant` (read once per batch, or driven by tests);
 //! `check` reads the clock once.
+//!
+//! RRL mode (`rrl_check_at`, per UDP answer): the same table holds one GCRA budget per
+//! (source prefix, response kind, name[, qtype]) key, BIND's: `responses_per_second` with one
+//! second of burst, limited answers charged too up to `window` seconds of debt; and, when
+//! `bytes_per_second` is set, one byte budget per prefix (charged with what is sent). A check
+//! probes one bucket for the response key and, only if that allows, one for the prefix's
+//! bytes; nothing is allocated (names are hashed label by label, lowercased, following
+//! compression pointers). Eviction as above: least debt first; nothing is ever blocked, so
+//! nothing is pinned. Races accepted, on top of those above:
+//! - `slip` counts limited answers per worker thread (a counter stripe), not per key: the
+//!   ratio holds overall, but one key's slips may come unevenly;
+//! - a response allowed by its key's budget and then limited by the byte budget stays charged
+//!   to its key (BIND charges limited responses too);
+//! - `rrl_before_forward_at` reads a key and then charges it: queries racing it on other
+//!   workers may still be forwarded, and a query forwarded just before the budget ran out is
+//!   limited when its answer comes back (PowerDNS was asked anyway).
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -49,7 +67,8 @@ use arc_swap::ArcSwap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use prometheus::proto::{MetricFamily, MetricType};
 
-use crate::config::RateLimitConfig;
+use crate::config::{RateLimitConfig, RateLimitMode};
+use crate::dns::{ResponseClass, classify_response, for_each_label};
 use crate::telemetry::metrics::{Metrics, family, scalar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +132,8 @@ pub struct RateLimiter {
     /// Mirror of `params.enabled`: a disabled limiter costs one relaxed load per packet, not
     /// an `ArcSwap` load.
     enabled: std::sync::atomic::AtomicBool,
+    /// Enabled in rrl mode: the answer path classifies a response only then.
+    rrl_active: std::sync::atomic::AtomicBool,
     /// Origin of the table's times, an hour before creation so that callers on tokio's
     /// paused clock (which lags real time) still read times after it.
     epoch: Instant,
@@ -134,6 +155,8 @@ struct Params {
     limit_ns: u64,
     block_ns: u64,
     exempt: ExemptSet,
+    /// Set in rrl mode (then the qps fields are unused).
+    rrl: Option<RrlParams>,
 }
 
 impl RateLimiter {
@@ -149,6 +172,7 @@ impl RateLimiter {
                 table: Arc::new(Table::new(cfg)),
             }),
             enabled: std::sync::atomic::AtomicBool::new(cfg.enabled),
+            rrl_active: std::sync::atomic::AtomicBool::new(rrl_active(cfg)),
             epoch,
             stats: Default::default(),
         }
@@ -162,12 +186,12 @@ impl RateLimiter {
     /// Under tokio's paused clock pass `tokio::time::Instant::now().into_std()`. A time
     /// earlier than one already seen does no harm (the source just refills less).
     pub fn check_at(&self, src: IpAddr, now: Instant) -> Verdict {
-        if !self.enabled.load(Ordering::Relaxed) {
+        if !self.enabled.load(Ordering::Relaxed) || self.rrl_active() {
             return Verdict::Allow;
         }
         let shared = self.shared.load();
         let p = &shared.params;
-        if !p.enabled {
+        if !p.enabled || p.rrl.is_some() {
             return Verdict::Allow;
         }
         let stats = self.local_stats();
@@ -178,9 +202,13 @@ impl RateLimiter {
             return Verdict::Exempt;
         }
         let key = shared.table.key(src);
-        let Some(block_started) = shared.table.check(key, self.nanos(now), p, stats) else {
+        let tag = shared.table.tag(key);
+        let Some(block_started) = shared.table.check(tag, self.nanos(now), p, stats) else {
             return Verdict::Allow;
         };
+        if block_started && p.block_ns > 0 {
+            shared.table.remember_block(key, tag);
+        }
         stats.limited.fetch_add(1, Ordering::Relaxed);
         if block_started {
             stats.blocks_started.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +238,13 @@ impl RateLimiter {
             table,
         }));
         self.enabled.store(cfg.enabled, Ordering::Relaxed);
+        self.rrl_active.store(rrl_active(cfg), Ordering::Relaxed);
+    }
+
+    /// Whether answers are to be checked (enabled, rrl mode): one relaxed load.
+    #[inline]
+    pub fn rrl_active(&self) -> bool {
+        self.rrl_active.load(Ordering::Relaxed)
     }
 
     /// Sources carrying state (debt or a block) now. Scans the whole table: for metrics
@@ -291,6 +326,34 @@ impl RateLimiter {
             MetricType::COUNTER,
             workers.sum(|w| w.would_limit.get()) as f64,
         ));
+        out.push(family(
+            "dnsteer_rrl_limited_total",
+            "UDP responses limited in rrl mode, by response kind and outcome (slipped = sent as TC=1).",
+            MetricType::COUNTER,
+            RrlKind::ALL
+                .iter()
+                .flat_map(|&k| {
+                    ["slipped", "dropped"].into_iter().enumerate().map(move |(o, outcome)| {
+                        (
+                            vec![("kind", k.label().to_string()), ("outcome", outcome.to_string())],
+                            workers.sum(|w| w.rrl_limited[k as usize][o].get()) as f64,
+                        )
+                    })
+                })
+                .collect(),
+        ));
+        out.push(scalar(
+            "dnsteer_rrl_limited_by_bytes_total",
+            "UDP responses limited in rrl mode by their source prefix's bytes_per_second budget.",
+            MetricType::COUNTER,
+            workers.sum(|w| w.rrl_by_bytes.get()) as f64,
+        ));
+        out.push(scalar(
+            "dnsteer_rrl_not_forwarded_total",
+            "UDP queries limited in rrl mode before forwarding: PowerDNS was not asked.",
+            MetricType::COUNTER,
+            workers.sum(|w| w.rrl_not_forwarded.get()) as f64,
+        ));
         let stats = self.stats();
         out.push(scalar(
             "dnsteer_ratelimit_checks_total",
@@ -349,6 +412,8 @@ struct Stripe {
     blocks_started: AtomicU64,
     evictions: AtomicU64,
     untracked: AtomicU64,
+    /// Limited RRL responses seen by this thread: every `slip`-th one slips.
+    slip_seq: AtomicU64,
 }
 
 impl Params {
@@ -363,9 +428,28 @@ impl Params {
                 .unwrap_or(TIME)
                 .min(TIME),
             exempt: ExemptSet::new(&cfg.exempt),
+            rrl: (cfg.mode == RateLimitMode::Rrl).then(|| RrlParams::new(cfg)),
         }
     }
 
+    fn remaining_block(&self, state: u64, now: u64) -> Option<u64> {
+        let end = (state & TIME).saturating_add(self.block_ns);
+        (state & BLOCKED != 0 && now < end).then(|| end - now)
+    }
+}
+
+/// How a table entry's state moves on one event: qps mode's GCRA with blocks ([`Params`]), or
+/// an RRL budget ([`Budget`]).
+trait Policy {
+    /// The verdict (`Some(run_started)` when limited) and the slot's next state. State 0 is
+    /// an unseen key.
+    fn step(&self, state: u64, now: u64) -> (Option<bool>, u64);
+    /// How much a slot's state differs from unseen: None for one that must not be evicted
+    /// (an active block), else its debt in nanoseconds (0 = as good as unseen).
+    fn debt(&self, state: u64, now: u64) -> Option<u64>;
+}
+
+impl Policy for Params {
     /// GCRA step for one query: the verdict (`Some(block_started)` when limited) and the
     /// slot's next state.
     fn step(&self, state: u64, now: u64) -> (Option<bool>, u64) {
@@ -387,13 +471,6 @@ impl Params {
         (Some(state & LIMITING == 0), state | LIMITING)
     }
 
-    /// State after a new source's first query (always allowed: burst ≥ 1).
-    fn fresh(&self, now: u64) -> u64 {
-        now.saturating_add(self.interval_ns).min(TIME)
-    }
-
-    /// How much a slot's state differs from fresh: None for an active block (never
-    /// evicted), else its debt in nanoseconds (0 = as good as unseen).
     fn debt(&self, state: u64, now: u64) -> Option<u64> {
         let time = state & TIME;
         if state & BLOCKED != 0 {
@@ -401,11 +478,338 @@ impl Params {
         }
         Some(time.saturating_sub(now))
     }
+}
 
-    fn remaining_block(&self, state: u64, now: u64) -> Option<u64> {
-        let end = (state & TIME).saturating_add(self.block_ns);
-        (state & BLOCKED != 0 && now < end).then(|| end - now)
+impl Params {
+    /// State after a new source's first query (always allowed: burst ≥ 1).
+    fn fresh(&self, now: u64) -> u64 {
+        now.saturating_add(self.interval_ns).min(TIME)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RRL mode
+// ---------------------------------------------------------------------------------------------
+
+/// A response's kind, each with its own budgets (BIND's classes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RrlKind {
+    Positive = 0,
+    NoData = 1,
+    NxDomain = 2,
+    Referral = 3,
+    Error = 4,
+}
+
+impl RrlKind {
+    pub(crate) const ALL: [RrlKind; 5] = [
+        RrlKind::Positive,
+        RrlKind::NoData,
+        RrlKind::NxDomain,
+        RrlKind::Referral,
+        RrlKind::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            RrlKind::Positive => "positive",
+            RrlKind::NoData => "nodata",
+            RrlKind::NxDomain => "nxdomain",
+            RrlKind::Referral => "referral",
+            RrlKind::Error => "error",
+        }
+    }
+}
+
+/// The name a response is accounted under, in whatever form the caller has it.
+#[derive(Debug, Clone, Copy)]
+pub enum RrlName<'a> {
+    /// Errors: one budget per prefix whatever was asked.
+    None,
+    /// An uncompressed, lowercase wire name (a parsed query name, or its parent).
+    Wire(&'a [u8]),
+    /// A possibly compressed name at an offset in a response (the SOA or NS owner).
+    At(&'a [u8], usize),
+    /// A zone dnsteer knows, by its index.
+    Zone(u8),
+}
+
+/// What one response is accounted under: BIND's key, less the source prefix.
+#[derive(Debug, Clone, Copy)]
+pub struct RrlKey<'a> {
+    pub kind: RrlKind,
+    pub name: RrlName<'a>,
+    /// Only positive answers tell types apart (an empty answer has no type to count by).
+    pub qtype: u16,
+}
+
+impl<'a> RrlKey<'a> {
+    /// The key of `resp`, the answer to `qname`/`qtype` (`qname` lowercase, uncompressed, as
+    /// parsed): positive answers per name and type; NXDOMAIN and NODATA per zone (`zone`, the
+    /// apex dnsteer knows, else the SOA owner in the response, else the name's parent);
+    /// referrals per delegation (the NS owner); errors all together.
+    pub fn of_response(resp: &'a [u8], qname: &'a [u8], qtype: u16, zone: Option<u8>) -> Self {
+        let (class, owner) = classify_response(resp);
+        let kind = match class {
+            ResponseClass::Positive => return RrlKey::positive(qname, qtype),
+            ResponseClass::Error => {
+                return RrlKey {
+                    kind: RrlKind::Error,
+                    name: RrlName::None,
+                    qtype: 0,
+                };
+            }
+            ResponseClass::NoData => RrlKind::NoData,
+            ResponseClass::NxDomain => RrlKind::NxDomain,
+            ResponseClass::Referral => RrlKind::Referral,
+        };
+        let name = match (kind, zone, owner) {
+            (RrlKind::NoData | RrlKind::NxDomain, Some(z), _) => RrlName::Zone(z),
+            (_, _, Some(at)) => RrlName::At(resp, at),
+            _ => RrlName::Wire(parent(qname)),
+        };
+        RrlKey {
+            kind,
+            name,
+            qtype: 0,
+        }
+    }
+
+    pub fn positive(qname: &'a [u8], qtype: u16) -> Self {
+        RrlKey {
+            kind: RrlKind::Positive,
+            name: RrlName::Wire(qname),
+            qtype,
+        }
+    }
+}
+
+/// `name` less its first label (the root stays the root).
+fn parent(name: &[u8]) -> &[u8] {
+    match name.first() {
+        Some(&n) if n > 0 => name.get(1 + usize::from(n)..).unwrap_or(&[0]),
+        _ => name,
+    }
+}
+
+/// An RRL verdict on one UDP response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RrlVerdict {
+    /// Send it (within budget, limiting off, or not tracked).
+    Allow,
+    /// Never counted nor limited.
+    Exempt,
+    /// Over budget: send the minimal TC=1 answer instead (`slip`) or nothing.
+    Limited(RrlLimit),
+    /// `dry_run`: would have been `Limited`; send it as is.
+    WouldLimit(RrlLimit),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RrlLimit {
+    pub kind: RrlKind,
+    /// This one goes out as TC=1 (every `slip`-th limited response).
+    pub slip: bool,
+    /// The prefix's byte budget limited it (its response budget had room).
+    pub by_bytes: bool,
+    /// The first limited response of a run for its key (log it once).
+    pub started: bool,
+}
+
+/// rrl mode's settings, in table units.
+struct RrlParams {
+    responses: Budget,
+    /// Nanoseconds of budget one response byte costs ×1024 (0 = no byte budget).
+    ns_per_kib: u64,
+    slip: u64,
+}
+
+impl RrlParams {
+    fn new(cfg: &RateLimitConfig) -> Self {
+        const SECOND: u64 = 1_000_000_000;
+        let rps = u64::from(cfg.responses_per_second.max(1));
+        let interval = (SECOND / rps).max(1);
+        RrlParams {
+            responses: Budget {
+                cost_ns: interval,
+                // One second of responses, like BIND's largest balance (= the rate).
+                tolerance_ns: interval * rps,
+                // Limited responses are charged too, down to `window` seconds of debt: a key
+                // over its rate stays limited until it slows down, as in BIND.
+                cap_ns: interval * rps + u64::from(cfg.window) * SECOND,
+                charge_limited: true,
+            },
+            ns_per_kib: match cfg.bytes_per_second {
+                0 => 0,
+                bps => (SECOND * 1024 / bps).max(1),
+            },
+            slip: u64::from(cfg.slip),
+        }
+    }
+
+    /// The byte budget's step for a response of `len` bytes: one second of bytes as burst,
+    /// only what is sent is charged.
+    fn bytes(&self, len: usize) -> Budget {
+        let tolerance = 1_000_000_000;
+        Budget {
+            cost_ns: (len as u64).saturating_mul(self.ns_per_kib) / 1024,
+            tolerance_ns: tolerance,
+            cap_ns: tolerance,
+            charge_limited: false,
+        }
+    }
+}
+
+/// A token bucket as GCRA: the state is the time at which the bucket is full again.
+struct Budget {
+    /// What one event costs.
+    cost_ns: u64,
+    /// How far ahead of now that time may run and still allow (the burst).
+    tolerance_ns: u64,
+    /// How far ahead a limited event may push it (the debt), when `charge_limited`.
+    cap_ns: u64,
+    charge_limited: bool,
+}
+
+impl Policy for Budget {
+    fn step(&self, state: u64, now: u64) -> (Option<bool>, u64) {
+        let next = (state & TIME).max(now).saturating_add(self.cost_ns);
+        if next - now <= self.tolerance_ns {
+            return (None, next.min(TIME));
+        }
+        let started = state & LIMITING == 0;
+        let time = if self.charge_limited {
+            next.min(now.saturating_add(self.cap_ns)).min(TIME)
+        } else {
+            state & TIME
+        };
+        (Some(started), time | LIMITING)
+    }
+
+    fn debt(&self, state: u64, now: u64) -> Option<u64> {
+        Some((state & TIME).saturating_sub(now))
+    }
+}
+
+impl RateLimiter {
+    /// RRL's verdict on a UDP response of `len` bytes to `src`, accounted under `key`.
+    /// Allows everything unless enabled in rrl mode. The caller does not ask for TCP or a
+    /// proven source (a valid server cookie): those are never limited.
+    pub fn rrl_check_at(
+        &self,
+        src: IpAddr,
+        key: RrlKey<'_>,
+        len: usize,
+        now: Instant,
+    ) -> RrlVerdict {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return RrlVerdict::Allow;
+        }
+        let shared = self.shared.load();
+        let (p, table) = (&shared.params, &*shared.table);
+        let Some(rrl) = p.rrl.as_ref().filter(|_| p.enabled) else {
+            return RrlVerdict::Allow;
+        };
+        let stats = self.local_stats();
+        stats.checks.fetch_add(1, Ordering::Relaxed);
+        let src = src.to_canonical();
+        if p.exempt.contains(src) {
+            stats.exempt.fetch_add(1, Ordering::Relaxed);
+            return RrlVerdict::Exempt;
+        }
+        let prefix = table.key(src);
+        let now = self.nanos(now);
+        let mut by_bytes = false;
+        let mut started = table.check(table.rrl_tag(prefix, &key), now, &rrl.responses, stats);
+        if started.is_none() && rrl.ns_per_kib > 0 && len > 0 {
+            started = table.check(table.bytes_tag(prefix), now, &rrl.bytes(len), stats);
+            by_bytes = started.is_some();
+        }
+        let Some(started) = started else {
+            return RrlVerdict::Allow;
+        };
+        stats.limited.fetch_add(1, Ordering::Relaxed);
+        if started {
+            stats.blocks_started.fetch_add(1, Ordering::Relaxed);
+        }
+        let seq = stats.slip_seq.fetch_add(1, Ordering::Relaxed);
+        let limit = RrlLimit {
+            kind: key.kind,
+            slip: rrl.slip > 0 && seq.is_multiple_of(rrl.slip),
+            by_bytes,
+            started,
+        };
+        if p.dry_run {
+            RrlVerdict::WouldLimit(limit)
+        } else {
+            RrlVerdict::Limited(limit)
+        }
+    }
+
+    /// Before forwarding a UDP query: `Limited` (charged like an answer) when its positive
+    /// answer's budget is already spent, so the query need not reach PowerDNS; else `Allow`
+    /// (the answer is checked when it comes back). A read, and a write only when limited.
+    /// Dry run never limits here: the answer's own check reports it.
+    pub fn rrl_before_forward_at(
+        &self,
+        src: IpAddr,
+        qname: &[u8],
+        qtype: u16,
+        now: Instant,
+    ) -> RrlVerdict {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return RrlVerdict::Allow;
+        }
+        let shared = self.shared.load();
+        let (p, table) = (&shared.params, &*shared.table);
+        let Some(rrl) = p.rrl.as_ref().filter(|_| p.enabled && !p.dry_run) else {
+            return RrlVerdict::Allow;
+        };
+        let src = src.to_canonical();
+        let key = RrlKey::positive(qname, qtype);
+        let Some(state) = table.state_of(table.rrl_tag(table.key(src), &key)) else {
+            return RrlVerdict::Allow;
+        };
+        let full_at = state & TIME;
+        let budget = &rrl.responses;
+        if full_at.saturating_add(budget.cost_ns) <= self.nanos(now) + budget.tolerance_ns {
+            return RrlVerdict::Allow;
+        }
+        self.rrl_check_at(src, key, 0, now)
+    }
+}
+
+impl Table {
+    /// Tag of an RRL response key: the prefix, the kind, the name (lowercase), the type.
+    fn rrl_tag(&self, prefix: Key, key: &RrlKey<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        (prefix.v6, prefix.bits, key.kind as u8, key.qtype).hash(&mut h);
+        match key.name {
+            RrlName::None => {}
+            // Label by label for both forms, so a name hashes the same either way.
+            RrlName::Wire(name) => hash_labels(name, 0, &mut h),
+            RrlName::At(pkt, off) => hash_labels(pkt, off, &mut h),
+            RrlName::Zone(z) => (0xFFu8, z).hash(&mut h),
+        }
+        h.finish() | 1
+    }
+
+    /// Tag of a prefix's byte budget (a kind no response key uses).
+    fn bytes_tag(&self, prefix: Key) -> u64 {
+        self.hasher.hash_one((prefix.v6, prefix.bits, 0xFFu8, 0u16)) | 1
+    }
+}
+
+fn rrl_active(cfg: &RateLimitConfig) -> bool {
+    cfg.enabled && cfg.mode == RateLimitMode::Rrl
+}
+
+fn hash_labels(pkt: &[u8], off: usize, h: &mut impl Hasher) {
+    for_each_label(pkt, off, |label| {
+        h.write_u8(label.len() as u8);
+        h.write(label);
+    });
+    h.write_u8(0);
 }
 
 /// A masked source address: family and prefix bits.
@@ -439,6 +843,8 @@ struct Table {
     hasher: foldhash::quality::SeedableRandomState,
     recent: Box<[BlockRecord]>,
     recent_next: AtomicUsize,
+    /// Built for rrl mode: its states are RRL budgets, meaningless to qps mode.
+    rrl: bool,
 }
 
 impl Table {
@@ -457,6 +863,7 @@ impl Table {
             ),
             recent: (0..RECENT_BLOCKS).map(|_| BlockRecord::default()).collect(),
             recent_next: AtomicUsize::new(0),
+            rrl: cfg.mode == RateLimitMode::Rrl,
         }
     }
 
@@ -469,7 +876,8 @@ impl Table {
         !cfg.enabled
             || (self.buckets.len() * WAYS == Self::slots_for(cfg)
                 && self.ipv4_prefix == cfg.ipv4_prefix
-                && self.ipv6_prefix == cfg.ipv6_prefix)
+                && self.ipv6_prefix == cfg.ipv6_prefix
+                && self.rrl == (cfg.mode == RateLimitMode::Rrl))
     }
 
     fn memory_bytes(&self) -> usize {
@@ -502,23 +910,17 @@ impl Table {
         &self.buckets[index]
     }
 
-    /// Runs one query through the table: `Some(block_started)` when limited.
-    fn check(&self, key: Key, now: u64, p: &Params, stats: &Stripe) -> Option<bool> {
+    /// Runs one event for `tag` through the table: `Some(run_started)` when limited.
+    fn check(&self, tag: u64, now: u64, p: &impl Policy, stats: &Stripe) -> Option<bool> {
         if self.buckets.is_empty() {
             return None;
         }
-        let tag = self.tag(key);
         let bucket = self.bucket(tag);
         // A retry happens only when another worker changed this bucket under us.
         for _ in 0..3 {
             if let Some(way) = (0..WAYS).find(|&w| bucket.tags[w].load(Ordering::Acquire) == tag) {
                 match Self::update(bucket, way, tag, now, p) {
-                    Some(verdict) => {
-                        if verdict == Some(true) && p.block_ns > 0 {
-                            self.remember_block(key, tag);
-                        }
-                        return verdict;
-                    }
+                    Some(verdict) => return verdict,
                     None => continue,
                 }
             }
@@ -533,12 +935,13 @@ impl Table {
             {
                 continue;
             }
-            bucket.states[way].store(p.fresh(now), Ordering::Release);
+            let (verdict, state) = p.step(0, now);
+            bucket.states[way].store(state, Ordering::Release);
             slot.store(tag, Ordering::Release);
             if live {
                 stats.evictions.fetch_add(1, Ordering::Relaxed);
             }
-            return None;
+            return verdict;
         }
         // Lost the bucket to other workers three times: let this one query through.
         stats.untracked.fetch_add(1, Ordering::Relaxed);
@@ -547,7 +950,13 @@ impl Table {
 
     /// GCRA update of a slot holding `tag`; None if the slot was taken by another source
     /// meanwhile (the caller retries as a miss).
-    fn update(bucket: &Bucket, way: usize, tag: u64, now: u64, p: &Params) -> Option<Option<bool>> {
+    fn update(
+        bucket: &Bucket,
+        way: usize,
+        tag: u64,
+        now: u64,
+        p: &impl Policy,
+    ) -> Option<Option<bool>> {
         let state = &bucket.states[way];
         let mut current = state.load(Ordering::Acquire);
         // Re-check after reading the state: an evictor reserves the tag before writing it.
@@ -575,7 +984,7 @@ impl Table {
 
     /// The slot a new source should take: (way, its current tag, whether it still carried
     /// state). None when every slot is under an active block or being written.
-    fn victim(bucket: &Bucket, now: u64, p: &Params) -> Option<(usize, u64, bool)> {
+    fn victim(bucket: &Bucket, now: u64, p: &impl Policy) -> Option<(usize, u64, bool)> {
         let mut best: Option<(usize, u64, u64)> = None;
         for way in 0..WAYS {
             let tag = bucket.tags[way].load(Ordering::Acquire);
@@ -746,7 +1155,7 @@ fn in_ranges<T: Ord + Copy>(ranges: &[(T, T)], x: T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LimitAction;
+    use crate::config::{LimitAction, RateLimitMode};
 
     fn cfg() -> RateLimitConfig {
         RateLimitConfig {
@@ -760,6 +1169,11 @@ mod tests {
             max_tracked_sources: 4096,
             exempt: Vec::new(),
             dry_run: false,
+            mode: RateLimitMode::Qps,
+            responses_per_second: 20,
+            window: 15,
+            bytes_per_second: 0,
+            slip: 2,
         }
     }
 
@@ -1134,6 +1548,321 @@ mod tests {
         assert_eq!(count(&all, ALLOW), 99);
         assert_eq!(count(&all, BLOCK_STARTS), 1);
         assert_eq!(rl.stats().checks, 4001);
+    }
+
+    // --- rrl mode ---
+
+    fn rrl_cfg() -> RateLimitConfig {
+        RateLimitConfig {
+            mode: RateLimitMode::Rrl,
+            ipv4_prefix: 24,
+            ipv6_prefix: 56,
+            responses_per_second: 10,
+            window: 5,
+            bytes_per_second: 0,
+            slip: 2,
+            ..cfg()
+        }
+    }
+
+    /// A header-only response: rcode, answer count (classification reads no further).
+    fn resp(rcode: u8, answers: u16) -> Vec<u8> {
+        let mut r = vec![0, 1, 0x84, rcode, 0, 1];
+        r.extend_from_slice(&answers.to_be_bytes());
+        r.extend_from_slice(&[0, 0, 0, 0]);
+        r
+    }
+
+    fn wire(name: &str) -> Vec<u8> {
+        crate::dns::name_from_text(name).unwrap()
+    }
+
+    /// `n` positive answers for `name` to `src`, evenly over `[from, from + span)`.
+    fn answers(
+        rl: &RateLimiter,
+        src: &str,
+        name: &[u8],
+        from: Instant,
+        span: Duration,
+        n: u32,
+    ) -> Vec<RrlVerdict> {
+        let r = resp(0, 1);
+        (0..n)
+            .map(|i| {
+                let key = RrlKey::of_response(&r, name, 1, None);
+                rl.rrl_check_at(ip(src), key, 100, from + span * i / n)
+            })
+            .collect()
+    }
+
+    fn limited(v: &[RrlVerdict]) -> usize {
+        v.iter()
+            .filter(|x| matches!(x, RrlVerdict::Limited(_)))
+            .count()
+    }
+
+    #[test]
+    fn rrl_burst_is_one_second_then_the_rate_and_debt_lasts_the_window() {
+        let rl = RateLimiter::new(&rrl_cfg());
+        let name = wire("www.example.");
+        let t0 = Instant::now();
+        // 100/s for 10 s against 10/s: the first second's 10 pass (plus what refills while
+        // they arrive), then nothing: limited responses are charged too (down to the window's
+        // debt), so a key over its rate gets nothing more until it slows down, as in BIND.
+        let v = answers(&rl, "192.0.2.1", &name, t0, Duration::from_secs(10), 1000);
+        let first = v.iter().position(|&x| x != RrlVerdict::Allow).unwrap();
+        assert!((10..=12).contains(&first), "{first}");
+        let RrlVerdict::Limited(l) = v[first] else {
+            panic!("{:?}", v[first]);
+        };
+        assert!(l.started && l.kind == RrlKind::Positive && !l.by_bytes);
+        assert_eq!(limited(&v), 1000 - first);
+        assert!(
+            matches!(v[first + 1], RrlVerdict::Limited(l) if !l.started),
+            "one start per run"
+        );
+        // The debt runs 1 s + window (5 s) ahead of the last response; after that, answers.
+        let last = t0 + Duration::from_secs(10) * 999 / 1000;
+        let probe = |at: Duration| {
+            let rl = RateLimiter::new(&rrl_cfg());
+            answers(&rl, "192.0.2.1", &name, t0, Duration::from_secs(10), 1000);
+            answers(&rl, "192.0.2.1", &name, last + at, Duration::ZERO, 1)[0]
+        };
+        assert!(matches!(
+            probe(Duration::from_millis(4800)),
+            RrlVerdict::Limited(_)
+        ));
+        assert_eq!(probe(Duration::from_millis(5200)), RrlVerdict::Allow);
+    }
+
+    #[test]
+    fn rrl_at_the_rate_is_never_limited() {
+        let rl = RateLimiter::new(&rrl_cfg());
+        let t0 = Instant::now();
+        let v = answers(
+            &rl,
+            "192.0.2.1",
+            &wire("a.example."),
+            t0,
+            Duration::from_secs(30),
+            300,
+        );
+        assert_eq!(limited(&v), 0);
+    }
+
+    #[test]
+    fn rrl_slip_sends_every_nth_limited_response_as_tc() {
+        for (slip, slipped) in [(0u8, 0usize), (1, 100), (2, 50), (3, 34)] {
+            let rl = RateLimiter::new(&RateLimitConfig { slip, ..rrl_cfg() });
+            let t0 = Instant::now();
+            let v = answers(
+                &rl,
+                "192.0.2.1",
+                &wire("x.example."),
+                t0,
+                Duration::ZERO,
+                110,
+            );
+            let slips = v
+                .iter()
+                .filter(|x| matches!(x, RrlVerdict::Limited(l) if l.slip))
+                .count();
+            assert_eq!((limited(&v), slips), (100, slipped), "slip {slip}");
+        }
+    }
+
+    #[test]
+    fn rrl_keys_follow_bind() {
+        let rl = RateLimiter::new(&rrl_cfg());
+        let t0 = Instant::now();
+        // Another name, another type, another /24: each has its own budget.
+        let spent = answers(
+            &rl,
+            "192.0.2.1",
+            &wire("a.example."),
+            t0,
+            Duration::ZERO,
+            10,
+        );
+        assert_eq!(limited(&spent), 0);
+        let over = |src: &str, name: &str, qtype: u16| {
+            let r = resp(0, 1);
+            let n = wire(name);
+            let key = RrlKey::of_response(&r, &n, qtype, None);
+            matches!(
+                rl.rrl_check_at(ip(src), key, 100, t0),
+                RrlVerdict::Limited(_)
+            )
+        };
+        assert!(
+            over("192.0.2.200", "a.example.", 1),
+            "same /24, same name: one budget"
+        );
+        assert!(!over("192.0.2.1", "b.example.", 1));
+        assert!(!over("192.0.2.1", "a.example.", 28));
+        assert!(!over("192.0.3.1", "a.example.", 1));
+        // IPv6: one /56.
+        for _ in 0..10 {
+            over("2001:db8:0:1::1", "a.example.", 1);
+        }
+        assert!(over("2001:db8:0:ff::2", "a.example.", 1));
+        assert!(!over("2001:db8:0:100::1", "a.example.", 1));
+
+        // NXDOMAIN for random names under one zone share a budget: by the zone dnsteer knows,
+        // else by the name's parent (no SOA in these responses).
+        let nx = resp(3, 0);
+        let names: Vec<Vec<u8>> = (0..11)
+            .map(|i| wire(&format!("r{i}.zone.example.")))
+            .collect();
+        let v: Vec<RrlVerdict> = names
+            .iter()
+            .map(|n| {
+                rl.rrl_check_at(
+                    ip("198.51.100.1"),
+                    RrlKey::of_response(&nx, n, 1, None),
+                    50,
+                    t0,
+                )
+            })
+            .collect();
+        assert_eq!(limited(&v), 1);
+        assert!(matches!(v[10], RrlVerdict::Limited(l) if l.kind == RrlKind::NxDomain));
+        let v: Vec<RrlVerdict> = names
+            .iter()
+            .map(|n| {
+                rl.rrl_check_at(
+                    ip("198.51.100.1"),
+                    RrlKey::of_response(&nx, n, 1, Some(7)),
+                    50,
+                    t0,
+                )
+            })
+            .collect();
+        assert_eq!(limited(&v), 1, "a known zone is its own key");
+        // Errors: one budget per prefix whatever the name and type.
+        let refused = resp(5, 0);
+        let v: Vec<RrlVerdict> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let key = RrlKey::of_response(&refused, n, i as u16, None);
+                rl.rrl_check_at(ip("203.0.113.9"), key, 30, t0)
+            })
+            .collect();
+        assert!(matches!(v[10], RrlVerdict::Limited(l) if l.kind == RrlKind::Error));
+        assert_eq!(parent(&wire("a.b.")), wire("b.").as_slice());
+        assert_eq!(parent(&[0]), [0]);
+        assert_eq!(parent(&[9, b'x']), [0], "a malformed name never panics");
+    }
+
+    #[test]
+    fn rrl_byte_budget_bounds_bytes_per_prefix_across_names() {
+        let rl = RateLimiter::new(&RateLimitConfig {
+            responses_per_second: 1000,
+            bytes_per_second: 10_000,
+            ..rrl_cfg()
+        });
+        let t0 = Instant::now();
+        let r = resp(0, 1);
+        // 1000-byte answers for ever new names at 100/s for 10 s: 10 kB/s lets ~10 a second
+        // through after the first second's 10 kB.
+        let mut sent = 0usize;
+        let mut by_bytes = 0;
+        for i in 0..1000u32 {
+            let n = wire(&format!("n{i}.example."));
+            let at = t0 + Duration::from_millis(10) * i;
+            match rl.rrl_check_at(
+                ip("192.0.2.1"),
+                RrlKey::of_response(&r, &n, 1, None),
+                1000,
+                at,
+            ) {
+                RrlVerdict::Allow => sent += 1000,
+                RrlVerdict::Limited(l) => by_bytes += usize::from(l.by_bytes),
+                v => panic!("{v:?}"),
+            }
+        }
+        assert!((100_000..=111_000).contains(&sent), "{sent} bytes");
+        assert_eq!(by_bytes, 1000 - sent / 1000);
+    }
+
+    #[test]
+    fn rrl_exempt_dry_run_and_modes_apart() {
+        let name = wire("a.example.");
+        let t0 = Instant::now();
+        let rl = RateLimiter::new(&RateLimitConfig {
+            exempt: vec!["192.0.2.0/24".parse().unwrap()],
+            ..rrl_cfg()
+        });
+        let v = answers(&rl, "192.0.2.1", &name, t0, Duration::ZERO, 50);
+        assert!(v.iter().all(|&x| x == RrlVerdict::Exempt));
+        // rrl mode never limits queries; qps mode never limits responses.
+        assert!((0..500).all(|_| rl.check_at(ip("198.51.100.1"), t0) == ALLOW));
+        let qps = RateLimiter::new(&cfg());
+        assert_eq!(
+            limited(&answers(&qps, "192.0.2.1", &name, t0, Duration::ZERO, 50)),
+            0
+        );
+
+        let rl = RateLimiter::new(&RateLimitConfig {
+            dry_run: true,
+            ..rrl_cfg()
+        });
+        let v = answers(&rl, "192.0.2.1", &name, t0, Duration::ZERO, 12);
+        assert!(matches!(v[10], RrlVerdict::WouldLimit(l) if l.started));
+        assert_eq!(limited(&v), 0);
+        assert_eq!(rl.stats().limited, 2);
+        // Dry run never stops a query before forwarding.
+        assert_eq!(
+            rl.rrl_before_forward_at(ip("192.0.2.1"), &name, 1, t0),
+            RrlVerdict::Allow
+        );
+    }
+
+    #[test]
+    fn rrl_before_forward_only_stops_a_spent_positive_budget() {
+        let rl = RateLimiter::new(&rrl_cfg());
+        let name = wire("a.example.");
+        let t0 = Instant::now();
+        let before = |at: Instant| rl.rrl_before_forward_at(ip("192.0.2.1"), &name, 1, at);
+        assert_eq!(before(t0), RrlVerdict::Allow, "unseen");
+        answers(&rl, "192.0.2.1", &name, t0, Duration::ZERO, 9);
+        assert_eq!(before(t0), RrlVerdict::Allow, "room for one more");
+        let checks = rl.stats().checks;
+        answers(&rl, "192.0.2.1", &name, t0, Duration::ZERO, 1);
+        assert!(matches!(before(t0), RrlVerdict::Limited(l) if l.kind == RrlKind::Positive));
+        assert_eq!(
+            rl.stats().checks,
+            checks + 2,
+            "the stop is charged like an answer"
+        );
+        // Another type of the same name is another key.
+        assert_eq!(
+            rl.rrl_before_forward_at(ip("192.0.2.1"), &name, 28, t0),
+            RrlVerdict::Allow
+        );
+    }
+
+    #[test]
+    fn switching_mode_starts_an_empty_table() {
+        let rl = RateLimiter::new(&cfg());
+        let t0 = Instant::now();
+        send(&rl, ip("192.0.2.1"), t0, Duration::ZERO, 101);
+        assert_eq!(rl.blocked_now_at(t0), 1);
+        rl.reconfigure(&RateLimitConfig {
+            ipv4_prefix: 32,
+            ..rrl_cfg()
+        });
+        assert_eq!(rl.tracked_at(t0), 0);
+        let v = answers(
+            &rl,
+            "192.0.2.1",
+            &wire("a.example."),
+            t0,
+            Duration::ZERO,
+            10,
+        );
+        assert_eq!(limited(&v), 0);
     }
 
     #[test]

@@ -679,3 +679,33 @@ fn a_signed_in_process_answer_carries_the_cookie_and_still_validates() {
     assert_eq!(checked.len(), 1, "{checked:?}");
     assert_eq!(checked[0].key_tag, zsk.tag);
 }
+
+/// RRL (`mode = "rrl"`): a client with a valid server cookie is never limited, for in-process
+/// and forwarded answers alike, while the same answers to a cookieless client at the same
+/// address are slipped or dropped.
+#[test]
+fn a_cookie_client_is_exempt_from_rrl_on_every_path() {
+    let pdns = start_pdns();
+    let rrl = "[ratelimit]\nenabled = true\nmode = \"rrl\"\nresponses_per_second = 2\nslip = 0\n";
+    let d = start(pdns.addr(), S1, None, rrl);
+    let server = d.dns_addr();
+    let learned = the_cookie(&ask(server, IN_PROCESS, &cookie_option(&[5; 8])));
+    for name in [IN_PROCESS, FORWARDED] {
+        // Cookieless: after the burst, most identical answers are dropped (slip 0).
+        let q = query(9, name, &[]);
+        let answered = (0..30)
+            .filter(|_| udp_exchange(server, &q, Duration::from_millis(150)).is_ok())
+            .count();
+        assert!(
+            answered <= 10,
+            "{name}: {answered} of 30 cookieless answered"
+        );
+        // With the cookie: every one answered, with the cookie.
+        for _ in 0..30 {
+            let a = ask(server, name, &cookie_option(&learned));
+            assert_eq!((a.rcode, a.answers), (0, 1), "{name}: {a:?}");
+            assert_eq!(the_cookie(&a), learned);
+        }
+    }
+    assert!(d.metric("dnsteer_rrl_limited_total", &[]) >= 40.0);
+}

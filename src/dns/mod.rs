@@ -17,6 +17,7 @@ pub(crate) mod proxy;
 pub(crate) mod query;
 pub(crate) mod response;
 pub(crate) mod rewrite;
+pub(crate) mod shape;
 #[cfg(test)]
 mod test_packets;
 mod wire;
@@ -31,6 +32,7 @@ pub use query::{Edns, ParseError, Query, parse_query, parse_query_any_version};
 pub(crate) use response::write_badvers;
 pub use response::{EdnsReply, ResponseBuilder, write_error};
 pub use rewrite::{Added, response_matches, restore_response, rewrite_for_upstream};
+pub use shape::{ResponseClass, classify_response, for_each_label};
 
 pub(crate) const HEADER_LEN: usize = 12;
 

@@ -535,7 +535,7 @@ impl TcpForward {
         let snap = w.snapshot();
         let mut resp = resp;
         let asked = (&self.query, self.peer.ip());
-        pipeline::cookie_for_answer(&snap, asked, &self.msg, None, &mut resp);
+        let _ = pipeline::cookie_for_answer(&snap, asked, &self.msg, None, &mut resp);
         pipeline::forwarded_done(
             &snap,
             &w.metrics,

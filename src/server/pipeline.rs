@@ -15,7 +15,7 @@ use crate::dns::{self, EdnsReply, Query, ResponseBuilder, rcode};
 use crate::dnssec::SignerState;
 use crate::flood::BlockTable;
 use crate::forward::cache::{PacketCache, Served};
-use crate::ratelimit::{RateLimiter, Verdict};
+use crate::ratelimit::{RateLimiter, RrlKey, RrlVerdict, Verdict};
 use crate::server::signing::{SignState, TYPE_RRSIG};
 use crate::state::Shared;
 use crate::state::Snapshot;
@@ -204,8 +204,14 @@ fn decide(
     };
     match step {
         ControlFlow::Continue(done) => {
+            if let Some(limited) = rrl_answer(ctx, &asked, received, out) {
+                return limited;
+            }
             account_answer(ctx, &asked, done, received);
             (Action::Reply, done.path)
+        }
+        ControlFlow::Break(done @ (Action::Forward { .. }, _)) => {
+            rrl_before_forward(ctx, &asked, received, out).unwrap_or(done)
         }
         ControlFlow::Break(done) => done,
     }
@@ -245,7 +251,7 @@ struct Asked<'q> {
     udp_size: u16,
     dnssec_ok: bool,
     /// The source address is not spoofed: TCP, or a valid server cookie (RFC 7873). Flood
-    /// blocks do not apply.
+    /// blocks do not apply, and RRL never limits such a source.
     source_proven: bool,
     /// The COOKIE option data of the answer (the query carried one and `[cookies]` is on).
     cookie: Option<[u8; cookie::REPLY_LEN]>,
@@ -349,6 +355,150 @@ fn rate_limit(
             })
         }
     }
+}
+
+/// RRL on an answer made here for UDP (in-process or the packet cache), already in `out`:
+/// `Some` when limited, with `out` turned into its TC=1 slip or the answer dropped.
+#[inline]
+fn rrl_answer(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Option<(Action, AnswerPath)> {
+    if a.source_proven || !ctx.limiter.rrl_active() {
+        return None;
+    }
+    let qname = a.q.qname.as_bytes();
+    let key = RrlKey::of_response(out, qname, a.q.qtype, a.report.zone.known());
+    let verdict = ctx
+        .limiter
+        .rrl_check_at(a.src_ip, key, out.len(), received.into_std());
+    let prefix = limiter_prefix(ctx, a.src_ip);
+    let action = rrl_apply(
+        ctx.metrics,
+        ctx.log,
+        verdict,
+        (a.pkt, a.src_ip, prefix),
+        out,
+    )?;
+    ctx.metrics.query(a.t, Decision::Limited);
+    if let Action::Reply = action {
+        ctx.metrics.response(a.t, rcode::NOERROR);
+    }
+    Some((action, AnswerPath::RateLimited))
+}
+
+/// RRL before a UDP query goes to PowerDNS: when the budget of its positive answer is spent,
+/// the query ends here (slipped or dropped) and PowerDNS is not asked. Other kinds (NXDOMAIN,
+/// NODATA, ...) are only known from the answer, so those queries still go out.
+#[inline]
+fn rrl_before_forward(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    received: Instant,
+    out: &mut Vec<u8>,
+) -> Option<(Action, AnswerPath)> {
+    if a.source_proven || !ctx.limiter.rrl_active() {
+        return None;
+    }
+    let (qname, qtype) = (a.q.qname.as_bytes(), a.q.qtype);
+    let verdict = ctx
+        .limiter
+        .rrl_before_forward_at(a.src_ip, qname, qtype, received.into_std());
+    let prefix = limiter_prefix(ctx, a.src_ip);
+    let action = rrl_apply(
+        ctx.metrics,
+        ctx.log,
+        verdict,
+        (a.pkt, a.src_ip, prefix),
+        out,
+    )?;
+    ctx.metrics.rrl_not_forwarded.inc();
+    ctx.metrics.query(a.t, Decision::Limited);
+    if let Action::Reply = action {
+        ctx.metrics.response(a.t, rcode::NOERROR);
+    }
+    Some((action, AnswerPath::RateLimited))
+}
+
+/// RRL on a forwarded UDP query's answer from PowerDNS, restored for the client in `reply`:
+/// `None` to send it as is, `Some(Reply)` with `reply` turned into the TC=1 slip,
+/// `Some(Drop)` to send nothing. PowerDNS was asked either way.
+pub(crate) fn rrl_forwarded(
+    snap: &Snapshot,
+    metrics: &WorkerMetrics,
+    shared: &Shared,
+    p: &crate::forward::upstream::Pending,
+    reply: &mut Vec<u8>,
+    now: Instant,
+    source_proven: bool,
+) -> Option<Action> {
+    // Over UDP only a valid server cookie proves the source (checked when the answer got its
+    // cookie): RRL never limits it.
+    if source_proven || !shared.limiter.rrl_active() {
+        return None;
+    }
+    let src = p.client.addr.ip().to_canonical();
+    let (qname, zone) = (p.query.qname.as_bytes(), p.report.zone.known());
+    let key = RrlKey::of_response(reply, qname, p.query.qtype, zone);
+    let verdict = shared
+        .limiter
+        .rrl_check_at(src, key, reply.len(), now.into_std());
+    let r = &snap.config.ratelimit;
+    let prefix = if src.is_ipv4() {
+        r.ipv4_prefix
+    } else {
+        r.ipv6_prefix
+    };
+    rrl_apply(
+        metrics,
+        &shared.log,
+        verdict,
+        (&p.packet, src, prefix),
+        reply,
+    )
+}
+
+/// Carries out an RRL verdict on the response in `out` to the query `pkt` from `src`
+/// (whose limiter key is `src/prefix`): None to send it as is; else the TC=1 slip (header and
+/// question only, never larger than the query) written into `out`, or a drop. Counted here.
+fn rrl_apply(
+    metrics: &WorkerMetrics,
+    log: &QueryLog,
+    verdict: RrlVerdict,
+    (pkt, src, prefix): (&[u8], IpAddr, u8),
+    out: &mut Vec<u8>,
+) -> Option<Action> {
+    let (limit, dry_run) = match verdict {
+        RrlVerdict::Allow | RrlVerdict::Exempt => return None,
+        RrlVerdict::WouldLimit(l) => (l, true),
+        RrlVerdict::Limited(l) => (l, false),
+    };
+    if limit.started {
+        log.event(Event::RrlStarted {
+            source: src,
+            prefix,
+            kind: limit.kind.label(),
+            dry_run,
+        });
+    }
+    if dry_run {
+        metrics.would_limit.inc();
+        return None;
+    }
+    if limit.by_bytes {
+        metrics.rrl_by_bytes.inc();
+    }
+    let counts = &metrics.rrl_limited[limit.kind as usize];
+    if limit.slip && dns::write_error(pkt, rcode::NOERROR, out) {
+        out[2] |= 0x02;
+        counts[0].inc();
+        return Some(Action::Reply);
+    }
+    counts[1].inc();
+    metrics.dropped(DropReason::RateLimited);
+    Some(Action::Drop)
 }
 
 /// The answer made here, if there is one (an in-process record, or the packet cache for
@@ -761,7 +911,7 @@ pub(crate) fn servfail_forwarded(
         .max_udp_response(snap.config.restart.max_udp_payload);
     let asked = (&p.query, p.client.addr.ip());
     if let Some(path) = stale_answer(cache, snap, metrics, asked, &p.packet, Some(max), out) {
-        cookie_for_answer(snap, asked, &p.packet, Some(max), out);
+        let _ = cookie_for_answer(snap, asked, &p.packet, Some(max), out);
         f.path = path;
         forwarded_done(snap, metrics, shared, &f, out, None);
         return true;
@@ -779,7 +929,7 @@ pub(crate) fn servfail_forwarded(
     if !dns::write_error(&p.packet, rcode::SERVFAIL, out) {
         return false;
     }
-    cookie_for_answer(snap, asked, &p.packet, Some(max), out);
+    let _ = cookie_for_answer(snap, asked, &p.packet, Some(max), out);
     forwarded_done(snap, metrics, shared, &f, out, None);
     true
 }
@@ -1049,22 +1199,24 @@ fn limited_cookie(
 /// Our COOKIE option into the answer to a forwarded query (PowerDNS's, stale, or SERVFAIL)
 /// when the query carried one: RFC 7873 §5.2 wants it in every answer. PowerDNS's own COOKIE,
 /// if any, is replaced. A TSIG-signed answer is left as it is (its MAC covers the OPT).
+/// True when the query's server cookie is valid (the source is proven: RRL exempts it).
 pub(crate) fn cookie_for_answer(
     snap: &Snapshot,
     (q, client): (&Query, IpAddr),
     pkt: &[u8],
     max_udp: Option<usize>,
     out: &mut Vec<u8>,
-) {
+) -> bool {
     let (Some(secrets), Some(edns)) = (snap.cookies.as_ref(), q.edns) else {
-        return;
+        return false;
     };
     let Some(at) = edns.cookie.filter(|_| !q.signed) else {
-        return;
+        return false;
     };
     let checked = secrets.check(pkt, at, client.to_canonical(), cookie_clock());
     let ours = (snap.config.restart.max_udp_payload, edns.dnssec_ok);
     let _ = dns::rewrite::put_cookie_in_answer(out, &checked.reply, ours, max_udp);
+    checked.outcome == cookie::Outcome::Valid
 }
 
 fn limiter_prefix(ctx: &Ctx<'_>, ip: IpAddr) -> u8 {

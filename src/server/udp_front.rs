@@ -473,10 +473,23 @@ impl Forwarder {
             cache.insert(&req, &p.query, resp, p.added, now, &self.metrics);
         }
         let asked = (&p.query, p.client.addr.ip());
-        pipeline::cookie_for_answer(snap, asked, &p.packet, Some(max), reply);
+        let proven = pipeline::cookie_for_answer(snap, asked, &p.packet, Some(max), reply);
         if reply.get(2).is_some_and(|b| b & 0x02 != 0) {
             self.metrics.truncated.inc();
         }
+        let path = match pipeline::rrl_forwarded(
+            snap,
+            &self.metrics,
+            &self.shared,
+            &p,
+            reply,
+            now,
+            proven,
+        ) {
+            None => AnswerPath::Forwarded,
+            Some(Action::Reply) => AnswerPath::RateLimited,
+            Some(_) => return,
+        };
         pipeline::forwarded_done(
             snap,
             &self.metrics,
@@ -488,7 +501,7 @@ impl Forwarder {
                 packet: &p.packet,
                 received: p.received_at,
                 report: p.report,
-                path: AnswerPath::Forwarded,
+                path,
             },
             reply,
             Some(server.server.addr),

@@ -36,6 +36,11 @@ impl ZoneSlot {
     pub(crate) fn index(self) -> usize {
         usize::from(self.0)
     }
+
+    /// The zone's index when the name is under a known zone (rate limiting keys on it).
+    pub(crate) fn known(self) -> Option<u8> {
+        (self != ZoneSlot::OTHER && self != ZoneSlot::DROPPED).then_some(self.0)
+    }
 }
 
 /// Query types with their own `type` label (CoreDNS's set plus NAPTR, SVCB, HTTPS, CAA);

@@ -208,6 +208,12 @@ pub struct WorkerMetrics {
     pub(crate) malformed: [Cnt; 5],
     pub(crate) limited_by_action: [Cnt; 3],
     pub(crate) would_limit: Cnt,
+    /// rrl mode: limited responses by kind (`RrlKind` order) and outcome (0 slipped, 1 dropped).
+    pub(crate) rrl_limited: [[Cnt; 2]; 5],
+    /// rrl mode: limited by the prefix's byte budget.
+    pub(crate) rrl_by_bytes: Cnt,
+    /// rrl mode: UDP queries limited before forwarding (PowerDNS not asked).
+    pub(crate) rrl_not_forwarded: Cnt,
     pub(crate) latency: [Hist; 2],
     pub(crate) tcp_accepted: Cnt,
     pub(crate) tcp_closed_idle: Cnt,

@@ -44,6 +44,13 @@ pub(crate) enum Event {
         prefix: u8,
         dry_run: bool,
     },
+    /// rrl mode: a key's responses started being limited (one event per run).
+    RrlStarted {
+        source: IpAddr,
+        prefix: u8,
+        kind: &'static str,
+        dry_run: bool,
+    },
     FormErr {
         client: IpAddr,
         reason: &'static str,
@@ -255,6 +262,18 @@ fn log_event(e: &Event) {
             source = %format_args!("{source}/{prefix}"),
             dry_run,
             "source over its rate: blocked"
+        ),
+        Event::RrlStarted {
+            source,
+            prefix,
+            kind,
+            dry_run,
+        } => tracing::warn!(
+            target: "dnsteer::ratelimit",
+            source = %format_args!("{source}/{prefix}"),
+            kind,
+            dry_run,
+            "responses over their rate: limiting (rrl)"
         ),
         Event::FormErr { client, reason } => {
             tracing::info!(target: "dnsteer::query", client = %client, reason, "malformed query answered FORMERR");
