@@ -706,6 +706,37 @@ fn forward6(qname: &[u8], zone: &[u8], t: &mut Text) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `closestMagic()`'s candidates, as 4.7.3 reads them: the query name's labels from the left,
+/// each with every `-` made a `.` and parsed as `ComboAddress` (so `inet_aton` forms such as
+/// `10-1` or a plain number count too), stopping at the first label that is no address.
+/// Nothing is allocated: each label is rewritten in a 63-byte buffer.
+pub(crate) fn magic_addresses(qname: &[u8]) -> impl Iterator<Item = IpAddr> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let n = usize::from(*qname.get(at)?);
+        let label = qname.get(at + 1..at + 1 + n).filter(|_| n > 0)?;
+        at += 1 + n;
+        let mut buf = [0u8; 63];
+        let text = buf.get_mut(..n)?;
+        for (d, s) in text.iter_mut().zip(label) {
+            *d = if *s == b'-' { b'.' } else { *s };
+        }
+        combo_address(text)
+    })
+}
+
+/// `ip` as PowerDNS's `ComboAddress::toString` prints it, read as `rtype`'s presentation
+/// format (so an IPv6 address fails an A record).
+pub(crate) fn address_rdata(
+    rtype: RecordType,
+    ip: IpAddr,
+    out: &mut [u8; 256],
+) -> Result<usize, Failed> {
+    let mut t = Text::new();
+    t.put_ip(ip);
+    to_rdata(rtype, t.as_bytes(), out)
+}
+
 /// PowerDNS `ComboAddress(string)`: IPv4 by `inet_aton` (with an optional `:port`), else IPv6.
 pub(crate) fn combo_address(s: &[u8]) -> Option<IpAddr> {
     if let Some(v4) = ipv4_with_port(s) {
@@ -1101,6 +1132,27 @@ mod tests {
             ptr("2001:db8:0:0:1::").as_deref(),
             Some("2001-db8-0-0-1--.v6.example.test.")
         );
+    }
+
+    #[test]
+    fn magic_addresses_stop_at_the_first_non_address() {
+        let addrs = |name: &str| {
+            let wire = crate::dns::name_from_text_keep_case(name).unwrap();
+            magic_addresses(&wire)
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            addrs("193-0-6-139.8-8-8-8.magic.example.test."),
+            ["193.0.6.139", "8.8.8.8"]
+        );
+        assert_eq!(addrs("8-8-8-8.x.1-1-1-1.example."), ["8.8.8.8"]);
+        assert_eq!(
+            addrs("1-1-257.0x8-8-8-8.7.x."),
+            ["1.1.1.1", "8.8.8.8", "0.0.0.7"]
+        );
+        assert!(addrs("300-1-1-1.8-8-8-8.x.").is_empty());
+        assert!(addrs(".").is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
-    createForward, createForward6, filterForward, picknamehashed, pickselfweighted";
+    createForward, createForward6, filterForward, picknamehashed, pickselfweighted, closestMagic";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -246,6 +246,9 @@ pub(crate) enum Rule {
     NameHashed(Weighted),
     /// `pickselfweighted` (PowerDNS 5.0+): candidates weighted by their probe's body.
     SelfWeighted(Vec<Candidate>),
+    /// `closestMagic()`: the address among the query name's leading labels
+    /// ([`crate::steer::generate::magic_addresses`]) nearest to the client.
+    ClosestMagic,
 }
 
 impl Rule {
@@ -1857,6 +1860,10 @@ impl Compiler<'_> {
             }
             "createReverse" | "createReverse6" | "createForward" | "createForward6"
             | "filterForward" => self.generator(name, args).map(Rule::Generate),
+            "closestMagic" => {
+                arity(0, 0)?;
+                Ok(Rule::ClosestMagic)
+            }
             "picknamehashed" => {
                 arity(1, 1)?;
                 Ok(Rule::NameHashed(self.weighted(&args[0], name, true)?))
