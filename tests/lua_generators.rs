@@ -316,7 +316,7 @@ fn a_name_only_powerdns_holds_is_never_shadowed() {
     assert_eq!(answers, vec![format!("10-0-0-1.{EXAMPLE} A 10.0.0.1")]);
 }
 
-/// `closestMagic()` under wildcard owners, PowerDNS 4.7.3 with the geoip backend against
+/// `closestMagic()` and `latlonMagic()` under wildcard owners, PowerDNS 4.7.3 with the geoip backend against
 /// dnsteer (by zone transfer) with the same City database, asked with ECS from several
 /// continents. 4.7.3 reads the query name's labels from the left, `-` made `.`, each parsed as
 /// `ComboAddress` (inet_aton forms included), and stops at the first label that is none; no
@@ -333,6 +333,7 @@ fn closest_magic_answers_like_powerdns() {
             ("*", "A", "closestMagic()"),
             ("*", "TXT", "closestMagic()"),
             ("*.six", "AAAA", "closestMagic()"),
+            ("*.ll", "TXT", "latlonMagic()"),
         ],
         "ns1 IN A 192.0.2.53\n",
     );
@@ -363,6 +364,21 @@ fn closest_magic_answers_like_powerdns() {
         "010-8-8-8.193-0-6-139",
         "8-8-8-8.six",
         "193-0-6-139.six",
+    ];
+    // latlonMagic(): labels 3.2.1.0 as an inet_pton address; no address or an unlocated one
+    // gives 0, 0 (fewer than four labels, "unknown", cannot happen below this zone).
+    let latlon_names = [
+        "139.6.0.193.ll",
+        "8.8.8.8.ll",
+        "1.92.140.210.ll",
+        "1.113.0.203.ll",
+        "8.8.8.010.ll",
+        "8.8.8.0x8.ll",
+        "x.y.z.w.ll",
+        "7.8.8.8.8.ll",
+        "8.8.8.8.x.ll",
+        "8-8-8-8.ll",
+        "a.b.ll",
     ];
     let ecs = [
         "80.81.82.0/24",
@@ -408,6 +424,19 @@ fn closest_magic_answers_like_powerdns() {
             }
         }
     }
+    for name in latlon_names {
+        let qname = format!("{name}.{ZONE}");
+        for subnet in &ecs[..2] {
+            asked += 1;
+            let want = ask_ecs(pdns.addr(), &qname, RecordType::TXT, subnet);
+            let got = ask_ecs(front, &qname, RecordType::TXT, subnet);
+            if want != got {
+                mismatches.push(format!(
+                    "{qname} TXT ECS {subnet}: powerdns {want:?}, dnsteer {got:?}"
+                ));
+            }
+        }
+    }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     let after = inproc::get(app.metrics_addr, "/metrics");
     let in_process = |t: &str| {
@@ -433,4 +462,14 @@ fn closest_magic_answers_like_powerdns() {
         [format!("193-0-6-139.8-8-8-8.{ZONE} A 8.8.8.8")]
     );
     assert_eq!(a("www", "45.33.32.0/24").0, ResponseCode::ServFail);
+    let t = |name: &str| ask_ecs(front, &format!("{name}.{ZONE}"), RecordType::TXT, ecs[0]).1;
+    assert_eq!(
+        t("139.6.0.193.ll"),
+        [format!("139.6.0.193.ll.{ZONE} TXT 52.367600 4.904100")]
+    );
+    // Five labels: `magic.ll.b.a` is no address.
+    assert_eq!(
+        t("a.b.ll"),
+        [format!("a.b.ll.{ZONE} TXT 0.000000 0.000000")]
+    );
 }

@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
-    createForward, createForward6, filterForward, picknamehashed, pickselfweighted, closestMagic";
+    createForward, createForward6, filterForward, picknamehashed, pickselfweighted, closestMagic, latlonMagic";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -249,6 +249,9 @@ pub(crate) enum Rule {
     /// `closestMagic()`: the address among the query name's leading labels
     /// ([`crate::steer::generate::magic_addresses`]) nearest to the client.
     ClosestMagic,
+    /// `latlonMagic()`: `"%f %f"` of the address the query name spells
+    /// ([`crate::steer::generate::latlon_magic_address`]).
+    LatLonMagic,
 }
 
 impl Rule {
@@ -1863,6 +1866,10 @@ impl Compiler<'_> {
             "closestMagic" => {
                 arity(0, 0)?;
                 Ok(Rule::ClosestMagic)
+            }
+            "latlonMagic" => {
+                arity(0, 0)?;
+                Ok(Rule::LatLonMagic)
             }
             "picknamehashed" => {
                 arity(1, 1)?;

@@ -371,7 +371,7 @@ impl<'a> Builder<'a> {
         }
         if !self.geoip && needs_geo(&rule) {
             return Err(
-                "country/continent/region and their codes, latlon and latlonloc need a GeoIP database: set [geoip] database"
+                "country/continent/region and their codes, latlon, latlonloc and latlonMagic need a GeoIP database: set [geoip] database"
                     .into(),
             );
         }
@@ -448,8 +448,8 @@ fn uses_pickclosest(rule: &Rule) -> bool {
 fn needs_geo(rule: &Rule) -> bool {
     let mut found = rule.any_cond(&|c| matches!(c, Cond::Geo(..)));
     rule.visit(&mut |r| {
-        found |=
-            matches!(r, Rule::Text(pieces) if pieces.iter().any(|p| !matches!(p, Piece::Lit(_))));
+        found |= matches!(r, Rule::LatLonMagic)
+            || matches!(r, Rule::Text(pieces) if pieces.iter().any(|p| !matches!(p, Piece::Lit(_))));
     });
     found
 }
@@ -1166,6 +1166,29 @@ impl RecordSet {
                 let n = generate::address_rdata(rtype, ip, &mut buf).map_err(|_| bad())?;
                 self.push(sink, &buf[..n]);
                 PartResult::primary(1, q.geo_scope())
+            }
+            Rule::LatLonMagic => {
+                let rtype = RecordType::from_code(self.rtype).unwrap_or(RecordType::Txt);
+                let mut text = [0u8; 96];
+                let n = match generate::latlon_magic_address(q.qname) {
+                    None => {
+                        text[..7].copy_from_slice(b"unknown");
+                        7
+                    }
+                    // PowerDNS reads an unknown location as 0, 0.
+                    Some(addr) => {
+                        let (lat, lon) = addr.and_then(|a| q.geo?.locate(a)).map_or((0, 0), |l| {
+                            ((l.lat * 1e6).round() as i64, (l.lon * 1e6).round() as i64)
+                        });
+                        lua::latlon_text(lat, lon, &mut text)
+                    }
+                };
+                let mut rdata = [0u8; 256];
+                let n = lua::encode_text_into(rtype, &text[..n], &mut rdata)
+                    .ok_or(EvalError::BadResult(rtype.name()))?;
+                self.push(sink, &rdata[..n]);
+                // Depends on the name only, not on the client.
+                PartResult::primary(1, 0)
             }
             // Linked separately above.
             Rule::Closest(_) | Rule::IfUp(_) | Rule::Branch(_) | Rule::SelfWeighted(_) => {
