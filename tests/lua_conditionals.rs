@@ -13,6 +13,8 @@
 //! - `latlon()` of an unknown client is `0.000000 0.000000`; `latlonloc()` prints whole
 //!   degrees and minutes and the seconds as a C++ stream prints a double, 0 counting as S/W:
 //!   an unknown client gets `0 0 -0 S 0 0 -0 W 0.00m 1.00m 10000.00m 10.00m` (negated zero).
+//! - `==`/`~=` compare bytes: `countryCode() == 'NL'` never holds, `'--'` matches an unknown
+//!   client, `'1' ~= 1` (no coercion).
 
 mod inproc;
 mod support;
@@ -69,6 +71,32 @@ const RECORDS: &[(&str, &str, &str)] = &[
         "notin",
         "A",
         ";local far = {'192.0.2.70','192.0.2.71'} if not (continent('eu') or region({'ny','ca'})) then return far end return '192.0.2.72'",
+    ),
+    (
+        "eq",
+        "TXT",
+        ";if countryCode() == 'nl' then return 'dutch' else return 'not dutch' end",
+    ),
+    // Lua compares bytes and the code is lower-case: never true in PowerDNS either.
+    (
+        "equpper",
+        "TXT",
+        ";if countryCode() == 'NL' or continentCode() == 'unknown' then return 'yes' end return 'no'",
+    ),
+    (
+        "eqcont",
+        "A",
+        ";local c = continentCode() if 'eu' == c or c == 'as' then return '192.0.2.80' elseif c ~= '--' then return '192.0.2.81' end return '192.0.2.82'",
+    ),
+    (
+        "eqregion",
+        "TXT",
+        ";if regionCode() == 'ny' and countryCode() ~= 'ca' then return 'ny' elseif regionCode() == '--' then return 'none' end return regionCode()",
+    ),
+    (
+        "eqlit",
+        "TXT",
+        ";x = 'a' if x == 'a' and 1 == 1.0 and '1' ~= 1 and nil ~= false then return 'lit' end return 'no'",
     ),
 ];
 
@@ -249,6 +277,25 @@ fn conditionals_match_powerdns_for_clients_everywhere() {
         one("loc", RecordType::TXT, "193.0.6.0/24"),
         ["52 22 3.36 N 4 54 14.76 E 0.00m 1.00m 10000.00m 10.00m"]
     );
+    assert_eq!(one("eq", RecordType::TXT, "193.0.6.0/24"), ["dutch"]);
+    assert_eq!(one("eq", RecordType::TXT, "8.8.8.0/24"), ["not dutch"]);
+    assert_eq!(one("equpper", RecordType::TXT, "193.0.6.0/24"), ["no"]);
+    assert_eq!(one("equpper", RecordType::TXT, "203.0.113.0/24"), ["no"]);
+    assert_eq!(
+        one("eqcont", RecordType::A, "80.81.192.0/24"),
+        ["192.0.2.80"]
+    );
+    assert_eq!(
+        one("eqcont", RecordType::A, "200.160.0.0/24"),
+        ["192.0.2.81"]
+    );
+    assert_eq!(
+        one("eqcont", RecordType::A, "203.0.113.0/24"),
+        ["192.0.2.82"]
+    );
+    assert_eq!(one("eqregion", RecordType::TXT, "8.8.8.0/24"), ["ny"]);
+    assert_eq!(one("eqregion", RecordType::TXT, "203.116.0.0/24"), ["none"]);
+    assert_eq!(one("eqlit", RecordType::TXT, "10.1.2.0/24"), ["lit"]);
 }
 
 /// The same zone read by AXFR: the `LUA LUA` record is included by the others of its zone.

@@ -315,3 +315,161 @@ fn a_name_only_powerdns_holds_is_never_shadowed() {
     let (_, answers) = ask(front, &format!("10-0-0-1.{EXAMPLE}"), RecordType::A);
     assert_eq!(answers, vec![format!("10-0-0-1.{EXAMPLE} A 10.0.0.1")]);
 }
+
+/// `closestMagic()` and `latlonMagic()` under wildcard owners, PowerDNS 4.7.3 with the geoip backend against
+/// dnsteer (by zone transfer) with the same City database, asked with ECS from several
+/// continents. 4.7.3 reads the query name's labels from the left, `-` made `.`, each parsed as
+/// `ComboAddress` (inet_aton forms included), and stops at the first label that is none; no
+/// address at all raises (SERVFAIL); the result is printed as `ComboAddress::toString` and read
+/// as the record type. Clients and candidates are all located and far from ties, where planar
+/// and great-circle distance agree (dnsteer's documented deviations: 4.7.3 measures planar
+/// degrees, so a Beijing client gets Sydney over Amsterdam, and puts an unlocated address at
+/// 0°,0°).
+#[test]
+fn closest_magic_answers_like_powerdns() {
+    const ZONE: &str = "magic.test.";
+    let zone = zone_text(
+        &[
+            ("*", "A", "closestMagic()"),
+            ("*", "TXT", "closestMagic()"),
+            ("*.six", "AAAA", "closestMagic()"),
+            ("*.ll", "TXT", "latlonMagic()"),
+        ],
+        "ns1 IN A 192.0.2.53\n",
+    );
+    let city = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("geoip/test-city.mmdb");
+    let pdns = Pdns::start_geo(&[(ZONE, &zone)], &city, &["edns-subnet-processing=yes"]);
+    let (app, _dir) = inproc::start_with(
+        &[pdns.addr()],
+        &format!(
+            "[geoip]\ndatabase = \"{}\"\n[zones]\ntransfer = [\"{ZONE}\"]\n",
+            city.display()
+        ),
+    );
+    let front = app.dns_addrs[0];
+    let names = [
+        "193-0-6-139.8-8-8-8",
+        "8-8-8-8.193-0-6-139",
+        "193-0-6-139.8-8-8-8.210-140-92-1.1-1-1-1",
+        "8-8-8-8",
+        // Stops at `x`: 193.0.6.139 is never a candidate.
+        "8-8-8-8.x.193-0-6-139",
+        // The first label is no address: no candidates, SERVFAIL.
+        "www",
+        "300-1-1-1.8-8-8-8",
+        // inet_aton forms: three parts, one number, hex, octal.
+        "1-1-257.8-8-8-8",
+        "16843009.8-8-8-8",
+        "0x8-8-8-8.193-0-6-139",
+        "010-8-8-8.193-0-6-139",
+        "8-8-8-8.six",
+        "193-0-6-139.six",
+    ];
+    // latlonMagic(): labels 3.2.1.0 as an inet_pton address; no address or an unlocated one
+    // gives 0, 0 (fewer than four labels, "unknown", cannot happen below this zone).
+    let latlon_names = [
+        "139.6.0.193.ll",
+        "8.8.8.8.ll",
+        "1.92.140.210.ll",
+        "1.113.0.203.ll",
+        "8.8.8.010.ll",
+        "8.8.8.0x8.ll",
+        "x.y.z.w.ll",
+        "7.8.8.8.8.ll",
+        "8.8.8.8.x.ll",
+        "8-8-8-8.ll",
+        "a.b.ll",
+    ];
+    let ecs = [
+        "80.81.82.0/24",
+        "45.33.32.0/24",
+        "101.0.0.0/24",
+        "139.130.4.0/24",
+        "193.0.6.0/24",
+        "210.140.92.0/24",
+        "200.160.0.0/24",
+    ];
+    let ask_ecs = |server, name: &str, qtype, subnet| {
+        let m = dns_query(server, name, qtype, &QueryOpts::udp().ecs(subnet)).unwrap();
+        outcome(&m)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ask_ecs(front, &format!("8-8-8-8.{ZONE}"), RecordType::A, ecs[0])
+        .1
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "zone not transferred");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = inproc::get(app.metrics_addr, "/metrics");
+    let mut mismatches = Vec::new();
+    let mut asked = 0u32;
+    for name in names {
+        let qname = format!("{name}.{ZONE}");
+        let qtypes: &[RecordType] = if name.ends_with("six") {
+            &[RecordType::AAAA]
+        } else {
+            &[RecordType::A, RecordType::TXT]
+        };
+        for &qtype in qtypes {
+            for subnet in ecs {
+                asked += 1;
+                let want = ask_ecs(pdns.addr(), &qname, qtype, subnet);
+                let got = ask_ecs(front, &qname, qtype, subnet);
+                if want != got {
+                    mismatches.push(format!(
+                        "{qname} {qtype} ECS {subnet}: powerdns {want:?}, dnsteer {got:?}"
+                    ));
+                }
+            }
+        }
+    }
+    for name in latlon_names {
+        let qname = format!("{name}.{ZONE}");
+        for subnet in &ecs[..2] {
+            asked += 1;
+            let want = ask_ecs(pdns.addr(), &qname, RecordType::TXT, subnet);
+            let got = ask_ecs(front, &qname, RecordType::TXT, subnet);
+            if want != got {
+                mismatches.push(format!(
+                    "{qname} TXT ECS {subnet}: powerdns {want:?}, dnsteer {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    let after = inproc::get(app.metrics_addr, "/metrics");
+    let in_process = |t: &str| {
+        ["rule", "error"]
+            .iter()
+            .map(|d| {
+                inproc::metric(
+                    t,
+                    &format!("dnsteer_queries_total{{transport=\"udp\",decision=\"{d}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(in_process(&after) - in_process(&before), f64::from(asked));
+    // Spot checks, so both servers being wrong alike is caught.
+    let a = |name: &str, subnet| ask_ecs(front, &format!("{name}.{ZONE}"), RecordType::A, subnet);
+    assert_eq!(
+        a("193-0-6-139.8-8-8-8", "80.81.82.0/24").1,
+        [format!("193-0-6-139.8-8-8-8.{ZONE} A 193.0.6.139")]
+    );
+    assert_eq!(
+        a("193-0-6-139.8-8-8-8", "45.33.32.0/24").1,
+        [format!("193-0-6-139.8-8-8-8.{ZONE} A 8.8.8.8")]
+    );
+    assert_eq!(a("www", "45.33.32.0/24").0, ResponseCode::ServFail);
+    let t = |name: &str| ask_ecs(front, &format!("{name}.{ZONE}"), RecordType::TXT, ecs[0]).1;
+    assert_eq!(
+        t("139.6.0.193.ll"),
+        [format!("139.6.0.193.ll.{ZONE} TXT 52.367600 4.904100")]
+    );
+    // Five labels: `magic.ll.b.a` is no address.
+    assert_eq!(
+        t("a.b.ll"),
+        [format!("a.b.ll.{ZONE} TXT 0.000000 0.000000")]
+    );
+}

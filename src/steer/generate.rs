@@ -706,6 +706,82 @@ fn forward6(qname: &[u8], zone: &[u8], t: &mut Text) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `closestMagic()`'s candidates, as 4.7.3 reads them: the query name's labels from the left,
+/// each with every `-` made a `.` and parsed as `ComboAddress` (so `inet_aton` forms such as
+/// `10-1` or a plain number count too), stopping at the first label that is no address.
+/// Nothing is allocated: each label is rewritten in a 63-byte buffer.
+pub(crate) fn magic_addresses(qname: &[u8]) -> impl Iterator<Item = IpAddr> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let n = usize::from(*qname.get(at)?);
+        let label = qname.get(at + 1..at + 1 + n).filter(|_| n > 0)?;
+        at += 1 + n;
+        let mut buf = [0u8; 63];
+        let text = buf.get_mut(..n)?;
+        for (d, s) in text.iter_mut().zip(label) {
+            *d = if *s == b'-' { b'.' } else { *s };
+        }
+        combo_address(text)
+    })
+}
+
+/// The address `latlonMagic()` locates: labels 3, 2, 1, 0 joined with `.` (a reverse-style
+/// name, `139.6.0.193.x.example.` → 193.0.6.139), read as 4.7.3's `Netmask` reads it
+/// (`inet_pton`, so no `inet_aton` forms, else IPv6; the part before a `/`). `None`: fewer than
+/// four labels (the function returns `unknown`); `Some(None)`: no address (located nowhere).
+pub(crate) fn latlon_magic_address(qname: &[u8]) -> Option<Option<IpAddr>> {
+    let l = Labels::of(qname);
+    if l.len < 4 {
+        return None;
+    }
+    let mut t = Text::new();
+    for i in [3, 2, 1, 0] {
+        if i < 3 {
+            t.put(b".");
+        }
+        t.put(l.get(i));
+    }
+    let joined = t.as_bytes();
+    let addr = joined.split(|c| *c == b'/').next().unwrap_or(joined);
+    Some(
+        pton_v4(addr)
+            .map(IpAddr::V4)
+            .or_else(|| match combo_address(addr) {
+                Some(IpAddr::V6(a)) => Some(IpAddr::V6(a)),
+                _ => None,
+            }),
+    )
+}
+
+/// glibc `inet_pton(AF_INET)`: exactly four decimal octets, no leading zeros.
+fn pton_v4(s: &[u8]) -> Option<Ipv4Addr> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split(|c| *c == b'.');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        if !p.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        *o = u8::try_from(p.iter().fold(0u32, |v, d| v * 10 + u32::from(d - b'0'))).ok()?;
+    }
+    parts.next().is_none().then_some(Ipv4Addr::from(out))
+}
+
+/// `ip` as PowerDNS's `ComboAddress::toString` prints it, read as `rtype`'s presentation
+/// format (so an IPv6 address fails an A record).
+pub(crate) fn address_rdata(
+    rtype: RecordType,
+    ip: IpAddr,
+    out: &mut [u8; 256],
+) -> Result<usize, Failed> {
+    let mut t = Text::new();
+    t.put_ip(ip);
+    to_rdata(rtype, t.as_bytes(), out)
+}
+
 /// PowerDNS `ComboAddress(string)`: IPv4 by `inet_aton` (with an optional `:port`), else IPv6.
 pub(crate) fn combo_address(s: &[u8]) -> Option<IpAddr> {
     if let Some(v4) = ipv4_with_port(s) {
@@ -1101,6 +1177,45 @@ mod tests {
             ptr("2001:db8:0:0:1::").as_deref(),
             Some("2001-db8-0-0-1--.v6.example.test.")
         );
+    }
+
+    #[test]
+    fn magic_addresses_stop_at_the_first_non_address() {
+        let addrs = |name: &str| {
+            let wire = crate::dns::name_from_text_keep_case(name).unwrap();
+            magic_addresses(&wire)
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            addrs("193-0-6-139.8-8-8-8.magic.example.test."),
+            ["193.0.6.139", "8.8.8.8"]
+        );
+        assert_eq!(addrs("8-8-8-8.x.1-1-1-1.example."), ["8.8.8.8"]);
+        assert_eq!(
+            addrs("1-1-257.0x8-8-8-8.7.x."),
+            ["1.1.1.1", "8.8.8.8", "0.0.0.7"]
+        );
+        assert!(addrs("300-1-1-1.8-8-8-8.x.").is_empty());
+        assert!(addrs(".").is_empty());
+    }
+
+    #[test]
+    fn latlon_magic_reads_four_labels_backwards() {
+        let addr = |name: &str| {
+            let wire = crate::dns::name_from_text_keep_case(name).unwrap();
+            latlon_magic_address(&wire).map(|a| a.map(|a| a.to_string()))
+        };
+        assert_eq!(
+            addr("139.6.0.193.x.test."),
+            Some(Some("193.0.6.139".into()))
+        );
+        assert_eq!(addr("4.3.2.1."), Some(Some("1.2.3.4".into())));
+        // inet_pton: no octal, hex or short forms.
+        assert_eq!(addr("8.8.8.010.x."), Some(None));
+        assert_eq!(addr("8.8.8.0x8.x."), Some(None));
+        assert_eq!(addr("1.1.x.y."), Some(None));
+        assert_eq!(addr("a.b.c."), None);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub(crate) const DEFAULT_USER_AGENT: &str = "PowerDNS Authoritative Server";
 
 const SUPPORTED: &str = "ifurlup, ifportup, ifurlextup, pickrandom, pickrandomsample, pickhashed, \
     pickwhashed, pickwrandom, pickchashed, pickclosest, all, view, createReverse, createReverse6, \
-    createForward, createForward6, filterForward, picknamehashed, pickselfweighted";
+    createForward, createForward6, filterForward, picknamehashed, pickselfweighted, closestMagic, latlonMagic";
 
 /// Tables nested deeper than this are refused (bodies from zone transfers are untrusted).
 const MAX_DEPTH: usize = 16;
@@ -189,6 +189,18 @@ pub(crate) struct Branch {
     pub(crate) other: Rule,
 }
 
+/// A literal as `==` compares it (Lua: values of different types are never equal).
+#[derive(Debug, PartialEq)]
+enum Lit {
+    Str(Vec<u8>),
+    Num(f64),
+    Bool(bool),
+    Nil,
+}
+
+/// What `==` and `~=` compile, for error messages.
+const COMPARISONS: &str = "== and ~= compare countryCode(), continentCode() or regionCode() with a string, or two literals";
+
 /// Match values to codes: lower-case, at most 4 bytes (longer ones can never match).
 fn codes(texts: Vec<Vec<u8>>) -> Vec<Code> {
     texts
@@ -234,6 +246,12 @@ pub(crate) enum Rule {
     NameHashed(Weighted),
     /// `pickselfweighted` (PowerDNS 5.0+): candidates weighted by their probe's body.
     SelfWeighted(Vec<Candidate>),
+    /// `closestMagic()`: the address among the query name's leading labels
+    /// ([`crate::steer::generate::magic_addresses`]) nearest to the client.
+    ClosestMagic,
+    /// `latlonMagic()`: `"%f %f"` of the address the query name spells
+    /// ([`crate::steer::generate::latlon_magic_address`]).
+    LatLonMagic,
 }
 
 impl Rule {
@@ -547,6 +565,8 @@ enum Expr {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Concat(Box<Expr>, Box<Expr>),
+    /// `a == b`, or `a ~= b` when the flag is set.
+    Eq(Box<Expr>, Box<Expr>, bool),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -838,7 +858,7 @@ impl<'a> Parser<'a> {
     }
 
     fn and_expr(&mut self) -> Result<Expr, LuaError> {
-        let mut e = self.concat()?;
+        let mut e = self.comparison()?;
         let mut n = 0;
         while self.is_keyword("and") {
             n += 1;
@@ -846,9 +866,34 @@ impl<'a> Parser<'a> {
                 return self.err(format!("more than {MAX_CHAIN} 'and' in a row"));
             }
             self.bump()?;
-            e = Expr::And(Box::new(e), Box::new(self.concat()?));
+            e = Expr::And(Box::new(e), Box::new(self.comparison()?));
         }
         Ok(e)
+    }
+
+    /// `a == b` and `a ~= b` (left-associative, as in Lua); the ordering comparisons are
+    /// refused by name.
+    fn comparison(&mut self) -> Result<Expr, LuaError> {
+        let mut e = self.concat()?;
+        let mut n = 0;
+        loop {
+            let ne = match self.tok {
+                Tok::Op("==") => false,
+                Tok::Op("~=") => true,
+                Tok::Op(op @ ("<" | ">" | "<=" | ">=")) => {
+                    return unsupported(format!(
+                        "unsupported construct: operator '{op}' (comparisons are limited to == and ~=)"
+                    ));
+                }
+                _ => return Ok(e),
+            };
+            n += 1;
+            if n > MAX_CHAIN {
+                return self.err(format!("more than {MAX_CHAIN} comparisons in a row"));
+            }
+            self.bump()?;
+            e = Expr::Eq(Box::new(e), Box::new(self.concat()?), ne);
+        }
     }
 
     /// `a .. b .. c`, right-associative as in Lua.
@@ -1061,7 +1106,7 @@ fn unsupported_function<T>(name: &str) -> Result<T, LuaError> {
 
 fn unsupported_operator<T>(op: &str) -> Result<T, LuaError> {
     unsupported(format!(
-        "unsupported construct: operator '{op}' (only calls and literals are supported)"
+        "unsupported construct: operator '{op}' (only calls, literals, '..', and/or/not, and == or ~= on geo codes and literals are supported)"
     ))
 }
 
@@ -1305,9 +1350,11 @@ fn pure(e: &Expr) -> bool {
         Expr::Call { name, args } => {
             GEO_FUNCTIONS.contains(&name.as_str()) && args.iter().all(pure)
         }
-        Expr::Index(a, b) | Expr::And(a, b) | Expr::Or(a, b) | Expr::Concat(a, b) => {
-            pure(a) && pure(b)
-        }
+        Expr::Index(a, b)
+        | Expr::And(a, b)
+        | Expr::Or(a, b)
+        | Expr::Concat(a, b)
+        | Expr::Eq(a, b, _) => pure(a) && pure(b),
         Expr::Not(a) => pure(a),
     }
 }
@@ -1354,6 +1401,20 @@ fn resolve(e: &Expr, env: &Env) -> Result<Expr, LuaError> {
         Expr::And(a, b) => Expr::And(r(a)?, r(b)?),
         Expr::Or(a, b) => Expr::Or(r(a)?, r(b)?),
         Expr::Concat(a, b) => Expr::Concat(r(a)?, r(b)?),
+        Expr::Eq(a, b, ne) => {
+            // Names PowerDNS sets per query (qname, who, bestwho…) are not values we know at
+            // load: say that the comparison is what cannot be compiled.
+            let side = |x: &Expr| {
+                r(x).map_err(|e| match x {
+                    Expr::Var(name) => LuaError::Unsupported(format!(
+                        "unsupported construct: operator '{}' on '{name}' ({COMPARISONS})",
+                        if *ne { "~=" } else { "==" }
+                    )),
+                    _ => e,
+                })
+            };
+            Expr::Eq(side(a)?, side(b)?, *ne)
+        }
     })
 }
 
@@ -1417,7 +1478,7 @@ fn what(e: &Expr) -> &'static str {
         Expr::Table(_) => "a table",
         Expr::Call { .. } => "a function call",
         Expr::Var(_) | Expr::Index(..) => "a variable",
-        Expr::Not(_) => "a boolean",
+        Expr::Not(_) | Expr::Eq(..) => "a boolean",
         Expr::And(..) | Expr::Or(..) => "a logical expression",
         Expr::Concat(..) => "a string",
     }
@@ -1448,6 +1509,10 @@ impl Compiler<'_> {
         };
         match e {
             Expr::Bool(_) | Expr::Nil | Expr::Not(_) => not_a_record(),
+            Expr::Eq(..) => {
+                self.cond(e)?;
+                not_a_record()
+            }
             Expr::Call { name, args } => match name.as_str() {
                 "country" | "continent" | "region" | "asnum" | "netmask" => {
                     self.cond(e)?;
@@ -1491,6 +1556,11 @@ impl Compiler<'_> {
             Expr::Not(a) => match self.cond(a)? {
                 Cond::Const(b) => Cond::Const(!b),
                 c => Cond::Not(Box::new(c)),
+            },
+            Expr::Eq(a, b, ne) => match (self.equal(a, b, *ne)?, ne) {
+                (Cond::Const(v), true) => Cond::Const(!v),
+                (c, true) => Cond::Not(Box::new(c)),
+                (c, false) => c,
             },
             // Conditions have no side effects, so constants fold from either side.
             Expr::And(a, b) => match (self.cond(a)?, self.cond(b)?) {
@@ -1542,6 +1612,79 @@ impl Compiler<'_> {
                 return invalid("internal: unresolved variable in a condition");
             }
         })
+    }
+
+    /// `a == b` as a condition: a geo code function against a literal becomes a test of the
+    /// client's 4-byte code; two literals fold now. Lua compares strings byte for byte, and
+    /// the code functions give lower-case text or `--`, so `countryCode() == 'NL'` never holds
+    /// (in PowerDNS either).
+    fn equal(&self, a: &Expr, b: &Expr, ne: bool) -> Result<Cond, LuaError> {
+        let refuse = || {
+            unsupported(format!(
+                "unsupported construct: operator '{}' between {} and {} ({COMPARISONS})",
+                if ne { "~=" } else { "==" },
+                what(a),
+                what(b)
+            ))
+        };
+        let field = |e: &Expr| -> Result<Option<GeoField>, LuaError> {
+            let Expr::Call { name, args } = e else {
+                return Ok(None);
+            };
+            let f = match name.as_str() {
+                "countryCode" => GeoField::Country,
+                "continentCode" => GeoField::Continent,
+                "regionCode" => GeoField::Region,
+                _ => return Ok(None),
+            };
+            arity(name, args, 0, 0)?;
+            Ok(Some(f))
+        };
+        let (fa, fb) = (field(a)?, field(b)?);
+        let (field, other) = match (fa, fb) {
+            (Some(f), None) => (f, b),
+            (None, Some(f)) => (f, a),
+            (Some(_), Some(_)) => return refuse(),
+            (None, None) => {
+                let (Some(x), Some(y)) = (self.literal(a)?, self.literal(b)?) else {
+                    return refuse();
+                };
+                return Ok(Cond::Const(x == y));
+            }
+        };
+        Ok(match self.literal(other)? {
+            Some(Lit::Str(s)) if s == b"--" => Cond::Geo(field, vec![UNKNOWN]),
+            // Only text a code function can give may match: 1 to 4 bytes, no upper case
+            // (a NUL would read as padding).
+            Some(Lit::Str(s))
+                if !s.iter().any(|c| c.is_ascii_uppercase() || *c == 0) && code(&s).is_some() =>
+            {
+                Cond::Geo(field, code(&s).into_iter().collect())
+            }
+            // A string a code never is, or another type (never equal to a string).
+            Some(_) => Cond::Const(false),
+            None => return refuse(),
+        })
+    }
+
+    /// A value known at load that `==` can compare (tables compare by identity: refused).
+    fn literal(&self, e: &Expr) -> Result<Option<Lit>, LuaError> {
+        Ok(Some(match e {
+            Expr::Str(s) => Lit::Str(s.clone()),
+            Expr::Num(n) => Lit::Num(*n),
+            Expr::Bool(b) => Lit::Bool(*b),
+            Expr::Nil => Lit::Nil,
+            Expr::Concat(..) => match self.pieces(e)?.as_slice() {
+                [Piece::Lit(t)] => Lit::Str(t.to_vec()),
+                _ => return Ok(None),
+            },
+            // A comparison or `not` that folded is a boolean.
+            Expr::Eq(..) | Expr::Not(_) => match self.cond(e)? {
+                Cond::Const(b) => Lit::Bool(b),
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        }))
     }
 
     /// `'xx'` or `{'xx', 'yy'}` (numbers as their text), for country() and friends.
@@ -1720,6 +1863,14 @@ impl Compiler<'_> {
             }
             "createReverse" | "createReverse6" | "createForward" | "createForward6"
             | "filterForward" => self.generator(name, args).map(Rule::Generate),
+            "closestMagic" => {
+                arity(0, 0)?;
+                Ok(Rule::ClosestMagic)
+            }
+            "latlonMagic" => {
+                arity(0, 0)?;
+                Ok(Rule::LatLonMagic)
+            }
             "picknamehashed" => {
                 arity(1, 1)?;
                 Ok(Rule::NameHashed(self.weighted(&args[0], name, true)?))
@@ -3046,7 +3197,7 @@ mod tests {
                 "unsupported function 'pickfirst'",
             ),
             ("1+1", "operator '+'"),
-            ("qname == 'x'", "operator '=='"),
+            ("qname == 'x'", "operator '==' on 'qname'"),
             ("not true", "evaluates to a boolean"),
             ("bestwho", "variable 'bestwho'"),
             ("if x then return 1 end", "'if'"),
@@ -3081,6 +3232,140 @@ mod tests {
         }
         assert!(err("nil").contains("nil"));
         assert!(err("true").contains("boolean"));
+    }
+
+    #[test]
+    fn equality_on_geo_codes_and_literals() {
+        let txt = |s: &str| Rule::Static(vec![encode_content(RecordType::Txt, s).unwrap()]);
+        let t = |body: &str| of(body, RecordType::Txt).unwrap();
+        // Either order; ~= negates.
+        assert_eq!(
+            t(";if countryCode() == 'nl' then return 'dutch' else return 'not dutch' end"),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                txt("dutch"),
+                txt("not dutch")
+            )
+        );
+        assert_eq!(
+            t(";if 'eu' ~= continentCode() then return 'a' end return 'b'"),
+            branch(
+                Cond::Not(Box::new(geo(GeoField::Continent, &["eu"]))),
+                txt("a"),
+                txt("b")
+            )
+        );
+        // '--' is what an unknown client's code reads as.
+        assert_eq!(
+            t(";if regionCode() == '--' then return 'a' end return 'b'"),
+            branch(
+                Cond::Geo(GeoField::Region, vec![UNKNOWN]),
+                txt("a"),
+                txt("b")
+            )
+        );
+        // Text a code never is: upper case (Lua compares bytes), too long, empty, 'unknown',
+        // another type.
+        for lit in ["'NL'", "'nederland'", "''", "'unknown'", "1", "nil", "true"] {
+            assert_eq!(
+                t(&format!(
+                    ";if countryCode() == {lit} then return 'a' end return 'b'"
+                )),
+                txt("b"),
+                "{lit}"
+            );
+            assert_eq!(
+                t(&format!(
+                    ";if countryCode() ~= {lit} then return 'a' end return 'b'"
+                )),
+                txt("a"),
+                "{lit}"
+            );
+        }
+        // Literals and variables fold at load, with Lua's rules (no string/number coercion).
+        for (cond, holds) in [
+            ("1 == 1.0", true),
+            ("'1' == 1", false),
+            ("x == 'nl'", true),
+            ("x ~= 'nl'", false),
+            ("nil == false", false),
+            ("'a'..1 == 'a1'", true),
+            ("y == countryCode()", false),
+            ("1 == 1 == true", true),
+        ] {
+            assert_eq!(
+                t(&format!(
+                    ";x = 'nl' y = 'NL' if {cond} then return 'a' end return 'b'"
+                )),
+                txt(if holds { "a" } else { "b" }),
+                "{cond}"
+            );
+        }
+        // A variable holding a code function compares like the call.
+        assert_eq!(
+            t(";local c = countryCode() if c == 'de' or c == 'at' then return 'a' end return 'b'"),
+            branch(
+                Cond::Or(
+                    Box::new(geo(GeoField::Country, &["de"])),
+                    Box::new(geo(GeoField::Country, &["at"]))
+                ),
+                txt("a"),
+                txt("b")
+            )
+        );
+        // `a == b and x or y` as an expression body.
+        assert_eq!(
+            t("countryCode() == 'nl' and 'dutch' or 'other'"),
+            branch(
+                geo(GeoField::Country, &["nl"]),
+                branch(geo(GeoField::Country, &["nl"]), txt("dutch"), Rule::Fail),
+                txt("other")
+            )
+        );
+    }
+
+    #[test]
+    fn other_comparisons_are_refused_by_name() {
+        let err = |b: &str| of(b, RecordType::Txt).unwrap_err().to_string();
+        for (body, needle) in [
+            ("countryCode() == 'nl'", "evaluates to a boolean"),
+            (
+                ";if countryCode() < 'x' then return 'a' end return 'b'",
+                "operator '<'",
+            ),
+            (";if 1 >= 2 then return 'a' end return 'b'", "operator '>='"),
+            (
+                ";if qname == 'x' then return 'a' end return 'b'",
+                "operator '==' on 'qname'",
+            ),
+            (
+                ";if 'x' ~= who then return 'a' end return 'b'",
+                "operator '~=' on 'who'",
+            ),
+            (
+                ";if countryCode() == continentCode() then return 'a' end return 'b'",
+                "between a function call and a function call",
+            ),
+            (
+                ";if {} == {} then return 'a' end return 'b'",
+                "between a table and a table",
+            ),
+            (
+                ";if latlon() == '0 0' then return 'a' end return 'b'",
+                "operator '=='",
+            ),
+            (
+                ";if countryCode(1) == 'nl' then return 'a' end return 'b'",
+                "countryCode",
+            ),
+            (
+                ";if 1 + 1 == 2 then return 'a' end return 'b'",
+                "operator '+'",
+            ),
+        ] {
+            let e = err(body);
+            assert!(e.contains(needle), "{body}: {e}");
+        }
     }
 
     fn inc<'a>(records: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<Vec<String>> + 'a {

@@ -18,10 +18,10 @@ use crate::config::{
 };
 use crate::dns;
 use crate::steer::geo::{self, GeoCodes, GeoDb, Location};
-use crate::steer::hash;
 use crate::steer::lua::{self, Cond, GeoField, Piece, Rdata, Rule, Selector};
 use crate::steer::probes::{Health, HealthRef, HealthState, ProbeSpec};
 use crate::steer::wildcard::{Wildcards, ZoneNames};
+use crate::steer::{generate, hash};
 use crate::telemetry::metrics::family;
 
 /// SOA and signing facts about the zone holding a record, learned from the upstream.
@@ -365,11 +365,13 @@ impl<'a> Builder<'a> {
             ),
         };
         if !self.geoip && uses_pickclosest(&rule) {
-            return Err("pickclosest needs a GeoIP database: set [geoip] database".into());
+            return Err(
+                "pickclosest and closestMagic need a GeoIP database: set [geoip] database".into(),
+            );
         }
         if !self.geoip && needs_geo(&rule) {
             return Err(
-                "country/continent/region and their codes, latlon and latlonloc need a GeoIP database: set [geoip] database"
+                "country/continent/region and their codes, latlon, latlonloc and latlonMagic need a GeoIP database: set [geoip] database"
                     .into(),
             );
         }
@@ -432,7 +434,7 @@ fn uses_pickclosest(rule: &Rule) -> bool {
     let mut found = false;
     rule.visit(&mut |r| {
         found |= match r {
-            Rule::Closest(_) => true,
+            Rule::Closest(_) | Rule::ClosestMagic => true,
             Rule::IfUp(u) => {
                 u.selector == Selector::PickClosest || u.backup == Selector::PickClosest
             }
@@ -446,8 +448,8 @@ fn uses_pickclosest(rule: &Rule) -> bool {
 fn needs_geo(rule: &Rule) -> bool {
     let mut found = rule.any_cond(&|c| matches!(c, Cond::Geo(..)));
     rule.visit(&mut |r| {
-        found |=
-            matches!(r, Rule::Text(pieces) if pieces.iter().any(|p| !matches!(p, Piece::Lit(_))));
+        found |= matches!(r, Rule::LatLonMagic)
+            || matches!(r, Rule::Text(pieces) if pieces.iter().any(|p| !matches!(p, Piece::Lit(_))));
     });
     found
 }
@@ -1149,6 +1151,43 @@ impl RecordSet {
                     .rdata(rtype, q.qname, zone, &mut buf)
                     .map_err(|_| EvalError::BadResult(rtype.name()))?;
                 self.push(sink, &buf[..n]);
+                PartResult::primary(1, 0)
+            }
+            Rule::ClosestMagic => {
+                let rtype = RecordType::from_code(self.rtype).unwrap_or(RecordType::A);
+                let bad = || EvalError::BadResult(rtype.name());
+                let client = q.location().map(|l| unit(l.lat, l.lon));
+                let geo = q.geo;
+                let candidates = generate::magic_addresses(q.qname).map(|a| coords(geo, a));
+                // No address in the name: PowerDNS's pickclosest raises on the empty list.
+                let i = closest(client, candidates.enumerate()).ok_or_else(bad)?;
+                let ip = generate::magic_addresses(q.qname).nth(i).ok_or_else(bad)?;
+                let mut buf = [0u8; 256];
+                let n = generate::address_rdata(rtype, ip, &mut buf).map_err(|_| bad())?;
+                self.push(sink, &buf[..n]);
+                PartResult::primary(1, q.geo_scope())
+            }
+            Rule::LatLonMagic => {
+                let rtype = RecordType::from_code(self.rtype).unwrap_or(RecordType::Txt);
+                let mut text = [0u8; 96];
+                let n = match generate::latlon_magic_address(q.qname) {
+                    None => {
+                        text[..7].copy_from_slice(b"unknown");
+                        7
+                    }
+                    // PowerDNS reads an unknown location as 0, 0.
+                    Some(addr) => {
+                        let (lat, lon) = addr.and_then(|a| q.geo?.locate(a)).map_or((0, 0), |l| {
+                            ((l.lat * 1e6).round() as i64, (l.lon * 1e6).round() as i64)
+                        });
+                        lua::latlon_text(lat, lon, &mut text)
+                    }
+                };
+                let mut rdata = [0u8; 256];
+                let n = lua::encode_text_into(rtype, &text[..n], &mut rdata)
+                    .ok_or(EvalError::BadResult(rtype.name()))?;
+                self.push(sink, &rdata[..n]);
+                // Depends on the name only, not on the client.
                 PartResult::primary(1, 0)
             }
             // Linked separately above.
@@ -2223,6 +2262,66 @@ mod tests {
     }
 
     #[test]
+    fn closest_magic_reads_the_query_name() {
+        let records = [
+            rec("m.test", "A", "closestMagic()"),
+            rec("m.test", "TXT", "closestMagic()"),
+            rec("m6.test", "AAAA", "closestMagic()"),
+            "[geoip]\ndatabase = \"city.mmdb\"\n".to_string(),
+        ]
+        .concat();
+        let t = table_with(&records, &HashMap::new(), Some(fake_geo()));
+        let ask =
+            |name: &str, qtype: u16, who: &str, prefix: Option<u8>| {
+                let mut sink = VecSink::default();
+                let r = set(&t, if qtype == 28 { "m6.test." } else { "m.test." }, qtype)
+                    .evaluate_for(&client(who, prefix), &wire(name), &mut sink);
+                r.map(|e| {
+                    (
+                        sink.0.into_iter().map(|(_, d)| d).collect::<Vec<_>>(),
+                        e.scope,
+                    )
+                })
+            };
+        let nl_us = "193-0-6-139.8-8-8-8.magic.m.test.";
+        assert_eq!(
+            ask(nl_us, 1, "80.81.82.0", Some(24)).unwrap(),
+            (vec![vec![193, 0, 6, 139]], 16)
+        );
+        assert_eq!(
+            ask(nl_us, 1, "45.33.32.0", Some(24)).unwrap(),
+            (vec![vec![8, 8, 8, 8]], 17)
+        );
+        // The address as PowerDNS prints it, for TXT.
+        assert_eq!(
+            ask(nl_us, 16, "45.33.32.0", None).unwrap().0,
+            vec![b"\x078.8.8.8".to_vec()]
+        );
+        // Parsing stops at the first label that is no address: 1-1-1-1 after `x` is unseen.
+        assert_eq!(
+            ask("8-8-8-8.x.1-1-1-1.m.test.", 1, "1.1.1.0", None)
+                .unwrap()
+                .0,
+            vec![vec![8, 8, 8, 8]]
+        );
+        // inet_aton forms: `1-1-257` is 1.1.1.1 (Sydney), a bare number an address too.
+        assert_eq!(
+            ask("193-0-6-139.1-1-257.m.test.", 1, "1.1.1.0", None)
+                .unwrap()
+                .0,
+            vec![vec![1, 1, 1, 1]]
+        );
+        assert_eq!(
+            ask("16843009.m.test.", 1, "80.81.82.0", None).unwrap().0,
+            vec![vec![1, 1, 1, 1]]
+        );
+        // No address in the name: PowerDNS raises (SERVFAIL).
+        assert!(ask("www.m.test.", 1, "80.81.82.0", None).is_err());
+        // An IPv4 answer for AAAA is no AAAA: SERVFAIL, as PowerDNS fails to read it.
+        assert!(ask("8-8-8-8.m6.test.", 28, "80.81.82.0", None).is_err());
+    }
+
+    #[test]
     fn pickclosest_needs_geoip() {
         let e = compile(&config(&rec("c.test", "A", "pickclosest({'192.0.2.1'})")))
             .err()
@@ -2463,11 +2562,11 @@ mod tests {
 
     #[test]
     fn compile_errors_name_the_record_and_line() {
-        let records = format!("\n\n{}", rec("bad.test", "A", "closestMagic()"));
+        let records = format!("\n\n{}", rec("bad.test", "A", "dblookup('x.test', 1)"));
         let e = compile(&config(&records)).err().unwrap().to_string();
         assert!(e.starts_with("/etc/dnsteer/dnsteer.toml:6:"), "{e}");
         assert!(e.contains("records[0] (bad.test. A)"), "{e}");
-        assert!(e.contains("unsupported function 'closestMagic'"), "{e}");
+        assert!(e.contains("unsupported function 'dblookup'"), "{e}");
     }
 
     #[test]
@@ -2483,7 +2582,7 @@ mod tests {
         };
         let specs = [
             spec("ok.lua.test.", "all({'192.0.2.1'})"),
-            spec("geo.lua.test.", "closestMagic()"),
+            spec("geo.lua.test.", "dblookup('x.test', 1)"),
             spec("near.lua.test.", "pickclosest({'192.0.2.1'})"),
         ];
         let cfg = config("");
@@ -2494,7 +2593,7 @@ mod tests {
         assert!(
             rejected[0]
                 .reason
-                .contains("unsupported function 'closestMagic'")
+                .contains("unsupported function 'dblookup'")
         );
         assert!(rejected[1].reason.contains("GeoIP"));
         // Config records and transferred ones in one table.
