@@ -23,6 +23,9 @@
 #                  and dnsteer-rl with [ratelimit] qps=burst=N, measured interleaved with the
 #                  unlimited dnsdist/dnsteer (cost of the limiter; pick N far above the achieved
 #                  QPS so nothing is dropped)
+#      RRL=N       also start dnsteer-rrl: [ratelimit] mode = "rrl", responses_per_second = N
+#                  (at most 1000000) and a byte budget of 2^40/s, measured interleaved with the
+#                  unlimited dnsteer (the cost of RRL accounting; pick N above the achieved QPS)
 #      ECS=1       both proxies add ECS to forwarded queries (default off, as in dnsdist)
 #      CACHE=1     forward mode: both proxies cache answers (dnsteer [cache] enabled = true,
 #                  max_ttl 60 s; dnsdist newPacketCache(100000, {maxTTL=60}) on its default pool,
@@ -44,7 +47,10 @@
 #                  DNSTEER_BIN_B: binaries before c6e6738 reject client_address
 #      LOG_SAMPLE=0.01  dnsteer logging.query_sample_rate (the default; the log goes to a file)
 #      MAX_SECONDS=1800  hard bound on the whole run (checked before every dnsperf run)
-#      SETS="..."  lua mode: which query sets (default "static health lua")
+#      SETS="..."  lua mode: which query sets (default "static health lua"; also "geo": a
+#                  country()/continent() conditional, "reverse": a createReverse wildcard over
+#                  192.0.2.0/24 — with SOURCES=3 the clients sit in NL, JP and US per the test
+#                  mmdb, 127.0.i.1; PowerDNS gets the geoip backend on the same mmdb)
 #      DNSTEER_BIN=path (skip the release build), SKIP_DEPS=1, KEEP_RUN_DIR=1
 #      DNSTEER_BIN_B=path  also run a second dnsteer binary as server "dnsteer-b", interleaved
 #                  with the first (A/B of two builds in one run)
@@ -66,7 +72,7 @@ cd "$ROOT"
 MODE="${MODE:-forward}"
 RUNS="${RUNS:-3}" DURATION="${DURATION:-10}" WARMUP="${WARMUP:-2}"
 CLIENTS="${CLIENTS:-8}" THREADS="${THREADS:-2}" OUTSTANDING="${OUTSTANDING:-256}"
-MAXQPS="${MAXQPS:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" RATE="${RATE:-}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
+MAXQPS="${MAXQPS:-}" RRL="${RRL:-}" ECS="${ECS:-0}" CACHE="${CACHE:-0}" RATE="${RATE:-}" LOG_SAMPLE="${LOG_SAMPLE:-0.01}" WORKERS="${WORKERS:-2}"
 UDP_STEERING="${UDP_STEERING:-}"
 MAX_SECONDS="${MAX_SECONDS:-1800}"
 SOURCES="${SOURCES:-1}" ALSO_PROXY="${ALSO_PROXY:-0}"
@@ -104,6 +110,11 @@ printf 'set\tserver\trun\tqps\tlatency_ms\tlost_pct\tcpu_us_per_q\tbackend_cpu_u
 declare -A PORT PID BACKEND MPORT PDNS_DIR
 SERVERS=()
 
+# ---- lua mode's geo and reverse sets: the same bodies in PowerDNS and dnsteer --------------
+GEO_LUA="if country('US') then return '192.0.2.31' elseif continent('EU') then return '192.0.2.32' else return '192.0.2.33' end"
+GEO_LUA_ZONE="geo IN LUA A \";$GEO_LUA\""
+REVERSE_LUA="createReverse('ip-%1%-%2%-%3%-%4%.demo.test')"
+
 # ---- health-check target for ifportup / multifo (free port; 127.0.0.3 stays DOWN) ---------
 TCP_PORT=$(free_port)
 HTTP_PORT=$(free_port)   # nothing listens here: keeps the zone's ifurlup away from fixed ports
@@ -126,6 +137,16 @@ start_pdns() {  # start_pdns NAME LUA-SETTING [EXTRA-SETTING...]
   port=$(free_port)
   render_pdns_conf "$dir" "$port"
   sed -i -e "s/8054/$TCP_PORT/g" -e "s/8053/$HTTP_PORT/g" "$dir/demo.test.zone"
+  if [[ $MODE == lua ]]; then
+    # The geo and reverse sets: a country()/continent() conditional (geoip backend on the test
+    # mmdb, as dnsteer's [geoip]) and a createReverse wildcard; the same bodies as dnsteer's.
+    printf '%s\n' "$GEO_LUA_ZONE" >>"$dir/demo.test.zone"
+    printf '%s\n' '$ORIGIN 2.0.192.in-addr.arpa.' '$TTL 300' \
+      '@ IN SOA ns1.demo.test. hostmaster.demo.test. 1 3600 600 86400 60' '@ IN NS ns1.demo.test.' \
+      "* IN LUA PTR \"$REVERSE_LUA\"" >"$dir/reverse.zone"
+    printf 'zone "2.0.192.in-addr.arpa" { type master; file "%s/reverse.zone"; };\n' "$dir" >>"$dir/named.conf"
+    printf '%s\n' "launch=bind,geoip" "geoip-database-files=$ROOT/geoip/test-city.mmdb" >>"$dir/pdns.conf"
+  fi
   # Fair on 2 cores: two SO_REUSEPORT receivers, defaults otherwise (packet cache included:
   # it is part of how PowerDNS is run).
   printf '%s\n' "receiver-threads=2" "reuseport=yes" "distributor-threads=2" "loglevel=3" \
@@ -181,7 +202,12 @@ start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINA
     printf '\n'
     printf '[metrics]\nlisten = "127.0.0.1:%s"\n\n' "$mport"
     printf '[logging]\nlevel = "warn"\nformat = "text"\nquery_sample_rate = %s\n\n' "$LOG_SAMPLE"
-    if [[ -n $maxqps ]]; then
+    if [[ $maxqps == rrl:* ]]; then
+      # RRL on, limits far above the load: the cost of accounting every response (both the
+      # response and the byte budget lookups run), nothing limited.
+      printf '[ratelimit]\nmode = "rrl"\nresponses_per_second = %s\nbytes_per_second = %s\n\n' \
+        "${maxqps#rrl:}" "$((1 << 40))"
+    elif [[ -n $maxqps ]]; then
       printf '[ratelimit]\nqps = %s\nburst = %s\nblock_for = "0s"\n\n' "$maxqps" "$maxqps"
     else
       printf '[ratelimit]\nenabled = false\n\n'
@@ -198,6 +224,11 @@ start_dnsteer() {  # start_dnsteer NAME WITH-RECORDS(0|1) MAXQPS(or empty) [BINA
     fi
     printf '[probes]\ninterval = "2s"\ntimeout = "1s"\n'
     if [[ $records == 1 ]]; then
+      printf '\n[geoip]\ndatabase = "%s/geoip/test-city.mmdb"\n' "$ROOT"
+      printf '\n[[records]]\nname = "geo.demo.test."\ntype = "A"\nttl = 300\nlua = "%s"\n' ";$GEO_LUA"
+      # The reverse zone's wildcard comes from PowerDNS by zone transfer (a wildcard is
+      # answered in-process only in a transferred zone, where dnsteer knows every name).
+      printf '\n[zones]\ntransfer = ["2.0.192.in-addr.arpa."]\n'
       # The same bodies as the PowerDNS zone (config/demo/demo.test.zone).
       cat <<EOF
 
@@ -287,13 +318,15 @@ write_queries() {
   echo "static.demo.test A" >"$q/static"
   echo "port.demo.test A" >"$q/health"
   printf '%s\n' "all.demo.test A" "whashed.demo.test A" >"$q/lua"
+  echo "geo.demo.test A" >"$q/geo"
+  for i in $(seq 1 254); do printf '%s.2.0.192.in-addr.arpa PTR\n' "$i"; done >"$q/reverse"
 }
 
 # servers_for SET: which servers can answer a set.
 servers_for() {
   local s
   for s in "${SERVERS[@]}"; do
-    [[ $1 == lua && $s == gdnsd ]] && continue
+    [[ $1 != static && $1 != health && $s == gdnsd ]] && continue
     [[ -z ${ONLY:-} || " $ONLY " == *" $s "* ]] || continue
     printf '%s\n' "$s"
   done
@@ -408,12 +441,14 @@ if [[ $MODE == forward ]]; then
     start_dnsdist dnsdist-rl "$MAXQPS"
     start_dnsteer dnsteer-rl 0 "$MAXQPS"
   fi
+  [[ -z $RRL ]] || start_dnsteer dnsteer-rrl 0 "rrl:$RRL"
   sets=(forward)
 else
   start_pdns pdns yes
   start_pdns pdns-shared shared
   start_gdnsd
   start_dnsteer dnsteer 1 ""
+  [[ -z $RRL ]] || start_dnsteer dnsteer-rrl 1 "rrl:$RRL"
   [[ -z ${DNSTEER_BIN_B:-} ]] || start_dnsteer dnsteer-b 1 "" "$DNSTEER_BIN_B" "$CLIENT_ADDRESS" "${DNSTEER_B_LEGACY:-0}"
   read -r -a sets <<<"$SETS"
 fi

@@ -8,11 +8,15 @@
 #      CPU = utime+stime delta of dnsteer (/proc/PID/stat) / queries counted in its /metrics.
 #
 #   bench/limiter.sh        Env: DNSTEER_BIN=path  SOURCES=1000000  SECONDS_EACH=10  RUNS=3
+#                                LIMIT_MODE=qps|rrl (rrl: [ratelimit] mode = "rrl" keyed per /32,
+#                                memory part only: every spoofed source is its own RRL entry)
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
 
+LIMIT_MODE="${LIMIT_MODE:-qps}"
+case $LIMIT_MODE in qps | rrl) ;; *) die "LIMIT_MODE must be qps or rrl" ;; esac
 SOURCES="${SOURCES:-1000000}" SECONDS_EACH="${SECONDS_EACH:-10}" RUNS="${RUNS:-3}"
 [[ $(id -u) == 0 ]] || die "needs root (raw socket for spoofed loopback sources)"
 BIN="${DNSTEER_BIN:-$TARGET_DIR/release/dnsteer}"
@@ -37,6 +41,7 @@ format = "text"
 query_sample_rate = 0.01
 [ratelimit]
 enabled = true
+$(if [[ $LIMIT_MODE == rrl ]]; then printf 'mode = "rrl"\nipv4_prefix = 32\nresponses_per_second = 100\n'; fi)
 qps = 100
 burst = 100
 block_for = "60s"
@@ -84,6 +89,12 @@ sleep 1
 q1=$(($(counter rule) + $(counter limited)))
 rss1=$(rss)
 log "VmRSS after the flood: ${rss1} kB (+$((rss1 - rss0)) kB), queries counted by dnsteer: $((q1 - q0))"
+if [[ $LIMIT_MODE == rrl ]]; then
+  echo
+  echo "memory (rrl): VmRSS ${rss_small} kB with max_tracked_sources = 1024; with 1000000: ${rss0} kB after start,"
+  echo "  ${rss1} kB after $SOURCES distinct sources ($((q1 - q0)) queries counted): +$((rss1 - rss0)) kB"
+  exit 0
+fi
 
 # cpu_per_query DECISION FLOOD-ARGS...: us of dnsteer CPU per query counted under DECISION.
 cpu_per_query() {

@@ -202,6 +202,9 @@ fn a_random_subdomain_flood_is_held_at_the_zone_while_real_names_answer() {
     };
     blast(&socks, front, Duration::from_secs(2), random2, 400);
     let reached = pdns_udp_queries(&pdns) - before;
+    eprintln!(
+        "random-subdomain flood, 400 q/s from 64 sources for 2 s after the block: {reached} queries reached PowerDNS (bound {bound}/s)"
+    );
     assert!(
         (reached as f64) <= bound * 2.0,
         "{reached} flood queries reached PowerDNS in 2 s (bound {bound}/s)"
