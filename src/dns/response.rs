@@ -114,27 +114,13 @@ impl<'b> ResponseBuilder<'b> {
     /// May be called after `authority_soa`: the record still lands in the answer section.
     /// RDATA longer than 65535 bytes cannot be encoded and is skipped.
     pub fn answer(&mut self, rtype: u16, ttl: u32, rdata: &[u8]) {
-        let Ok(rdlen) = u16::try_from(rdata.len()) else {
-            return;
-        };
-        let Some(ancount) = self.ancount.checked_add(1) else {
-            return;
-        };
-        let start = self.out.len();
-        self.out.extend_from_slice(&QNAME_POINTER);
-        push_rr_fixed(self.out, rtype, CLASS_IN, ttl, rdlen);
-        self.out.extend_from_slice(rdata);
-        let len = self.out.len() - start;
-        if self.nscount > 0 {
-            // Move the record in front of the authority section; rotation needs no allocation.
-            self.out[self.answers_end..].rotate_right(len);
-        }
-        self.answers_end += len;
-        self.ancount = ancount;
+        self.answer_owned(&QNAME_POINTER, rtype, ttl, rdata);
     }
 
-    /// Appends an answer record owned by `owner_wire` (uncompressed wire format), e.g. the
-    /// target of a CNAME chased here. Same rules as [`ResponseBuilder::answer`].
+    /// Appends an answer record owned by `owner_wire` (uncompressed wire format, or a
+    /// compression pointer), e.g. the target of a CNAME chased here. Same rules as
+    /// [`ResponseBuilder::answer`].
+    #[inline]
     pub fn answer_owned(&mut self, owner_wire: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) {
         let Ok(rdlen) = u16::try_from(rdata.len()) else {
             return;
@@ -148,6 +134,7 @@ impl<'b> ResponseBuilder<'b> {
         self.out.extend_from_slice(rdata);
         let len = self.out.len() - start;
         if self.nscount > 0 {
+            // Move the record in front of the authority section; rotation needs no allocation.
             self.out[self.answers_end..].rotate_right(len);
         }
         self.answers_end += len;

@@ -374,6 +374,18 @@ fn rrl_answer(
     let verdict = ctx
         .limiter
         .rrl_check_at(a.src_ip, key, out.len(), received.into_std());
+    rrl_limited(ctx, a, verdict, out)
+}
+
+/// Carries out an RRL verdict on a query answered here (see [`rrl_apply`]) and counts a
+/// limited one as such.
+#[inline]
+fn rrl_limited(
+    ctx: &mut Ctx<'_>,
+    a: &Asked<'_>,
+    verdict: RrlVerdict,
+    out: &mut Vec<u8>,
+) -> Option<(Action, AnswerPath)> {
     let prefix = limiter_prefix(ctx, a.src_ip);
     let action = rrl_apply(
         ctx.metrics,
@@ -406,20 +418,9 @@ fn rrl_before_forward(
     let verdict = ctx
         .limiter
         .rrl_before_forward_at(a.src_ip, qname, qtype, received.into_std());
-    let prefix = limiter_prefix(ctx, a.src_ip);
-    let action = rrl_apply(
-        ctx.metrics,
-        ctx.log,
-        verdict,
-        (a.pkt, a.src_ip, prefix),
-        out,
-    )?;
+    let limited = rrl_limited(ctx, a, verdict, out)?;
     ctx.metrics.rrl_not_forwarded.inc();
-    ctx.metrics.query(a.t, Decision::Limited);
-    if let Action::Reply = action {
-        ctx.metrics.response(a.t, rcode::NOERROR);
-    }
-    Some((action, AnswerPath::RateLimited))
+    Some(limited)
 }
 
 /// RRL on a forwarded UDP query's answer from PowerDNS, restored for the client in `reply`:

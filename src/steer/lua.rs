@@ -2305,23 +2305,7 @@ impl Compiler<'_> {
                     i + 1
                 ));
             };
-            let nets = self
-                .list(nets, "view() netmasks")?
-                .into_iter()
-                .map(|n| {
-                    let text = self.text(n)?;
-                    let s = std::str::from_utf8(&text).unwrap_or("").trim();
-                    s.parse::<IpNet>()
-                        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                        .map(|n| n.trunc())
-                        .map_err(|_| {
-                            LuaError::Invalid(format!(
-                                "view() netmask '{}' is not an address or prefix",
-                                show(&text)
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let nets = self.nets(nets, "view()")?;
             if nets.is_empty() {
                 return invalid(format!("view() rule {} has no netmasks", i + 1));
             }
