@@ -777,6 +777,11 @@ impl UpstreamConfig {
 }
 
 impl Config {
+    /// Whether `[metrics].admin_token_file` is set (its token was read and checked at load).
+    pub fn has_admin_token(&self) -> bool {
+        self.admin.token.is_some()
+    }
+
     /// Who may send NOTIFY: `[zones].notify_from`, or the upstream servers' addresses.
     pub(crate) fn notify_allowed(&self, src: std::net::IpAddr) -> bool {
         match &self.zones.notify_from {
@@ -1941,6 +1946,8 @@ impl std::fmt::Debug for Secret {
 pub(crate) struct AdminAccess {
     /// `[metrics].admin_token_file`'s content (trimmed); None: the write endpoints do not exist.
     pub(crate) token: Option<Secret>,
+    /// `[metrics].admin_token_file` itself, so the reload poll notices a rotated token.
+    pub(crate) token_file: Option<PathBuf>,
     /// `[metrics].blocks_read_open`: `GET /blocks` without the token.
     pub(crate) blocks_read_open: bool,
 }
@@ -2120,6 +2127,10 @@ impl Validator<'_> {
     }
 
     fn admin(&self, m: &RawMetrics, base: &Path) -> Result<AdminAccess, ConfigError> {
+        let token_file = m
+            .admin_token_file
+            .as_ref()
+            .map(|p| resolve_path(base, p.get_ref()));
         let token = match &m.admin_token_file {
             None => None,
             Some(p) => {
@@ -2144,6 +2155,7 @@ impl Validator<'_> {
         };
         Ok(AdminAccess {
             token,
+            token_file,
             blocks_read_open: m.blocks_read_open.unwrap_or(false),
         })
     }

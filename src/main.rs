@@ -85,7 +85,7 @@ fn main() -> ExitCode {
 }
 
 /// Everything a load does except probing and binding: parse, validate, compile, open GeoIP,
-/// read and check the DNSSEC key files.
+/// read and check the DNSSEC key files, the cookie secrets and the admin token file.
 fn check(path: &std::path::Path) -> Result<String, String> {
     let config = Config::load(path).map_err(|e| e.to_string())?;
     dnsteer::steer::records::compile(&config).map_err(|e| e.to_string())?;
@@ -102,12 +102,22 @@ fn check(path: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     let own = dnsteer::control::own_key::check(&config.dnssec)
         .map_err(|e| format!("{}: {e}", path.display()))?;
+    // Secret files too (never printed): a typo in a mounted path fails here, not at start.
+    let cookies = dnsteer::control::build::check_cookie_secrets(&config)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let mut summary = format!(
         "{} records, {} upstream servers, listen {:?}",
         config.records.len(),
         config.upstream.servers.len(),
         config.restart.listen
     );
+    if cookies {
+        summary.push_str("; cookie secrets read");
+    }
+    // Config::load has read and checked it already.
+    if config.has_admin_token() {
+        summary.push_str("; admin token read");
+    }
     for line in own {
         summary.push_str("; ");
         summary.push_str(&line);

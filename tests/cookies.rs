@@ -709,3 +709,87 @@ fn a_cookie_client_is_exempt_from_rrl_on_every_path() {
     }
     assert!(d.metric("dnsteer_rrl_limited_total", &[]) >= 40.0);
 }
+
+#[test]
+fn check_config_reads_the_cookie_secret_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("dnsteer.toml");
+    let secret = dir.path().join("cookie-secret");
+    let previous = dir.path().join("cookie-previous");
+    let write_config = |with_previous: bool| {
+        let previous_line = if with_previous {
+            "previous_secret_file = \"cookie-previous\"\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            &cfg,
+            format!(
+                "[upstream]\nservers = [\"127.0.0.1:5353\"]\n\
+                 [cookies]\nenabled = true\nsecret_file = \"cookie-secret\"\n{previous_line}"
+            ),
+        )
+        .expect("write config");
+    };
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dnsteer"))
+            .arg("check-config")
+            .arg(&cfg)
+            .output()
+            .expect("run dnsteer check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let names = |text: &str, key: &str, file: &std::path::Path| {
+        text.contains(key) && text.contains(&*file.to_string_lossy())
+    };
+
+    write_config(false);
+    let (ok, text) = check();
+    assert!(
+        !ok && names(&text, "cookies.secret_file", &secret),
+        "{text}"
+    );
+
+    // 34 hex digits: not a secret; its text is never printed.
+    std::fs::write(&secret, format!("{S1}ab\n")).expect("write");
+    let (ok, text) = check();
+    assert!(
+        !ok && names(&text, "cookies.secret_file", &secret),
+        "{text}"
+    );
+    assert!(!text.contains(S1), "{text}");
+
+    std::fs::write(&secret, "0".repeat(32)).expect("write");
+    let (ok, text) = check();
+    assert!(
+        !ok && names(&text, "cookies.secret_file", &secret),
+        "{text}"
+    );
+
+    std::fs::write(&secret, format!("{S1}\n")).expect("write");
+    let (ok, text) = check();
+    assert!(ok && text.contains("cookie secrets read"), "{text}");
+    assert!(!text.contains(S1), "{text}");
+
+    write_config(true);
+    let (ok, text) = check();
+    assert!(
+        !ok && names(&text, "cookies.previous_secret_file", &previous),
+        "{text}"
+    );
+    std::fs::write(&previous, "not hex at all, 32 chars long!!!").expect("write");
+    let (ok, text) = check();
+    assert!(
+        !ok && names(&text, "cookies.previous_secret_file", &previous),
+        "{text}"
+    );
+    std::fs::write(&previous, S2).expect("write");
+    let (ok, text) = check();
+    assert!(ok && text.contains("cookie secrets read"), "{text}");
+    assert!(!text.contains(S1) && !text.contains(S2), "{text}");
+}

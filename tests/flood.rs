@@ -503,3 +503,134 @@ fn the_control_api_needs_the_token_and_its_blocks_take_effect() {
     }
     assert_eq!(http(admin, "GET", "/blocks", Some(token)).0, 401);
 }
+
+/// Writes `text` the way a Kubernetes Secret update does: a new file renamed over the old one.
+fn replace_file(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn a_rotated_token_file_takes_effect_on_the_poll_and_a_broken_one_keeps_the_running_token() {
+    let pdns = Pdns::start(&[("flood.test.", ZONE)], &[]);
+    // Another directory than the config's: only the [reload] poll can notice the change.
+    let secret_dir = tempfile::tempdir().unwrap();
+    let token_file = secret_dir.path().join("token");
+    let first = "first-token-0123456789abcdef";
+    std::fs::write(&token_file, first).unwrap();
+    let d = Dnsteer::start_on_free_ports(|dns, admin| {
+        config(
+            dns,
+            admin,
+            pdns.addr(),
+            &format!("admin_token_file = \"{}\"", token_file.display()),
+            "[reload]\npoll_interval = \"500ms\"\n",
+        )
+    });
+    let admin = d.metrics_addr();
+    assert_eq!(http(admin, "GET", "/blocks", Some(first)).0, 200);
+    // Within a few poll intervals, without SIGHUP (a busy machine gets some slack).
+    let within_polls = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let second = "second-token-0123456789abcdef";
+    replace_file(&token_file, &format!("{second}\n"));
+    within_polls("the rotated token was not picked up by the poll", &|| {
+        http(admin, "GET", "/blocks", Some(second)).0 == 200
+    });
+    assert_eq!(http(admin, "GET", "/blocks", Some(first)).0, 401);
+    assert!(!d.log().contains("SIGHUP"), "no SIGHUP was sent");
+
+    // An emptied token file fails the reload; the running token keeps working.
+    let failed = d.metric("dnsteer_config_reloads_total", &[("result", "failed")]);
+    replace_file(&token_file, "");
+    within_polls("the empty token file was not reported", &|| {
+        d.metric("dnsteer_config_reloads_total", &[("result", "failed")]) > failed
+    });
+    let (_, status) = d.get("/status");
+    assert!(status.contains("metrics.admin_token_file"), "{status}");
+    assert_eq!(http(admin, "GET", "/blocks", Some(second)).0, 200);
+    assert_eq!(http(admin, "GET", "/blocks", Some(first)).0, 401);
+    // Not retried on every poll while unchanged.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        d.metric("dnsteer_config_reloads_total", &[("result", "failed")]),
+        failed + 1.0
+    );
+
+    // A good token again is picked up; the one before it is refused.
+    let third = "third-token-0123456789abcdef";
+    replace_file(&token_file, third);
+    within_polls("the third token was not picked up by the poll", &|| {
+        http(admin, "GET", "/blocks", Some(third)).0 == 200
+    });
+    assert_eq!(http(admin, "GET", "/blocks", Some(second)).0, 401);
+    let (_, status) = d.get("/status");
+    let log = d.log();
+    for t in [first, second, third] {
+        assert!(!log.contains(t) && !status.contains(t), "a token was shown");
+    }
+}
+
+#[test]
+fn check_config_reads_the_admin_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("dnsteer.toml");
+    // Relative to the config file.
+    std::fs::write(
+        &cfg,
+        "[upstream]\nservers = [\"127.0.0.1:5353\"]\n[metrics]\nadmin_token_file = \"token\"\n",
+    )
+    .unwrap();
+    let token_file = dir.path().join("token");
+    let check = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_dnsteer"))
+            .arg("check-config")
+            .arg(&cfg)
+            .output()
+            .expect("run dnsteer check-config");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let names_it = |text: &str| {
+        text.contains("metrics.admin_token_file") && text.contains(&*token_file.to_string_lossy())
+    };
+
+    let (ok, text) = check();
+    assert!(
+        !ok && names_it(&text) && text.contains("cannot read"),
+        "{text}"
+    );
+
+    std::fs::write(&token_file, " \n").unwrap();
+    let (ok, text) = check();
+    assert!(!ok && text.contains("metrics.admin_token_file"), "{text}");
+
+    let short = "Zq7-short-tok";
+    std::fs::write(&token_file, short).unwrap();
+    let (ok, text) = check();
+    assert!(!ok && text.contains("at least 16 bytes"), "{text}");
+    assert!(!text.contains(short), "the token is never printed: {text}");
+
+    std::fs::remove_file(&token_file).unwrap();
+    std::fs::create_dir(&token_file).unwrap();
+    let (ok, text) = check();
+    assert!(!ok && names_it(&text), "{text}");
+    std::fs::remove_dir(&token_file).unwrap();
+
+    let good = "Zq7-good-token-0123456789abcdef";
+    std::fs::write(&token_file, format!("{good}\n")).unwrap();
+    let (ok, text) = check();
+    assert!(ok && text.contains("admin token read"), "{text}");
+    assert!(!text.contains(good), "the token is never printed: {text}");
+}

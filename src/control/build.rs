@@ -146,6 +146,12 @@ pub(crate) async fn build_snapshot(
     })
 }
 
+/// `check-config`'s part for `[cookies]`: the secret files read and parse as at load (the
+/// secrets are never shown). Ok(false): cookies are off.
+pub fn check_cookie_secrets(config: &Config) -> Result<bool, BuildError> {
+    cookie_secrets(config).map(|s| s.is_some())
+}
+
 /// Reads the `[cookies]` secret files (None: cookies off). Read on every build, so a rotated
 /// secret is picked up by the next reload (the reload loop notices a changed file).
 pub(crate) fn cookie_secrets(config: &Config) -> Result<Option<CookieSecrets>, BuildError> {

@@ -1,4 +1,5 @@
-//! Hot reload of the mounted config (and of the GeoIP file and cookie secrets it names).
+//! Hot reload of the mounted config (and of the GeoIP file, cookie secrets and admin token it
+//! names).
 //!
 //! Triggers: SIGHUP; an inotify event in the config's directory (a ConfigMap update is an
 //! atomic `..data` symlink swap, so the directory is watched, not the file), debounced; and a
@@ -90,8 +91,8 @@ async fn triggers_loop(
     let mut seen_config: Option<Result<Vec<u8>, std::io::ErrorKind>> = None;
     let mut seen_geo = geo_stamp(&ctl.data.snapshot.load());
     let mut seen_secrets = secrets_stamp(&ctl.data.snapshot.load());
-    // Fallback poll of the config file and the GeoIP file, every `[reload].poll_interval` of
-    // the running config.
+    // Fallback poll of the config file, the GeoIP file and the secret files, every
+    // `[reload].poll_interval` of the running config.
     let poll_every = || ctl.data.snapshot.load().config.reload_poll;
     let mut next_poll = tokio::time::Instant::now() + poll_every();
     loop {
@@ -125,7 +126,8 @@ async fn triggers_loop(
             (Some(now), Some(before)) => now.0 == before.0 && now != before,
             _ => false,
         };
-        // A rotated cookie secret (another directory: the poll or SIGHUP notices it).
+        // A rotated cookie secret or admin token (another directory: the poll or SIGHUP
+        // notices it).
         let secrets = secrets_stamp(&ctl.data.snapshot.load());
         let secrets_replaced = secrets != seen_secrets;
         if !forced && !geo_replaced && !secrets_replaced && seen_config.as_ref() == Some(&config) {
@@ -141,13 +143,16 @@ async fn triggers_loop(
     }
 }
 
-/// The contents of the `[cookies]` secret files of the running config (small: 33 bytes each).
+/// The contents of the `[cookies]` secret files and of `[metrics].admin_token_file` of the
+/// running config (small: a few dozen bytes each).
 fn secrets_stamp(snap: &Snapshot) -> Vec<Option<Vec<u8>>> {
-    let Some(c) = &snap.config.cookies else {
-        return Vec::new();
-    };
-    std::iter::once(&c.secret_file)
-        .chain(&c.previous_secret_file)
+    let cookies = snap
+        .config
+        .cookies
+        .iter()
+        .flat_map(|c| std::iter::once(&c.secret_file).chain(&c.previous_secret_file));
+    cookies
+        .chain(&snap.config.admin.token_file)
         .map(|f| std::fs::read(f).ok())
         .collect()
 }
@@ -178,8 +183,14 @@ pub(crate) async fn reload_once(
         Ok(c) => c,
         Err(e) => return Err(fail(ctl, e.to_string())),
     };
-    // Unreadable secrets count as changed: the build below reports them.
-    let same_secrets = build::cookie_secrets(&config).is_ok_and(|s| s == current.cookies);
+    // Unreadable secrets count as changed: the build below reports them. The admin token was
+    // read by Config::load: an unreadable or short one failed the load above, so the running
+    // token stays (as a bad cookie secret does) rather than the write endpoints closing: the
+    // file is one input of the config like any other, a bad one changes nothing and is reported
+    // (log, /status, the failed-reload metric), and an operator in the middle of a flood keeps
+    // the API to lift or add blocks. Revoking a token is replacing it, which the poll applies.
+    let same_secrets = build::cookie_secrets(&config).is_ok_and(|s| s == current.cookies)
+        && config.admin.token == current.config.admin.token;
     if config.hash == current.config.hash && same_secrets && !force_geo {
         return Ok(false);
     }
