@@ -254,6 +254,18 @@ impl Flood {
             .collect()
     }
 
+    /// Blocks in force made by rules, and by operators (an alert tells a rule's block, which
+    /// nobody chose, from an operator's).
+    fn active_by_origin(&self) -> [usize; 2] {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let rule = inner
+            .blocks
+            .iter()
+            .filter(|b| b.origin != "operator")
+            .count();
+        [rule, inner.blocks.len() - rule]
+    }
+
     fn active(&self) -> usize {
         self.inner
             .lock()
@@ -302,11 +314,15 @@ impl Flood {
             }
         });
         vec![
-            scalar(
+            family(
                 "dnsteer_flood_blocks_active",
-                "Flood blocks in force now (rule and operator).",
+                "Flood blocks in force now, by origin (rule or operator).",
                 MetricType::GAUGE,
-                self.active() as f64,
+                ["rule", "operator"]
+                    .into_iter()
+                    .zip(self.active_by_origin())
+                    .map(|(o, n)| (vec![("origin", o.into())], n as f64))
+                    .collect(),
             ),
             family(
                 "dnsteer_flood_block_changes_total",
@@ -578,5 +594,29 @@ mod tests {
         assert_eq!(base.at, t0 + Duration::from_secs(3));
         let base = base_reading(&history, at, Duration::from_secs(60)).unwrap();
         assert_eq!(base.at, t0, "the oldest while history is short");
+    }
+
+    #[test]
+    fn blocks_in_force_are_told_apart_by_origin() {
+        let f = Flood::default();
+        let now = Instant::now();
+        let prefix = |p: &str| Target::Prefix(p.parse().unwrap());
+        let op = |p: &str| NewBlock {
+            target: prefix(p),
+            scope: Scope::All,
+            action: BlockAction::Refused,
+            duration: Duration::from_secs(60),
+            reason: "ticket".into(),
+        };
+        let mut inner = f.inner.lock().unwrap();
+        let r = rule(FloodKind::Nxdomain, 1.0);
+        for p in ["192.0.2.0/24", "203.0.113.0/24"] {
+            assert!(f.rule_block(&mut inner, &r, prefix(p), Scope::All, 5.0, now));
+        }
+        let b = f.block(op("198.51.100.0/24"), "operator".into(), now);
+        inner.blocks.push(b);
+        drop(inner);
+        assert_eq!(f.active_by_origin(), [2, 1]);
+        assert_eq!(f.active(), 3);
     }
 }
