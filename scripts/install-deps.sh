@@ -22,8 +22,9 @@ PACKAGES=(
   # files only), dnstap-ldns decodes what it captured.
   fstrm-bin dnstap-ldns
   chromium chromium-driver                             # tests/status_page.rs: the status page in headless Chromium over WebDriver
+  prometheus                                           # promtool: check-deploy checks the alert rules and runs their unit tests
 )
-SERVICES=(pdns dnsdist gdnsd unbound)
+SERVICES=(pdns dnsdist gdnsd unbound prometheus)
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
