@@ -146,6 +146,9 @@ done
 for net in 80.81.82.0/24 45.33.32.0/24 139.130.4.0/24; do
   ask "closest +subnet=$net" $DNS_PORT - +subnet=$net closest.demo.test A
 done
+ask "geo +subnet=193.0.6.0/24 (EU)" $DNS_PORT "192.0.2.32" +subnet=193.0.6.0/24 geo.demo.test A
+ask "geo +subnet=8.8.8.0/24 (US)" $DNS_PORT "192.0.2.31" +subnet=8.8.8.0/24 geo.demo.test A
+ask "geo +subnet=203.0.113.0/24 (unknown)" $DNS_PORT "192.0.2.33" +subnet=203.0.113.0/24 geo.demo.test A
 echo " health"
 for path in healthz readyz; do
   if curl -fsS --max-time 2 "http://127.0.0.1:$METRICS_PORT/$path" >/dev/null; then
@@ -172,6 +175,7 @@ Try (dnsteer on :$DNS_PORT, PowerDNS direct on :$PDNS_PORT):
   dig @127.0.0.1 -p $DNS_PORT port.demo.test A                     # ifportup
   dig @127.0.0.1 -p $DNS_PORT +subnet=198.51.100.0/24 whashed.demo.test A   # compare with -p $PDNS_PORT
   dig @127.0.0.1 -p $DNS_PORT +subnet=80.81.82.0/24 closest.demo.test A     # pickclosest (GeoIP)
+  dig @127.0.0.1 -p $DNS_PORT +subnet=8.8.8.0/24 geo.demo.test A              # if continent()/country() (GeoIP)
   dig @127.0.0.1 -p $DNS_PORT pdns-who.demo.test TXT               # PowerDNS LUA sees dnsteer's ECS
   dig @127.0.0.1 -p $DNS_PORT +tcp big.demo.test TXT               # >512 bytes over TCP
   dig @127.0.0.1 -p $DNS_PORT +ignore +noedns big.demo.test TXT    # TC=1 over UDP
