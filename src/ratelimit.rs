@@ -69,7 +69,7 @@ use prometheus::proto::{MetricFamily, MetricType};
 
 use crate::config::{RateLimitConfig, RateLimitMode};
 use crate::dns::{ResponseClass, classify_response, for_each_label};
-use crate::telemetry::metrics::{Metrics, family, scalar};
+use crate::telemetry::metrics::{Metrics, family, labelled, scalar};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -305,20 +305,15 @@ impl RateLimiter {
     /// counters) and the table's state.
     pub(crate) fn families(&self, workers: &Metrics) -> Vec<MetricFamily> {
         let mut out = Vec::new();
-        out.push(family(
+        out.push(labelled(
             "dnsteer_ratelimit_limited_total",
             "Queries limited by the per-source rate limit, by action applied.",
             MetricType::COUNTER,
+            "action",
             ["drop", "refused", "truncate"]
-                .iter()
+                .into_iter()
                 .enumerate()
-                .map(|(i, a)| {
-                    (
-                        vec![("action", a.to_string())],
-                        workers.sum(|w| w.limited_by_action[i].get()) as f64,
-                    )
-                })
-                .collect(),
+                .map(|(i, a)| (a, workers.sum(|w| w.limited_by_action[i].get()) as f64)),
         ));
         out.push(scalar(
             "dnsteer_ratelimit_dry_run_total",

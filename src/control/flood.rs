@@ -17,7 +17,7 @@ use crate::config::{BlockAction, FloodConfig, FloodKind, FloodRule};
 use crate::flood::{Block, BlockTable, Scope, Target};
 use crate::state::Shared;
 use crate::telemetry::flood_counts::{self, Measure, ROWS, SKETCHES, WIDTH, ZONES};
-use crate::telemetry::metrics::{family, scalar};
+use crate::telemetry::metrics::{labelled, scalar};
 
 /// Most blocks in force at once (rule and operator): the block table's memory bound. A rule
 /// hit beyond it is skipped (counted as `full`); an operator gets an error.
@@ -314,41 +314,34 @@ impl Flood {
             }
         });
         vec![
-            family(
+            labelled(
                 "dnsteer_flood_blocks_active",
                 "Flood blocks in force now, by origin (rule or operator).",
                 MetricType::GAUGE,
+                "origin",
                 ["rule", "operator"]
                     .into_iter()
                     .zip(self.active_by_origin())
-                    .map(|(o, n)| (vec![("origin", o.into())], n as f64))
-                    .collect(),
+                    .map(|(o, n)| (o, n as f64)),
             ),
-            family(
+            labelled(
                 "dnsteer_flood_block_changes_total",
                 "Changes to the flood block list, by kind.",
                 MetricType::COUNTER,
-                Change::ALL
-                    .iter()
-                    .map(|c| {
-                        let n = self.changes[*c as usize].load(Ordering::Relaxed);
-                        (vec![("change", c.label().into())], n as f64)
-                    })
-                    .collect(),
+                "change",
+                Change::ALL.iter().map(|&c| {
+                    let n = self.changes[c as usize].load(Ordering::Relaxed);
+                    (c.label(), n as f64)
+                }),
             ),
-            family(
+            labelled(
                 "dnsteer_flood_blocked_queries_total",
                 "Queries a flood block applied to, by action.",
                 MetricType::COUNTER,
+                "action",
                 BlockAction::ALL
                     .iter()
-                    .map(|a| {
-                        (
-                            vec![("action", a.label().into())],
-                            by_action[*a as usize] as f64,
-                        )
-                    })
-                    .collect(),
+                    .map(|&a| (a.label(), by_action[a as usize] as f64)),
             ),
             scalar(
                 "dnsteer_admin_auth_failures_total",

@@ -67,6 +67,8 @@ pub struct ResponseBuilder<'b> {
     answers_end: usize,
     ancount: u16,
     nscount: u16,
+    /// RDATA length of the last answer record (it ends at `answers_end`).
+    last_rdlen: u16,
 }
 
 impl<'b> ResponseBuilder<'b> {
@@ -106,6 +108,7 @@ impl<'b> ResponseBuilder<'b> {
             answers_end: question_end,
             ancount: 0,
             nscount: 0,
+            last_rdlen: 0,
         }
     }
 
@@ -139,6 +142,12 @@ impl<'b> ResponseBuilder<'b> {
         }
         self.answers_end += len;
         self.ancount = ancount;
+        self.last_rdlen = rdlen;
+    }
+
+    /// The RDATA of the last answer record appended (empty before the first).
+    pub fn last_answer_rdata(&self) -> &[u8] {
+        &self.out[self.answers_end - usize::from(self.last_rdlen)..self.answers_end]
     }
 
     /// Appends an SOA record to the authority section.
@@ -275,9 +284,13 @@ mod tests {
         let q = parse_query(&pkt).unwrap();
         let mut out = Vec::new();
         let mut b = ResponseBuilder::new(&mut out, &pkt, &q, rcode::NOERROR, true);
+        assert_eq!(b.last_answer_rdata(), &[] as &[u8]);
         b.authority_soa(&name("example"), 300, &[7; 22]);
         b.answer(1, 60, &[192, 0, 2, 1]);
-        b.answer(1, 60, &[192, 0, 2, 2]);
+        // Moved in front of the authority section, and still found.
+        assert_eq!(b.last_answer_rdata(), &[192, 0, 2, 1]);
+        b.answer_owned(&name("other.example"), 1, 60, &[192, 0, 2, 2]);
+        assert_eq!(b.last_answer_rdata(), &[192, 0, 2, 2]);
         let reply = EdnsReply {
             udp_size: 1232,
             dnssec_ok: true,
@@ -292,9 +305,9 @@ mod tests {
         assert_eq!([1, 2, 3, 4].map(|i| count(&out, 2 + 2 * i)), [1, 2, 1, 1]);
         let mut off = q.question_end;
         assert_eq!(&out[HEADER_LEN..off], &pkt[HEADER_LEN..off]);
-        for last in [1, 2] {
+        for (last, owner) in [(1, QNAME_POINTER.to_vec()), (2, name("other.example"))] {
             let r = read_rr(&out, off).unwrap();
-            assert_eq!(&out[off..off + 2], &QNAME_POINTER);
+            assert_eq!(&out[off..off + owner.len()], owner.as_slice());
             assert_eq!((r.rtype, r.class, r.ttl), (1, 1, 60));
             assert_eq!(&out[r.rdata..r.end], &[192, 0, 2, last]);
             off = r.end;

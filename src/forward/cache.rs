@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use crate::config::{CacheConfig, ClientAddress, UpstreamConfig};
 use crate::dns::cached::{self, AnswerFacts, StoredAnswer, Ttls};
 use crate::dns::{Added, Query, rcode};
-use crate::telemetry::metrics::{CacheSkip, Metrics, WorkerMetrics, family, scalar};
+use crate::telemetry::metrics::{CacheSkip, Metrics, WorkerMetrics, labelled, scalar};
 
 /// Bytes counted per entry besides its answer: the entry, its slot and its index entry.
 pub(crate) const ENTRY_OVERHEAD: usize = 160;
@@ -749,19 +749,15 @@ pub(crate) fn families(cache: Option<&PacketCache>, workers: &Metrics) -> Vec<Me
             workers.sum(get) as f64,
         ));
     }
-    out.push(family(
+    out.push(labelled(
         "dnsteer_cache_insert_skipped_total",
         "Answers from PowerDNS not put in the packet cache, by reason.",
         MetricType::COUNTER,
-        CacheSkip::ALL
-            .iter()
-            .map(|&r| {
-                (
-                    vec![("reason", r.label().to_string())],
-                    workers.sum(|w| w.cache_skipped[r as usize].get()) as f64,
-                )
-            })
-            .collect(),
+        "reason",
+        CacheSkip::ALL.iter().map(|&r| {
+            let n = workers.sum(|w| w.cache_skipped[r as usize].get());
+            (r.label(), n as f64)
+        }),
     ));
     out
 }

@@ -316,7 +316,7 @@ fn rate_limit(
             if block_started {
                 ctx.log.event(Event::BlockStarted {
                     source: src_ip,
-                    prefix: limiter_prefix(ctx, src_ip),
+                    prefix: limiter_prefix(ctx.snap, src_ip),
                     dry_run: true,
                 });
             }
@@ -326,7 +326,7 @@ fn rate_limit(
             if block_started {
                 ctx.log.event(Event::BlockStarted {
                     source: src_ip,
-                    prefix: limiter_prefix(ctx, src_ip),
+                    prefix: limiter_prefix(ctx.snap, src_ip),
                     dry_run: false,
                 });
             }
@@ -386,7 +386,7 @@ fn rrl_limited(
     verdict: RrlVerdict,
     out: &mut Vec<u8>,
 ) -> Option<(Action, AnswerPath)> {
-    let prefix = limiter_prefix(ctx, a.src_ip);
+    let prefix = limiter_prefix(ctx.snap, a.src_ip);
     let action = rrl_apply(
         ctx.metrics,
         ctx.log,
@@ -446,12 +446,7 @@ pub(crate) fn rrl_forwarded(
     let verdict = shared
         .limiter
         .rrl_check_at(src, key, reply.len(), now.into_std());
-    let r = &snap.config.ratelimit;
-    let prefix = if src.is_ipv4() {
-        r.ipv4_prefix
-    } else {
-        r.ipv6_prefix
-    };
+    let prefix = limiter_prefix(snap, src);
     rrl_apply(
         metrics,
         &shared.log,
@@ -652,7 +647,6 @@ fn answer_record(
         n: 0,
         keep: signer.is_some().then_some(&mut *ctx.sign),
         owner: None,
-        target: CnameTarget::EMPTY,
     };
     // Rules that print the query name (createReverse) keep its case, as PowerDNS does.
     let qname = q.qname.as_bytes();
@@ -677,10 +671,11 @@ fn answer_record(
         }
     };
     let mut n = sink.n;
-    let target = sink.target;
     let mut scope = ev.scope;
     let mut chased_soa = None;
     if set.rtype == TYPE_CNAME && q.qtype != TYPE_CNAME && q.qtype != TYPE_ANY && n == 1 {
+        // Copied (lower-cased) only here: the chase appends to the buffer it lies in.
+        let target = CnameTarget::of(b.last_answer_rdata());
         if signer.is_some() {
             if ctx.snap.dns_zones.slot_of(target.name()) != ZoneSlot::OTHER {
                 return ControlFlow::Break(a.forward_dnssec(ctx, DnssecForward::CnameChase));
@@ -943,8 +938,6 @@ struct Sink<'s, 'b> {
     keep: Option<&'s mut SignState>,
     /// Owner of the records pushed (wire format); `None`: the question name.
     owner: Option<&'s [u8]>,
-    /// The last CNAME pushed, lower-cased: where a chase goes next.
-    target: CnameTarget,
 }
 
 impl AnswerSink for Sink<'_, '_> {
@@ -955,9 +948,6 @@ impl AnswerSink for Sink<'_, '_> {
         }
         if let Some(k) = self.keep.as_deref_mut() {
             k.keep(rtype, rdata);
-        }
-        if rtype == TYPE_CNAME {
-            self.target = CnameTarget::of(rdata);
         }
         self.n += 1;
     }
@@ -1047,13 +1037,12 @@ fn chase<'t>(
             n: 0,
             keep: None,
             owner: Some(name),
-            target: CnameTarget::EMPTY,
         };
         let ev = match set.evaluate(client, &mut sink) {
             Ok(ev) => ev,
             Err(e) => return Chased::Failed(e),
         };
-        let (n, next) = (sink.n, sink.target);
+        let n = sink.n;
         pushed += n;
         scope = scope.max(ev.scope);
         let kind = match ev.outcome {
@@ -1069,7 +1058,7 @@ fn chase<'t>(
                 soa: None,
             };
         }
-        target = next;
+        target = CnameTarget::of(b.last_answer_rdata());
     }
     Chased::Forward
 }
@@ -1220,8 +1209,8 @@ pub(crate) fn cookie_for_answer(
     checked.outcome == cookie::Outcome::Valid
 }
 
-fn limiter_prefix(ctx: &Ctx<'_>, ip: IpAddr) -> u8 {
-    let r = &ctx.snap.config.ratelimit;
+fn limiter_prefix(snap: &Snapshot, ip: IpAddr) -> u8 {
+    let r = &snap.config.ratelimit;
     if ip.is_ipv4() {
         r.ipv4_prefix
     } else {

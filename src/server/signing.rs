@@ -11,7 +11,7 @@ use crate::dnssec::{
     rrsig_rdata,
 };
 use crate::state::Shared;
-use crate::telemetry::metrics::{DnssecForward, Metrics, WorkerMetrics, family, scalar};
+use crate::telemetry::metrics::{DnssecForward, Metrics, WorkerMetrics, labelled, scalar};
 
 /// RRSIG, RFC 4034.
 pub(crate) const TYPE_RRSIG: u16 = 46;
@@ -201,19 +201,15 @@ fn unix_now() -> u32 {
 /// signature caches' work.
 pub(crate) fn families(workers: &Metrics) -> Vec<MetricFamily> {
     let mut out = Vec::new();
-    out.push(family(
+    out.push(labelled(
         "dnsteer_dnssec_forwarded_total",
         "DO=1 queries sent to PowerDNS instead of answered and signed here, by reason.",
         MetricType::COUNTER,
-        DnssecForward::ALL
-            .iter()
-            .map(|&r| {
-                (
-                    vec![("reason", r.label().to_string())],
-                    workers.sum(|w| w.dnssec_forwarded[r as usize].get()) as f64,
-                )
-            })
-            .collect(),
+        "reason",
+        DnssecForward::ALL.iter().map(|&r| {
+            let n = workers.sum(|w| w.dnssec_forwarded[r as usize].get());
+            (r.label(), n as f64)
+        }),
     ));
     for (name, help, get) in [
         (

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
-use crate::telemetry::prom::{Cnt, Transport, family, histogram_family, label_pairs};
+use crate::telemetry::prom::{Cnt, Transport, family, histogram_family, label_pairs, labelled};
 
 /// Named zones a process can count separately; later ones count as `"other"`.
 pub(crate) const MAX_ZONES: usize = 62;
@@ -463,28 +463,23 @@ fn responses(sum: &Sum<'_>, zones: &[String]) -> Vec<MetricFamily> {
             }
         }
     }
-    let mut out = Vec::new();
-    out.push(family(
-        "dnsteer_dns_responses_total",
-        "DNS responses, per zone, rcode and what wrote them (plugin: in_process, signed, cached, stale, forwarded, rate_limited, error, notify).",
-        MetricType::COUNTER,
-        rows,
-    ));
-    out.push(family(
-        "dnsteer_dns_answers_total",
-        "DNS responses by the path that made them (dnsteer_dns_responses_total summed by plugin).",
-        MetricType::COUNTER,
-        AnswerPath::ALL
-            .iter()
-            .map(|p| {
-                (
-                    vec![("path", p.label().to_string())],
-                    by_path[*p as usize] as f64,
-                )
-            })
-            .collect(),
-    ));
-    out
+    vec![
+        family(
+            "dnsteer_dns_responses_total",
+            "DNS responses, per zone, rcode and what wrote them (plugin: in_process, signed, cached, stale, forwarded, rate_limited, error, notify).",
+            MetricType::COUNTER,
+            rows,
+        ),
+        labelled(
+            "dnsteer_dns_answers_total",
+            "DNS responses by the path that made them (dnsteer_dns_responses_total summed by plugin).",
+            MetricType::COUNTER,
+            "path",
+            AnswerPath::ALL
+                .iter()
+                .map(|&p| (p.label(), by_path[p as usize] as f64)),
+        ),
+    ]
 }
 
 type Pick<'a> = dyn Fn(&DnsCounters) -> &[Cnt] + 'a;

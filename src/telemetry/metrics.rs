@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use prometheus::proto::{Bucket, Histogram, Metric, MetricFamily, MetricType};
 
 use crate::telemetry::dns_metrics::{self, DnsCounters, ZoneTable};
-pub(crate) use crate::telemetry::prom::{Cnt, family, histogram_family, label_pairs, scalar};
+pub(crate) use crate::telemetry::prom::{
+    Cnt, family, histogram_family, label_pairs, labelled, scalar,
+};
 pub use crate::telemetry::prom::{Transport, encode};
 
 /// What happened to a query.
@@ -439,42 +441,32 @@ impl Metrics {
     /// `server::signing::families` and `forward::cache::families`.
     pub(crate) fn families(&self) -> Vec<MetricFamily> {
         let mut out = Vec::from(self.queries_and_responses());
-        out.push(family(
+        out.push(labelled(
             "dnsteer_dropped_total",
             "Packets or queries not answered, by reason.",
             MetricType::COUNTER,
+            "reason",
             DropReason::ALL
                 .iter()
-                .map(|r| {
-                    (
-                        vec![("reason", r.label().to_string())],
-                        self.sum(|w| w.drops[*r as usize].get()) as f64,
-                    )
-                })
-                .collect(),
+                .map(|&r| (r.label(), self.sum(|w| w.drops[r as usize].get()) as f64)),
         ));
-        out.push(family(
+        out.push(labelled(
             "dnsteer_malformed_total",
             "Malformed or unsupported input, by kind (queries answered FORMERR/NOTIMP/BADVERS, bad upstream responses).",
             MetricType::COUNTER,
+            "kind",
             Malformed::ALL
                 .iter()
-                .map(|m| (vec![("kind", m.label().to_string())], self.sum(|w| w.malformed[*m as usize].get()) as f64))
-                .collect(),
+                .map(|&m| (m.label(), self.sum(|w| w.malformed[m as usize].get()) as f64)),
         ));
-        out.push(family(
+        out.push(labelled(
             "dnsteer_cookie_queries_total",
             "Queries by what their DNS COOKIE option proved (counted only with [cookies] enabled).",
             MetricType::COUNTER,
+            "outcome",
             CookieSeen::ALL
                 .iter()
-                .map(|c| {
-                    (
-                        vec![("outcome", c.label().to_string())],
-                        self.sum(|w| w.cookies[*c as usize].get()) as f64,
-                    )
-                })
-                .collect(),
+                .map(|&c| (c.label(), self.sum(|w| w.cookies[c as usize].get()) as f64)),
         ));
         out.push(scalar(
             "dnsteer_cookie_badcookie_total",
@@ -488,24 +480,20 @@ impl Metrics {
             MetricType::COUNTER,
             self.sum(|w| w.truncated.get()) as f64,
         ));
-        out.push(family(
+        out.push(labelled(
             "dnsteer_tcp_connections_total",
             "TCP client connections accepted and closed by dnsteer, by event.",
             MetricType::COUNTER,
-            vec![
+            "event",
+            [
+                ("accepted", self.sum(|w| w.tcp_accepted.get())),
+                ("closed_idle", self.sum(|w| w.tcp_closed_idle.get())),
                 (
-                    vec![("event", "accepted".into())],
-                    self.sum(|w| w.tcp_accepted.get()) as f64,
+                    "closed_query_cap",
+                    self.sum(|w| w.tcp_closed_query_cap.get()),
                 ),
-                (
-                    vec![("event", "closed_idle".into())],
-                    self.sum(|w| w.tcp_closed_idle.get()) as f64,
-                ),
-                (
-                    vec![("event", "closed_query_cap".into())],
-                    self.sum(|w| w.tcp_closed_query_cap.get()) as f64,
-                ),
-            ],
+            ]
+            .map(|(e, n)| (e, n as f64)),
         ));
         out.push(self.duration());
         out

@@ -80,6 +80,22 @@ pub(crate) fn family(
     f
 }
 
+/// Builds a family with one label, `key`, from (label value, sample) rows (e.g. one row per
+/// variant of a reason enum).
+pub(crate) fn labelled<'v>(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    key: &str,
+    rows: impl IntoIterator<Item = (&'v str, f64)>,
+) -> MetricFamily {
+    let rows = rows
+        .into_iter()
+        .map(|(value, v)| (vec![(key, value.to_string())], v))
+        .collect();
+    family(name, help, kind, rows)
+}
+
 /// Builds an unlabelled counter or gauge.
 pub(crate) fn scalar(name: &str, help: &str, kind: MetricType, v: f64) -> MetricFamily {
     family(name, help, kind, vec![(Vec::new(), v)])
